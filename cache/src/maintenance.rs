@@ -1,0 +1,283 @@
+//! `verify` and `gc`: the store's self-checks and clean-up. Both hold the store lock exclusively,
+//! so no `apply` is using an object while it is checked, moved or deleted.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+use crate::digest::{ObjectDigest, StepKey};
+use crate::error::{IoContext, Result};
+use crate::hashing::hash_file_uncached;
+use crate::store::{Store, now_ms, read_dir_sorted};
+
+/// One corrupt object found by `verify`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CorruptObject {
+    pub digest: ObjectDigest,
+    pub actual: Option<ObjectDigest>,
+    pub quarantined_to: PathBuf,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub objects_checked: u64,
+    pub bytes_checked: u64,
+    pub corrupt: Vec<CorruptObject>,
+    /// Actions that now lack an output and will be rebuilt by the next apply.
+    pub actions_invalidated: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    pub runs_kept: usize,
+    pub runs_removed: usize,
+    pub actions_removed: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+    pub work_dirs_removed: usize,
+    pub views_removed: usize,
+}
+
+impl Store {
+    fn all_objects(&self) -> Result<Vec<(ObjectDigest, PathBuf)>> {
+        let mut out = Vec::new();
+        for shard in read_dir_sorted(&self.root().join("objects"))? {
+            let prefix = shard
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for f in read_dir_sorted(&shard)? {
+                let name = f
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if let Ok(d) = format!("{prefix}{name}").parse() {
+                    out.push((d, f));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-hash every object. Corrupt ones are moved to `quarantine/` (never served again), and the
+    /// shared views are dropped since they may hard-link the corrupt bytes; the actions that
+    /// referenced them become cache misses and the next `apply` rebuilds them.
+    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        let _lock = self.lock_store(true)?;
+        let objects = self.all_objects()?;
+        let total = objects.len() as u64;
+        let mut report = VerifyReport::default();
+        for (i, (digest, path)) in objects.into_iter().enumerate() {
+            progress(i as u64, total);
+            let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let actual = hash_file_uncached(&path).ok();
+            report.objects_checked += 1;
+            report.bytes_checked += size;
+            if actual != Some(digest) {
+                let q = self.root().join("quarantine").join(format!(
+                    "{}-{}",
+                    digest.to_hex(),
+                    now_ms()
+                ));
+                fs::rename(&path, &q).at(&path)?;
+                report.corrupt.push(CorruptObject {
+                    digest,
+                    actual,
+                    quarantined_to: q,
+                });
+            }
+        }
+        progress(total, total);
+        if !report.corrupt.is_empty() {
+            let views = self.root().join("views");
+            for v in read_dir_sorted(&views)? {
+                fs::remove_dir_all(&v).at(&v)?;
+            }
+            for key in self.all_action_keys()? {
+                if self.read_action(&key)?.is_some() && self.get_action(&key)?.is_none() {
+                    report.actions_invalidated += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Delete everything not reachable from the last `keep_last` runs: older runs, the actions,
+    /// step refs, objects, work dirs and views only they used, temp files.
+    pub fn gc(&self, keep_last: usize) -> Result<GcReport> {
+        let _lock = self.lock_store(true)?;
+        let mut report = GcReport::default();
+        let run_dirs = read_dir_sorted(&self.root().join("runs"))?;
+        let split = run_dirs.len().saturating_sub(keep_last);
+        let (old, kept) = run_dirs.split_at(split);
+        report.runs_kept = kept.len();
+
+        let mut live_keys: BTreeSet<StepKey> = BTreeSet::new();
+        let mut live_trees: BTreeSet<ObjectDigest> = BTreeSet::new();
+        for dir in kept {
+            if let Some(s) = crate::store::read_json_opt::<crate::runs::RunSummary>(
+                &dir.join("run.json"),
+                "run summary",
+            )? {
+                for st in s.steps {
+                    live_keys.extend(st.key);
+                    live_trees.extend(st.outputs.values().copied());
+                }
+            }
+        }
+        for dir in old {
+            fs::remove_dir_all(dir).at(dir)?;
+            report.runs_removed += 1;
+        }
+        for key in self.all_action_keys()? {
+            if live_keys.contains(&key) {
+                if let Some(rec) = self.read_action(&key)? {
+                    live_trees.extend(rec.outputs.values().copied());
+                }
+            } else {
+                self.remove_action(&key)?;
+                report.actions_removed += 1;
+            }
+        }
+        for (path, r) in self.all_step_refs()? {
+            if !live_keys.contains(&r.key) {
+                fs::remove_file(&path).at(&path)?;
+            }
+        }
+        let mut live_objects: BTreeSet<ObjectDigest> = live_trees.clone();
+        for t in &live_trees {
+            if let Ok(tree) = self.read_tree(t) {
+                live_objects.extend(tree.entries.iter().map(|e| e.digest));
+            }
+        }
+        for (d, path) in self.all_objects()? {
+            if !live_objects.contains(&d) {
+                report.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&path).at(&path)?;
+                report.objects_removed += 1;
+            }
+        }
+        for w in read_dir_sorted(&self.root().join("work"))? {
+            let keep = w
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<StepKey>().ok())
+                .is_some_and(|k| live_keys.contains(&k));
+            if !keep {
+                fs::remove_dir_all(&w).at(&w)?;
+                report.work_dirs_removed += 1;
+            }
+        }
+        for v in read_dir_sorted(&self.root().join("views"))? {
+            let keep = v
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<ObjectDigest>().ok())
+                .is_some_and(|d| live_trees.contains(&d));
+            if !keep {
+                fs::remove_dir_all(&v).at(&v)?;
+                report.views_removed += 1;
+            }
+        }
+        for t in read_dir_sorted(&self.root().join("tmp"))? {
+            let _ = if t.is_dir() {
+                fs::remove_dir_all(&t)
+            } else {
+                fs::remove_file(&t)
+            };
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ActionRecord, Tree, TreeEntry};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn record(s: &Store, key: StepKey, content: &[u8], run: &str) -> ObjectDigest {
+        let blob = s.put_bytes(content).unwrap();
+        let tree = s
+            .put_tree_manifest(&Tree {
+                forge_tree: 1,
+                entries: vec![TreeEntry {
+                    path: "f".into(),
+                    digest: blob,
+                    size: content.len() as u64,
+                    executable: false,
+                }],
+            })
+            .unwrap();
+        s.put_action(&ActionRecord {
+            key,
+            step: "s".into(),
+            op: "exec".into(),
+            outputs: [("out".to_string(), tree)].into(),
+            metrics: Default::default(),
+            preimage: serde_json::json!({}),
+            created_unix_ms: 0,
+            duration_ms: 0,
+            run_id: run.into(),
+        })
+        .unwrap();
+        tree
+    }
+
+    #[test]
+    fn verify_quarantines_corrupt_objects_and_invalidates_their_actions() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join(".forge")).unwrap();
+        let key = StepKey::of(b"k");
+        let tree = record(&s, key, b"payload", "r1");
+        let blob = s.read_tree(&tree).unwrap().entries[0].digest;
+        let p = s.object_path(&blob);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"tampered").unwrap();
+        let r = s.verify(&mut |_, _| {}).unwrap();
+        assert_eq!(r.corrupt.len(), 1);
+        assert_eq!(r.corrupt[0].digest, blob);
+        assert_eq!(r.actions_invalidated, 1);
+        assert!(!s.has_object(&blob));
+        assert!(s.get_action(&key).unwrap().is_none());
+        // A clean store verifies clean.
+        assert!(s.verify(&mut |_, _| {}).unwrap().corrupt.is_empty());
+    }
+
+    #[test]
+    fn gc_keeps_what_recent_runs_reference() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join(".forge")).unwrap();
+        let old_key = StepKey::of(b"old");
+        let new_key = StepKey::of(b"new");
+        let old_tree = record(&s, old_key, b"old output", "r1");
+        let new_tree = record(&s, new_key, b"new output", "r2");
+        for (key, tree) in [(old_key, old_tree), (new_key, new_tree)] {
+            let w = s.new_run().unwrap();
+            w.write_summary(&crate::runs::RunSummary {
+                id: w.id.clone(),
+                pipeline: "p".into(),
+                pipeline_path: "p.yaml".into(),
+                started_unix_ms: 0,
+                finished_unix_ms: Some(1),
+                status: "succeeded".into(),
+                steps: vec![crate::runs::RunStep {
+                    id: "s".into(),
+                    op: "exec".into(),
+                    key: Some(key),
+                    status: "ran".into(),
+                    outputs: [("out".to_string(), tree)].into(),
+                    duration_ms: 0,
+                    error: None,
+                }],
+            })
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        let r = s.gc(1).unwrap();
+        assert_eq!((r.runs_kept, r.runs_removed, r.actions_removed), (1, 1, 1));
+        assert_eq!(r.objects_removed, 2); // the old blob and the old tree
+        assert!(s.get_action(&new_key).unwrap().is_some());
+        assert!(s.read_action(&old_key).unwrap().is_none());
+    }
+}
