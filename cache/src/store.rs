@@ -257,25 +257,17 @@ impl Store {
 
     /// Snapshot a directory (or a single file, stored as a one-entry tree) by copying.
     pub fn put_tree_copy(&self, path: &Path) -> Result<ObjectDigest> {
-        let meta = fs::symlink_metadata(path).at(path)?;
-        if meta.is_file() {
-            let d = self.put_file_copy(path)?;
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let tree = Tree {
-                forge_tree: TREE_FORMAT,
-                entries: vec![TreeEntry {
-                    path: name,
-                    digest: d,
-                    size: meta.len(),
-                    executable: is_exec(&meta),
-                }],
-            };
-            return self.put_tree_manifest(&tree);
-        }
-        self.put_tree_with(path, &|p| self.put_file_copy(p))
+        let tree = self.build_tree(path, &|p| self.put_file_copy(p))?;
+        self.put_tree_manifest(&tree)
+    }
+
+    /// The digest `put_tree_copy(path)` would give, without storing anything (stat-cached).
+    /// Used to put the content of pipeline-named files and directories into step keys.
+    pub fn tree_digest_of(&self, path: &Path) -> Result<ObjectDigest> {
+        let tree = self.build_tree(path, &|p| self.hash_file(p).map(|(d, _)| d))?;
+        Ok(ObjectDigest::of(
+            &serde_json::to_vec(&tree).expect("tree serializes"),
+        ))
     }
 
     fn put_tree_with(
@@ -283,8 +275,24 @@ impl Store {
         dir: &Path,
         put: &dyn Fn(&Path) -> Result<ObjectDigest>,
     ) -> Result<ObjectDigest> {
+        let tree = self.build_tree(dir, put)?;
+        self.put_tree_manifest(&tree)
+    }
+
+    /// The tree of `path`: a directory's files, or a single file as a one-entry tree named by its
+    /// file name. `put` turns each file into its object digest (storing it or only hashing it).
+    fn build_tree(&self, path: &Path, put: &dyn Fn(&Path) -> Result<ObjectDigest>) -> Result<Tree> {
+        let meta = fs::symlink_metadata(path).at(path)?;
         let mut files = Vec::new();
-        walk_files(dir, dir, &mut files)?;
+        if meta.is_file() {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((name, path.to_owned(), meta));
+        } else {
+            walk_files(path, path, &mut files)?;
+        }
         files.sort_by(|a, b| a.0.cmp(&b.0));
         let mut entries = Vec::with_capacity(files.len());
         for (rel, abs, meta) in files {
@@ -296,7 +304,7 @@ impl Store {
                 executable: is_exec(&meta),
             });
         }
-        self.put_tree_manifest(&Tree {
+        Ok(Tree {
             forge_tree: TREE_FORMAT,
             entries,
         })
@@ -628,7 +636,9 @@ mod tests {
         fs::create_dir_all(src.join("sub")).unwrap();
         fs::write(src.join("a.txt"), b"alpha").unwrap();
         fs::write(src.join("sub/b.txt"), b"beta").unwrap();
+        let predicted = s.tree_digest_of(&src).unwrap();
         let t = s.put_tree_copy(&src).unwrap();
+        assert_eq!(predicted, t);
         // Same content → same digest, independent of where it came from.
         let src2 = d.path().join("again");
         fs::create_dir_all(src2.join("sub")).unwrap();

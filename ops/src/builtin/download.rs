@@ -1,0 +1,391 @@
+//! `download`: bring data into the store.
+//!
+//! Sources:
+//! - `file:<path>` — a file or directory (relative to the pipeline file). Its *content digest* is
+//!   part of the step key, so editing the file re-runs the step and everything downstream.
+//! - `https:` / `http:` — needs a pinned `digest` (`blake3:…` or `sha256:…`), so the key is known
+//!   without the network and the bytes are checked. Resumable and retried (see [`super::fetch`]).
+//! - `hf:datasets/<org>/<name>[@rev]/<path>` (or `hf:<org>/<model>[@rev]/<path>`) — a file on the
+//!   Hugging Face hub, fetched from `<endpoint>/datasets/<org>/<name>/resolve/<rev>/<path>`. The
+//!   endpoint is `endpoint:`, else `$HF_ENDPOINT`, else `https://huggingface.co`; `$HF_TOKEN` is
+//!   sent as a bearer token and never logged. Without a `digest` the key holds only the URL, so
+//!   pin a commit as `@rev` to keep results reproducible.
+//!
+//! Archives (`.tar`, `.tar.gz`/`.tgz`, `.zip`) are extracted by default (`extract: auto`), refusing
+//! absolute paths, `..` and links. The output `data` holds the file (under its own name) or the
+//! extracted tree.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::archive::{ArchiveFormat, extract};
+use super::fetch::{FetchRequest, Pin, fetch};
+use crate::artifact::{ArtifactKind, InputSignature, OutputSpec, StepInputs};
+use crate::context::StepContext;
+use crate::op::{KeyContext, OpError, ParamsError, StepOutcome, TypedOp, resolve_path};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Extract {
+    /// Extract when the name ends in `.tar`, `.tar.gz`, `.tgz` or `.zip`.
+    #[default]
+    Auto,
+    None,
+    Tar,
+    TarGz,
+    Zip,
+}
+
+/// Parameters of `download`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadParams {
+    /// Where the data comes from: `file:<path>`, `https://…`, `http://…` or `hf:datasets/<org>/<name>[@rev]/<path>`.
+    pub source: String,
+    /// Pinned content digest, `blake3:<hex>` or `sha256:<hex>`. Required for `http(s):` sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Archive extraction.
+    #[serde(default)]
+    pub extract: Extract,
+    /// Refuse downloads larger than this many bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Artifact kind of the `data` output.
+    #[serde(default = "dataset")]
+    pub kind: ArtifactKind,
+    /// Hugging Face endpoint for `hf:` sources (default `$HF_ENDPOINT` or https://huggingface.co).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+fn default_max_bytes() -> u64 {
+    64 << 30
+}
+fn dataset() -> ArtifactKind {
+    ArtifactKind::Dataset
+}
+
+/// A parsed `source:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(String),
+    Http(String),
+    HuggingFace {
+        repo_path: String,
+        revision: String,
+        file: String,
+    },
+}
+
+impl Source {
+    pub fn parse(s: &str) -> Result<Self, ParamsError> {
+        let err = |m: String| ParamsError::at(&["source"], m);
+        if let Some(p) = s.strip_prefix("file:") {
+            if p.is_empty() {
+                return Err(err("`file:` needs a path".into()));
+            }
+            Ok(Self::File(p.to_owned()))
+        } else if s.starts_with("https://") || s.starts_with("http://") {
+            Ok(Self::Http(s.to_owned()))
+        } else if let Some(rest) = s.strip_prefix("hf:") {
+            let (prefix, rest) = match rest.strip_prefix("datasets/") {
+                Some(r) => ("datasets/", r),
+                None => ("", rest),
+            };
+            let mut parts = rest.splitn(3, '/');
+            let (org, name, file) = (parts.next(), parts.next(), parts.next());
+            let (Some(org), Some(name), Some(file)) = (org, name, file) else {
+                return Err(err(format!(
+                    "`{s}` is not `hf:datasets/<org>/<name>[@rev]/<path>`"
+                ))
+                .with_hint(
+                    "for example hf:datasets/openai/gsm8k@main/main/train-00000-of-00001.parquet",
+                ));
+            };
+            if org.is_empty() || name.is_empty() || file.is_empty() {
+                return Err(err(format!("`{s}` has an empty part")));
+            }
+            let (name, revision) = match name.split_once('@') {
+                Some((n, r)) => (n, r.to_owned()),
+                None => (name, "main".to_owned()),
+            };
+            Ok(Self::HuggingFace {
+                repo_path: format!("{prefix}{org}/{name}"),
+                revision,
+                file: file.to_owned(),
+            })
+        } else {
+            let scheme = s.split(':').next().unwrap_or(s);
+            Err(
+                err(format!("unsupported source scheme in `{s}`")).with_hint(format!(
+                    "use file:, https:, http: or hf: (`{scheme}:` is not one of them)"
+                )),
+            )
+        }
+    }
+
+    /// The URL of a network source.
+    pub fn url(&self, endpoint: Option<&str>) -> Option<String> {
+        match self {
+            Self::File(_) => None,
+            Self::Http(u) => Some(u.clone()),
+            Self::HuggingFace {
+                repo_path,
+                revision,
+                file,
+            } => {
+                let env = std::env::var("HF_ENDPOINT").ok();
+                let base = endpoint
+                    .map(str::to_owned)
+                    .or(env)
+                    .unwrap_or_else(|| "https://huggingface.co".into());
+                Some(format!(
+                    "{}/{repo_path}/resolve/{revision}/{file}",
+                    base.trim_end_matches('/')
+                ))
+            }
+        }
+    }
+}
+
+pub struct Download;
+
+impl TypedOp for Download {
+    type Params = DownloadParams;
+    const NAME: &'static str = "download";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "Bring a file, directory, URL or Hugging Face file into the store";
+
+    fn check(&self, p: &DownloadParams) -> Result<(), ParamsError> {
+        let src = Source::parse(&p.source)?;
+        if let Some(d) = &p.digest {
+            Pin::parse(d).map_err(|m| {
+                ParamsError::at(&["digest"], m)
+                    .with_hint("write `blake3:<64 hex>` or `sha256:<64 hex>`")
+            })?;
+        } else if matches!(src, Source::Http(_)) {
+            return Err(ParamsError::at(&["source"], "http(s) sources need a pinned `digest`")
+                .with_hint("add `digest: sha256:<hex>` (run `sha256sum` on the file) so the result is reproducible"));
+        }
+        Ok(())
+    }
+
+    fn inputs(&self, _p: &DownloadParams) -> InputSignature {
+        InputSignature::Fixed(vec![])
+    }
+
+    fn outputs(&self, p: &DownloadParams) -> Vec<OutputSpec> {
+        vec![OutputSpec {
+            name: "data".into(),
+            kind: p.kind,
+        }]
+    }
+
+    fn default_retries(&self) -> u32 {
+        3
+    }
+
+    fn key_extras(&self, p: &DownloadParams, cx: &KeyContext<'_>) -> Result<Value, OpError> {
+        match Source::parse(&p.source).map_err(|e| OpError::Failed(e.message))? {
+            Source::File(rel) => {
+                let path = resolve_path(cx.pipeline_dir, &rel);
+                if !path.exists() {
+                    return Err(OpError::Failed(format!(
+                        "`{}` does not exist (source `{}`)",
+                        path.display(),
+                        p.source
+                    )));
+                }
+                Ok(json!({ "content": cx.store.tree_digest_of(&path)?.to_hex() }))
+            }
+            // The pinned digest is in the params already; an unpinned hf: file is keyed by its URL.
+            _ => Ok(Value::Null),
+        }
+    }
+
+    fn watch_paths(&self, p: &DownloadParams, pipeline_dir: &Path) -> Vec<PathBuf> {
+        match Source::parse(&p.source) {
+            Ok(Source::File(rel)) => vec![resolve_path(pipeline_dir, &rel)],
+            _ => vec![],
+        }
+    }
+
+    fn run(
+        &self,
+        ctx: &StepContext,
+        _inputs: &StepInputs,
+        p: &DownloadParams,
+    ) -> Result<StepOutcome, OpError> {
+        let out = ctx.output_dir("data")?;
+        let source = Source::parse(&p.source).map_err(|e| OpError::Failed(e.message))?;
+        let pin = p
+            .digest
+            .as_deref()
+            .map(Pin::parse)
+            .transpose()
+            .map_err(OpError::Failed)?;
+        let (local, name): (PathBuf, String) = match &source {
+            Source::File(rel) => {
+                let path = resolve_path(ctx.pipeline_dir(), rel);
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if path.is_dir() {
+                    copy_dir(&path, &out)?;
+                    return Ok(outcome(&out));
+                }
+                if let Some(pin) = &pin {
+                    let actual = pin.hash_file(&path)?;
+                    if actual != pin.expected() {
+                        return Err(OpError::Failed(format!(
+                            "`{}` does not match its pinned digest {}:{} (it hashes to {actual})",
+                            path.display(),
+                            pin.algorithm(),
+                            pin.expected()
+                        )));
+                    }
+                }
+                (path, name)
+            }
+            net => {
+                let url = net
+                    .url(p.endpoint.as_deref())
+                    .expect("network source has a URL");
+                let token = match net {
+                    Source::HuggingFace { .. } => {
+                        std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty())
+                    }
+                    _ => None,
+                };
+                let part = ctx.scratch_dir()?.join("download.part");
+                let req = FetchRequest {
+                    url: &url,
+                    bearer_token: token,
+                    max_bytes: p.max_bytes,
+                    pin: pin.as_ref(),
+                };
+                let n = fetch(ctx, &req, &part)?;
+                ctx.log(format!("downloaded {n} bytes from {url}"));
+                let path_part = url.split(['?', '#']).next().unwrap_or(&url);
+                let name = path_part
+                    .rsplit('/')
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("download")
+                    .to_owned();
+                (part, name)
+            }
+        };
+        let format = match p.extract {
+            Extract::Auto => ArchiveFormat::from_name(&name),
+            Extract::None => None,
+            Extract::Tar => Some(ArchiveFormat::Tar),
+            Extract::TarGz => Some(ArchiveFormat::TarGz),
+            Extract::Zip => Some(ArchiveFormat::Zip),
+        };
+        match format {
+            Some(f) => {
+                let n = extract(&local, f, &out)?;
+                ctx.log(format!("extracted {n} files from {name}"));
+            }
+            None => {
+                let dest = out.join(&name);
+                std::fs::copy(&local, &dest).map_err(|e| OpError::io(&dest, e))?;
+            }
+        }
+        Ok(outcome(&out))
+    }
+}
+
+fn outcome(out: &Path) -> StepOutcome {
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let mut stack = vec![out.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => {
+                    files += 1;
+                    bytes += m.len();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let mut metrics = serde_json::Map::new();
+    metrics.insert("download/files".into(), files.into());
+    metrics.insert("download/bytes".into(), bytes.into());
+    StepOutcome { metrics }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), OpError> {
+    for e in std::fs::read_dir(from).map_err(|e| OpError::io(from, e))? {
+        let e = e.map_err(|e| OpError::io(from, e))?;
+        let ty = e.file_type().map_err(|x| OpError::io(&e.path(), x))?;
+        let dest = to.join(e.file_name());
+        if ty.is_symlink() {
+            return Err(OpError::Failed(format!(
+                "`{}` is a symbolic link; links are not copied",
+                e.path().display()
+            )));
+        } else if ty.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|x| OpError::io(&dest, x))?;
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), &dest).map_err(|x| OpError::io(&dest, x))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Op;
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!(
+            Source::parse("file:data/x.jsonl").unwrap(),
+            Source::File("data/x.jsonl".into())
+        );
+        let hf = Source::parse("hf:datasets/openai/gsm8k@abc123/main/test.parquet").unwrap();
+        assert_eq!(
+            hf.url(Some("http://127.0.0.1:9/")).unwrap(),
+            "http://127.0.0.1:9/datasets/openai/gsm8k/resolve/abc123/main/test.parquet"
+        );
+        let model = Source::parse("hf:gpt2/gpt2/config.json").unwrap();
+        assert_eq!(
+            model.url(Some("http://h")).unwrap(),
+            "http://h/gpt2/gpt2/resolve/main/config.json"
+        );
+        assert!(
+            Source::parse("ftp://x")
+                .unwrap_err()
+                .hint
+                .unwrap()
+                .contains("file:")
+        );
+        assert!(Source::parse("hf:datasets/only").is_err());
+    }
+
+    #[test]
+    fn https_without_digest_is_rejected_at_validation() {
+        let e = Download
+            .normalize_params(&json!({"source": "https://example.com/x.bin"}))
+            .unwrap_err();
+        assert!(e.message.contains("pinned"));
+        let ok = Download
+            .normalize_params(&json!({"source": "https://example.com/x.bin", "digest": format!("sha256:{}", "0".repeat(64))}))
+            .unwrap();
+        assert_eq!(ok["extract"], json!("auto"));
+        assert_eq!(ok["kind"], json!("dataset"));
+    }
+}

@@ -1,0 +1,333 @@
+//! `exec`: run a command with declared inputs and one output directory.
+//!
+//! The command runs under `sh -c` in the pipeline's directory with a *cleared* environment:
+//! only `PATH` (for finding tools; not part of the key), the variables named in `env` (their values
+//! are part of the key, stored hashed so secrets never land in the store), and forge's own:
+//! `FORGE_OUTPUT` (the output directory to fill), `FORGE_WORK_DIR` (scratch that survives a crash
+//! of this same step, for the command's own checkpoints), `FORGE_SEED`, `FORGE_STEP`, and
+//! `FORGE_INPUT_<NAME>` per input (several artifacts are joined with `:`). Files the command
+//! reads from the repository (its script) go in `deps`, whose content is part of the key.
+//! A non-zero exit fails the step and shows the tail of stderr; exit code 75 (`EX_TEMPFAIL`) is
+//! treated as transient and retried.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::artifact::{ArtifactKind, InputSignature, OutputSpec, StepInputs};
+use crate::context::StepContext;
+use crate::op::{KeyContext, OpError, ParamsError, StepOutcome, TypedOp, resolve_path};
+
+/// Parameters of `exec`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// The command line, run with `sh -c` in the pipeline file's directory.
+    pub run: String,
+    /// Environment variables passed through to the command. Their values are part of the key.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Files or directories the command reads (relative to the pipeline file), e.g. its script.
+    /// Their content is part of the key.
+    #[serde(default)]
+    pub deps: Vec<String>,
+    /// Artifact kind of the `out` output.
+    #[serde(default)]
+    pub kind: ArtifactKind,
+}
+
+pub struct Exec;
+
+/// Exit status that marks a failure as transient (sysexits.h `EX_TEMPFAIL`).
+pub const EX_TEMPFAIL: i32 = 75;
+const STDERR_TAIL_LINES: usize = 20;
+
+impl TypedOp for Exec {
+    type Params = ExecParams;
+    const NAME: &'static str = "exec";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "Run a shell command with declared inputs and one output directory";
+
+    fn check(&self, p: &ExecParams) -> Result<(), ParamsError> {
+        if p.run.trim().is_empty() {
+            return Err(ParamsError::at(&["run"], "the command is empty"));
+        }
+        for (i, name) in p.env.iter().enumerate() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ParamsError::at(
+                    &["env", &i.to_string()],
+                    format!("`{name}` is not an environment variable name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn inputs(&self, _p: &ExecParams) -> InputSignature {
+        InputSignature::Open
+    }
+
+    fn outputs(&self, p: &ExecParams) -> Vec<OutputSpec> {
+        vec![OutputSpec {
+            name: "out".into(),
+            kind: p.kind,
+        }]
+    }
+
+    fn key_extras(&self, p: &ExecParams, cx: &KeyContext<'_>) -> Result<Value, OpError> {
+        let mut env = BTreeMap::new();
+        for name in &p.env {
+            let v = std::env::var_os(name)
+                .map(|v| blake3::hash(v.as_encoded_bytes()).to_hex().to_string());
+            env.insert(name.clone(), v);
+        }
+        let mut deps = BTreeMap::new();
+        for d in &p.deps {
+            let path = resolve_path(cx.pipeline_dir, d);
+            let digest = cx.store.tree_digest_of(&path).map_err(|e| match e {
+                forge_cache::StoreError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    OpError::Failed(format!(
+                        "dependency `{d}` does not exist (looked for `{}`)",
+                        path.display()
+                    ))
+                }
+                other => other.into(),
+            })?;
+            deps.insert(d.clone(), digest.to_hex());
+        }
+        Ok(json!({ "env_blake3": env, "deps": deps }))
+    }
+
+    fn watch_paths(&self, p: &ExecParams, pipeline_dir: &Path) -> Vec<PathBuf> {
+        p.deps
+            .iter()
+            .map(|d| resolve_path(pipeline_dir, d))
+            .collect()
+    }
+
+    fn run(
+        &self,
+        ctx: &StepContext,
+        inputs: &StepInputs,
+        p: &ExecParams,
+    ) -> Result<StepOutcome, OpError> {
+        let out = ctx.output_dir("out")?;
+        let scratch = ctx.scratch_dir()?;
+        let logs = ctx.work_dir().join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| OpError::io(&logs, e))?;
+        let stdout_path = logs.join(format!("stdout.{}", ctx.attempt()));
+        let stderr_path = logs.join(format!("stderr.{}", ctx.attempt()));
+        let stdout =
+            std::fs::File::create(&stdout_path).map_err(|e| OpError::io(&stdout_path, e))?;
+        let stderr =
+            std::fs::File::create(&stderr_path).map_err(|e| OpError::io(&stderr_path, e))?;
+
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(&p.run)
+            .current_dir(ctx.pipeline_dir())
+            .env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        for name in &p.env {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        cmd.env("FORGE_OUTPUT", &out)
+            .env("FORGE_WORK_DIR", &scratch)
+            .env("FORGE_SEED", ctx.seed().to_string())
+            .env("FORGE_STEP", ctx.step_id());
+        for (name, arts) in inputs {
+            let joined = std::env::join_paths(arts.iter().map(|a| a.path.as_os_str()))
+                .map_err(|e| OpError::Failed(format!("input `{name}`: {e}")))?;
+            cmd.env(format!("FORGE_INPUT_{}", env_name(name)), joined);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| OpError::Failed(format!("could not start `sh`: {e}")))?;
+        let pgid = child.id() as i32;
+        ctx.log(format!("started `{}` (pid {pgid})", p.run));
+        let status = loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| OpError::Failed(e.to_string()))?
+            {
+                break status;
+            }
+            if ctx.is_cancelled() {
+                kill_group(pgid, &mut child);
+                return Err(OpError::Cancelled(
+                    ctx.cancel_token()
+                        .reason()
+                        .unwrap_or_else(|| "cancelled".into()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if status.success() {
+            return Ok(StepOutcome::default());
+        }
+        let tail = tail_lines(&stderr_path, STDERR_TAIL_LINES);
+        let what = match (status.code(), status.signal()) {
+            (Some(c), _) => format!("command exited with status {c}"),
+            (None, Some(s)) => format!("command was killed by signal {s}"),
+            _ => "command failed".into(),
+        };
+        if status.code() == Some(EX_TEMPFAIL) {
+            return Err(OpError::Transient(format!(
+                "{what} (EX_TEMPFAIL, will retry)"
+            )));
+        }
+        Err(OpError::FailedWithDetail {
+            message: format!("{what}: `{}`", p.run),
+            detail: tail,
+        })
+    }
+}
+
+/// `my-input` → `MY_INPUT`.
+pub fn env_name(input: &str) -> String {
+    input
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn kill_group(pgid: i32, child: &mut std::process::Child) {
+    // SAFETY: signalling our own child's process group.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+fn tail_lines(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::tests::ctx_in;
+
+    fn params(run: &str) -> ExecParams {
+        ExecParams {
+            run: run.into(),
+            env: vec![],
+            deps: vec![],
+            kind: ArtifactKind::Files,
+        }
+    }
+
+    #[test]
+    fn writes_output_and_sees_inputs_and_seed() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctx, _) = ctx_in(d.path());
+        let inp = d.path().join("in");
+        std::fs::create_dir_all(&inp).unwrap();
+        std::fs::write(inp.join("x.txt"), "42").unwrap();
+        let inputs: StepInputs = [(
+            "my-data".to_string(),
+            vec![crate::InputArtifact {
+                path: inp,
+                digest: forge_cache::ObjectDigest::of(b""),
+                kind: ArtifactKind::Files,
+                from_step: "a".into(),
+            }],
+        )]
+        .into();
+        Exec.run(
+            &ctx,
+            &inputs,
+            &params(r#"echo "$(cat $FORGE_INPUT_MY_DATA/x.txt) $FORGE_SEED" > $FORGE_OUTPUT/r"#),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(ctx.outputs_root().join("out/r")).unwrap(),
+            "42 7\n"
+        );
+    }
+
+    #[test]
+    fn failure_shows_stderr_tail_and_tempfail_is_transient() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctx, _) = ctx_in(d.path());
+        let e = Exec
+            .run(&ctx, &StepInputs::new(), &params("echo boom >&2; exit 3"))
+            .unwrap_err();
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("status 3"), "{e}");
+        assert_eq!(e.detail(), Some("boom"));
+        let e = Exec
+            .run(&ctx, &StepInputs::new(), &params("exit 75"))
+            .unwrap_err();
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn environment_is_cleared_except_allowlist() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctx, _) = ctx_in(d.path());
+        // HOME is set in any test environment but not allowlisted.
+        Exec.run(
+            &ctx,
+            &StepInputs::new(),
+            &params(r#"echo "home=${HOME:-unset}" > $FORGE_OUTPUT/e"#),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(ctx.outputs_root().join("out/e")).unwrap(),
+            "home=unset\n"
+        );
+    }
+
+    #[test]
+    fn cancel_kills_the_process_group() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctx, _) = ctx_in(d.path());
+        let token = ctx.cancel_token().clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            token.cancel("test");
+        });
+        let start = std::time::Instant::now();
+        let e = Exec
+            .run(
+                &ctx,
+                &StepInputs::new(),
+                &params("sleep 30 & sleep 30; wait"),
+            )
+            .unwrap_err();
+        t.join().unwrap();
+        assert!(matches!(e, OpError::Cancelled(_)));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}
