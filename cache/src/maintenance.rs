@@ -139,7 +139,7 @@ impl Store {
                 report.actions_removed += 1;
             }
         }
-        for (path, r) in self.all_step_refs()? {
+        for (path, r) in self.step_refs()? {
             if !live_keys.contains(&r.key) {
                 fs::remove_file(&path).at(&path)?;
             }

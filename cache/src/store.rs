@@ -138,6 +138,8 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).at(&p)?;
         }
+        // Absolute, so paths handed to ops stay valid whatever their working directory.
+        let root = fs::canonicalize(&root).at(&root)?;
         Ok(Self {
             stat: StatCache::new(root.join("statcache")),
             root,
@@ -491,7 +493,7 @@ impl Store {
         read_json_opt(&p, "step ref")
     }
 
-    pub(crate) fn all_step_refs(&self) -> Result<Vec<(PathBuf, StepRef)>> {
+    pub fn step_refs(&self) -> Result<Vec<(PathBuf, StepRef)>> {
         let mut out = Vec::new();
         for p in read_dir_sorted(&self.root.join("refs"))? {
             if let Some(r) = read_json_opt::<StepRef>(&p, "step ref")? {

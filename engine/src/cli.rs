@@ -1,0 +1,618 @@
+//! The `forge` command line. Each subcommand is a thin layer over the library: load and plan the
+//! pipeline (reporting every problem, exit code 2, nothing written), then run, inspect or clean
+//! the store. Exit codes: 0 success, 1 a step or check failed, 2 invalid input, 130 interrupted.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use forge_cache::Store;
+use forge_ops::{CancelToken, OpRegistry};
+
+use crate::diag::{did_you_mean, render};
+use crate::events::{Emitter, Stamped};
+use crate::executor::{ApplyOptions, PlannedStep, Status, apply, dry_run};
+use crate::plan::Plan;
+use crate::report::{Console, LogFormat, fancy_terminal, human_duration};
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "forge", version, about = "Build small language models from a declarative YAML pipeline")]
+pub struct Cli {
+    /// Store directory (artifacts, cache, run records).
+    #[arg(long, global = true, env = "FORGE_STORE", default_value = ".forge")]
+    pub store: PathBuf,
+    /// Console output: human lines/bars on stderr, or one JSON event per line on stdout.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Show ops' log lines too.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the pipeline: skip cached steps, run the rest, resume unfinished ones.
+    Apply(ApplyArgs),
+    /// Show what `apply` would do and why (same as `apply --dry-run`).
+    Plan(PlanArgs),
+    /// Each step's state in the store, and the last run.
+    Status(PipelineArg),
+    /// A step's latest result: key, outputs, metrics.
+    Show {
+        /// Step id (`phase.step`, `phase.step[axis=value]`, or a unique step name).
+        step: String,
+        /// Pipeline the step belongs to (needed only when several pipelines have this step).
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a step's outputs out of the store into DIR (writable copies).
+    Export {
+        step: String,
+        dir: PathBuf,
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
+    },
+    /// Re-hash every object in the store; quarantine corrupt ones so the next apply rebuilds them.
+    Verify,
+    /// Delete results not referenced by the most recent runs.
+    Gc {
+        /// How many recent runs to keep alive.
+        #[arg(long, default_value_t = 10)]
+        keep_last: usize,
+    },
+    /// Print the pipeline JSON Schema.
+    Schema,
+}
+
+#[derive(Args, Debug)]
+pub struct PipelineArg {
+    /// Pipeline file (default: ./forge.yaml).
+    pub pipeline: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRunFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    pub pipeline: Option<PathBuf>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub select: Selection,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Selection {
+    /// Re-run this step even if cached (repeatable).
+    #[arg(long, value_name = "STEP")]
+    pub force: Vec<String>,
+    /// Run only this step and what it depends on (repeatable).
+    #[arg(long, value_name = "STEP")]
+    pub only: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    pub pipeline: Option<PathBuf>,
+    /// Print the plan instead of running (`--dry-run=json` for JSON).
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "text")]
+    pub dry_run: Option<DryRunFormat>,
+    /// Re-plan and re-apply when the pipeline or a `file:` input changes.
+    #[arg(long)]
+    pub watch: bool,
+    /// Steps running at once (CPU slots); default: number of cores.
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+    /// GPUs available to steps that ask for them.
+    #[arg(long, default_value_t = 1)]
+    pub gpus: u32,
+    /// After a failure, still run everything not downstream of it.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Give up waiting for a step locked by another process after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub select: Selection,
+}
+
+/// Entry point for `forge` and for custom binaries that add their own ops.
+pub fn main_with_registry(registry: OpRegistry) -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FORGE_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    run(cli, registry)
+}
+
+pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
+    let code = match &cli.command {
+        Command::Apply(a) => cmd_apply(&cli, a, &registry),
+        Command::Plan(p) => with_plan(&p.pipeline, &registry, |plan| {
+            let opts = selection(plan, &p.select, ApplyOptions::default())?;
+            print_plan(&cli, plan, &opts, if p.json { DryRunFormat::Json } else { DryRunFormat::Text })
+        }),
+        Command::Status(p) => with_plan(&p.pipeline, &registry, |plan| cmd_status(&cli, plan)),
+        Command::Show { step, pipeline, json } => cmd_show(&cli, step, pipeline.as_deref(), *json, &registry),
+        Command::Export { step, dir, pipeline } => cmd_export(&cli, step, dir, pipeline.as_deref(), &registry),
+        Command::Verify => cmd_verify(&cli),
+        Command::Gc { keep_last } => cmd_gc(&cli, *keep_last),
+        Command::Schema => {
+            print!("{}", crate::schema::pipeline_schema_text(&registry));
+            Ok(0)
+        }
+    };
+    ExitCode::from(code.unwrap_or_else(|c| c))
+}
+
+type CmdResult = Result<u8, u8>;
+
+fn eprint_error(msg: &str, hint: Option<&str>) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "error: {msg}");
+    if let Some(h) = hint {
+        let _ = writeln!(e, "\nhint: {h}");
+    }
+}
+
+fn pipeline_path(p: &Option<PathBuf>) -> Result<PathBuf, u8> {
+    match p {
+        Some(p) => Ok(p.clone()),
+        None if Path::new("forge.yaml").exists() => Ok("forge.yaml".into()),
+        None => {
+            eprint_error(
+                "no pipeline given and ./forge.yaml does not exist",
+                Some("pass a pipeline file, e.g. `forge apply pipelines/hello.yaml`"),
+            );
+            Err(EXIT_INVALID)
+        }
+    }
+}
+
+/// Load and plan a pipeline; on any problem print every diagnostic and return exit code 2.
+pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
+    let result = crate::pipeline::load(path).and_then(|mut p| {
+        // Absolute, so ops (e.g. `exec`'s working directory) see the same dir wherever they run.
+        if let Ok(d) = std::fs::canonicalize(&p.dir) {
+            p.dir = d;
+        }
+        crate::plan::build(p, registry)
+    });
+    result.map_err(|invalid| {
+        let n = invalid.diagnostics.len();
+        let text = render(&invalid.file, &invalid.diagnostics, fancy_terminal());
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(text.as_bytes());
+        let _ = writeln!(
+            e,
+            "error: `{}` is not a valid pipeline ({n} error{}); nothing was run",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        );
+        EXIT_INVALID
+    })
+}
+
+fn with_plan(p: &Option<PathBuf>, registry: &OpRegistry, f: impl FnOnce(&Plan) -> CmdResult) -> CmdResult {
+    let path = pipeline_path(p)?;
+    let plan = load_plan(&path, registry)?;
+    f(&plan)
+}
+
+fn select_steps(plan: &Plan, sel: &str, flag: &str) -> Result<Vec<usize>, u8> {
+    let found = plan.select(sel);
+    if found.is_empty() {
+        let ids: Vec<String> = plan.steps.iter().map(|s| s.id.clone()).collect();
+        let hint = did_you_mean(sel, ids.iter().map(String::as_str)).unwrap_or_else(|| format!("steps: {}", ids.join(", ")));
+        eprint_error(&format!("{flag} `{sel}` matches no step of `{}`", plan.pipeline.name), Some(&hint));
+        return Err(EXIT_INVALID);
+    }
+    Ok(found)
+}
+
+fn selection(plan: &Plan, sel: &Selection, mut opts: ApplyOptions) -> Result<ApplyOptions, u8> {
+    for f in &sel.force {
+        opts.force.extend(select_steps(plan, f, "--force")?);
+    }
+    if !sel.only.is_empty() {
+        let mut roots = Vec::new();
+        for o in &sel.only {
+            roots.extend(select_steps(plan, o, "--only")?);
+        }
+        opts.only = Some(plan.with_ancestors(&roots));
+    }
+    Ok(opts)
+}
+
+/// Open the store if it exists, else a throwaway one (a plan must not create `.forge`).
+fn store_for_reading(root: &Path) -> Result<(Store, Option<tempfile::TempDir>), u8> {
+    match Store::open_existing(root) {
+        Ok(Some(s)) => Ok((s, None)),
+        Ok(None) => {
+            let tmp = tempfile::tempdir().map_err(|e| {
+                eprint_error(&format!("creating a temporary directory: {e}"), None);
+                EXIT_FAILED
+            })?;
+            let s = Store::open(tmp.path().join("store")).map_err(|e| store_error(&e))?;
+            Ok((s, Some(tmp)))
+        }
+        Err(e) => Err(store_error(&e)),
+    }
+}
+
+fn store_error(e: &dyn std::error::Error) -> u8 {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    eprint_error(&msg, None);
+    EXIT_FAILED
+}
+
+fn print_plan(cli: &Cli, plan: &Plan, opts: &ApplyOptions, format: DryRunFormat) -> CmdResult {
+    let (store, _tmp) = store_for_reading(&cli.store)?;
+    let steps = dry_run(plan, &store, opts).map_err(|e| {
+        eprint_error(&e.to_string(), None);
+        EXIT_FAILED
+    })?;
+    let mut out = std::io::stdout().lock();
+    if format == DryRunFormat::Json {
+        let doc = serde_json::json!({ "pipeline": plan.pipeline.name, "steps": steps });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("json"));
+        return Ok(0);
+    }
+    let _ = out.write_all(plan_text(plan, &steps).as_bytes());
+    Ok(0)
+}
+
+pub fn plan_text(plan: &Plan, steps: &[PlannedStep]) -> String {
+    let cached = steps.iter().filter(|s| s.status == "cached").count();
+    let mut s = format!(
+        "Plan for {} ({} step{}: {cached} cached, {} to run)\n",
+        plan.pipeline.name,
+        steps.len(),
+        if steps.len() == 1 { "" } else { "s" },
+        steps.len() - cached
+    );
+    let w = steps.iter().map(|x| x.id.len()).max().unwrap_or(0);
+    for p in steps {
+        let key = p.key.as_deref().map(|k| &k[..12]).unwrap_or("(pending)");
+        if p.changes.len() > 1 {
+            s.push_str(&format!("  {:<6}  {:<w$}  {key:<12}  changed:\n", p.status, p.id));
+            for c in &p.changes {
+                s.push_str(&format!("  {:<6}  {:<w$}  {:<12}    {c}\n", "", "", ""));
+            }
+        } else {
+            s.push_str(&format!("  {:<6}  {:<w$}  {key:<12}  {}\n", p.status, p.id, p.reason));
+        }
+    }
+    s
+}
+
+fn cmd_status(cli: &Cli, plan: &Plan) -> CmdResult {
+    print_plan(cli, plan, &ApplyOptions::default(), DryRunFormat::Text)?;
+    if let Ok(Some(store)) = Store::open_existing(&cli.store) {
+        let runs = store.runs().unwrap_or_default();
+        if let Some(last) = runs.iter().rev().find(|r| r.pipeline == plan.pipeline.name) {
+            let when = std::time::UNIX_EPOCH + Duration::from_millis(last.started_unix_ms);
+            let count = |s: &str| last.steps.iter().filter(|x| x.status == s).count();
+            println!(
+                "\nLast run {} at {}: {} ({} ran, {} cached, {} failed)",
+                last.id,
+                humantime::format_rfc3339_seconds(when),
+                last.status,
+                count("ran"),
+                count("cached"),
+                count("failed")
+            );
+        } else {
+            println!("\nNo runs of `{}` in {}", plan.pipeline.name, cli.store.display());
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
+    let path = pipeline_path(&a.pipeline)?;
+    if let Some(format) = a.dry_run {
+        let plan = load_plan(&path, registry)?;
+        let opts = selection(&plan, &a.select, ApplyOptions::default())?;
+        return print_plan(cli, &plan, &opts, format);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .max_blocking_threads(512)
+        .build()
+        .map_err(|e| {
+            eprint_error(&format!("starting the runtime: {e}"), None);
+            EXIT_FAILED
+        })?;
+    // Ctrl-C: the first cancels the current apply cleanly, the second exits at once.
+    let current: Arc<Mutex<CancelToken>> = Arc::new(Mutex::new(CancelToken::new()));
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let current = current.clone();
+        let interrupted = interrupted.clone();
+        rt.spawn(async move {
+            let mut n = 0;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                n += 1;
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                if n >= 2 {
+                    eprintln!("\nerror: interrupted twice; exiting without waiting for steps to stop");
+                    std::process::exit(EXIT_INTERRUPTED as i32);
+                }
+                eprintln!("\nInterrupted: stopping running steps (they keep their checkpoints); Ctrl-C again to exit now");
+                current.lock().unwrap_or_else(|e| e.into_inner()).cancel("interrupted (Ctrl-C)");
+            }
+        });
+    }
+    let once = |plan: Plan| -> CmdResult {
+        let opts = selection(&plan, &a.select, ApplyOptions {
+            jobs: a.jobs.unwrap_or_else(|| ApplyOptions::default().jobs),
+            gpus: a.gpus,
+            keep_going: a.keep_going,
+            lock_timeout: a.lock_timeout,
+            retry_base: retry_base(),
+            ..ApplyOptions::default()
+        })?;
+        let token = CancelToken::new();
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
+        run_apply(cli, plan, opts, token, &rt)
+    };
+    if !a.watch {
+        let plan = load_plan(&path, registry)?;
+        let code = once(plan)?;
+        return if interrupted.load(std::sync::atomic::Ordering::SeqCst) { Err(EXIT_INTERRUPTED) } else { Ok(code) };
+    }
+    crate::watch::watch(&path, registry, &interrupted, |plan| once(plan).unwrap_or_else(|c| c))
+}
+
+fn retry_base() -> Duration {
+    std::env::var("FORGE_RETRY_BASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(1))
+}
+
+fn run_apply(cli: &Cli, plan: Plan, opts: ApplyOptions, token: CancelToken, rt: &tokio::runtime::Runtime) -> CmdResult {
+    let store = Store::open(&cli.store).map_err(|e| store_error(&e))?;
+    let _store_lock = store.lock_store(false).map_err(|e| store_error(&e))?;
+    let mut run = store.new_run().map_err(|e| store_error(&e))?;
+    let events_path = run.dir().join("events.jsonl");
+    let mut events_file = std::fs::OpenOptions::new().append(true).open(&events_path).map_err(|e| {
+        eprint_error(&format!("opening `{}`: {e}", events_path.display()), None);
+        EXIT_FAILED
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel::<Stamped>();
+    let emitter = Emitter::new(tx);
+    let mut console = Console::new(cli.log_format, cli.verbose);
+    let reporter = std::thread::spawn(move || {
+        for ev in rx {
+            if let Ok(line) = serde_json::to_string(&ev) {
+                let _ = events_file.write_all(line.as_bytes());
+                let _ = events_file.write_all(b"\n");
+                let _ = events_file.flush();
+            }
+            console.handle(&ev);
+        }
+    });
+    let plan = Arc::new(plan);
+    let report = rt.block_on(apply(plan.clone(), store, opts, emitter, token.clone(), &mut run));
+    let _ = reporter.join();
+    if report.results.iter().any(|r| r.status == Status::Failed) {
+        return Err(EXIT_FAILED);
+    }
+    if token.is_cancelled() {
+        return Err(EXIT_INTERRUPTED);
+    }
+    Ok(0)
+}
+
+/// Find the latest results for a step selector among the store's step refs.
+fn find_refs(cli: &Cli, sel: &str, pipeline: Option<&Path>, registry: &OpRegistry) -> Result<(Store, Vec<forge_cache::StepRef>), u8> {
+    let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
+        eprint_error(&format!("no store at `{}`", cli.store.display()), Some("run `forge apply <pipeline>` first"));
+        return Err(EXIT_FAILED);
+    };
+    let pipeline_name = match pipeline {
+        Some(p) => Some(load_plan(p, registry)?.pipeline.name),
+        None => None,
+    };
+    let matches = |id: &str| {
+        id == sel
+            || id.split('[').next() == Some(sel)
+            || id.split('[').next().and_then(|b| b.split('.').nth(1)) == Some(sel)
+    };
+    let refs: Vec<forge_cache::StepRef> = store
+        .step_refs()
+        .map_err(|e| store_error(&e))?
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| matches(&r.step) && pipeline_name.as_ref().is_none_or(|n| *n == r.pipeline))
+        .collect();
+    let pipelines: BTreeSet<&str> = refs.iter().map(|r| r.pipeline.as_str()).collect();
+    if refs.is_empty() {
+        eprint_error(&format!("no results for step `{sel}` in `{}`", cli.store.display()), Some("run `forge status <pipeline>` to see its steps"));
+        return Err(EXIT_FAILED);
+    }
+    if pipelines.len() > 1 {
+        let names: Vec<&str> = pipelines.into_iter().collect();
+        eprint_error(
+            &format!("step `{sel}` exists in several pipelines: {}", names.join(", ")),
+            Some("pick one with `--pipeline <file>`"),
+        );
+        return Err(EXIT_INVALID);
+    }
+    let mut refs = refs;
+    refs.sort_by(|a, b| a.step.cmp(&b.step));
+    Ok((store, refs))
+}
+
+fn cmd_show(cli: &Cli, sel: &str, pipeline: Option<&Path>, json: bool, registry: &OpRegistry) -> CmdResult {
+    let (store, refs) = find_refs(cli, sel, pipeline, registry)?;
+    let mut docs = Vec::new();
+    for r in &refs {
+        let Some(rec) = store.read_action(&r.key).map_err(|e| store_error(&e))? else { continue };
+        let intact = store.get_action(&r.key).map_err(|e| store_error(&e))?.is_some();
+        let mut outputs = serde_json::Map::new();
+        for (name, d) in &rec.outputs {
+            let tree = store.read_tree(d).ok();
+            let path = if intact { store.checkout(d).ok().map(|p| p.display().to_string()) } else { None };
+            outputs.insert(
+                name.clone(),
+                serde_json::json!({
+                    "digest": d.to_hex(),
+                    "path": path,
+                    "files": tree.as_ref().map(|t| t.entries.len()),
+                    "bytes": tree.as_ref().map(|t| t.total_size()),
+                }),
+            );
+        }
+        docs.push(serde_json::json!({
+            "pipeline": r.pipeline,
+            "step": r.step,
+            "op": rec.op,
+            "key": rec.key.to_hex(),
+            "intact": intact,
+            "created_unix_ms": rec.created_unix_ms,
+            "duration_ms": rec.duration_ms,
+            "run_id": rec.run_id,
+            "outputs": outputs,
+            "metrics": rec.metrics,
+        }));
+    }
+    if json {
+        let v = if docs.len() == 1 { docs.pop().expect("one") } else { serde_json::Value::Array(docs) };
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(0);
+    }
+    for d in &docs {
+        let when = std::time::UNIX_EPOCH + Duration::from_millis(d["created_unix_ms"].as_u64().unwrap_or(0));
+        println!("{} (pipeline {}, op {})", d["step"].as_str().unwrap_or(""), d["pipeline"].as_str().unwrap_or(""), d["op"].as_str().unwrap_or(""));
+        println!("  key      {}", d["key"].as_str().unwrap_or(""));
+        println!(
+            "  created  {} in run {}, took {}",
+            humantime::format_rfc3339_seconds(when),
+            d["run_id"].as_str().unwrap_or(""),
+            human_duration(d["duration_ms"].as_u64().unwrap_or(0))
+        );
+        if d["intact"] == false {
+            println!("  WARNING  some outputs are missing or quarantined; the next apply rebuilds them");
+        }
+        println!("  outputs");
+        for (name, o) in d["outputs"].as_object().into_iter().flatten() {
+            println!(
+                "    {name}  {}  {} files, {} bytes  {}",
+                &o["digest"].as_str().unwrap_or("")[..12],
+                o["files"],
+                o["bytes"],
+                o["path"].as_str().unwrap_or("")
+            );
+        }
+        let metrics = d["metrics"].as_object().cloned().unwrap_or_default();
+        if !metrics.is_empty() {
+            println!("  metrics");
+            for (k, v) in metrics {
+                println!("    {k} = {v}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_export(cli: &Cli, sel: &str, dir: &Path, pipeline: Option<&Path>, registry: &OpRegistry) -> CmdResult {
+    let (store, refs) = find_refs(cli, sel, pipeline, registry)?;
+    let several = refs.len() > 1;
+    for r in &refs {
+        let Some(rec) = store.get_action(&r.key).map_err(|e| store_error(&e))? else {
+            eprint_error(&format!("the result of `{}` is incomplete in the store", r.step), Some("run `forge apply` to rebuild it"));
+            return Err(EXIT_FAILED);
+        };
+        for (name, d) in &rec.outputs {
+            let dest = if several { dir.join(&r.step).join(name) } else { dir.join(name) };
+            store.export(d, &dest).map_err(|e| store_error(&e))?;
+            eprintln!("{:>12} {} `{name}` to {}", "Exported", r.step, dest.display());
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_verify(cli: &Cli) -> CmdResult {
+    let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
+        eprintln!("No store at `{}`; nothing to verify", cli.store.display());
+        return Ok(0);
+    };
+    let r = store.verify(&mut |_, _| {}).map_err(|e| store_error(&e))?;
+    if cli.log_format == LogFormat::Json {
+        println!("{}", serde_json::to_string(&r).expect("json"));
+    }
+    for c in &r.corrupt {
+        eprintln!(
+            "{:>12} object {} (content hashes to {}); moved to {}",
+            "Corrupt",
+            c.digest,
+            c.actual.map(|a| a.to_hex()).unwrap_or_else(|| "(unreadable)".into()),
+            c.quarantined_to.display()
+        );
+    }
+    let mib = r.bytes_checked as f64 / (1u64 << 20) as f64;
+    if r.corrupt.is_empty() {
+        eprintln!("{:>12} {} objects ({mib:.1} MiB): all intact", "Verified", r.objects_checked);
+        Ok(0)
+    } else {
+        eprintln!(
+            "{:>12} {} objects ({mib:.1} MiB): {} corrupt, quarantined; {} results will be rebuilt by the next apply",
+            "Verified",
+            r.objects_checked,
+            r.corrupt.len(),
+            r.actions_invalidated
+        );
+        Err(EXIT_FAILED)
+    }
+}
+
+fn cmd_gc(cli: &Cli, keep_last: usize) -> CmdResult {
+    let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
+        eprintln!("No store at `{}`; nothing to collect", cli.store.display());
+        return Ok(0);
+    };
+    let r = store.gc(keep_last).map_err(|e| store_error(&e))?;
+    if cli.log_format == LogFormat::Json {
+        println!("{}", serde_json::to_string(&r).expect("json"));
+    }
+    eprintln!(
+        "{:>12} kept {} runs; removed {} runs, {} results, {} objects ({:.1} MiB), {} work dirs, {} views",
+        "Collected",
+        r.runs_kept,
+        r.runs_removed,
+        r.actions_removed,
+        r.objects_removed,
+        r.bytes_freed as f64 / (1u64 << 20) as f64,
+        r.work_dirs_removed,
+        r.views_removed
+    );
+    Ok(0)
+}

@@ -1,0 +1,594 @@
+//! The executor: runs a [`Plan`] against the store.
+//!
+//! # Overview
+//! 1. Steps become ready when every dependency has finished; ready steps start in file order as
+//!    long as CPU slots (`--jobs`) and GPUs allow. Each runs on a blocking thread (tokio's
+//!    `spawn_blocking`), never on the async reactor.
+//! 2. A starting step computes its key from its params and the *output digests* of its inputs
+//!    (see [`crate::key`]). A recorded action with all outputs intact is a cache hit.
+//! 3. Otherwise the step takes its lock (so concurrent `forge apply` processes run it once),
+//!    checks the cache again, and runs the op in `work/<key>/`, where checkpoints from a killed
+//!    earlier attempt are waiting. Transient failures retry with exponential backoff.
+//! 4. Outputs are moved into the store as trees, the action and the step ref are written, the
+//!    work dir is removed.
+//!
+//! Failure is fail-fast by default: running siblings are cancelled (they checkpoint and stop) and
+//! nothing new starts. With `--keep-going`, everything not downstream of a failure still runs.
+//! Ctrl-C cancels the same way; the next `apply` resumes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use forge_cache::{Acquired, ActionRecord, LockOptions, ObjectDigest, RunStep, RunSummary, StepKey, StepRef, Store};
+use forge_ops::{CancelToken, InputArtifact, KeyContext, OpError, StepContext, StepEvent, StepInputs};
+use serde::Serialize;
+
+use crate::events::{Emitter, Event};
+use crate::key::{KeyPreimage, explain};
+use crate::plan::Plan;
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub jobs: usize,
+    pub gpus: u32,
+    pub keep_going: bool,
+    /// Steps to re-run even when cached.
+    pub force: BTreeSet<usize>,
+    /// Only these steps (and nothing else) run; `None` means all.
+    pub only: Option<Vec<bool>>,
+    pub lock_timeout: Duration,
+    /// First retry delay; doubled per attempt, capped at a minute.
+    pub retry_base: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            gpus: 1,
+            keep_going: false,
+            force: BTreeSet::new(),
+            only: None,
+            lock_timeout: Duration::from_secs(24 * 3600),
+            retry_base: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Pending,
+    Cached,
+    Ran,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl Status {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Cached => "cached",
+            Self::Ran => "ran",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub status: Status,
+    pub key: Option<StepKey>,
+    pub outputs: BTreeMap<String, ObjectDigest>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+impl StepResult {
+    fn pending() -> Self {
+        Self { status: Status::Pending, key: None, outputs: BTreeMap::new(), duration_ms: 0, error: None }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApplyReport {
+    pub run_id: String,
+    pub results: Vec<StepResult>,
+    /// "succeeded", "failed" or "cancelled".
+    pub status: String,
+}
+
+// ----- keys and dry runs -------------------------------------------------------------------------
+
+/// The key pre-image of step `i` given its inputs' output digests.
+pub fn preimage(
+    plan: &Plan,
+    store: &Store,
+    i: usize,
+    outputs: &[Option<BTreeMap<String, ObjectDigest>>],
+) -> Result<Option<KeyPreimage>, OpError> {
+    let s = &plan.steps[i];
+    let mut inputs = BTreeMap::new();
+    for (name, ups) in &s.inputs {
+        let mut ds = Vec::new();
+        for u in ups {
+            match outputs[u.step].as_ref().and_then(|o| o.get(&u.output)) {
+                Some(d) => ds.push(*d),
+                None => return Ok(None),
+            }
+        }
+        inputs.insert(name.clone(), ds);
+    }
+    let cx = KeyContext { pipeline_dir: &plan.pipeline.dir, store };
+    let extras = s.op.key_extras(&s.params, &cx)?;
+    Ok(Some(KeyPreimage::new(
+        s.op.name(),
+        s.op.version(),
+        s.params.clone(),
+        inputs,
+        extras,
+        plan.pipeline.defaults.seed,
+        s.op.backend_class(&s.params, &plan.pipeline.defaults.device),
+    )))
+}
+
+/// One line of `forge plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    pub id: String,
+    pub op: String,
+    pub key: Option<String>,
+    /// "cached" or "run".
+    pub status: &'static str,
+    pub reason: String,
+    #[serde(skip)]
+    pub changes: Vec<String>,
+}
+
+/// What `apply` would do, and why, without running anything.
+pub fn dry_run(plan: &Plan, store: &Store, opts: &ApplyOptions) -> Result<Vec<PlannedStep>, OpError> {
+    let mut outputs: Vec<Option<BTreeMap<String, ObjectDigest>>> = vec![None; plan.steps.len()];
+    let mut out = Vec::new();
+    for &i in &plan.order {
+        if opts.only.as_ref().is_some_and(|o| !o[i]) {
+            continue;
+        }
+        let s = &plan.steps[i];
+        let pre = preimage(plan, store, i, &outputs)?;
+        let (key, status, reason, changes) = match pre {
+            None => {
+                let ups: BTreeSet<&str> =
+                    s.inputs.values().flatten().filter(|u| outputs[u.step].is_none()).map(|u| plan.steps[u.step].id.as_str()).collect();
+                (None, "run", format!("input from {} will be rebuilt", ups.into_iter().collect::<Vec<_>>().join(", ")), vec![])
+            }
+            Some(pre) => {
+                let key = pre.key();
+                let hit = store.get_action(&key)?;
+                if opts.force.contains(&i) {
+                    (Some(key), "run", "forced with --force".to_string(), vec![])
+                } else if let Some(rec) = hit {
+                    outputs[i] = Some(rec.outputs);
+                    (Some(key), "cached", "up to date".to_string(), vec![])
+                } else {
+                    let prev = store.step_ref(&plan.pipeline.name, &s.id)?;
+                    let (reason, changes) = match prev {
+                        None => ("no previous result".to_string(), vec![]),
+                        Some(r) if r.key == key => ("previous result is missing from the store (rebuild)".to_string(), vec![]),
+                        Some(r) => {
+                            let changes = explain(&r.preimage, &pre.to_json(), 8);
+                            let reason = if changes.is_empty() { "key changed".into() } else { changes.join("; ") };
+                            (reason, changes)
+                        }
+                    };
+                    (Some(key), "run", reason, changes)
+                }
+            }
+        };
+        out.push(PlannedStep { id: s.id.clone(), op: s.op.name().into(), key: key.map(|k| k.to_hex()), status, reason, changes });
+    }
+    Ok(out)
+}
+
+// ----- apply -------------------------------------------------------------------------------------
+
+struct Shared {
+    plan: Arc<Plan>,
+    store: Store,
+    opts: ApplyOptions,
+    emitter: Emitter,
+    cancel: CancelToken,
+    run_id: String,
+}
+
+fn summary(shared: &Shared, results: &[StepResult], status: &str, started: u64, finished: Option<u64>) -> RunSummary {
+    RunSummary {
+        id: shared.run_id.clone(),
+        pipeline: shared.plan.pipeline.name.clone(),
+        pipeline_path: shared.plan.pipeline.path.display().to_string(),
+        started_unix_ms: started,
+        finished_unix_ms: finished,
+        status: status.into(),
+        steps: shared
+            .plan
+            .steps
+            .iter()
+            .zip(results)
+            .map(|(s, r)| RunStep {
+                id: s.id.clone(),
+                op: s.op.name().into(),
+                key: r.key,
+                status: r.status.as_str().into(),
+                outputs: r.outputs.clone(),
+                duration_ms: r.duration_ms,
+                error: r.error.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Run the plan. `cancel` is triggered by Ctrl-C (the caller wires it) or by a failure.
+pub async fn apply(
+    plan: Arc<Plan>,
+    store: Store,
+    opts: ApplyOptions,
+    emitter: Emitter,
+    cancel: CancelToken,
+    run: &mut forge_cache::RunWriter,
+) -> ApplyReport {
+    let n = plan.steps.len();
+    let started = now_ms();
+    let t0 = Instant::now();
+    let shared = Arc::new(Shared { plan: plan.clone(), store, opts, emitter, cancel, run_id: run.id.clone() });
+    let selected: Vec<bool> = shared.opts.only.clone().unwrap_or_else(|| vec![true; n]);
+    let mut results: Vec<StepResult> = (0..n).map(|_| StepResult::pending()).collect();
+    let mut outputs: Vec<Option<BTreeMap<String, ObjectDigest>>> = vec![None; n];
+    let deps: Vec<BTreeSet<usize>> = plan.steps.iter().map(|s| s.deps().collect()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let mut waiting: Vec<usize> = deps.iter().map(BTreeSet::len).collect();
+    let _ = run.write_summary(&summary(&shared, &results, "running", started, None));
+    shared.emitter.emit(Event::RunStarted {
+        run_id: run.id.clone(),
+        pipeline: plan.pipeline.name.clone(),
+        steps: selected.iter().filter(|s| **s).count(),
+    });
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| selected[i] && waiting[i] == 0).collect();
+    for &i in plan.order.iter().filter(|&&i| selected[i]) {
+        shared.emitter.emit(Event::Queued { step: plan.steps[i].id.clone() });
+    }
+    let mut running: tokio::task::JoinSet<(usize, StepResult)> = tokio::task::JoinSet::new();
+    let jobs = shared.opts.jobs.max(1) as u32;
+    let (mut cpu_free, mut gpu_free) = (jobs, shared.opts.gpus);
+    let mut stopping = false;
+
+    loop {
+        if !stopping && !shared.cancel.is_cancelled() {
+            for i in ready.clone() {
+                let r = plan.steps[i].resources;
+                let cpus = r.cpus.clamp(1, jobs);
+                if r.gpus > shared.opts.gpus {
+                    ready.remove(&i);
+                    let msg = format!("needs {} GPU(s) but only {} are available (--gpus)", r.gpus, shared.opts.gpus);
+                    shared.emitter.emit(Event::Failed { step: plan.steps[i].id.clone(), error: msg.clone(), detail: None });
+                    results[i] = StepResult { status: Status::Failed, error: Some(msg), ..StepResult::pending() };
+                    if !shared.opts.keep_going {
+                        stopping = true;
+                        shared.cancel.cancel(format!("{} failed", plan.steps[i].id));
+                    }
+                    continue;
+                }
+                if cpus <= cpu_free && r.gpus <= gpu_free {
+                    cpu_free -= cpus;
+                    gpu_free -= r.gpus;
+                    ready.remove(&i);
+                    let inputs = input_artifacts(&plan, i, &outputs);
+                    let sh = shared.clone();
+                    running.spawn_blocking(move || (i, run_step(&sh, i, inputs)));
+                }
+            }
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (i, res) = match joined {
+            Ok(x) => x,
+            Err(e) => panic!("step task panicked: {e}"),
+        };
+        let r = plan.steps[i].resources;
+        cpu_free += r.cpus.clamp(1, jobs);
+        gpu_free += r.gpus;
+        match res.status {
+            Status::Cached | Status::Ran => {
+                outputs[i] = Some(res.outputs.clone());
+                for &j in &dependents[i] {
+                    waiting[j] -= 1;
+                    if waiting[j] == 0 && selected[j] {
+                        ready.insert(j);
+                    }
+                }
+            }
+            Status::Failed if !shared.opts.keep_going => {
+                stopping = true;
+                shared.cancel.cancel(format!("{} failed", plan.steps[i].id));
+            }
+            _ => {}
+        }
+        results[i] = res;
+        let _ = run.write_summary(&summary(&shared, &results, "running", started, None));
+    }
+
+    // Whatever never ran: say why.
+    for &i in &plan.order {
+        if !selected[i] || results[i].status != Status::Pending {
+            continue;
+        }
+        let blocked_by = deps[i].iter().find(|&&d| matches!(results[d].status, Status::Failed | Status::Cancelled | Status::Skipped));
+        let reason = match (blocked_by, shared.cancel.reason()) {
+            (Some(&d), _) => format!("depends on {} which did not finish", plan.steps[d].id),
+            (None, Some(r)) => format!("not started: {r}"),
+            (None, None) => "not started".into(),
+        };
+        shared.emitter.emit(Event::Skipped { step: plan.steps[i].id.clone(), reason: reason.clone() });
+        results[i] = StepResult { status: Status::Skipped, error: Some(reason), ..StepResult::pending() };
+    }
+    let count = |s: Status| results.iter().zip(&selected).filter(|(r, sel)| **sel && r.status == s).count();
+    let failed = count(Status::Failed);
+    let cancelled = count(Status::Cancelled);
+    let status = if failed > 0 {
+        "failed"
+    } else if cancelled > 0 || count(Status::Skipped) > 0 {
+        "cancelled"
+    } else {
+        "succeeded"
+    };
+    shared.emitter.emit(Event::RunFinished {
+        status: status.into(),
+        ran: count(Status::Ran),
+        cached: count(Status::Cached),
+        failed,
+        skipped: count(Status::Skipped) + cancelled,
+        duration_ms: t0.elapsed().as_millis() as u64,
+    });
+    let _ = run.write_summary(&summary(&shared, &results, status, started, Some(now_ms())));
+    ApplyReport { run_id: run.id.clone(), results, status: status.into() }
+}
+
+type Inputs = BTreeMap<String, Vec<(ObjectDigest, forge_ops::ArtifactKind, String)>>;
+
+fn input_artifacts(plan: &Plan, i: usize, outputs: &[Option<BTreeMap<String, ObjectDigest>>]) -> Inputs {
+    plan.steps[i]
+        .inputs
+        .iter()
+        .map(|(name, ups)| {
+            let v = ups
+                .iter()
+                .map(|u| (outputs[u.step].as_ref().expect("dependency finished")[&u.output], u.kind, plan.steps[u.step].id.clone()))
+                .collect();
+            (name.clone(), v)
+        })
+        .collect()
+}
+
+fn failed(err: String, detail: Option<String>, key: Option<StepKey>, t: Instant) -> StepResult {
+    let _ = detail;
+    StepResult { status: Status::Failed, key, outputs: BTreeMap::new(), duration_ms: t.elapsed().as_millis() as u64, error: Some(err) }
+}
+
+/// Run (or find in the cache) one step. Blocking.
+fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
+    let t = Instant::now();
+    let s = &sh.plan.steps[i];
+    let id = s.id.clone();
+    let emit_failed = |error: String, detail: Option<String>, key: Option<StepKey>| {
+        sh.emitter.emit(Event::Failed { step: id.clone(), error: error.clone(), detail: detail.clone() });
+        failed(error, detail, key, t)
+    };
+    if sh.cancel.is_cancelled() {
+        let reason = sh.cancel.reason().unwrap_or_default();
+        sh.emitter.emit(Event::Cancelled { step: id.clone(), reason: reason.clone() });
+        return StepResult { status: Status::Cancelled, error: Some(reason), ..StepResult::pending() };
+    }
+    // 1. The key.
+    let digests: Vec<Option<BTreeMap<String, ObjectDigest>>> = {
+        // Rebuild the digest view preimage() expects, from our resolved inputs.
+        let mut v = vec![None; sh.plan.steps.len()];
+        for (name, ups) in &s.inputs {
+            for (u, (d, _, _)) in ups.iter().zip(&inputs[name]) {
+                v[u.step].get_or_insert_with(BTreeMap::new).insert(u.output.clone(), *d);
+            }
+        }
+        v
+    };
+    let pre = match preimage(&sh.plan, &sh.store, i, &digests) {
+        Ok(Some(p)) => p,
+        Ok(None) => unreachable!("all inputs of a started step are finished"),
+        Err(e) => return emit_failed(e.to_string(), e.detail().map(str::to_owned), None),
+    };
+    let key = pre.key();
+    let pre_json = pre.to_json();
+    let forced = sh.opts.force.contains(&i);
+    let set_ref = |key: StepKey| {
+        let _ = sh.store.set_step_ref(&StepRef {
+            pipeline: sh.plan.pipeline.name.clone(),
+            step: id.clone(),
+            key,
+            preimage: pre_json.clone(),
+            updated_unix_ms: now_ms(),
+        });
+    };
+    let hit = |rec: ActionRecord| {
+        set_ref(key);
+        sh.emitter.emit(Event::CacheHit { step: id.clone(), key: key.to_hex() });
+        StepResult { status: Status::Cached, key: Some(key), outputs: rec.outputs, duration_ms: 0, error: None }
+    };
+    // 2. Cache, lock, cache again.
+    if !forced {
+        match sh.store.get_action(&key) {
+            Ok(Some(rec)) => return hit(rec),
+            Ok(None) => {}
+            Err(e) => return emit_failed(e.to_string(), None, Some(key)),
+        }
+    }
+    let lock_opts = LockOptions { timeout: sh.opts.lock_timeout, poll: Duration::from_millis(50) };
+    let lock = match sh.store.lock_step(&key, lock_opts, &|| sh.cancel.is_cancelled()) {
+        Ok(l) => l,
+        Err(e) if sh.cancel.is_cancelled() => {
+            let reason = sh.cancel.reason().unwrap_or_else(|| e.to_string());
+            sh.emitter.emit(Event::Cancelled { step: id.clone(), reason: reason.clone() });
+            return StepResult { status: Status::Cancelled, key: Some(key), error: Some(reason), ..StepResult::pending() };
+        }
+        Err(e) => return emit_failed(e.to_string(), None, Some(key)),
+    };
+    match lock.acquired {
+        Acquired::Reclaimed { dead_pid } => sh.emitter.emit(Event::LockReclaimed { step: id.clone(), dead_pid }),
+        Acquired::AfterWait { holder } => sh.emitter.emit(Event::LockWait { step: id.clone(), holder }),
+        Acquired::Free => {}
+    }
+    if !forced || matches!(lock.acquired, Acquired::AfterWait { .. }) {
+        match sh.store.get_action(&key) {
+            Ok(Some(rec)) => return hit(rec),
+            Ok(None) => {}
+            Err(e) => return emit_failed(e.to_string(), None, Some(key)),
+        }
+    }
+    // 3. Inputs as read-only checkouts.
+    let mut step_inputs = StepInputs::new();
+    for (name, arts) in &inputs {
+        let mut v = Vec::new();
+        for (d, kind, from) in arts {
+            match sh.store.checkout(d) {
+                Ok(path) => v.push(InputArtifact { path, digest: *d, kind: *kind, from_step: from.clone() }),
+                Err(e) => return emit_failed(format!("input `{name}` from {from}: {e}"), None, Some(key)),
+            }
+        }
+        step_inputs.insert(name.clone(), v);
+    }
+    // 4. Run, retrying transient failures.
+    let work = sh.store.work_dir(&key);
+    let step_cancel = sh.cancel.child();
+    let _watchdog = s.timeout.map(|limit| Watchdog::start(limit, step_cancel.clone()));
+    let mut attempt = 0u32;
+    let outcome = loop {
+        let out_root = work.join("out");
+        let _ = std::fs::remove_dir_all(&out_root);
+        sh.emitter.emit(Event::Started { step: id.clone(), key: key.to_hex(), attempt });
+        let em = sh.emitter.clone();
+        let sid = id.clone();
+        let sink: forge_ops::EventSink = Arc::new(move |e| em.emit(wrap(&sid, e)));
+        let ctx = StepContext::new(
+            id.clone(),
+            work.clone(),
+            sh.plan.pipeline.dir.clone(),
+            sh.plan.pipeline.defaults.seed,
+            sh.plan.pipeline.defaults.device.clone(),
+            attempt,
+            sink,
+            step_cancel.clone(),
+        );
+        match s.op.run(&ctx, &step_inputs, &s.params) {
+            Ok(o) => break Ok(o),
+            Err(e) if e.is_transient() && attempt < s.retries && !step_cancel.is_cancelled() => {
+                let delay = sh.opts.retry_base.saturating_mul(1 << attempt.min(16)).min(Duration::from_secs(60));
+                sh.emitter.emit(Event::Retrying { step: id.clone(), attempt, delay_ms: delay.as_millis() as u64, error: e.to_string() });
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !step_cancel.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+                }
+                attempt += 1;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(OpError::Cancelled(reason)) => {
+            let reason = step_cancel.reason().unwrap_or(reason);
+            let timed_out = !sh.cancel.is_cancelled();
+            drop(lock);
+            if timed_out {
+                return emit_failed(reason, None, Some(key));
+            }
+            sh.emitter.emit(Event::Cancelled { step: id.clone(), reason: reason.clone() });
+            return StepResult { status: Status::Cancelled, key: Some(key), error: Some(reason), ..StepResult::pending() };
+        }
+        Err(e) => return emit_failed(e.to_string(), e.detail().map(str::to_owned), Some(key)),
+    };
+    // 5. Outputs into the store, then the action record.
+    let mut outs = BTreeMap::new();
+    for spec in &s.outputs {
+        let dir: PathBuf = work.join("out").join(&spec.name);
+        if !dir.is_dir() {
+            return emit_failed(format!("op `{}` did not write its output `{}`", s.op.name(), spec.name), None, Some(key));
+        }
+        match sh.store.put_tree_move(&dir) {
+            Ok(d) => {
+                outs.insert(spec.name.clone(), d);
+            }
+            Err(e) => return emit_failed(format!("storing output `{}`: {e}", spec.name), None, Some(key)),
+        }
+    }
+    let duration_ms = t.elapsed().as_millis() as u64;
+    let rec = ActionRecord {
+        key,
+        step: id.clone(),
+        op: s.op.name().into(),
+        outputs: outs.clone(),
+        metrics: outcome.metrics,
+        preimage: pre_json.clone(),
+        created_unix_ms: now_ms(),
+        duration_ms,
+        run_id: sh.run_id.clone(),
+    };
+    if let Err(e) = sh.store.put_action(&rec) {
+        return emit_failed(format!("recording the result: {e}"), None, Some(key));
+    }
+    set_ref(key);
+    let _ = std::fs::remove_dir_all(&work);
+    drop(lock);
+    sh.emitter.emit(Event::Finished {
+        step: id.clone(),
+        key: key.to_hex(),
+        duration_ms,
+        outputs: outs.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(),
+    });
+    StepResult { status: Status::Ran, key: Some(key), outputs: outs, duration_ms, error: None }
+}
+
+fn wrap(step: &str, e: StepEvent) -> Event {
+    let step = step.to_owned();
+    match e {
+        StepEvent::Progress { done, total, unit } => Event::Progress { step, done, total, unit },
+        StepEvent::Metric { name, value, step: at } => Event::Metric { step, name, value, at },
+        StepEvent::Alert { level, message } => Event::Alert { step, level, message },
+        StepEvent::Log { message } => Event::Log { step, message },
+    }
+}
+
+/// Cancels a step's token when its `timeout:` passes; stops when dropped.
+struct Watchdog {
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration, token: CancelToken) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                token.cancel(format!("timed out after {}", humantime::format_duration(limit)));
+            }
+        });
+        Self { _done: tx }
+    }
+}

@@ -1,0 +1,154 @@
+//! Console reporters. Human output follows cargo's shape (a right-aligned verb, then the step),
+//! readable without colour; on a terminal, running steps get indicatif progress bars. Plain lines
+//! are used when stderr is not a terminal or `NO_COLOR` is set; `--log-format json` prints every
+//! event as one JSON object a line on stdout.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use forge_ops::AlertLevel;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::events::{Event, Stamped};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+pub struct Console {
+    format: LogFormat,
+    verbose: bool,
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+}
+
+pub fn fancy_terminal() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() && std::env::var_os("CI").is_none()
+}
+
+pub fn human_duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+impl Console {
+    pub fn new(format: LogFormat, verbose: bool) -> Self {
+        let bars = (format == LogFormat::Human && fancy_terminal())
+            .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), HashMap::new()));
+        Self { format, verbose, bars }
+    }
+
+    fn line(&self, verb: &str, rest: &str) {
+        let text = format!("{verb:>12} {rest}");
+        match &self.bars {
+            Some((mp, _)) => {
+                let _ = mp.println(text);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
+        }
+    }
+
+    pub fn handle(&mut self, s: &Stamped) {
+        if self.format == LogFormat::Json {
+            let mut out = std::io::stdout().lock();
+            let _ = serde_json::to_writer(&mut out, s);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+            return;
+        }
+        match &s.event {
+            Event::RunStarted { pipeline, steps, .. } => self.line("Applying", &format!("{pipeline} ({steps} steps)")),
+            Event::Queued { .. } | Event::Metric { .. } => {}
+            Event::CacheHit { step, key } => self.line("Cached", &format!("{step} ({})", &key[..12])),
+            Event::Started { step, attempt, .. } => {
+                let extra = if *attempt > 0 { format!(" (attempt {})", attempt + 1) } else { String::new() };
+                self.line("Running", &format!("{step}{extra}"));
+                if let Some((mp, bars)) = &mut self.bars {
+                    let pb = mp.add(ProgressBar::new_spinner());
+                    pb.set_style(ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed}").expect("template"));
+                    pb.set_prefix(step.clone());
+                    pb.enable_steady_tick(Duration::from_millis(120));
+                    bars.insert(step.clone(), pb);
+                }
+            }
+            Event::Progress { step, done, total, unit } => {
+                if let Some((_, bars)) = &mut self.bars
+                    && let Some(pb) = bars.get(step)
+                {
+                    match total {
+                        Some(t) if *t > 0 => pb.set_message(format!("{done}/{t} {unit} ({:.0}%)", *done as f64 * 100.0 / *t as f64)),
+                        _ => pb.set_message(format!("{done} {unit}")),
+                    }
+                }
+            }
+            Event::Alert { step, level, message } => {
+                let verb = match level {
+                    AlertLevel::Info => "Note",
+                    AlertLevel::Warn => "Warning",
+                    AlertLevel::Error => "Alert",
+                };
+                self.line(verb, &format!("{step}: {message}"));
+            }
+            Event::Log { step, message } => {
+                if self.verbose {
+                    self.line("Log", &format!("{step}: {message}"));
+                }
+            }
+            Event::Retrying { step, attempt, delay_ms, error } => self.line(
+                "Retrying",
+                &format!("{step} in {} (attempt {} failed: {error})", human_duration(*delay_ms), attempt + 1),
+            ),
+            Event::LockWait { step, holder } => self.line("Waiting", &format!("{step}: locked by pid {holder}")),
+            Event::LockReclaimed { step, dead_pid } => {
+                self.line("Reclaimed", &format!("{step}: stale lock of dead process {dead_pid}"))
+            }
+            Event::Finished { step, duration_ms, .. } => {
+                self.finish_bar(step);
+                self.line("Finished", &format!("{step} in {}", human_duration(*duration_ms)));
+            }
+            Event::Failed { step, error, detail } => {
+                self.finish_bar(step);
+                self.line("Failed", &format!("{step}: {error}"));
+                if let Some(d) = detail {
+                    for l in d.lines() {
+                        self.line("", &format!("  | {l}"));
+                    }
+                }
+            }
+            Event::Skipped { step, reason } => self.line("Skipped", &format!("{step}: {reason}")),
+            Event::Cancelled { step, reason } => {
+                self.finish_bar(step);
+                self.line("Cancelled", &format!("{step}: {reason}"));
+            }
+            Event::RunFinished { status, ran, cached, failed, skipped, duration_ms } => {
+                let mut parts = vec![format!("{ran} ran"), format!("{cached} cached")];
+                if *failed > 0 {
+                    parts.push(format!("{failed} failed"));
+                }
+                if *skipped > 0 {
+                    parts.push(format!("{skipped} skipped"));
+                }
+                let verb = if status == "succeeded" { "Done" } else { "Stopped" };
+                self.line(verb, &format!("{status}: {} in {}", parts.join(", "), human_duration(*duration_ms)));
+            }
+        }
+    }
+
+    fn finish_bar(&mut self, step: &str) {
+        if let Some((mp, bars)) = &mut self.bars
+            && let Some(pb) = bars.remove(step)
+        {
+            pb.finish_and_clear();
+            mp.remove(&pb);
+        }
+    }
+}
