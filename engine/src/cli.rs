@@ -24,7 +24,11 @@ pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
-#[command(name = "forge", version, about = "Build small language models from a declarative YAML pipeline")]
+#[command(
+    name = "forge",
+    version,
+    about = "Build small language models from a declarative YAML pipeline"
+)]
 pub struct Cli {
     /// Store directory (artifacts, cache, run records).
     #[arg(long, global = true, env = "FORGE_STORE", default_value = ".forge")]
@@ -148,11 +152,28 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         Command::Apply(a) => cmd_apply(&cli, a, &registry),
         Command::Plan(p) => with_plan(&p.pipeline, &registry, |plan| {
             let opts = selection(plan, &p.select, ApplyOptions::default())?;
-            print_plan(&cli, plan, &opts, if p.json { DryRunFormat::Json } else { DryRunFormat::Text })
+            print_plan(
+                &cli,
+                plan,
+                &opts,
+                if p.json {
+                    DryRunFormat::Json
+                } else {
+                    DryRunFormat::Text
+                },
+            )
         }),
         Command::Status(p) => with_plan(&p.pipeline, &registry, |plan| cmd_status(&cli, plan)),
-        Command::Show { step, pipeline, json } => cmd_show(&cli, step, pipeline.as_deref(), *json, &registry),
-        Command::Export { step, dir, pipeline } => cmd_export(&cli, step, dir, pipeline.as_deref(), &registry),
+        Command::Show {
+            step,
+            pipeline,
+            json,
+        } => cmd_show(&cli, step, pipeline.as_deref(), *json, &registry),
+        Command::Export {
+            step,
+            dir,
+            pipeline,
+        } => cmd_export(&cli, step, dir, pipeline.as_deref(), &registry),
         Command::Verify => cmd_verify(&cli),
         Command::Gc { keep_last } => cmd_gc(&cli, *keep_last),
         Command::Schema => {
@@ -211,7 +232,11 @@ pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
     })
 }
 
-fn with_plan(p: &Option<PathBuf>, registry: &OpRegistry, f: impl FnOnce(&Plan) -> CmdResult) -> CmdResult {
+fn with_plan(
+    p: &Option<PathBuf>,
+    registry: &OpRegistry,
+    f: impl FnOnce(&Plan) -> CmdResult,
+) -> CmdResult {
     let path = pipeline_path(p)?;
     let plan = load_plan(&path, registry)?;
     f(&plan)
@@ -221,8 +246,12 @@ fn select_steps(plan: &Plan, sel: &str, flag: &str) -> Result<Vec<usize>, u8> {
     let found = plan.select(sel);
     if found.is_empty() {
         let ids: Vec<String> = plan.steps.iter().map(|s| s.id.clone()).collect();
-        let hint = did_you_mean(sel, ids.iter().map(String::as_str)).unwrap_or_else(|| format!("steps: {}", ids.join(", ")));
-        eprint_error(&format!("{flag} `{sel}` matches no step of `{}`", plan.pipeline.name), Some(&hint));
+        let hint = did_you_mean(sel, ids.iter().map(String::as_str))
+            .unwrap_or_else(|| format!("steps: {}", ids.join(", ")));
+        eprint_error(
+            &format!("{flag} `{sel}` matches no step of `{}`", plan.pipeline.name),
+            Some(&hint),
+        );
         return Err(EXIT_INVALID);
     }
     Ok(found)
@@ -298,12 +327,18 @@ pub fn plan_text(plan: &Plan, steps: &[PlannedStep]) -> String {
     for p in steps {
         let key = p.key.as_deref().map(|k| &k[..12]).unwrap_or("(pending)");
         if p.changes.len() > 1 {
-            s.push_str(&format!("  {:<6}  {:<w$}  {key:<12}  changed:\n", p.status, p.id));
+            s.push_str(&format!(
+                "  {:<6}  {:<w$}  {key:<12}  changed:\n",
+                p.status, p.id
+            ));
             for c in &p.changes {
                 s.push_str(&format!("  {:<6}  {:<w$}  {:<12}    {c}\n", "", "", ""));
             }
         } else {
-            s.push_str(&format!("  {:<6}  {:<w$}  {key:<12}  {}\n", p.status, p.id, p.reason));
+            s.push_str(&format!(
+                "  {:<6}  {:<w$}  {key:<12}  {}\n",
+                p.status, p.id, p.reason
+            ));
         }
     }
     s
@@ -326,7 +361,11 @@ fn cmd_status(cli: &Cli, plan: &Plan) -> CmdResult {
                 count("failed")
             );
         } else {
-            println!("\nNo runs of `{}` in {}", plan.pipeline.name, cli.store.display());
+            println!(
+                "\nNo runs of `{}` in {}",
+                plan.pipeline.name,
+                cli.store.display()
+            );
         }
     }
     Ok(0)
@@ -369,14 +408,18 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
         });
     }
     let once = |plan: Plan| -> CmdResult {
-        let opts = selection(&plan, &a.select, ApplyOptions {
-            jobs: a.jobs.unwrap_or_else(|| ApplyOptions::default().jobs),
-            gpus: a.gpus,
-            keep_going: a.keep_going,
-            lock_timeout: a.lock_timeout,
-            retry_base: retry_base(),
-            ..ApplyOptions::default()
-        })?;
+        let opts = selection(
+            &plan,
+            &a.select,
+            ApplyOptions {
+                jobs: a.jobs.unwrap_or_else(|| ApplyOptions::default().jobs),
+                gpus: a.gpus,
+                keep_going: a.keep_going,
+                lock_timeout: a.lock_timeout,
+                retry_base: retry_base(),
+                ..ApplyOptions::default()
+            },
+        )?;
         let token = CancelToken::new();
         *current.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
         run_apply(cli, plan, opts, token, &rt)
@@ -384,9 +427,15 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     if !a.watch {
         let plan = load_plan(&path, registry)?;
         let code = once(plan)?;
-        return if interrupted.load(std::sync::atomic::Ordering::SeqCst) { Err(EXIT_INTERRUPTED) } else { Ok(code) };
+        return if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(EXIT_INTERRUPTED)
+        } else {
+            Ok(code)
+        };
     }
-    crate::watch::watch(&path, registry, &interrupted, |plan| once(plan).unwrap_or_else(|c| c))
+    crate::watch::watch(&path, registry, &interrupted, |plan| {
+        once(plan).unwrap_or_else(|c| c)
+    })
 }
 
 fn retry_base() -> Duration {
@@ -397,15 +446,24 @@ fn retry_base() -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
-fn run_apply(cli: &Cli, plan: Plan, opts: ApplyOptions, token: CancelToken, rt: &tokio::runtime::Runtime) -> CmdResult {
+fn run_apply(
+    cli: &Cli,
+    plan: Plan,
+    opts: ApplyOptions,
+    token: CancelToken,
+    rt: &tokio::runtime::Runtime,
+) -> CmdResult {
     let store = Store::open(&cli.store).map_err(|e| store_error(&e))?;
     let _store_lock = store.lock_store(false).map_err(|e| store_error(&e))?;
     let mut run = store.new_run().map_err(|e| store_error(&e))?;
     let events_path = run.dir().join("events.jsonl");
-    let mut events_file = std::fs::OpenOptions::new().append(true).open(&events_path).map_err(|e| {
-        eprint_error(&format!("opening `{}`: {e}", events_path.display()), None);
-        EXIT_FAILED
-    })?;
+    let mut events_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&events_path)
+        .map_err(|e| {
+            eprint_error(&format!("opening `{}`: {e}", events_path.display()), None);
+            EXIT_FAILED
+        })?;
     let (tx, rx) = std::sync::mpsc::channel::<Stamped>();
     let emitter = Emitter::new(tx);
     let mut console = Console::new(cli.log_format, cli.verbose);
@@ -420,7 +478,14 @@ fn run_apply(cli: &Cli, plan: Plan, opts: ApplyOptions, token: CancelToken, rt: 
         }
     });
     let plan = Arc::new(plan);
-    let report = rt.block_on(apply(plan.clone(), store, opts, emitter, token.clone(), &mut run));
+    let report = rt.block_on(apply(
+        plan.clone(),
+        store,
+        opts,
+        emitter,
+        token.clone(),
+        &mut run,
+    ));
     let _ = reporter.join();
     if report.results.iter().any(|r| r.status == Status::Failed) {
         return Err(EXIT_FAILED);
@@ -432,9 +497,17 @@ fn run_apply(cli: &Cli, plan: Plan, opts: ApplyOptions, token: CancelToken, rt: 
 }
 
 /// Find the latest results for a step selector among the store's step refs.
-fn find_refs(cli: &Cli, sel: &str, pipeline: Option<&Path>, registry: &OpRegistry) -> Result<(Store, Vec<forge_cache::StepRef>), u8> {
+fn find_refs(
+    cli: &Cli,
+    sel: &str,
+    pipeline: Option<&Path>,
+    registry: &OpRegistry,
+) -> Result<(Store, Vec<forge_cache::StepRef>), u8> {
     let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
-        eprint_error(&format!("no store at `{}`", cli.store.display()), Some("run `forge apply <pipeline>` first"));
+        eprint_error(
+            &format!("no store at `{}`", cli.store.display()),
+            Some("run `forge apply <pipeline>` first"),
+        );
         return Err(EXIT_FAILED);
     };
     let pipeline_name = match pipeline {
@@ -455,13 +528,19 @@ fn find_refs(cli: &Cli, sel: &str, pipeline: Option<&Path>, registry: &OpRegistr
         .collect();
     let pipelines: BTreeSet<&str> = refs.iter().map(|r| r.pipeline.as_str()).collect();
     if refs.is_empty() {
-        eprint_error(&format!("no results for step `{sel}` in `{}`", cli.store.display()), Some("run `forge status <pipeline>` to see its steps"));
+        eprint_error(
+            &format!("no results for step `{sel}` in `{}`", cli.store.display()),
+            Some("run `forge status <pipeline>` to see its steps"),
+        );
         return Err(EXIT_FAILED);
     }
     if pipelines.len() > 1 {
         let names: Vec<&str> = pipelines.into_iter().collect();
         eprint_error(
-            &format!("step `{sel}` exists in several pipelines: {}", names.join(", ")),
+            &format!(
+                "step `{sel}` exists in several pipelines: {}",
+                names.join(", ")
+            ),
             Some("pick one with `--pipeline <file>`"),
         );
         return Err(EXIT_INVALID);
@@ -471,16 +550,31 @@ fn find_refs(cli: &Cli, sel: &str, pipeline: Option<&Path>, registry: &OpRegistr
     Ok((store, refs))
 }
 
-fn cmd_show(cli: &Cli, sel: &str, pipeline: Option<&Path>, json: bool, registry: &OpRegistry) -> CmdResult {
+fn cmd_show(
+    cli: &Cli,
+    sel: &str,
+    pipeline: Option<&Path>,
+    json: bool,
+    registry: &OpRegistry,
+) -> CmdResult {
     let (store, refs) = find_refs(cli, sel, pipeline, registry)?;
     let mut docs = Vec::new();
     for r in &refs {
-        let Some(rec) = store.read_action(&r.key).map_err(|e| store_error(&e))? else { continue };
-        let intact = store.get_action(&r.key).map_err(|e| store_error(&e))?.is_some();
+        let Some(rec) = store.read_action(&r.key).map_err(|e| store_error(&e))? else {
+            continue;
+        };
+        let intact = store
+            .get_action(&r.key)
+            .map_err(|e| store_error(&e))?
+            .is_some();
         let mut outputs = serde_json::Map::new();
         for (name, d) in &rec.outputs {
             let tree = store.read_tree(d).ok();
-            let path = if intact { store.checkout(d).ok().map(|p| p.display().to_string()) } else { None };
+            let path = if intact {
+                store.checkout(d).ok().map(|p| p.display().to_string())
+            } else {
+                None
+            };
             outputs.insert(
                 name.clone(),
                 serde_json::json!({
@@ -505,13 +599,23 @@ fn cmd_show(cli: &Cli, sel: &str, pipeline: Option<&Path>, json: bool, registry:
         }));
     }
     if json {
-        let v = if docs.len() == 1 { docs.pop().expect("one") } else { serde_json::Value::Array(docs) };
+        let v = if docs.len() == 1 {
+            docs.pop().expect("one")
+        } else {
+            serde_json::Value::Array(docs)
+        };
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(0);
     }
     for d in &docs {
-        let when = std::time::UNIX_EPOCH + Duration::from_millis(d["created_unix_ms"].as_u64().unwrap_or(0));
-        println!("{} (pipeline {}, op {})", d["step"].as_str().unwrap_or(""), d["pipeline"].as_str().unwrap_or(""), d["op"].as_str().unwrap_or(""));
+        let when = std::time::UNIX_EPOCH
+            + Duration::from_millis(d["created_unix_ms"].as_u64().unwrap_or(0));
+        println!(
+            "{} (pipeline {}, op {})",
+            d["step"].as_str().unwrap_or(""),
+            d["pipeline"].as_str().unwrap_or(""),
+            d["op"].as_str().unwrap_or("")
+        );
         println!("  key      {}", d["key"].as_str().unwrap_or(""));
         println!(
             "  created  {} in run {}, took {}",
@@ -520,7 +624,9 @@ fn cmd_show(cli: &Cli, sel: &str, pipeline: Option<&Path>, json: bool, registry:
             human_duration(d["duration_ms"].as_u64().unwrap_or(0))
         );
         if d["intact"] == false {
-            println!("  WARNING  some outputs are missing or quarantined; the next apply rebuilds them");
+            println!(
+                "  WARNING  some outputs are missing or quarantined; the next apply rebuilds them"
+            );
         }
         println!("  outputs");
         for (name, o) in d["outputs"].as_object().into_iter().flatten() {
@@ -543,18 +649,36 @@ fn cmd_show(cli: &Cli, sel: &str, pipeline: Option<&Path>, json: bool, registry:
     Ok(0)
 }
 
-fn cmd_export(cli: &Cli, sel: &str, dir: &Path, pipeline: Option<&Path>, registry: &OpRegistry) -> CmdResult {
+fn cmd_export(
+    cli: &Cli,
+    sel: &str,
+    dir: &Path,
+    pipeline: Option<&Path>,
+    registry: &OpRegistry,
+) -> CmdResult {
     let (store, refs) = find_refs(cli, sel, pipeline, registry)?;
     let several = refs.len() > 1;
     for r in &refs {
         let Some(rec) = store.get_action(&r.key).map_err(|e| store_error(&e))? else {
-            eprint_error(&format!("the result of `{}` is incomplete in the store", r.step), Some("run `forge apply` to rebuild it"));
+            eprint_error(
+                &format!("the result of `{}` is incomplete in the store", r.step),
+                Some("run `forge apply` to rebuild it"),
+            );
             return Err(EXIT_FAILED);
         };
         for (name, d) in &rec.outputs {
-            let dest = if several { dir.join(&r.step).join(name) } else { dir.join(name) };
+            let dest = if several {
+                dir.join(&r.step).join(name)
+            } else {
+                dir.join(name)
+            };
             store.export(d, &dest).map_err(|e| store_error(&e))?;
-            eprintln!("{:>12} {} `{name}` to {}", "Exported", r.step, dest.display());
+            eprintln!(
+                "{:>12} {} `{name}` to {}",
+                "Exported",
+                r.step,
+                dest.display()
+            );
         }
     }
     Ok(0)
@@ -574,13 +698,18 @@ fn cmd_verify(cli: &Cli) -> CmdResult {
             "{:>12} object {} (content hashes to {}); moved to {}",
             "Corrupt",
             c.digest,
-            c.actual.map(|a| a.to_hex()).unwrap_or_else(|| "(unreadable)".into()),
+            c.actual
+                .map(|a| a.to_hex())
+                .unwrap_or_else(|| "(unreadable)".into()),
             c.quarantined_to.display()
         );
     }
     let mib = r.bytes_checked as f64 / (1u64 << 20) as f64;
     if r.corrupt.is_empty() {
-        eprintln!("{:>12} {} objects ({mib:.1} MiB): all intact", "Verified", r.objects_checked);
+        eprintln!(
+            "{:>12} {} objects ({mib:.1} MiB): all intact",
+            "Verified", r.objects_checked
+        );
         Ok(0)
     } else {
         eprintln!(

@@ -31,7 +31,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(message: impl Into<String>) -> Self {
-        Self { message: message.into(), labels: Vec::new(), help: None, code: None }
+        Self {
+            message: message.into(),
+            labels: Vec::new(),
+            help: None,
+            code: None,
+        }
     }
     pub fn label(mut self, span: Span, text: impl Into<String>) -> Self {
         self.labels.push((span, text.into()));
@@ -66,7 +71,12 @@ impl SourceFile {
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line, col)
     }
 }
@@ -93,33 +103,51 @@ impl miette::Diagnostic for Rendered<'_> {
         self.d.code.map(|c| Box::new(c) as Box<dyn fmt::Display>)
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.d.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.d
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        if self.d.labels.is_empty() { None } else { Some(&self.src) }
+        if self.d.labels.is_empty() {
+            None
+        } else {
+            Some(&self.src)
+        }
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         if self.d.labels.is_empty() {
             return None;
         }
-        Some(Box::new(self.d.labels.iter().enumerate().map(|(i, (s, t))| {
-            let span = SourceSpan::new(s.offset.into(), s.len);
-            if i == 0 {
-                LabeledSpan::new_primary_with_span(Some(t.clone()), span)
-            } else {
-                LabeledSpan::new_with_span(Some(t.clone()), span)
-            }
-        })))
+        Some(Box::new(self.d.labels.iter().enumerate().map(
+            |(i, (s, t))| {
+                let span = SourceSpan::new(s.offset.into(), s.len);
+                if i == 0 {
+                    LabeledSpan::new_primary_with_span(Some(t.clone()), span)
+                } else {
+                    LabeledSpan::new_with_span(Some(t.clone()), span)
+                }
+            },
+        )))
     }
 }
 
 /// Render diagnostics for `file`, each followed by a blank line. `color` is for terminals only.
 pub fn render(file: &SourceFile, diags: &[Diagnostic], color: bool) -> String {
-    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_links(false);
     let mut out = String::new();
     for d in diags {
-        let r = Rendered { d, src: NamedSource::new(file.name.clone(), file.text.clone()).with_language("yaml") };
+        let r = Rendered {
+            d,
+            src: NamedSource::new(file.name.clone(), file.text.clone()).with_language("yaml"),
+        };
         let _ = handler.render_report(&mut out, &r);
         out.push('\n');
     }
@@ -127,7 +155,10 @@ pub fn render(file: &SourceFile, diags: &[Diagnostic], color: bool) -> String {
 }
 
 /// "did you mean `x`?" for the closest candidate, if any is close.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let best = candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
@@ -142,7 +173,10 @@ mod tests {
 
     #[test]
     fn renders_file_line_column_and_help() {
-        let f = SourceFile { name: "p.yaml".into(), text: Arc::new("name: x\nphazes: {}\n".into()) };
+        let f = SourceFile {
+            name: "p.yaml".into(),
+            text: Arc::new("name: x\nphazes: {}\n".into()),
+        };
         let d = Diagnostic::error("unknown key `phazes`")
             .label(Span::new(8, 6), "not a pipeline key")
             .help("did you mean `phases`?");
@@ -154,7 +188,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("phazes", ["phases", "vars"]).as_deref(), Some("did you mean `phases`?"));
+        assert_eq!(
+            did_you_mean("phazes", ["phases", "vars"]).as_deref(),
+            Some("did you mean `phases`?")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["phases", "vars"]), None);
     }
 }

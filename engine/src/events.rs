@@ -12,22 +12,85 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    RunStarted { run_id: String, pipeline: String, steps: usize },
-    Queued { step: String },
-    CacheHit { step: String, key: String },
-    Started { step: String, key: String, attempt: u32 },
-    Progress { step: String, done: u64, total: Option<u64>, unit: String },
-    Metric { step: String, name: String, value: f64, at: Option<u64> },
-    Alert { step: String, level: AlertLevel, message: String },
-    Log { step: String, message: String },
-    Retrying { step: String, attempt: u32, delay_ms: u64, error: String },
-    LockWait { step: String, holder: u32 },
-    LockReclaimed { step: String, dead_pid: u32 },
-    Finished { step: String, key: String, duration_ms: u64, outputs: BTreeMap<String, String> },
-    Failed { step: String, error: String, detail: Option<String> },
-    Skipped { step: String, reason: String },
-    Cancelled { step: String, reason: String },
-    RunFinished { status: String, ran: usize, cached: usize, failed: usize, skipped: usize, duration_ms: u64 },
+    RunStarted {
+        run_id: String,
+        pipeline: String,
+        steps: usize,
+    },
+    Queued {
+        step: String,
+    },
+    CacheHit {
+        step: String,
+        key: String,
+    },
+    Started {
+        step: String,
+        key: String,
+        attempt: u32,
+    },
+    Progress {
+        step: String,
+        done: u64,
+        total: Option<u64>,
+        unit: String,
+    },
+    Metric {
+        step: String,
+        name: String,
+        value: f64,
+        at: Option<u64>,
+    },
+    Alert {
+        step: String,
+        level: AlertLevel,
+        message: String,
+    },
+    Log {
+        step: String,
+        message: String,
+    },
+    Retrying {
+        step: String,
+        attempt: u32,
+        delay_ms: u64,
+        error: String,
+    },
+    LockWait {
+        step: String,
+        holder: u32,
+    },
+    LockReclaimed {
+        step: String,
+        dead_pid: u32,
+    },
+    Finished {
+        step: String,
+        key: String,
+        duration_ms: u64,
+        outputs: BTreeMap<String, String>,
+    },
+    Failed {
+        step: String,
+        error: String,
+        detail: Option<String>,
+    },
+    Skipped {
+        step: String,
+        reason: String,
+    },
+    Cancelled {
+        step: String,
+        reason: String,
+    },
+    RunFinished {
+        status: String,
+        ran: usize,
+        cached: usize,
+        failed: usize,
+        skipped: usize,
+        duration_ms: u64,
+    },
 }
 
 /// An event with its time.
@@ -48,13 +111,20 @@ pub struct Emitter {
 
 impl Emitter {
     pub fn new(tx: mpsc::Sender<Stamped>) -> Self {
-        Self { tx, start: Instant::now() }
+        Self {
+            tx,
+            start: Instant::now(),
+        }
     }
     pub fn emit(&self, event: Event) {
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let _ = self.tx.send(Stamped { ts_unix_ms: ts, elapsed_ms: self.start.elapsed().as_millis() as u64, event });
+        let _ = self.tx.send(Stamped {
+            ts_unix_ms: ts,
+            elapsed_ms: self.start.elapsed().as_millis() as u64,
+            event,
+        });
     }
 }

@@ -21,8 +21,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forge_cache::{Acquired, ActionRecord, LockOptions, ObjectDigest, RunStep, RunSummary, StepKey, StepRef, Store};
-use forge_ops::{CancelToken, InputArtifact, KeyContext, OpError, StepContext, StepEvent, StepInputs};
+use forge_cache::{
+    Acquired, ActionRecord, LockOptions, ObjectDigest, RunStep, RunSummary, StepKey, StepRef, Store,
+};
+use forge_ops::{
+    CancelToken, InputArtifact, KeyContext, OpError, StepContext, StepEvent, StepInputs,
+};
 use serde::Serialize;
 
 use crate::events::{Emitter, Event};
@@ -46,7 +50,9 @@ pub struct ApplyOptions {
 impl Default for ApplyOptions {
     fn default() -> Self {
         Self {
-            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             gpus: 1,
             keep_going: false,
             force: BTreeSet::new(),
@@ -92,7 +98,13 @@ pub struct StepResult {
 
 impl StepResult {
     fn pending() -> Self {
-        Self { status: Status::Pending, key: None, outputs: BTreeMap::new(), duration_ms: 0, error: None }
+        Self {
+            status: Status::Pending,
+            key: None,
+            outputs: BTreeMap::new(),
+            duration_ms: 0,
+            error: None,
+        }
     }
 }
 
@@ -125,7 +137,10 @@ pub fn preimage(
         }
         inputs.insert(name.clone(), ds);
     }
-    let cx = KeyContext { pipeline_dir: &plan.pipeline.dir, store };
+    let cx = KeyContext {
+        pipeline_dir: &plan.pipeline.dir,
+        store,
+    };
     let extras = s.op.key_extras(&s.params, &cx)?;
     Ok(Some(KeyPreimage::new(
         s.op.name(),
@@ -152,7 +167,11 @@ pub struct PlannedStep {
 }
 
 /// What `apply` would do, and why, without running anything.
-pub fn dry_run(plan: &Plan, store: &Store, opts: &ApplyOptions) -> Result<Vec<PlannedStep>, OpError> {
+pub fn dry_run(
+    plan: &Plan,
+    store: &Store,
+    opts: &ApplyOptions,
+) -> Result<Vec<PlannedStep>, OpError> {
     let mut outputs: Vec<Option<BTreeMap<String, ObjectDigest>>> = vec![None; plan.steps.len()];
     let mut out = Vec::new();
     for &i in &plan.order {
@@ -163,9 +182,22 @@ pub fn dry_run(plan: &Plan, store: &Store, opts: &ApplyOptions) -> Result<Vec<Pl
         let pre = preimage(plan, store, i, &outputs)?;
         let (key, status, reason, changes) = match pre {
             None => {
-                let ups: BTreeSet<&str> =
-                    s.inputs.values().flatten().filter(|u| outputs[u.step].is_none()).map(|u| plan.steps[u.step].id.as_str()).collect();
-                (None, "run", format!("input from {} will be rebuilt", ups.into_iter().collect::<Vec<_>>().join(", ")), vec![])
+                let ups: BTreeSet<&str> = s
+                    .inputs
+                    .values()
+                    .flatten()
+                    .filter(|u| outputs[u.step].is_none())
+                    .map(|u| plan.steps[u.step].id.as_str())
+                    .collect();
+                (
+                    None,
+                    "run",
+                    format!(
+                        "input from {} will be rebuilt",
+                        ups.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                    vec![],
+                )
             }
             Some(pre) => {
                 let key = pre.key();
@@ -179,10 +211,17 @@ pub fn dry_run(plan: &Plan, store: &Store, opts: &ApplyOptions) -> Result<Vec<Pl
                     let prev = store.step_ref(&plan.pipeline.name, &s.id)?;
                     let (reason, changes) = match prev {
                         None => ("no previous result".to_string(), vec![]),
-                        Some(r) if r.key == key => ("previous result is missing from the store (rebuild)".to_string(), vec![]),
+                        Some(r) if r.key == key => (
+                            "previous result is missing from the store (rebuild)".to_string(),
+                            vec![],
+                        ),
                         Some(r) => {
                             let changes = explain(&r.preimage, &pre.to_json(), 8);
-                            let reason = if changes.is_empty() { "key changed".into() } else { changes.join("; ") };
+                            let reason = if changes.is_empty() {
+                                "key changed".into()
+                            } else {
+                                changes.join("; ")
+                            };
                             (reason, changes)
                         }
                     };
@@ -190,7 +229,14 @@ pub fn dry_run(plan: &Plan, store: &Store, opts: &ApplyOptions) -> Result<Vec<Pl
                 }
             }
         };
-        out.push(PlannedStep { id: s.id.clone(), op: s.op.name().into(), key: key.map(|k| k.to_hex()), status, reason, changes });
+        out.push(PlannedStep {
+            id: s.id.clone(),
+            op: s.op.name().into(),
+            key: key.map(|k| k.to_hex()),
+            status,
+            reason,
+            changes,
+        });
     }
     Ok(out)
 }
@@ -206,7 +252,13 @@ struct Shared {
     run_id: String,
 }
 
-fn summary(shared: &Shared, results: &[StepResult], status: &str, started: u64, finished: Option<u64>) -> RunSummary {
+fn summary(
+    shared: &Shared,
+    results: &[StepResult],
+    status: &str,
+    started: u64,
+    finished: Option<u64>,
+) -> RunSummary {
     RunSummary {
         id: shared.run_id.clone(),
         pipeline: shared.plan.pipeline.name.clone(),
@@ -233,7 +285,10 @@ fn summary(shared: &Shared, results: &[StepResult], status: &str, started: u64, 
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Run the plan. `cancel` is triggered by Ctrl-C (the caller wires it) or by a failure.
@@ -248,7 +303,14 @@ pub async fn apply(
     let n = plan.steps.len();
     let started = now_ms();
     let t0 = Instant::now();
-    let shared = Arc::new(Shared { plan: plan.clone(), store, opts, emitter, cancel, run_id: run.id.clone() });
+    let shared = Arc::new(Shared {
+        plan: plan.clone(),
+        store,
+        opts,
+        emitter,
+        cancel,
+        run_id: run.id.clone(),
+    });
     let selected: Vec<bool> = shared.opts.only.clone().unwrap_or_else(|| vec![true; n]);
     let mut results: Vec<StepResult> = (0..n).map(|_| StepResult::pending()).collect();
     let mut outputs: Vec<Option<BTreeMap<String, ObjectDigest>>> = vec![None; n];
@@ -268,7 +330,9 @@ pub async fn apply(
     });
     let mut ready: BTreeSet<usize> = (0..n).filter(|&i| selected[i] && waiting[i] == 0).collect();
     for &i in plan.order.iter().filter(|&&i| selected[i]) {
-        shared.emitter.emit(Event::Queued { step: plan.steps[i].id.clone() });
+        shared.emitter.emit(Event::Queued {
+            step: plan.steps[i].id.clone(),
+        });
     }
     let mut running: tokio::task::JoinSet<(usize, StepResult)> = tokio::task::JoinSet::new();
     let jobs = shared.opts.jobs.max(1) as u32;
@@ -282,9 +346,20 @@ pub async fn apply(
                 let cpus = r.cpus.clamp(1, jobs);
                 if r.gpus > shared.opts.gpus {
                     ready.remove(&i);
-                    let msg = format!("needs {} GPU(s) but only {} are available (--gpus)", r.gpus, shared.opts.gpus);
-                    shared.emitter.emit(Event::Failed { step: plan.steps[i].id.clone(), error: msg.clone(), detail: None });
-                    results[i] = StepResult { status: Status::Failed, error: Some(msg), ..StepResult::pending() };
+                    let msg = format!(
+                        "needs {} GPU(s) but only {} are available (--gpus)",
+                        r.gpus, shared.opts.gpus
+                    );
+                    shared.emitter.emit(Event::Failed {
+                        step: plan.steps[i].id.clone(),
+                        error: msg.clone(),
+                        detail: None,
+                    });
+                    results[i] = StepResult {
+                        status: Status::Failed,
+                        error: Some(msg),
+                        ..StepResult::pending()
+                    };
                     if !shared.opts.keep_going {
                         stopping = true;
                         shared.cancel.cancel(format!("{} failed", plan.steps[i].id));
@@ -301,7 +376,9 @@ pub async fn apply(
                 }
             }
         }
-        let Some(joined) = running.join_next().await else { break };
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
         let (i, res) = match joined {
             Ok(x) => x,
             Err(e) => panic!("step task panicked: {e}"),
@@ -334,16 +411,34 @@ pub async fn apply(
         if !selected[i] || results[i].status != Status::Pending {
             continue;
         }
-        let blocked_by = deps[i].iter().find(|&&d| matches!(results[d].status, Status::Failed | Status::Cancelled | Status::Skipped));
+        let blocked_by = deps[i].iter().find(|&&d| {
+            matches!(
+                results[d].status,
+                Status::Failed | Status::Cancelled | Status::Skipped
+            )
+        });
         let reason = match (blocked_by, shared.cancel.reason()) {
             (Some(&d), _) => format!("depends on {} which did not finish", plan.steps[d].id),
             (None, Some(r)) => format!("not started: {r}"),
             (None, None) => "not started".into(),
         };
-        shared.emitter.emit(Event::Skipped { step: plan.steps[i].id.clone(), reason: reason.clone() });
-        results[i] = StepResult { status: Status::Skipped, error: Some(reason), ..StepResult::pending() };
+        shared.emitter.emit(Event::Skipped {
+            step: plan.steps[i].id.clone(),
+            reason: reason.clone(),
+        });
+        results[i] = StepResult {
+            status: Status::Skipped,
+            error: Some(reason),
+            ..StepResult::pending()
+        };
     }
-    let count = |s: Status| results.iter().zip(&selected).filter(|(r, sel)| **sel && r.status == s).count();
+    let count = |s: Status| {
+        results
+            .iter()
+            .zip(&selected)
+            .filter(|(r, sel)| **sel && r.status == s)
+            .count()
+    };
     let failed = count(Status::Failed);
     let cancelled = count(Status::Cancelled);
     let status = if failed > 0 {
@@ -362,28 +457,47 @@ pub async fn apply(
         duration_ms: t0.elapsed().as_millis() as u64,
     });
     let _ = run.write_summary(&summary(&shared, &results, status, started, Some(now_ms())));
-    ApplyReport { run_id: run.id.clone(), results, status: status.into() }
+    ApplyReport {
+        run_id: run.id.clone(),
+        results,
+        status: status.into(),
+    }
 }
 
 type Inputs = BTreeMap<String, Vec<(ObjectDigest, forge_ops::ArtifactKind, String)>>;
 
-fn input_artifacts(plan: &Plan, i: usize, outputs: &[Option<BTreeMap<String, ObjectDigest>>]) -> Inputs {
+fn input_artifacts(
+    plan: &Plan,
+    i: usize,
+    outputs: &[Option<BTreeMap<String, ObjectDigest>>],
+) -> Inputs {
     plan.steps[i]
         .inputs
         .iter()
         .map(|(name, ups)| {
             let v = ups
                 .iter()
-                .map(|u| (outputs[u.step].as_ref().expect("dependency finished")[&u.output], u.kind, plan.steps[u.step].id.clone()))
+                .map(|u| {
+                    (
+                        outputs[u.step].as_ref().expect("dependency finished")[&u.output],
+                        u.kind,
+                        plan.steps[u.step].id.clone(),
+                    )
+                })
                 .collect();
             (name.clone(), v)
         })
         .collect()
 }
 
-fn failed(err: String, detail: Option<String>, key: Option<StepKey>, t: Instant) -> StepResult {
-    let _ = detail;
-    StepResult { status: Status::Failed, key, outputs: BTreeMap::new(), duration_ms: t.elapsed().as_millis() as u64, error: Some(err) }
+fn failed(err: String, key: Option<StepKey>, t: Instant) -> StepResult {
+    StepResult {
+        status: Status::Failed,
+        key,
+        outputs: BTreeMap::new(),
+        duration_ms: t.elapsed().as_millis() as u64,
+        error: Some(err),
+    }
 }
 
 /// Run (or find in the cache) one step. Blocking.
@@ -392,13 +506,24 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     let s = &sh.plan.steps[i];
     let id = s.id.clone();
     let emit_failed = |error: String, detail: Option<String>, key: Option<StepKey>| {
-        sh.emitter.emit(Event::Failed { step: id.clone(), error: error.clone(), detail: detail.clone() });
-        failed(error, detail, key, t)
+        sh.emitter.emit(Event::Failed {
+            step: id.clone(),
+            error: error.clone(),
+            detail: detail.clone(),
+        });
+        failed(error, key, t)
     };
     if sh.cancel.is_cancelled() {
         let reason = sh.cancel.reason().unwrap_or_default();
-        sh.emitter.emit(Event::Cancelled { step: id.clone(), reason: reason.clone() });
-        return StepResult { status: Status::Cancelled, error: Some(reason), ..StepResult::pending() };
+        sh.emitter.emit(Event::Cancelled {
+            step: id.clone(),
+            reason: reason.clone(),
+        });
+        return StepResult {
+            status: Status::Cancelled,
+            error: Some(reason),
+            ..StepResult::pending()
+        };
     }
     // 1. The key.
     let digests: Vec<Option<BTreeMap<String, ObjectDigest>>> = {
@@ -406,7 +531,9 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         let mut v = vec![None; sh.plan.steps.len()];
         for (name, ups) in &s.inputs {
             for (u, (d, _, _)) in ups.iter().zip(&inputs[name]) {
-                v[u.step].get_or_insert_with(BTreeMap::new).insert(u.output.clone(), *d);
+                v[u.step]
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(u.output.clone(), *d);
             }
         }
         v
@@ -430,8 +557,17 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     };
     let hit = |rec: ActionRecord| {
         set_ref(key);
-        sh.emitter.emit(Event::CacheHit { step: id.clone(), key: key.to_hex() });
-        StepResult { status: Status::Cached, key: Some(key), outputs: rec.outputs, duration_ms: 0, error: None }
+        sh.emitter.emit(Event::CacheHit {
+            step: id.clone(),
+            key: key.to_hex(),
+        });
+        StepResult {
+            status: Status::Cached,
+            key: Some(key),
+            outputs: rec.outputs,
+            duration_ms: 0,
+            error: None,
+        }
     };
     // 2. Cache, lock, cache again.
     if !forced {
@@ -441,19 +577,39 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
             Err(e) => return emit_failed(e.to_string(), None, Some(key)),
         }
     }
-    let lock_opts = LockOptions { timeout: sh.opts.lock_timeout, poll: Duration::from_millis(50) };
-    let lock = match sh.store.lock_step(&key, lock_opts, &|| sh.cancel.is_cancelled()) {
+    let lock_opts = LockOptions {
+        timeout: sh.opts.lock_timeout,
+        poll: Duration::from_millis(50),
+    };
+    let lock = match sh
+        .store
+        .lock_step(&key, lock_opts, &|| sh.cancel.is_cancelled())
+    {
         Ok(l) => l,
         Err(e) if sh.cancel.is_cancelled() => {
             let reason = sh.cancel.reason().unwrap_or_else(|| e.to_string());
-            sh.emitter.emit(Event::Cancelled { step: id.clone(), reason: reason.clone() });
-            return StepResult { status: Status::Cancelled, key: Some(key), error: Some(reason), ..StepResult::pending() };
+            sh.emitter.emit(Event::Cancelled {
+                step: id.clone(),
+                reason: reason.clone(),
+            });
+            return StepResult {
+                status: Status::Cancelled,
+                key: Some(key),
+                error: Some(reason),
+                ..StepResult::pending()
+            };
         }
         Err(e) => return emit_failed(e.to_string(), None, Some(key)),
     };
     match lock.acquired {
-        Acquired::Reclaimed { dead_pid } => sh.emitter.emit(Event::LockReclaimed { step: id.clone(), dead_pid }),
-        Acquired::AfterWait { holder } => sh.emitter.emit(Event::LockWait { step: id.clone(), holder }),
+        Acquired::Reclaimed { dead_pid } => sh.emitter.emit(Event::LockReclaimed {
+            step: id.clone(),
+            dead_pid,
+        }),
+        Acquired::AfterWait { holder } => sh.emitter.emit(Event::LockWait {
+            step: id.clone(),
+            holder,
+        }),
         Acquired::Free => {}
     }
     if !forced || matches!(lock.acquired, Acquired::AfterWait { .. }) {
@@ -469,8 +625,19 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         let mut v = Vec::new();
         for (d, kind, from) in arts {
             match sh.store.checkout(d) {
-                Ok(path) => v.push(InputArtifact { path, digest: *d, kind: *kind, from_step: from.clone() }),
-                Err(e) => return emit_failed(format!("input `{name}` from {from}: {e}"), None, Some(key)),
+                Ok(path) => v.push(InputArtifact {
+                    path,
+                    digest: *d,
+                    kind: *kind,
+                    from_step: from.clone(),
+                }),
+                Err(e) => {
+                    return emit_failed(
+                        format!("input `{name}` from {from}: {e}"),
+                        None,
+                        Some(key),
+                    );
+                }
             }
         }
         step_inputs.insert(name.clone(), v);
@@ -478,12 +645,18 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     // 4. Run, retrying transient failures.
     let work = sh.store.work_dir(&key);
     let step_cancel = sh.cancel.child();
-    let _watchdog = s.timeout.map(|limit| Watchdog::start(limit, step_cancel.clone()));
+    let _watchdog = s
+        .timeout
+        .map(|limit| Watchdog::start(limit, step_cancel.clone()));
     let mut attempt = 0u32;
     let outcome = loop {
         let out_root = work.join("out");
         let _ = std::fs::remove_dir_all(&out_root);
-        sh.emitter.emit(Event::Started { step: id.clone(), key: key.to_hex(), attempt });
+        sh.emitter.emit(Event::Started {
+            step: id.clone(),
+            key: key.to_hex(),
+            attempt,
+        });
         let em = sh.emitter.clone();
         let sid = id.clone();
         let sink: forge_ops::EventSink = Arc::new(move |e| em.emit(wrap(&sid, e)));
@@ -500,11 +673,23 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         match s.op.run(&ctx, &step_inputs, &s.params) {
             Ok(o) => break Ok(o),
             Err(e) if e.is_transient() && attempt < s.retries && !step_cancel.is_cancelled() => {
-                let delay = sh.opts.retry_base.saturating_mul(1 << attempt.min(16)).min(Duration::from_secs(60));
-                sh.emitter.emit(Event::Retrying { step: id.clone(), attempt, delay_ms: delay.as_millis() as u64, error: e.to_string() });
+                let delay = sh
+                    .opts
+                    .retry_base
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(Duration::from_secs(60));
+                sh.emitter.emit(Event::Retrying {
+                    step: id.clone(),
+                    attempt,
+                    delay_ms: delay.as_millis() as u64,
+                    error: e.to_string(),
+                });
                 let until = Instant::now() + delay;
                 while Instant::now() < until && !step_cancel.is_cancelled() {
-                    std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+                    std::thread::sleep(
+                        Duration::from_millis(20)
+                            .min(until.saturating_duration_since(Instant::now())),
+                    );
                 }
                 attempt += 1;
             }
@@ -520,8 +705,16 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
             if timed_out {
                 return emit_failed(reason, None, Some(key));
             }
-            sh.emitter.emit(Event::Cancelled { step: id.clone(), reason: reason.clone() });
-            return StepResult { status: Status::Cancelled, key: Some(key), error: Some(reason), ..StepResult::pending() };
+            sh.emitter.emit(Event::Cancelled {
+                step: id.clone(),
+                reason: reason.clone(),
+            });
+            return StepResult {
+                status: Status::Cancelled,
+                key: Some(key),
+                error: Some(reason),
+                ..StepResult::pending()
+            };
         }
         Err(e) => return emit_failed(e.to_string(), e.detail().map(str::to_owned), Some(key)),
     };
@@ -530,13 +723,27 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     for spec in &s.outputs {
         let dir: PathBuf = work.join("out").join(&spec.name);
         if !dir.is_dir() {
-            return emit_failed(format!("op `{}` did not write its output `{}`", s.op.name(), spec.name), None, Some(key));
+            return emit_failed(
+                format!(
+                    "op `{}` did not write its output `{}`",
+                    s.op.name(),
+                    spec.name
+                ),
+                None,
+                Some(key),
+            );
         }
         match sh.store.put_tree_move(&dir) {
             Ok(d) => {
                 outs.insert(spec.name.clone(), d);
             }
-            Err(e) => return emit_failed(format!("storing output `{}`: {e}", spec.name), None, Some(key)),
+            Err(e) => {
+                return emit_failed(
+                    format!("storing output `{}`: {e}", spec.name),
+                    None,
+                    Some(key),
+                );
+            }
         }
     }
     let duration_ms = t.elapsed().as_millis() as u64;
@@ -563,15 +770,39 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         duration_ms,
         outputs: outs.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(),
     });
-    StepResult { status: Status::Ran, key: Some(key), outputs: outs, duration_ms, error: None }
+    StepResult {
+        status: Status::Ran,
+        key: Some(key),
+        outputs: outs,
+        duration_ms,
+        error: None,
+    }
 }
 
 fn wrap(step: &str, e: StepEvent) -> Event {
     let step = step.to_owned();
     match e {
-        StepEvent::Progress { done, total, unit } => Event::Progress { step, done, total, unit },
-        StepEvent::Metric { name, value, step: at } => Event::Metric { step, name, value, at },
-        StepEvent::Alert { level, message } => Event::Alert { step, level, message },
+        StepEvent::Progress { done, total, unit } => Event::Progress {
+            step,
+            done,
+            total,
+            unit,
+        },
+        StepEvent::Metric {
+            name,
+            value,
+            step: at,
+        } => Event::Metric {
+            step,
+            name,
+            value,
+            at,
+        },
+        StepEvent::Alert { level, message } => Event::Alert {
+            step,
+            level,
+            message,
+        },
         StepEvent::Log { message } => Event::Log { step, message },
     }
 }
@@ -586,7 +817,10 @@ impl Watchdog {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                token.cancel(format!("timed out after {}", humantime::format_duration(limit)));
+                token.cancel(format!(
+                    "timed out after {}",
+                    humantime::format_duration(limit)
+                ));
             }
         });
         Self { _done: tx }

@@ -73,7 +73,17 @@ impl KeyPreimage {
         seed: u64,
         backend: Option<String>,
     ) -> Self {
-        Self { key_format: KEY_FORMAT, store_format: STORE_FORMAT, op: op.into(), op_version, params, inputs, extras, seed, backend }
+        Self {
+            key_format: KEY_FORMAT,
+            store_format: STORE_FORMAT,
+            op: op.into(),
+            op_version,
+            params,
+            inputs,
+            extras,
+            seed,
+            backend,
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -93,7 +103,8 @@ impl KeyPreimage {
 pub fn canonical(v: Value) -> Value {
     match v {
         Value::Object(m) => {
-            let sorted: BTreeMap<String, Value> = m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            let sorted: BTreeMap<String, Value> =
+                m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
             Value::Object(sorted.into_iter().collect())
         }
         Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
@@ -126,12 +137,18 @@ fn display_path(p: &str) -> String {
 
 fn short(v: &Value) -> String {
     match v {
-        Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => s[..12].to_owned(),
+        Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            s[..12].to_owned()
+        }
         Value::String(s) => format!("{s:?}"),
         Value::Null => "(none)".into(),
         other => {
             let s = other.to_string();
-            if s.len() > 60 { format!("{}…", &s[..60]) } else { s }
+            if s.len() > 60 {
+                format!("{}…", &s[..60])
+            } else {
+                s
+            }
         }
     }
 }
@@ -140,12 +157,23 @@ fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     if old == new {
         return;
     }
-    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for k in keys {
-                diff(&join(k), a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
+                diff(
+                    &join(k),
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
             }
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() && path.starts_with("params") => {
@@ -155,9 +183,19 @@ fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
         }
         (Value::Array(a), Value::Array(b)) if path.starts_with("inputs.") => {
             let fmt = |v: &Vec<Value>| v.iter().map(short).collect::<Vec<_>>().join(", ");
-            out.push(format!("{} changed: {} → {}", display_path(path), fmt(a), fmt(b)));
+            out.push(format!(
+                "{} changed: {} → {}",
+                display_path(path),
+                fmt(a),
+                fmt(b)
+            ));
         }
-        _ => out.push(format!("{}: {} → {}", display_path(path), short(old), short(new))),
+        _ => out.push(format!(
+            "{}: {} → {}",
+            display_path(path),
+            short(old),
+            short(new)
+        )),
     }
 }
 

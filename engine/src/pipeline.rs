@@ -15,11 +15,27 @@ use crate::yaml::{Node, NodeKind, key_string};
 
 pub const PIPELINE_VERSION: i64 = 1;
 
-pub const TOP_KEYS: &[&str] = &["version", "name", "description", "defaults", "vars", "phases"];
+pub const TOP_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "description",
+    "defaults",
+    "vars",
+    "phases",
+];
 pub const DEFAULTS_KEYS: &[&str] = &["device", "seed"];
 pub const PHASE_KEYS: &[&str] = &["description", "steps"];
-pub const STEP_KEYS: &[&str] =
-    &["op", "description", "inputs", "with", "matrix", "needs", "resources", "retries", "timeout"];
+pub const STEP_KEYS: &[&str] = &[
+    "op",
+    "description",
+    "inputs",
+    "with",
+    "matrix",
+    "needs",
+    "resources",
+    "retries",
+    "timeout",
+];
 pub const RESOURCE_KEYS: &[&str] = &["cpus", "gpus"];
 
 #[derive(Debug, Clone)]
@@ -97,8 +113,14 @@ pub fn load(path: &Path) -> Result<Pipeline, Invalid> {
     let name = path.display().to_string();
     let text = match std::fs::read(path) {
         Ok(b) => String::from_utf8(b).map_err(|_| Invalid {
-            file: SourceFile { name: name.clone(), text: Arc::new(String::new()) },
-            diagnostics: vec![Diagnostic::error(format!("`{name}` is not valid UTF-8")).code("pipeline::encoding")],
+            file: SourceFile {
+                name: name.clone(),
+                text: Arc::new(String::new()),
+            },
+            diagnostics: vec![
+                Diagnostic::error(format!("`{name}` is not valid UTF-8"))
+                    .code("pipeline::encoding"),
+            ],
         })?,
         Err(e) => {
             return Err(Invalid {
@@ -111,34 +133,59 @@ pub fn load(path: &Path) -> Result<Pipeline, Invalid> {
             });
         }
     };
-    let file = SourceFile { name, text: Arc::new(text) };
+    let file = SourceFile {
+        name,
+        text: Arc::new(text),
+    };
     let dir = path.parent().map(Path::to_owned).unwrap_or_default();
-    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
     parse(file, path.to_owned(), dir)
 }
 
 pub fn parse(file: SourceFile, path: PathBuf, dir: PathBuf) -> Result<Pipeline, Invalid> {
     let root = match crate::yaml::load(&file.text) {
         Ok(r) => r,
-        Err(d) => return Err(Invalid { file, diagnostics: vec![d] }),
+        Err(d) => {
+            return Err(Invalid {
+                file,
+                diagnostics: vec![d],
+            });
+        }
     };
     let mut errs = Vec::new();
     let p = parse_root(&root, &file, path, dir, &mut errs);
     match p {
         Some(p) if errs.is_empty() => Ok(p),
-        _ => Err(Invalid { file, diagnostics: errs }),
+        _ => {
+            errs.sort_by_key(|d| d.labels.first().map(|(s, _)| s.offset).unwrap_or(0));
+            Err(Invalid {
+                file,
+                diagnostics: errs,
+            })
+        }
     }
 }
 
 // ----- helpers -----------------------------------------------------------------------------------
 
 fn type_error(node: &Node, what: &str, expected: &str) -> Diagnostic {
-    Diagnostic::error(format!("{what} must be {expected}, found {}", node.type_name()))
-        .label(node.span, format!("expected {expected}"))
-        .code("pipeline::type")
+    Diagnostic::error(format!(
+        "{what} must be {expected}, found {}",
+        node.type_name()
+    ))
+    .label(node.span, format!("expected {expected}"))
+    .code("pipeline::type")
 }
 
-fn expect_map<'a>(node: &'a Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<&'a [(Node, Node)]> {
+fn expect_map<'a>(
+    node: &'a Node,
+    what: &str,
+    errs: &mut Vec<Diagnostic>,
+) -> Option<&'a [(Node, Node)]> {
     match node.as_map() {
         Some(m) => Some(m),
         None => {
@@ -166,7 +213,9 @@ fn check_keys(map: &[(Node, Node)], allowed: &[&str], context: &str, errs: &mut 
 }
 
 fn get<'a>(map: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
-    map.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+    map.iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
 }
 
 fn string(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<String> {
@@ -182,6 +231,14 @@ fn string(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<String>
 fn unsigned(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<u64> {
     match node.kind {
         NodeKind::Int(i) if i >= 0 => Some(i as u64),
+        NodeKind::Int(i) => {
+            errs.push(
+                Diagnostic::error(format!("{what} must be a non-negative integer, found {i}"))
+                    .label(node.span, "negative")
+                    .code("pipeline::type"),
+            );
+            None
+        }
         _ => {
             errs.push(type_error(node, what, "a non-negative integer"));
             None
@@ -193,7 +250,9 @@ fn unsigned(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<u64> 
 fn check_ident(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<String> {
     let name = key_string(node);
     let ok = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
     if ok {
         Some(name)
@@ -211,7 +270,9 @@ fn check_ident(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<St
 }
 
 pub fn valid_device(d: &str) -> bool {
-    matches!(d, "cpu" | "auto" | "cuda") || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())
+    matches!(d, "cpu" | "auto" | "cuda")
+        || d.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
 // ----- the tree walk -----------------------------------------------------------------------------
@@ -224,7 +285,11 @@ fn parse_root(
     errs: &mut Vec<Diagnostic>,
 ) -> Option<Pipeline> {
     let Some(map) = root.as_map() else {
-        errs.push(type_error(root, "the pipeline file", "a mapping with `version`, `name` and `phases`"));
+        errs.push(type_error(
+            root,
+            "the pipeline file",
+            "a mapping with `version`, `name` and `phases`",
+        ));
         return None;
     };
     check_keys(map, TOP_KEYS, "the pipeline", errs);
@@ -255,7 +320,9 @@ fn parse_root(
             None
         }
         Some(n) => string(n, "`name`", errs).and_then(|s| {
-            let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            let ok = !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
             if ok {
                 Some(s)
             } else {
@@ -271,7 +338,10 @@ fn parse_root(
     };
     let description = get(map, "description").and_then(|d| string(d, "`description`", errs));
 
-    let mut defaults = Defaults { device: "cpu".into(), seed: 42 };
+    let mut defaults = Defaults {
+        device: "cpu".into(),
+        seed: 42,
+    };
     if let Some(d) = get(map, "defaults")
         && let Some(dm) = expect_map(d, "`defaults`", errs)
     {
@@ -320,17 +390,36 @@ fn parse_root(
                     );
                 }
                 for (pk, pv) in pm {
-                    let Some(phase) = check_ident(pk, "phase", errs) else { continue };
+                    let Some(phase) = check_ident(pk, "phase", errs) else {
+                        continue;
+                    };
                     parse_phase(&phase, pk, pv, &mut steps, errs);
                 }
             }
         }
     }
-    Some(Pipeline { file: file.clone(), path, dir, name: name?, description, defaults, vars, steps })
+    Some(Pipeline {
+        file: file.clone(),
+        path,
+        dir,
+        name: name?,
+        description,
+        defaults,
+        vars,
+        steps,
+    })
 }
 
-fn parse_phase(phase: &str, key: &Node, node: &Node, steps: &mut Vec<StepDecl>, errs: &mut Vec<Diagnostic>) {
-    let Some(map) = expect_map(node, &format!("phase `{phase}`"), errs) else { return };
+fn parse_phase(
+    phase: &str,
+    key: &Node,
+    node: &Node,
+    steps: &mut Vec<StepDecl>,
+    errs: &mut Vec<Diagnostic>,
+) {
+    let Some(map) = expect_map(node, &format!("phase `{phase}`"), errs) else {
+        return;
+    };
     check_keys(map, PHASE_KEYS, &format!("phase `{phase}`"), errs);
     let Some(sn) = get(map, "steps") else {
         errs.push(
@@ -341,9 +430,13 @@ fn parse_phase(phase: &str, key: &Node, node: &Node, steps: &mut Vec<StepDecl>, 
         );
         return;
     };
-    let Some(sm) = expect_map(sn, &format!("`{phase}.steps`"), errs) else { return };
+    let Some(sm) = expect_map(sn, &format!("`{phase}.steps`"), errs) else {
+        return;
+    };
     for (k, v) in sm {
-        let Some(name) = check_ident(k, "step", errs) else { continue };
+        let Some(name) = check_ident(k, "step", errs) else {
+            continue;
+        };
         if let Some(s) = parse_step(phase, &name, k, v, errs) {
             steps.push(s);
         }
@@ -360,7 +453,13 @@ fn parse_refs(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Vec<RefDec
     }
 }
 
-fn parse_step(phase: &str, name: &str, key: &Node, node: &Node, errs: &mut Vec<Diagnostic>) -> Option<StepDecl> {
+fn parse_step(
+    phase: &str,
+    name: &str,
+    key: &Node,
+    node: &Node,
+    errs: &mut Vec<Diagnostic>,
+) -> Option<StepDecl> {
     let id = format!("{phase}.{name}");
     let map = expect_map(node, &format!("step `{id}`"), errs)?;
     check_keys(map, STEP_KEYS, &format!("step `{id}`"), errs);
@@ -382,10 +481,16 @@ fn parse_step(phase: &str, name: &str, key: &Node, node: &Node, errs: &mut Vec<D
     {
         for (k, v) in im {
             let refs = parse_refs(v, "an input reference", errs);
-            inputs.push(InputDecl { name: key_string(k), name_span: k.span, refs });
+            inputs.push(InputDecl {
+                name: key_string(k),
+                name_span: k.span,
+                refs,
+            });
         }
     }
-    let needs = get(map, "needs").map(|n| parse_refs(n, "a `needs` reference", errs)).unwrap_or_default();
+    let needs = get(map, "needs")
+        .map(|n| parse_refs(n, "a `needs` reference", errs))
+        .unwrap_or_default();
     let with = get(map, "with").cloned();
     if let Some(w) = &with
         && !matches!(w.kind, NodeKind::Map(_) | NodeKind::Null)
@@ -399,16 +504,22 @@ fn parse_step(phase: &str, name: &str, key: &Node, node: &Node, errs: &mut Vec<D
         for (k, v) in mm {
             let axis = key_string(k);
             match &v.kind {
-                NodeKind::Seq(values) if !values.is_empty() => {
-                    matrix.push(MatrixAxis { name: axis, span: k.span, values: values.clone() })
-                }
+                NodeKind::Seq(values) if !values.is_empty() => matrix.push(MatrixAxis {
+                    name: axis,
+                    span: k.span,
+                    values: values.clone(),
+                }),
                 NodeKind::Seq(_) => errs.push(
                     Diagnostic::error(format!("matrix axis `{axis}` is empty"))
                         .label(v.span, "no values")
                         .help("a matrix axis lists at least one value")
                         .code("pipeline::matrix"),
                 ),
-                _ => errs.push(type_error(v, &format!("matrix axis `{axis}`"), "a list of values")),
+                _ => errs.push(type_error(
+                    v,
+                    &format!("matrix axis `{axis}`"),
+                    "a list of values",
+                )),
             }
         }
     }
@@ -426,7 +537,9 @@ fn parse_step(phase: &str, name: &str, key: &Node, node: &Node, errs: &mut Vec<D
         }
         resources = Some(res);
     }
-    let retries = get(map, "retries").and_then(|r| unsigned(r, "`retries`", errs)).map(|r| r as u32);
+    let retries = get(map, "retries")
+        .and_then(|r| unsigned(r, "`retries`", errs))
+        .map(|r| r as u32);
     let timeout = get(map, "timeout").and_then(|t| match &t.kind {
         NodeKind::Int(s) if *s > 0 => Some(Duration::from_secs(*s as u64)),
         NodeKind::Str(s) => match humantime::parse_duration(s) {
@@ -474,19 +587,32 @@ pub struct Scope<'a> {
 /// Substitute `${vars.x}` / `${matrix.axis.field}` in a `with:` tree, producing JSON. A string that
 /// is exactly one `${…}` takes the referenced value with its type (`"${vars.d_model}"` → `128`);
 /// otherwise the parts are formatted into the string. `$${` is a literal `${`.
-pub fn interpolate(node: &Node, scope: &Scope<'_>, errs: &mut Vec<Diagnostic>) -> serde_json::Value {
+pub fn interpolate(
+    node: &Node,
+    scope: &Scope<'_>,
+    errs: &mut Vec<Diagnostic>,
+) -> serde_json::Value {
     use serde_json::Value;
     match &node.kind {
         NodeKind::Str(s) if s.contains("${") => interpolate_str(s, node, scope, errs),
-        NodeKind::Seq(items) => Value::Array(items.iter().map(|n| interpolate(n, scope, errs)).collect()),
-        NodeKind::Map(m) => {
-            Value::Object(m.iter().map(|(k, v)| (key_string(k), interpolate(v, scope, errs))).collect())
+        NodeKind::Seq(items) => {
+            Value::Array(items.iter().map(|n| interpolate(n, scope, errs)).collect())
         }
+        NodeKind::Map(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (key_string(k), interpolate(v, scope, errs)))
+                .collect(),
+        ),
         _ => node.to_json(),
     }
 }
 
-fn interpolate_str(s: &str, node: &Node, scope: &Scope<'_>, errs: &mut Vec<Diagnostic>) -> serde_json::Value {
+fn interpolate_str(
+    s: &str,
+    node: &Node,
+    scope: &Scope<'_>,
+    errs: &mut Vec<Diagnostic>,
+) -> serde_json::Value {
     use serde_json::Value;
     let mut out = String::new();
     let mut rest = s;
@@ -521,10 +647,13 @@ fn interpolate_str(s: &str, node: &Node, scope: &Scope<'_>, errs: &mut Vec<Diagn
             Some(Value::Null) => out.push_str("null"),
             Some(other) if whole.is_none() => {
                 errs.push(
-                    Diagnostic::error(format!("`${{{expr}}}` is a {} and cannot be part of a string", json_type(&other)))
-                        .label(node.span, "used inside a string")
-                        .help("use it as the whole value (`key: \"${…}\"`) or pick a field of it")
-                        .code("pipeline::interpolation"),
+                    Diagnostic::error(format!(
+                        "`${{{expr}}}` is a {} and cannot be part of a string",
+                        json_type(&other)
+                    ))
+                    .label(node.span, "used inside a string")
+                    .help("use it as the whole value (`key: \"${…}\"`) or pick a field of it")
+                    .code("pipeline::interpolation"),
                 );
             }
             _ => {}
@@ -543,7 +672,12 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn lookup(expr: &str, node: &Node, scope: &Scope<'_>, errs: &mut Vec<Diagnostic>) -> Option<serde_json::Value> {
+fn lookup(
+    expr: &str,
+    node: &Node,
+    scope: &Scope<'_>,
+    errs: &mut Vec<Diagnostic>,
+) -> Option<serde_json::Value> {
     let mut parts = expr.split('.');
     let root = parts.next().unwrap_or("");
     let fail = |errs: &mut Vec<Diagnostic>, msg: String, help: String| {
@@ -576,14 +710,21 @@ fn lookup(expr: &str, node: &Node, scope: &Scope<'_>, errs: &mut Vec<Diagnostic>
         }
     };
     let Some(name) = parts.next().filter(|n| !n.is_empty()) else {
-        return fail(errs, format!("`${{{expr}}}` names no {what}"), format!("write `${{{root}.<name>}}`"));
+        return fail(
+            errs,
+            format!("`${{{expr}}}` names no {what}"),
+            format!("write `${{{root}.<name>}}`"),
+        );
     };
     let Some(mut cur) = table.get(name) else {
         let hint = did_you_mean(name, table.keys().map(String::as_str)).unwrap_or_else(|| {
             if table.is_empty() {
                 format!("no {what}s are defined")
             } else {
-                format!("defined {what}s: {}", table.keys().cloned().collect::<Vec<_>>().join(", "))
+                format!(
+                    "defined {what}s: {}",
+                    table.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
             }
         });
         return fail(errs, format!("unknown {what} `{name}`"), hint);
@@ -592,7 +733,10 @@ fn lookup(expr: &str, node: &Node, scope: &Scope<'_>, errs: &mut Vec<Diagnostic>
         match cur.get(field) {
             Some(n) => cur = n,
             None => {
-                let fields: Vec<String> = cur.as_map().map(|m| m.iter().map(|(k, _)| key_string(k)).collect()).unwrap_or_default();
+                let fields: Vec<String> = cur
+                    .as_map()
+                    .map(|m| m.iter().map(|(k, _)| key_string(k)).collect())
+                    .unwrap_or_default();
                 let hint = did_you_mean(field, fields.iter().map(String::as_str))
                     .unwrap_or_else(|| format!("available fields: {}", fields.join(", ")));
                 return fail(errs, format!("`{name}` has no field `{field}`"), hint);
@@ -607,7 +751,10 @@ mod tests {
     use super::*;
 
     fn parse_str(s: &str) -> Result<Pipeline, Invalid> {
-        let file = SourceFile { name: "t.yaml".into(), text: Arc::new(s.into()) };
+        let file = SourceFile {
+            name: "t.yaml".into(),
+            text: Arc::new(s.into()),
+        };
         parse(file, "t.yaml".into(), ".".into())
     }
 
@@ -615,8 +762,17 @@ mod tests {
     fn collects_all_errors_at_once() {
         let e = parse_str("version: 2\nname: ok\nphazes: {}\n").unwrap_err();
         let msgs: Vec<_> = e.diagnostics.iter().map(|d| d.message.as_str()).collect();
-        assert_eq!(msgs, ["unknown key `phazes` in the pipeline", "unsupported pipeline version 2", "missing required key `phases`"]);
-        assert_eq!(e.diagnostics[0].help.as_deref(), Some("did you mean `phases`?"));
+        // In file order; a missing key points at the top of the file.
+        let expected = [
+            "missing required key `phases`",
+            "unsupported pipeline version 2",
+            "unknown key `phazes` in the pipeline",
+        ];
+        assert_eq!(msgs, expected);
+        assert_eq!(
+            e.diagnostics[2].help.as_deref(),
+            Some("did you mean `phases`?")
+        );
     }
 
     #[test]
@@ -626,8 +782,18 @@ mod tests {
         )
         .unwrap();
         let mut errs = Vec::new();
-        let v = interpolate(p.steps[0].with.as_ref().unwrap(), &Scope { vars: &p.vars, matrix: None }, &mut errs);
+        let v = interpolate(
+            p.steps[0].with.as_ref().unwrap(),
+            &Scope {
+                vars: &p.vars,
+                matrix: None,
+            },
+            &mut errs,
+        );
         assert!(errs.is_empty(), "{errs:?}");
-        assert_eq!(v, serde_json::json!({"n": 128, "s": "m-x-128", "lit": "${vars.d}"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"n": 128, "s": "m-x-128", "lit": "${vars.d}"})
+        );
     }
 }

@@ -42,7 +42,11 @@ pub struct StepInstance {
 impl StepInstance {
     /// Every step this one waits for (data inputs and `needs`).
     pub fn deps(&self) -> impl Iterator<Item = usize> + '_ {
-        self.inputs.values().flatten().map(|u| u.step).chain(self.needs.iter().copied())
+        self.inputs
+            .values()
+            .flatten()
+            .map(|u| u.step)
+            .chain(self.needs.iter().copied())
     }
 }
 
@@ -58,7 +62,13 @@ impl Plan {
     /// Steps matching a user's selector: an exact id, `phase.step` (all instances) or a bare step
     /// name when unique.
     pub fn select(&self, sel: &str) -> Vec<usize> {
-        let exact: Vec<usize> = self.steps.iter().enumerate().filter(|(_, s)| s.id == sel).map(|(i, _)| i).collect();
+        let exact: Vec<usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.id == sel)
+            .map(|(i, _)| i)
+            .collect();
         if !exact.is_empty() {
             return exact;
         }
@@ -98,13 +108,21 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
         let mut mine = Vec::new();
         let Some(op) = registry.get(&decl.op).cloned() else {
             if !decl.op.is_empty() {
-                let hint = did_you_mean(&decl.op, registry.names())
-                    .unwrap_or_else(|| format!("available ops: {}", registry.names().collect::<Vec<_>>().join(", ")));
+                let hint = did_you_mean(&decl.op, registry.names()).unwrap_or_else(|| {
+                    format!(
+                        "available ops: {}",
+                        registry.names().collect::<Vec<_>>().join(", ")
+                    )
+                });
                 errs.push(
-                    Diagnostic::error(format!("unknown op `{}` in step `{}`", decl.op, decl.qualified()))
-                        .label(decl.op_span, "unknown op")
-                        .help(hint)
-                        .code("plan::unknown-op"),
+                    Diagnostic::error(format!(
+                        "unknown op `{}` in step `{}`",
+                        decl.op,
+                        decl.qualified()
+                    ))
+                    .label(decl.op_span, "unknown op")
+                    .help(hint)
+                    .code("plan::unknown-op"),
                 );
             }
             instances_of.push(mine);
@@ -112,9 +130,20 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
         };
         for combo in matrix_combinations(decl) {
             let (id, label) = instance_id(decl, &combo);
-            let scope = Scope { vars: &pipeline.vars, matrix: if decl.matrix.is_empty() { None } else { Some(&combo) } };
+            let scope = Scope {
+                vars: &pipeline.vars,
+                matrix: if decl.matrix.is_empty() {
+                    None
+                } else {
+                    Some(&combo)
+                },
+            };
             let mut ierrs = Vec::new();
-            let raw = decl.with.as_ref().map(|w| interpolate(w, &scope, &mut ierrs)).unwrap_or(Value::Null);
+            let raw = decl
+                .with
+                .as_ref()
+                .map(|w| interpolate(w, &scope, &mut ierrs))
+                .unwrap_or(Value::Null);
             let params = if ierrs.is_empty() {
                 match op.normalize_params(&raw) {
                     Ok(p) => Some(p),
@@ -129,7 +158,9 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
             errs.extend(ierrs);
             let Some(params) = params else { continue };
             let outputs = op.outputs(&params);
-            let resources = decl.resources.unwrap_or_else(|| op.default_resources(&params));
+            let resources = decl
+                .resources
+                .unwrap_or_else(|| op.default_resources(&params));
             let retries = decl.retries.unwrap_or_else(|| op.default_retries());
             mine.push(steps.len());
             labels.push(label);
@@ -150,7 +181,12 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
     }
 
     // Resolve references now that every instance's outputs are known.
-    let resolver = Resolver { pipeline: &pipeline, instances_of: &instances_of, steps: &steps, labels: &labels };
+    let resolver = Resolver {
+        pipeline: &pipeline,
+        instances_of: &instances_of,
+        steps: &steps,
+        labels: &labels,
+    };
     let mut wiring = Vec::with_capacity(steps.len());
     for (si, s) in steps.iter().enumerate() {
         let decl = &pipeline.steps[s.decl];
@@ -178,7 +214,12 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
     // Steps that produced no instance (bad op or params) still get their references checked.
     for (di, decl) in pipeline.steps.iter().enumerate() {
         if instances_of[di].is_empty() {
-            for r in decl.inputs.iter().flat_map(|i| i.refs.iter()).chain(decl.needs.iter()) {
+            for r in decl
+                .inputs
+                .iter()
+                .flat_map(|i| i.refs.iter())
+                .chain(decl.needs.iter())
+            {
                 if let Err(d) = resolver.resolve(decl, r, false) {
                     errs.push(d);
                 }
@@ -200,28 +241,41 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
             }
         }
     }
-    if errs.is_empty() {
-        if let Some(cycle) = find_cycle(&graph) {
-            errs.push(cycle_diagnostic(&pipeline, &steps, &cycle));
-        }
+    if errs.is_empty()
+        && let Some(cycle) = find_cycle(&graph)
+    {
+        errs.push(cycle_diagnostic(&pipeline, &steps, &cycle));
     }
     if !errs.is_empty() {
-        return Err(Invalid { file: pipeline.file.clone(), diagnostics: errs });
+        errs.sort_by_key(|d| d.labels.first().map(|(s, _)| s.offset).unwrap_or(0));
+        return Err(Invalid {
+            file: pipeline.file.clone(),
+            diagnostics: errs,
+        });
     }
     let order = topo_order(&steps);
-    Ok(Plan { pipeline, steps, graph, order })
+    Ok(Plan {
+        pipeline,
+        steps,
+        graph,
+        order,
+    })
 }
 
 /// Kahn's algorithm, taking the lowest (file-order) ready step first, so plans print stably.
 fn topo_order(steps: &[StepInstance]) -> Vec<usize> {
-    let mut indeg: Vec<usize> = steps.iter().map(|s| s.deps().collect::<std::collections::BTreeSet<_>>().len()).collect();
+    let mut indeg: Vec<usize> = steps
+        .iter()
+        .map(|s| s.deps().collect::<std::collections::BTreeSet<_>>().len())
+        .collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     for (i, s) in steps.iter().enumerate() {
         for d in s.deps().collect::<std::collections::BTreeSet<_>>() {
             dependents[d].push(i);
         }
     }
-    let mut ready: std::collections::BTreeSet<usize> = (0..steps.len()).filter(|&i| indeg[i] == 0).collect();
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..steps.len()).filter(|&i| indeg[i] == 0).collect();
     let mut out = Vec::with_capacity(steps.len());
     while let Some(i) = ready.pop_first() {
         out.push(i);
@@ -263,7 +317,10 @@ fn value_label(v: &Node, index: usize) -> String {
     }
 }
 
-fn instance_id(decl: &StepDecl, combo: &BTreeMap<String, Node>) -> (String, BTreeMap<String, String>) {
+fn instance_id(
+    decl: &StepDecl,
+    combo: &BTreeMap<String, Node>,
+) -> (String, BTreeMap<String, String>) {
     if decl.matrix.is_empty() {
         return (decl.qualified(), BTreeMap::new());
     }
@@ -291,9 +348,17 @@ fn params_diagnostic(decl: &StepDecl, id: &str, e: &ParamsError) -> Diagnostic {
         let next = match &n.kind {
             NodeKind::Map(m) => m.iter().find(|(k, _)| key_string(k) == *seg).map(|(k, v)| {
                 // An unknown field points at its key, anything else at the value.
-                if e.message.starts_with("unknown field") { (k, k.span) } else { (v, v.span) }
+                if e.message.starts_with("unknown field") {
+                    (k, k.span)
+                } else {
+                    (v, v.span)
+                }
             }),
-            NodeKind::Seq(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)).map(|v| (v, v.span)),
+            NodeKind::Seq(items) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .map(|v| (v, v.span)),
             _ => None,
         };
         match next {
@@ -304,22 +369,33 @@ fn params_diagnostic(decl: &StepDecl, id: &str, e: &ParamsError) -> Diagnostic {
             None => break,
         }
     }
-    let path = if e.path.is_empty() { "with".to_string() } else { format!("with.{}", e.path.join(".")) };
+    let path = if e.path.is_empty() {
+        "with".to_string()
+    } else {
+        format!("with.{}", e.path.join("."))
+    };
     let mut help = e.hint.clone();
     if help.is_none() && e.message.starts_with("unknown field") {
         let names: Vec<&str> = e.message.split('`').skip(1).step_by(2).collect();
         if let Some((bad, rest)) = names.split_first() {
-            help = did_you_mean(bad, rest.iter().copied())
-                .or_else(|| (!rest.is_empty()).then(|| format!("valid keys here: {}", rest.join(", "))));
+            help = did_you_mean(bad, rest.iter().copied()).or_else(|| {
+                (!rest.is_empty()).then(|| format!("valid keys here: {}", rest.join(", ")))
+            });
         }
     }
     if help.is_none() && e.message.starts_with("missing field") {
-        help = Some(format!("see `forge schema` for the parameters of `{}`", decl.op));
+        help = Some(format!(
+            "see `forge schema` for the parameters of `{}`",
+            decl.op
+        ));
     }
-    Diagnostic::error(format!("invalid `{path}` for op `{}` in step `{id}`: {}", decl.op, e.message))
-        .label(span, "here")
-        .help_opt(help)
-        .code("plan::params")
+    Diagnostic::error(format!(
+        "invalid `{path}` for op `{}` in step `{id}`: {}",
+        decl.op, e.message
+    ))
+    .label(span, "here")
+    .help_opt(help)
+    .code("plan::params")
 }
 
 struct Resolver<'a> {
@@ -331,20 +407,38 @@ struct Resolver<'a> {
 
 impl Resolver<'_> {
     fn find_decl(&self, phase: &str, name: &str) -> Option<usize> {
-        self.pipeline.steps.iter().position(|d| d.phase == phase && d.name == name)
+        self.pipeline
+            .steps
+            .iter()
+            .position(|d| d.phase == phase && d.name == name)
     }
 
     fn all_names(&self) -> Vec<String> {
-        self.pipeline.steps.iter().map(StepDecl::qualified).collect()
+        self.pipeline
+            .steps
+            .iter()
+            .map(StepDecl::qualified)
+            .collect()
     }
 
     /// Resolve `r`, written in `from`, to the upstream artifacts it names.
-    fn resolve(&self, from: &StepDecl, r: &RefDecl, want_output: bool) -> Result<Vec<Upstream>, Diagnostic> {
+    fn resolve(
+        &self,
+        from: &StepDecl,
+        r: &RefDecl,
+        want_output: bool,
+    ) -> Result<Vec<Upstream>, Diagnostic> {
         let text = r.text.trim();
         let (path, selector) = match text.split_once('[') {
             Some((p, rest)) => match rest.strip_suffix(']') {
                 Some(sel) => (p, Some(sel)),
-                None => return Err(ref_error(r, format!("`{text}` has an unclosed `[`"), "write `step[axis=value]`".into())),
+                None => {
+                    return Err(ref_error(
+                        r,
+                        format!("`{text}` has an unclosed `[`"),
+                        "write `step[axis=value]`".into(),
+                    ));
+                }
             },
             None => (text, None),
         };
@@ -371,13 +465,22 @@ impl Resolver<'_> {
         }
         // A bare name may live in another phase, if only one has it.
         if found.is_none() && parts.len() == 1 {
-            let hits: Vec<usize> =
-                self.pipeline.steps.iter().enumerate().filter(|(_, d)| d.name == parts[0]).map(|(i, _)| i).collect();
+            let hits: Vec<usize> = self
+                .pipeline
+                .steps
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.name == parts[0])
+                .map(|(i, _)| i)
+                .collect();
             match hits.as_slice() {
                 [one] => found = Some((*one, None)),
                 [] => {}
                 many => {
-                    let names: Vec<String> = many.iter().map(|&i| self.pipeline.steps[i].qualified()).collect();
+                    let names: Vec<String> = many
+                        .iter()
+                        .map(|&i| self.pipeline.steps[i].qualified())
+                        .collect();
                     return Err(ref_error(
                         r,
                         format!("`{text}` is ambiguous"),
@@ -389,7 +492,12 @@ impl Resolver<'_> {
         let Some((decl, output)) = found else {
             let all = self.all_names();
             let hint = did_you_mean(path, all.iter().map(String::as_str))
-                .or_else(|| did_you_mean(parts[parts.len().min(2) - 1], self.pipeline.steps.iter().map(|d| d.name.as_str())))
+                .or_else(|| {
+                    did_you_mean(
+                        parts[parts.len().min(2) - 1],
+                        self.pipeline.steps.iter().map(|d| d.name.as_str()),
+                    )
+                })
                 .unwrap_or_else(|| format!("steps in this pipeline: {}", all.join(", ")));
             return Err(ref_error(r, format!("unknown step `{path}`"), hint));
         };
@@ -398,18 +506,36 @@ impl Resolver<'_> {
             let mut want = BTreeMap::new();
             for kv in sel.split(',') {
                 let Some((k, v)) = kv.split_once('=') else {
-                    return Err(ref_error(r, format!("bad selector `[{sel}]`"), "write `[axis=value]`".into()));
+                    return Err(ref_error(
+                        r,
+                        format!("bad selector `[{sel}]`"),
+                        "write `[axis=value]`".into(),
+                    ));
                 };
                 want.insert(k.trim().to_owned(), v.trim().to_owned());
             }
             insts.retain(|&i| want.iter().all(|(k, v)| self.labels[i].get(k) == Some(v)));
             if insts.is_empty() {
-                let have: Vec<&str> = self.instances_of[decl].iter().map(|&i| self.steps[i].id.as_str()).collect();
-                return Err(ref_error(r, format!("no instance of `{path}` matches `[{sel}]`"), format!("instances: {}", have.join(", "))));
+                let have: Vec<&str> = self.instances_of[decl]
+                    .iter()
+                    .map(|&i| self.steps[i].id.as_str())
+                    .collect();
+                return Err(ref_error(
+                    r,
+                    format!("no instance of `{path}` matches `[{sel}]`"),
+                    format!("instances: {}", have.join(", ")),
+                ));
             }
         }
         if !want_output {
-            return Ok(insts.into_iter().map(|i| Upstream { step: i, output: String::new(), kind: ArtifactKind::Files }).collect());
+            return Ok(insts
+                .into_iter()
+                .map(|i| Upstream {
+                    step: i,
+                    output: String::new(),
+                    kind: ArtifactKind::Files,
+                })
+                .collect());
         }
         let mut out = Vec::new();
         for i in insts {
@@ -421,8 +547,12 @@ impl Resolver<'_> {
                         let names: Vec<&str> = outs.iter().map(|o| o.name.as_str()).collect();
                         return Err(ref_error(
                             r,
-                            format!("step `{}` has no output `{o}`", self.pipeline.steps[decl].qualified()),
-                            did_you_mean(o, names.iter().copied()).unwrap_or_else(|| format!("its outputs: {}", names.join(", "))),
+                            format!(
+                                "step `{}` has no output `{o}`",
+                                self.pipeline.steps[decl].qualified()
+                            ),
+                            did_you_mean(o, names.iter().copied())
+                                .unwrap_or_else(|| format!("its outputs: {}", names.join(", "))),
                         ));
                     }
                 },
@@ -432,26 +562,42 @@ impl Resolver<'_> {
                         let names: Vec<&str> = outs.iter().map(|o| o.name.as_str()).collect();
                         return Err(ref_error(
                             r,
-                            format!("step `{}` has several outputs; name one", self.pipeline.steps[decl].qualified()),
+                            format!(
+                                "step `{}` has several outputs; name one",
+                                self.pipeline.steps[decl].qualified()
+                            ),
                             format!("write `{path}.<output>` with one of: {}", names.join(", ")),
                         ));
                     }
                 },
             };
-            out.push(Upstream { step: i, output: spec.name.clone(), kind: spec.kind });
+            out.push(Upstream {
+                step: i,
+                output: spec.name.clone(),
+                kind: spec.kind,
+            });
         }
         Ok(out)
     }
 }
 
 fn ref_error(r: &RefDecl, msg: String, help: String) -> Diagnostic {
-    Diagnostic::error(msg).label(r.span, "this reference").help(help).code("plan::reference")
+    Diagnostic::error(msg)
+        .label(r.span, "this reference")
+        .help(help)
+        .code("plan::reference")
 }
 
 /// Input names, counts and kinds against the op's declared signature.
-fn check_signature(s: &StepInstance, decl: &StepDecl, inputs: &BTreeMap<String, Vec<Upstream>>) -> Vec<Diagnostic> {
+fn check_signature(
+    s: &StepInstance,
+    decl: &StepDecl,
+    inputs: &BTreeMap<String, Vec<Upstream>>,
+) -> Vec<Diagnostic> {
     let mut errs = Vec::new();
-    let InputSignature::Fixed(specs) = s.op.inputs(&s.params) else { return errs };
+    let InputSignature::Fixed(specs) = s.op.inputs(&s.params) else {
+        return errs;
+    };
     for input in &decl.inputs {
         let Some(spec) = specs.iter().find(|x| x.name == input.name) else {
             let names: Vec<&str> = specs.iter().map(|x| x.name.as_str()).collect();
@@ -506,10 +652,13 @@ fn check_signature(s: &StepInstance, decl: &StepDecl, inputs: &BTreeMap<String, 
     for spec in specs.iter().filter(|x| x.required) {
         if !decl.inputs.iter().any(|i| i.name == spec.name) {
             errs.push(
-                Diagnostic::error(format!("step `{}` is missing required input `{}`", s.id, spec.name))
-                    .label(decl.name_span, "this step")
-                    .help(format!("add `inputs: {{ {}: <step> }}`", spec.name))
-                    .code("plan::input"),
+                Diagnostic::error(format!(
+                    "step `{}` is missing required input `{}`",
+                    s.id, spec.name
+                ))
+                .label(decl.name_span, "this step")
+                .help(format!("add `inputs: {{ {}: <step> }}`", spec.name))
+                .code("plan::input"),
             );
         }
     }
@@ -527,7 +676,11 @@ fn find_cycle(g: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
             let mut pos: HashMap<NodeIndex, usize> = HashMap::from([(start, 0)]);
             let mut cur = start;
             loop {
-                let next = g.neighbors(cur).filter(|n| members.contains(n)).min_by_key(|n| g[*n]).expect("in a cycle");
+                let next = g
+                    .neighbors(cur)
+                    .filter(|n| members.contains(n))
+                    .min_by_key(|n| g[*n])
+                    .expect("in a cycle");
                 if let Some(&p) = pos.get(&next) {
                     let mut cyc: Vec<usize> = path[p..].iter().map(|n| g[*n]).collect();
                     cyc.push(g[next]);
@@ -544,7 +697,8 @@ fn find_cycle(g: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
 
 fn cycle_diagnostic(p: &Pipeline, steps: &[StepInstance], cycle: &[usize]) -> Diagnostic {
     let names: Vec<&str> = cycle.iter().map(|&i| steps[i].id.as_str()).collect();
-    let mut d = Diagnostic::error(format!("dependency cycle: {}", names.join(" → "))).code("plan::cycle");
+    let mut d =
+        Diagnostic::error(format!("dependency cycle: {}", names.join(" → "))).code("plan::cycle");
     for w in cycle.windows(2) {
         let (a, b) = (w[0], w[1]);
         let decl = &p.steps[steps[b].decl];
@@ -557,7 +711,9 @@ fn cycle_diagnostic(p: &Pipeline, steps: &[StepInstance], cycle: &[usize]) -> Di
             .chain(decl.needs.iter())
             .find(|r| {
                 let t = r.text.split('[').next().unwrap_or("");
-                t == from_a.name || t == from_a.qualified() || t.starts_with(&format!("{}.", from_a.qualified()))
+                t == from_a.name
+                    || t == from_a.qualified()
+                    || t.starts_with(&format!("{}.", from_a.qualified()))
                     || (t.starts_with(&format!("{}.", from_a.name)) && from_a.phase == decl.phase)
             })
             .map(|r| r.span)

@@ -25,7 +25,9 @@ pub struct Console {
 }
 
 pub fn fancy_terminal() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() && std::env::var_os("CI").is_none()
+    std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var_os("CI").is_none()
 }
 
 pub fn human_duration(ms: u64) -> String {
@@ -40,9 +42,17 @@ pub fn human_duration(ms: u64) -> String {
 
 impl Console {
     pub fn new(format: LogFormat, verbose: bool) -> Self {
-        let bars = (format == LogFormat::Human && fancy_terminal())
-            .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), HashMap::new()));
-        Self { format, verbose, bars }
+        let bars = (format == LogFormat::Human && fancy_terminal()).then(|| {
+            (
+                MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                HashMap::new(),
+            )
+        });
+        Self {
+            format,
+            verbose,
+            bars,
+        }
     }
 
     fn line(&self, verb: &str, rest: &str) {
@@ -66,31 +76,54 @@ impl Console {
             return;
         }
         match &s.event {
-            Event::RunStarted { pipeline, steps, .. } => self.line("Applying", &format!("{pipeline} ({steps} steps)")),
+            Event::RunStarted {
+                pipeline, steps, ..
+            } => self.line("Applying", &format!("{pipeline} ({steps} steps)")),
             Event::Queued { .. } | Event::Metric { .. } => {}
-            Event::CacheHit { step, key } => self.line("Cached", &format!("{step} ({})", &key[..12])),
+            Event::CacheHit { step, key } => {
+                self.line("Cached", &format!("{step} ({})", &key[..12]))
+            }
             Event::Started { step, attempt, .. } => {
-                let extra = if *attempt > 0 { format!(" (attempt {})", attempt + 1) } else { String::new() };
+                let extra = if *attempt > 0 {
+                    format!(" (attempt {})", attempt + 1)
+                } else {
+                    String::new()
+                };
                 self.line("Running", &format!("{step}{extra}"));
                 if let Some((mp, bars)) = &mut self.bars {
                     let pb = mp.add(ProgressBar::new_spinner());
-                    pb.set_style(ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed}").expect("template"));
+                    pb.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed}")
+                            .expect("template"),
+                    );
                     pb.set_prefix(step.clone());
                     pb.enable_steady_tick(Duration::from_millis(120));
                     bars.insert(step.clone(), pb);
                 }
             }
-            Event::Progress { step, done, total, unit } => {
+            Event::Progress {
+                step,
+                done,
+                total,
+                unit,
+            } => {
                 if let Some((_, bars)) = &mut self.bars
                     && let Some(pb) = bars.get(step)
                 {
                     match total {
-                        Some(t) if *t > 0 => pb.set_message(format!("{done}/{t} {unit} ({:.0}%)", *done as f64 * 100.0 / *t as f64)),
+                        Some(t) if *t > 0 => pb.set_message(format!(
+                            "{done}/{t} {unit} ({:.0}%)",
+                            *done as f64 * 100.0 / *t as f64
+                        )),
                         _ => pb.set_message(format!("{done} {unit}")),
                     }
                 }
             }
-            Event::Alert { step, level, message } => {
+            Event::Alert {
+                step,
+                level,
+                message,
+            } => {
                 let verb = match level {
                     AlertLevel::Info => "Note",
                     AlertLevel::Warn => "Warning",
@@ -103,19 +136,40 @@ impl Console {
                     self.line("Log", &format!("{step}: {message}"));
                 }
             }
-            Event::Retrying { step, attempt, delay_ms, error } => self.line(
+            Event::Retrying {
+                step,
+                attempt,
+                delay_ms,
+                error,
+            } => self.line(
                 "Retrying",
-                &format!("{step} in {} (attempt {} failed: {error})", human_duration(*delay_ms), attempt + 1),
+                &format!(
+                    "{step} in {} (attempt {} failed: {error})",
+                    human_duration(*delay_ms),
+                    attempt + 1
+                ),
             ),
-            Event::LockWait { step, holder } => self.line("Waiting", &format!("{step}: locked by pid {holder}")),
-            Event::LockReclaimed { step, dead_pid } => {
-                self.line("Reclaimed", &format!("{step}: stale lock of dead process {dead_pid}"))
+            Event::LockWait { step, holder } => {
+                self.line("Waiting", &format!("{step}: locked by pid {holder}"))
             }
-            Event::Finished { step, duration_ms, .. } => {
+            Event::LockReclaimed { step, dead_pid } => self.line(
+                "Reclaimed",
+                &format!("{step}: stale lock of dead process {dead_pid}"),
+            ),
+            Event::Finished {
+                step, duration_ms, ..
+            } => {
                 self.finish_bar(step);
-                self.line("Finished", &format!("{step} in {}", human_duration(*duration_ms)));
+                self.line(
+                    "Finished",
+                    &format!("{step} in {}", human_duration(*duration_ms)),
+                );
             }
-            Event::Failed { step, error, detail } => {
+            Event::Failed {
+                step,
+                error,
+                detail,
+            } => {
                 self.finish_bar(step);
                 self.line("Failed", &format!("{step}: {error}"));
                 if let Some(d) = detail {
@@ -129,7 +183,14 @@ impl Console {
                 self.finish_bar(step);
                 self.line("Cancelled", &format!("{step}: {reason}"));
             }
-            Event::RunFinished { status, ran, cached, failed, skipped, duration_ms } => {
+            Event::RunFinished {
+                status,
+                ran,
+                cached,
+                failed,
+                skipped,
+                duration_ms,
+            } => {
                 let mut parts = vec![format!("{ran} ran"), format!("{cached} cached")];
                 if *failed > 0 {
                     parts.push(format!("{failed} failed"));
@@ -137,8 +198,19 @@ impl Console {
                 if *skipped > 0 {
                     parts.push(format!("{skipped} skipped"));
                 }
-                let verb = if status == "succeeded" { "Done" } else { "Stopped" };
-                self.line(verb, &format!("{status}: {} in {}", parts.join(", "), human_duration(*duration_ms)));
+                let verb = if status == "succeeded" {
+                    "Done"
+                } else {
+                    "Stopped"
+                };
+                self.line(
+                    verb,
+                    &format!(
+                        "{status}: {} in {}",
+                        parts.join(", "),
+                        human_duration(*duration_ms)
+                    ),
+                );
             }
         }
     }

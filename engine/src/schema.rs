@@ -13,10 +13,15 @@ use serde_json::{Value, json};
 
 #[allow(dead_code)]
 #[derive(JsonSchema)]
-#[schemars(deny_unknown_fields, title = "forge pipeline", description = "A forge pipeline: phases of content-addressed steps")]
+#[schemars(
+    deny_unknown_fields,
+    title = "forge pipeline",
+    description = "A forge pipeline: phases of content-addressed steps"
+)]
 struct PipelineDoc {
     /// Pipeline format version; always 1.
-    version: PipelineVersion,
+    #[schemars(range(min = 1, max = 1))]
+    version: u32,
     /// Pipeline name (letters, digits, `_`, `-`, `.`); results are recorded under it.
     name: String,
     description: Option<String>,
@@ -25,13 +30,6 @@ struct PipelineDoc {
     vars: Option<BTreeMap<String, Value>>,
     /// Phases in order; each holds named steps.
     phases: BTreeMap<String, PhaseDoc>,
-}
-
-#[allow(dead_code)]
-#[derive(JsonSchema)]
-enum PipelineVersion {
-    #[schemars(rename = "1")]
-    V1,
 }
 
 #[allow(dead_code)]
@@ -101,10 +99,15 @@ fn allow_interpolation(v: &mut Value) {
                 allow_interpolation(child);
             }
             let scalar = |t: &Value| matches!(t.as_str(), Some("integer" | "number" | "boolean"));
-            let is_typed = m.get("type").is_some_and(|t| scalar(t) || t.as_array().is_some_and(|a| a.iter().any(scalar)));
+            let is_typed = m
+                .get("type")
+                .is_some_and(|t| scalar(t) || t.as_array().is_some_and(|a| a.iter().any(scalar)));
             if is_typed {
                 let orig = Value::Object(std::mem::take(m));
-                m.insert("anyOf".into(), json!([orig, { "$ref": "#/$defs/Interpolation" }]));
+                m.insert(
+                    "anyOf".into(),
+                    json!([orig, { "$ref": "#/$defs/Interpolation" }]),
+                );
             }
         }
         Value::Array(a) => a.iter_mut().for_each(allow_interpolation),
@@ -137,7 +140,10 @@ pub fn pipeline_schema(registry: &OpRegistry) -> Value {
         json!({ "type": "string", "pattern": "\\$\\{[^}]+\\}", "description": "`${vars.<name>}` or `${matrix.<axis>[.<field>]}`" }),
     );
     let root_obj = root.as_object_mut().expect("object schema");
-    let mut all_defs = root_obj.remove("$defs").and_then(|d| d.as_object().cloned()).unwrap_or_default();
+    let mut all_defs = root_obj
+        .remove("$defs")
+        .and_then(|d| d.as_object().cloned())
+        .unwrap_or_default();
     all_defs.extend(defs);
     if let Some(step) = all_defs.get_mut("StepDoc").and_then(Value::as_object_mut) {
         step.insert("allOf".into(), Value::Array(op_refs));
@@ -151,7 +157,8 @@ pub fn pipeline_schema(registry: &OpRegistry) -> Value {
 
 /// The schema as `forge schema` prints it (and as committed).
 pub fn pipeline_schema_text(registry: &OpRegistry) -> String {
-    let mut s = serde_json::to_string_pretty(&pipeline_schema(registry)).expect("schema serializes");
+    let mut s =
+        serde_json::to_string_pretty(&pipeline_schema(registry)).expect("schema serializes");
     s.push('\n');
     s
 }
@@ -166,7 +173,12 @@ mod tests {
             None => schema,
             Some(d) => &schema["$defs"][d],
         };
-        let mut v: Vec<String> = obj["properties"].as_object().unwrap().keys().cloned().collect();
+        let mut v: Vec<String> = obj["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }

@@ -27,7 +27,12 @@ fn watched_paths(path: &Path, plan: Option<&Plan>) -> BTreeSet<PathBuf> {
     set
 }
 
-pub fn watch(path: &Path, registry: &OpRegistry, interrupted: &AtomicBool, mut apply: impl FnMut(Plan) -> u8) -> Result<u8, u8> {
+pub fn watch(
+    path: &Path,
+    registry: &OpRegistry,
+    interrupted: &AtomicBool,
+    mut apply: impl FnMut(Plan) -> u8,
+) -> Result<u8, u8> {
     let mut last_code = 0;
     loop {
         let plan = crate::cli::load_plan(path, registry).ok();
@@ -38,7 +43,11 @@ pub fn watch(path: &Path, registry: &OpRegistry, interrupted: &AtomicBool, mut a
         if interrupted.load(Ordering::SeqCst) {
             return Ok(last_code);
         }
-        eprintln!("{:>12} {} file(s) for changes (Ctrl-C to stop)", "Watching", paths.len());
+        eprintln!(
+            "{:>12} {} file(s) for changes (Ctrl-C to stop)",
+            "Watching",
+            paths.len()
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -52,15 +61,28 @@ pub fn watch(path: &Path, registry: &OpRegistry, interrupted: &AtomicBool, mut a
         // Watch parent directories: editors replace files by rename, which a file watch misses.
         let dirs: BTreeSet<PathBuf> = paths
             .iter()
-            .map(|p| if p.is_dir() { p.clone() } else { p.parent().map(Path::to_owned).unwrap_or_default() })
+            .map(|p| {
+                if p.is_dir() {
+                    p.clone()
+                } else {
+                    p.parent().map(Path::to_owned).unwrap_or_default()
+                }
+            })
             .collect();
         for d in &dirs {
-            let mode = if paths.contains(d) { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            let mode = if paths.contains(d) {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
             let _ = watcher.watch(d, mode);
         }
         let relevant = |ev: &notify::Event| {
             !matches!(ev.kind, notify::EventKind::Access(_))
-                && ev.paths.iter().any(|p| paths.iter().any(|w| p == w || p.starts_with(w)))
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| paths.iter().any(|w| p == w || p.starts_with(w)))
         };
         loop {
             if interrupted.load(Ordering::SeqCst) {

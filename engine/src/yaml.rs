@@ -63,7 +63,10 @@ impl Node {
     }
     /// Value for key `k` in a mapping.
     pub fn get(&self, k: &str) -> Option<&Node> {
-        self.as_map()?.iter().find(|(key, _)| key.as_str() == Some(k)).map(|(_, v)| v)
+        self.as_map()?
+            .iter()
+            .find(|(key, _)| key.as_str() == Some(k))
+            .map(|(_, v)| v)
     }
     fn size(&self) -> usize {
         1 + match &self.kind {
@@ -79,10 +82,16 @@ impl Node {
             NodeKind::Null => Value::Null,
             NodeKind::Bool(b) => Value::Bool(*b),
             NodeKind::Int(i) => Value::from(*i),
-            NodeKind::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+            NodeKind::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
             NodeKind::Str(s) => Value::String(s.clone()),
             NodeKind::Seq(v) => Value::Array(v.iter().map(Node::to_json).collect()),
-            NodeKind::Map(m) => Value::Object(m.iter().map(|(k, v)| (key_string(k), v.to_json())).collect()),
+            NodeKind::Map(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (key_string(k), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -111,10 +120,11 @@ fn resolve_plain(s: &str) -> NodeKind {
         _ => {}
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = s.parse::<i64>() {
-            return NodeKind::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return NodeKind::Int(i);
     }
     if let Some(h) = s.strip_prefix("0x")
         && let Ok(i) = i64::from_str_radix(h, 16)
@@ -126,8 +136,13 @@ fn resolve_plain(s: &str) -> NodeKind {
     {
         return NodeKind::Int(i);
     }
-    let looks_numeric = digits.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+    let looks_numeric = digits
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit());
     if looks_numeric && let Ok(f) = s.parse::<f64>() {
         return NodeKind::Float(f);
@@ -151,11 +166,18 @@ impl<'a> LineIndex<'a> {
         let line = m.line().saturating_sub(1).min(self.starts.len() - 1);
         let start = self.starts[line];
         let rest = &self.text[start..];
-        start + rest.char_indices().nth(m.col()).map(|(i, _)| i).unwrap_or(rest.len())
+        start
+            + rest
+                .char_indices()
+                .nth(m.col())
+                .map(|(i, _)| i)
+                .unwrap_or(rest.len())
     }
     /// Length of the token at `offset` up to the end of its line (for labels on collections).
     fn line_rest(&self, offset: usize) -> usize {
-        self.text[offset..].find('\n').unwrap_or(self.text.len() - offset)
+        self.text[offset..]
+            .find('\n')
+            .unwrap_or(self.text.len() - offset)
     }
 }
 
@@ -223,10 +245,12 @@ impl MarkedEventReceiver for Builder<'_> {
                 if self.documents > 1 {
                     let span = Span::new(offset, 3);
                     self.fail(
-                        Diagnostic::error("a pipeline file holds one YAML document, this one has several")
-                            .label(span, "second document starts here")
-                            .help("remove the `---` separator or split the file")
-                            .code("yaml::multiple-documents"),
+                        Diagnostic::error(
+                            "a pipeline file holds one YAML document, this one has several",
+                        )
+                        .label(span, "second document starts here")
+                        .help("remove the `---` separator or split the file")
+                        .code("yaml::multiple-documents"),
                     );
                 }
             }
@@ -240,8 +264,19 @@ impl MarkedEventReceiver for Builder<'_> {
                 }
                 .max(1)
                 .min(self.idx.line_rest(offset).max(1));
-                let kind = if quoted { NodeKind::Str(value) } else { resolve_plain(&value) };
-                self.push_value(Node { kind, span: Span::new(offset, len), quoted }, anchor);
+                let kind = if quoted {
+                    NodeKind::Str(value)
+                } else {
+                    resolve_plain(&value)
+                };
+                self.push_value(
+                    Node {
+                        kind,
+                        span: Span::new(offset, len),
+                        quoted,
+                    },
+                    anchor,
+                );
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 self.nodes += 1;
@@ -262,15 +297,32 @@ impl MarkedEventReceiver for Builder<'_> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq(v, span, a)) => (Node { kind: NodeKind::Seq(v), span, quoted: false }, a),
-                    Some(Frame::Map(m, _, span, a)) => (Node { kind: NodeKind::Map(m), span, quoted: false }, a),
+                    Some(Frame::Seq(v, span, a)) => (
+                        Node {
+                            kind: NodeKind::Seq(v),
+                            span,
+                            quoted: false,
+                        },
+                        a,
+                    ),
+                    Some(Frame::Map(m, _, span, a)) => (
+                        Node {
+                            kind: NodeKind::Map(m),
+                            span,
+                            quoted: false,
+                        },
+                        a,
+                    ),
                     None => return,
                 };
                 self.push_value(node, anchor);
             }
             Event::Alias(id) => {
                 let Some(target) = self.anchors.get(&id).cloned() else {
-                    self.fail(Diagnostic::error("alias to an unknown anchor").label(Span::new(offset, 1), "here"));
+                    self.fail(
+                        Diagnostic::error("alias to an unknown anchor")
+                            .label(Span::new(offset, 1), "here"),
+                    );
                     return;
                 };
                 self.nodes += target.size();
@@ -293,9 +345,11 @@ impl MarkedEventReceiver for Builder<'_> {
         }
         if self.nodes > MAX_NODES && self.error.is_none() {
             self.fail(
-                Diagnostic::error(format!("the YAML has more than {MAX_NODES} nodes; refusing to load"))
-                    .label(Span::new(offset, 1), "limit reached here")
-                    .code("yaml::too-large"),
+                Diagnostic::error(format!(
+                    "the YAML has more than {MAX_NODES} nodes; refusing to load"
+                ))
+                .label(Span::new(offset, 1), "limit reached here")
+                .code("yaml::too-large"),
             );
         }
     }
@@ -327,7 +381,10 @@ pub fn load(text: &str) -> Result<Node, Diagnostic> {
         let m = e.marker();
         let offset = b.idx.offset(m);
         return Err(Diagnostic::error(format!("invalid YAML: {}", e.info()))
-            .label(Span::new(offset.min(text.len().saturating_sub(1)), 1), "here")
+            .label(
+                Span::new(offset.min(text.len().saturating_sub(1)), 1),
+                "here",
+            )
             .help("check indentation, quoting and that every `key:` is followed by a space")
             .code("yaml::syntax"));
     }
@@ -363,7 +420,13 @@ mod tests {
     fn spans_point_at_the_value() {
         let text = "name: x\nphases:\n  p:\n    op: exec\n";
         let n = load(text).unwrap();
-        let op = n.get("phases").unwrap().get("p").unwrap().get("op").unwrap();
+        let op = n
+            .get("phases")
+            .unwrap()
+            .get("p")
+            .unwrap()
+            .get("op")
+            .unwrap();
         assert_eq!(&text[op.span.offset..op.span.offset + op.span.len], "exec");
     }
 

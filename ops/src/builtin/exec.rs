@@ -7,6 +7,7 @@
 //! of this same step, for the command's own checkpoints), `FORGE_SEED`, `FORGE_STEP`, and
 //! `FORGE_INPUT_<NAME>` per input (several artifacts are joined with `:`). Files the command
 //! reads from the repository (its script) go in `deps`, whose content is part of the key.
+//! `expects` optionally declares the inputs and their artifact kinds, checked at plan time.
 //! A non-zero exit fails the step and shows the tail of stderr; exit code 75 (`EX_TEMPFAIL`) is
 //! treated as transient and retried.
 
@@ -20,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::artifact::{ArtifactKind, InputSignature, OutputSpec, StepInputs};
+use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
 use crate::context::StepContext;
 use crate::op::{KeyContext, OpError, ParamsError, StepOutcome, TypedOp, resolve_path};
 
@@ -40,6 +41,10 @@ pub struct ExecParams {
     /// Artifact kind of the `out` output.
     #[serde(default)]
     pub kind: ArtifactKind,
+    /// Declared inputs and the artifact kind each accepts. When given, only these input names
+    /// are allowed and every one is required; kinds are checked at plan time.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expects: BTreeMap<String, ArtifactKind>,
 }
 
 pub struct Exec;
@@ -70,8 +75,16 @@ impl TypedOp for Exec {
         Ok(())
     }
 
-    fn inputs(&self, _p: &ExecParams) -> InputSignature {
-        InputSignature::Open
+    fn inputs(&self, p: &ExecParams) -> InputSignature {
+        if p.expects.is_empty() {
+            return InputSignature::Open;
+        }
+        InputSignature::Fixed(
+            p.expects
+                .iter()
+                .map(|(name, kind)| InputSpec::many(name, &[*kind]))
+                .collect(),
+        )
     }
 
     fn outputs(&self, p: &ExecParams) -> Vec<OutputSpec> {
@@ -157,10 +170,22 @@ impl TypedOp for Exec {
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
+        // If forge dies (even by SIGKILL) the command dies with it, instead of running on as an
+        // orphan that writes into the scratch dir of the next, resumed attempt.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let pgid_file = ctx.work_dir().join("exec.pgid");
+        kill_leftover_group(ctx, &pgid_file);
         let mut child = cmd
             .spawn()
             .map_err(|e| OpError::Failed(format!("could not start `sh`: {e}")))?;
         let pgid = child.id() as i32;
+        let _ = std::fs::write(&pgid_file, pgid.to_string());
         ctx.log(format!("started `{}` (pid {pgid})", p.run));
         let status = loop {
             if let Some(status) = child
@@ -179,6 +204,7 @@ impl TypedOp for Exec {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let _ = std::fs::remove_file(&pgid_file);
         if status.success() {
             return Ok(StepOutcome::default());
         }
@@ -214,6 +240,32 @@ pub fn env_name(input: &str) -> String {
         .collect()
 }
 
+/// A previous attempt of this step that was killed may have left its command's process group
+/// running (e.g. children of the shell that did not get the parent-death signal). Stop it before
+/// starting again, so two attempts never share the scratch dir.
+fn kill_leftover_group(ctx: &StepContext, pgid_file: &Path) {
+    let Some(pgid) = std::fs::read_to_string(pgid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: signal 0 probes; SIGKILL ends a process group this step started earlier.
+    if pgid > 1 && unsafe { libc::kill(-pgid, 0) } == 0 {
+        ctx.log(format!(
+            "stopping process group {pgid} left over from an interrupted attempt"
+        ));
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        for _ in 0..100 {
+            if unsafe { libc::kill(-pgid, 0) } != 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = std::fs::remove_file(pgid_file);
+}
+
 fn kill_group(pgid: i32, child: &mut std::process::Child) {
     // SAFETY: signalling our own child's process group.
     unsafe { libc::kill(-pgid, libc::SIGTERM) };
@@ -244,6 +296,7 @@ mod tests {
             env: vec![],
             deps: vec![],
             kind: ArtifactKind::Files,
+            expects: BTreeMap::new(),
         }
     }
 

@@ -1,0 +1,88 @@
+//! Helpers for the CLI integration tests: a temporary project directory, running the `forge`
+//! binary in it, and reading its JSON events.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path().join(".forge")
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_forge"));
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("FORGE_STORE")
+            .env("NO_COLOR", "1")
+            .env("FORGE_RETRY_BASE_MS", "10");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run forge")
+    }
+
+    /// `forge --log-format json apply <pipeline> [extra]`, asserting success; returns the events.
+    pub fn apply_ok(&self, pipeline: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["--log-format", "json", "apply", pipeline];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "apply failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        events(&out)
+    }
+}
+
+pub fn events(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("event json"))
+        .collect()
+}
+
+/// Step ids with events of kind `kind`, in order.
+pub fn steps_with(evs: &[serde_json::Value], kind: &str) -> Vec<String> {
+    evs.iter()
+        .filter(|e| e["event"] == kind)
+        .map(|e| e["step"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Like [`steps_with`], sorted (for steps that run concurrently).
+pub fn sorted_steps_with(evs: &[serde_json::Value], kind: &str) -> Vec<String> {
+    let mut v = steps_with(evs, kind);
+    v.sort();
+    v
+}
