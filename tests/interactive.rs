@@ -1,0 +1,120 @@
+//! Long-running behaviour: Ctrl-C stops a run cleanly and the next apply resumes; `--watch`
+//! re-applies when an input file changes. Also snapshots of the human-readable plan and run output.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Project, steps_with, stderr};
+
+fn sigint(child: &std::process::Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+#[test]
+fn ctrl_c_cancels_cleanly_with_exit_130_and_the_next_apply_resumes() {
+    let p = Project::new();
+    p.write(
+        "slow.yaml",
+        r#"
+version: 1
+name: slow
+phases:
+  p:
+    steps:
+      s:
+        op: exec
+        with:
+          run: "i=$(cat $FORGE_WORK_DIR/i 2>/dev/null || echo 0); while [ $i -lt 40 ]; do i=$((i+1)); echo $i > $FORGE_WORK_DIR/i; sleep 0.05; done; echo $i > $FORGE_OUTPUT/n"
+"#,
+    );
+    let child = p.cmd(&["apply", "slow.yaml"]).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_dir(p.store().join("work")).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    sigint(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Cancelled p.s: interrupted (Ctrl-C)"), "{err}");
+    let evs = p.apply_ok("slow.yaml", &[]);
+    assert_eq!(steps_with(&evs, "finished"), ["p.s"]);
+    p.run(&["export", "p.s", "exp"]);
+    assert_eq!(std::fs::read_to_string(p.path().join("exp/out/n")).unwrap(), "40\n");
+}
+
+#[test]
+fn watch_reapplies_when_a_file_input_changes() {
+    let p = Project::new();
+    p.write("data/in.txt", "one\n");
+    p.write(
+        "w.yaml",
+        "version: 1\nname: w\nphases:\n  p:\n    steps:\n      d: { op: download, with: { source: \"file:data/in.txt\" } }\n      n: { op: exec, inputs: { d: d }, with: { run: \"wc -l < $FORGE_INPUT_D/in.txt > $FORGE_OUTPUT/n\" } }\n",
+    );
+    let mut child = p.cmd(&["apply", "--watch", "w.yaml"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut wait_for = |needle: &str| {
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            if l.contains(needle) {
+                return;
+            }
+        }
+        panic!("stream ended before `{needle}`");
+    };
+    wait_for("Watching");
+    std::thread::sleep(Duration::from_millis(300));
+    p.write("data/in.txt", "one\ntwo\n");
+    wait_for("Changed");
+    wait_for("Watching");
+    sigint(&child);
+    assert!(child.wait().unwrap().code().is_some());
+    p.run(&["export", "p.n", "exp"]);
+    assert_eq!(std::fs::read_to_string(p.path().join("exp/out/n")).unwrap().trim(), "2");
+}
+
+/// Replace what varies between runs (digests, times, temp paths) with placeholders.
+fn redact(s: &str) -> String {
+    let mut out = String::new();
+    for word in s.split_inclusive(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+        let core = word.trim_end_matches(|c: char| c.is_whitespace() || c == '(' || c == ')');
+        let rest = &word[core.len()..];
+        let is_hex = core.len() >= 12 && core.chars().all(|c| c.is_ascii_hexdigit());
+        let is_time = core.ends_with("ms") && core[..core.len() - 2].chars().all(|c| c.is_ascii_digit())
+            || core.ends_with('s') && core[..core.len() - 1].parse::<f64>().is_ok();
+        if is_hex {
+            out.push_str("[HASH]");
+        } else if is_time {
+            out.push_str("[TIME]");
+        } else {
+            out.push_str(core);
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+#[test]
+fn human_output_snapshots() {
+    let p = Project::new();
+    p.write(
+        "s.yaml",
+        "version: 1\nname: snap\nvars: { n: 3 }\nphases:\n  p:\n    steps:\n      a: { op: exec, with: { run: \"seq ${vars.n} > $FORGE_OUTPUT/s\" } }\n      b: { op: exec, inputs: { x: a }, with: { run: \"wc -l < $FORGE_INPUT_X/s > $FORGE_OUTPUT/c\" } }\n",
+    );
+    let plan = p.run(&["plan", "s.yaml"]);
+    insta::assert_snapshot!("plan_fresh", redact(&String::from_utf8_lossy(&plan.stdout)));
+    let run = p.run(&["apply", "s.yaml", "--jobs", "1"]);
+    assert!(run.status.success());
+    insta::assert_snapshot!("apply_fresh", redact(&stderr(&run)));
+    let again = p.run(&["apply", "s.yaml"]);
+    insta::assert_snapshot!("apply_cached", redact(&stderr(&again)));
+    p.write("s.yaml", &std::fs::read_to_string(p.path().join("s.yaml")).unwrap().replace("n: 3", "n: 4"));
+    let plan = p.run(&["plan", "s.yaml"]);
+    insta::assert_snapshot!("plan_changed", redact(&String::from_utf8_lossy(&plan.stdout)));
+}
