@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Project, steps_with, stderr};
+use common::{Project, stderr, steps_with};
 
 fn sigint(child: &std::process::Child) {
     // SAFETY: signalling our own child.
@@ -31,7 +31,11 @@ phases:
           run: "i=$(cat $FORGE_WORK_DIR/i 2>/dev/null || echo 0); while [ $i -lt 40 ]; do i=$((i+1)); echo $i > $FORGE_WORK_DIR/i; sleep 0.05; done; echo $i > $FORGE_OUTPUT/n"
 "#,
     );
-    let child = p.cmd(&["apply", "slow.yaml"]).stderr(Stdio::piped()).spawn().unwrap();
+    let child = p
+        .cmd(&["apply", "slow.yaml"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_dir(p.store().join("work")).is_ok_and(|mut d| d.next().is_some()) {
         assert!(Instant::now() < deadline);
@@ -40,13 +44,21 @@ phases:
     std::thread::sleep(Duration::from_millis(400));
     sigint(&child);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Cancelled p.s: interrupted (Ctrl-C)"), "{err}");
     let evs = p.apply_ok("slow.yaml", &[]);
     assert_eq!(steps_with(&evs, "finished"), ["p.s"]);
     p.run(&["export", "p.s", "exp"]);
-    assert_eq!(std::fs::read_to_string(p.path().join("exp/out/n")).unwrap(), "40\n");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("exp/out/n")).unwrap(),
+        "40\n"
+    );
 }
 
 #[test]
@@ -57,7 +69,11 @@ fn watch_reapplies_when_a_file_input_changes() {
         "w.yaml",
         "version: 1\nname: w\nphases:\n  p:\n    steps:\n      d: { op: download, with: { source: \"file:data/in.txt\" } }\n      n: { op: exec, inputs: { d: d }, with: { run: \"wc -l < $FORGE_INPUT_D/in.txt > $FORGE_OUTPUT/n\" } }\n",
     );
-    let mut child = p.cmd(&["apply", "--watch", "w.yaml"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = p
+        .cmd(&["apply", "--watch", "w.yaml"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut wait_for = |needle: &str| {
         for l in lines.by_ref() {
@@ -76,7 +92,12 @@ fn watch_reapplies_when_a_file_input_changes() {
     sigint(&child);
     assert!(child.wait().unwrap().code().is_some());
     p.run(&["export", "p.n", "exp"]);
-    assert_eq!(std::fs::read_to_string(p.path().join("exp/out/n")).unwrap().trim(), "2");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("exp/out/n"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
 }
 
 /// Replace what varies between runs (digests, times, temp paths) with placeholders.
@@ -86,7 +107,8 @@ fn redact(s: &str) -> String {
         let core = word.trim_end_matches(|c: char| c.is_whitespace() || c == '(' || c == ')');
         let rest = &word[core.len()..];
         let is_hex = core.len() >= 12 && core.chars().all(|c| c.is_ascii_hexdigit());
-        let is_time = core.ends_with("ms") && core[..core.len() - 2].chars().all(|c| c.is_ascii_digit())
+        let is_time = core.ends_with("ms")
+            && core[..core.len() - 2].chars().all(|c| c.is_ascii_digit())
             || core.ends_with('s') && core[..core.len() - 1].parse::<f64>().is_ok();
         if is_hex {
             out.push_str("[HASH]");
@@ -114,7 +136,15 @@ fn human_output_snapshots() {
     insta::assert_snapshot!("apply_fresh", redact(&stderr(&run)));
     let again = p.run(&["apply", "s.yaml"]);
     insta::assert_snapshot!("apply_cached", redact(&stderr(&again)));
-    p.write("s.yaml", &std::fs::read_to_string(p.path().join("s.yaml")).unwrap().replace("n: 3", "n: 4"));
+    p.write(
+        "s.yaml",
+        &std::fs::read_to_string(p.path().join("s.yaml"))
+            .unwrap()
+            .replace("n: 3", "n: 4"),
+    );
     let plan = p.run(&["plan", "s.yaml"]);
-    insta::assert_snapshot!("plan_changed", redact(&String::from_utf8_lossy(&plan.stdout)));
+    insta::assert_snapshot!(
+        "plan_changed",
+        redact(&String::from_utf8_lossy(&plan.stdout))
+    );
 }

@@ -121,11 +121,13 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 /// Take an exclusive lock on `path`, waiting up to `opts.timeout`. `cancelled` is polled while
-/// waiting so Ctrl-C interrupts the wait.
+/// waiting so Ctrl-C interrupts the wait; `on_wait` is told the holder's pid once, when the wait
+/// begins.
 pub fn lock_exclusive(
     path: &Path,
     opts: LockOptions,
     cancelled: &dyn Fn() -> bool,
+    on_wait: &dyn Fn(Option<u32>),
 ) -> Result<FileLock, LockError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(path))?;
@@ -144,6 +146,9 @@ pub fn lock_exclusive(
             Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = read_pid(&mut file);
+                if waited_on.is_none() {
+                    on_wait(holder);
+                }
                 waited_on = waited_on.or(holder).or(Some(0));
                 if cancelled() {
                     return Err(LockError::Cancelled {
@@ -235,19 +240,19 @@ mod tests {
     fn second_locker_times_out_naming_the_holder() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("k.lock");
-        let held = lock_exclusive(&p, LockOptions::default(), &|| false).unwrap();
+        let held = lock_exclusive(&p, LockOptions::default(), &|| false, &|_| {}).unwrap();
         assert_eq!(held.acquired, Acquired::Free);
         let opts = LockOptions {
             timeout: Duration::from_millis(120),
             poll: Duration::from_millis(10),
         };
-        let err = lock_exclusive(&p, opts, &|| false).unwrap_err();
+        let err = lock_exclusive(&p, opts, &|| false, &|_| {}).unwrap_err();
         match err {
             LockError::Timeout { holder, .. } => assert_eq!(holder, Some(std::process::id())),
             other => panic!("unexpected {other:?}"),
         }
         drop(held);
-        lock_exclusive(&p, opts, &|| false).unwrap();
+        lock_exclusive(&p, opts, &|| false, &|_| {}).unwrap();
     }
 
     #[test]
@@ -259,7 +264,7 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         std::fs::write(&p, format!("pid {pid}\n")).unwrap();
-        let l = lock_exclusive(&p, LockOptions::default(), &|| false).unwrap();
+        let l = lock_exclusive(&p, LockOptions::default(), &|| false, &|_| {}).unwrap();
         assert_eq!(l.acquired, Acquired::Reclaimed { dead_pid: pid });
     }
 
@@ -267,8 +272,8 @@ mod tests {
     fn cancel_interrupts_wait() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("k.lock");
-        let _held = lock_exclusive(&p, LockOptions::default(), &|| false).unwrap();
-        let err = lock_exclusive(&p, LockOptions::default(), &|| true).unwrap_err();
+        let _held = lock_exclusive(&p, LockOptions::default(), &|| false, &|_| {}).unwrap();
+        let err = lock_exclusive(&p, LockOptions::default(), &|| true, &|_| {}).unwrap_err();
         assert!(matches!(err, LockError::Cancelled { .. }));
     }
 }

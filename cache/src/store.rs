@@ -517,12 +517,13 @@ impl Store {
         key: &StepKey,
         opts: LockOptions,
         cancelled: &dyn Fn() -> bool,
+        on_wait: &dyn Fn(Option<u32>),
     ) -> Result<FileLock> {
         let p = self
             .root
             .join("locks")
             .join(format!("{}.lock", key.to_hex()));
-        Ok(lock_exclusive(&p, opts, cancelled)?)
+        Ok(lock_exclusive(&p, opts, cancelled, on_wait)?)
     }
 
     /// Shared store lock (apply) or exclusive (gc, verify).

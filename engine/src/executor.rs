@@ -581,9 +581,16 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         timeout: sh.opts.lock_timeout,
         poll: Duration::from_millis(50),
     };
+    let on_wait = |holder: Option<u32>| {
+        let holder = holder.unwrap_or(0);
+        sh.emitter.emit(Event::LockWait {
+            step: id.clone(),
+            holder,
+        });
+    };
     let lock = match sh
         .store
-        .lock_step(&key, lock_opts, &|| sh.cancel.is_cancelled())
+        .lock_step(&key, lock_opts, &|| sh.cancel.is_cancelled(), &on_wait)
     {
         Ok(l) => l,
         Err(e) if sh.cancel.is_cancelled() => {
@@ -601,16 +608,12 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         }
         Err(e) => return emit_failed(e.to_string(), None, Some(key)),
     };
-    match lock.acquired {
-        Acquired::Reclaimed { dead_pid } => sh.emitter.emit(Event::LockReclaimed {
+    // A wait was reported when it began (`on_wait`); a reclaim is reported now.
+    if let Acquired::Reclaimed { dead_pid } = lock.acquired {
+        sh.emitter.emit(Event::LockReclaimed {
             step: id.clone(),
             dead_pid,
-        }),
-        Acquired::AfterWait { holder } => sh.emitter.emit(Event::LockWait {
-            step: id.clone(),
-            holder,
-        }),
-        Acquired::Free => {}
+        });
     }
     if !forced || matches!(lock.acquired, Acquired::AfterWait { .. }) {
         match sh.store.get_action(&key) {
