@@ -27,7 +27,8 @@ fi
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
-elapsed() { echo "$(now) - $1" | bc -l; }
+calc() { python3 -c "print($1)"; }
+elapsed() { calc "$(now) - $1"; }
 
 # ---------------------------------------------------------------- 1. no-op re-apply, 100 steps
 # Ten chains of ten steps; step k of a chain reads step k-1's output. Same graph for both tools.
@@ -70,7 +71,7 @@ rm -rf "$D" && mkdir -p "$D"
 )
 dvc_times=$(for i in $(seq "$REPS"); do t=$(now); (cd "$D" && "$DVC" repro -q >/dev/null 2>&1); elapsed "$t"; done)
 dvc_noop=$(echo "$dvc_times" | median)
-ratio=$(echo "$dvc_noop / $forge_noop" | bc -l)
+ratio=$(calc "$dvc_noop / $forge_noop")
 
 # ---------------------------------------------------------------- 2. hashing 1 GiB
 F=$WORK/1gib.bin
@@ -86,8 +87,8 @@ b3_digest=$(cut -d' ' -f1 "$WORK/b3.out")
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$hash_json" "$1"; }
 cold=$(field cold_seconds); warm=$(field warm_seconds); digest=$(field digest)
 [ "$digest" = "$b3_digest" ] || { echo "digest mismatch: forge $digest, b3sum $b3_digest" >&2; exit 1; }
-vs_b3=$(echo "$b3_best / $cold" | bc -l)
-warm_x=$(echo "$cold / $warm" | bc -l)
+vs_b3=$(calc "$b3_best / $cold")
+warm_x=$(calc "$cold / $warm")
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 cat > bench/RESULTS.md <<MD
@@ -115,7 +116,7 @@ the stat cache (dev, inode, size, mtime) recognising the unchanged file. Same di
 
 | | time | throughput |
 |---|---|---|
-| \`b3sum\` | $(printf '%.3f' "$b3_best") s | $(echo "1 / $b3_best" | bc -l | xargs printf '%.2f') GiB/s |
+| \`b3sum\` | $(printf '%.3f' "$b3_best") s | $(calc "1 / $b3_best" | xargs printf '%.2f') GiB/s |
 | forge cold hash | $(printf '%.3f' "$cold") s | $(field cold_gib_per_second | xargs printf '%.2f') GiB/s |
 | forge warm re-check (stat cache) | $(printf '%.6f' "$warm") s | |
 | **forge cold vs b3sum** | **$(printf '%.2f' "$vs_b3")×** (goal ≥ 0.9×) | |

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate::digest::{ObjectDigest, StepKey};
 use crate::error::{IoContext, Result};
 use crate::hashing::hash_file_uncached;
-use crate::store::{Store, now_ms, read_dir_sorted};
+use crate::store::{Store, now_ms, read_dir_sorted, sharded_entries};
 
 /// One corrupt object found by `verify`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,23 +40,10 @@ pub struct GcReport {
 
 impl Store {
     fn all_objects(&self) -> Result<Vec<(ObjectDigest, PathBuf)>> {
-        let mut out = Vec::new();
-        for shard in read_dir_sorted(&self.root().join("objects"))? {
-            let prefix = shard
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            for f in read_dir_sorted(&shard)? {
-                let name = f
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if let Ok(d) = format!("{prefix}{name}").parse() {
-                    out.push((d, f));
-                }
-            }
-        }
-        Ok(out)
+        Ok(sharded_entries(&self.root().join("objects"), "")?
+            .into_iter()
+            .filter_map(|(name, path)| Some((name.parse().ok()?, path)))
+            .collect())
     }
 
     /// Re-hash every object. Corrupt ones are moved to `quarantine/` (never served again), and the

@@ -441,26 +441,10 @@ impl Store {
     }
 
     pub(crate) fn all_action_keys(&self) -> Result<Vec<StepKey>> {
-        let mut out = Vec::new();
-        let dir = self.root.join("actions");
-        for shard in read_dir_sorted(&dir)? {
-            let prefix = shard
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            for f in read_dir_sorted(&shard)? {
-                let name = f
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if let Some(stem) = name.strip_suffix(".json")
-                    && let Ok(k) = format!("{prefix}{stem}").parse()
-                {
-                    out.push(k);
-                }
-            }
-        }
-        Ok(out)
+        Ok(sharded_entries(&self.root.join("actions"), ".json")?
+            .into_iter()
+            .filter_map(|(name, _)| name.parse().ok())
+            .collect())
     }
 
     pub(crate) fn remove_action(&self, key: &StepKey) -> Result<()> {
@@ -582,6 +566,25 @@ fn walk_files(
         }
     }
     Ok(())
+}
+
+/// Entries of a two-level sharded directory (`ab/cdef…<suffix>`) as (`abcdef…`, path).
+pub(crate) fn sharded_entries(dir: &Path, suffix: &str) -> Result<Vec<(String, PathBuf)>> {
+    let name_of = |p: &Path| {
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for shard in read_dir_sorted(dir)? {
+        let prefix = name_of(&shard);
+        for f in read_dir_sorted(&shard)? {
+            if let Some(stem) = name_of(&f).strip_suffix(suffix) {
+                out.push((format!("{prefix}{stem}"), f));
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {

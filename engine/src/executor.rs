@@ -284,6 +284,9 @@ fn summary(
     }
 }
 
+/// How often the in-progress run summary is rewritten.
+const SUMMARY_INTERVAL: Duration = Duration::from_millis(250);
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -338,6 +341,7 @@ pub async fn apply(
     let jobs = shared.opts.jobs.max(1) as u32;
     let (mut cpu_free, mut gpu_free) = (jobs, shared.opts.gpus);
     let mut stopping = false;
+    let mut last_summary = Instant::now();
 
     loop {
         if !stopping && !shared.cancel.is_cancelled() {
@@ -403,7 +407,11 @@ pub async fn apply(
             _ => {}
         }
         results[i] = res;
-        let _ = run.write_summary(&summary(&shared, &results, "running", started, None));
+        // Keep run.json current for `gc` and crash forensics, without an fsync per step.
+        if last_summary.elapsed() >= SUMMARY_INTERVAL {
+            let _ = run.write_summary(&summary(&shared, &results, "running", started, None));
+            last_summary = Instant::now();
+        }
     }
 
     // Whatever never ran: say why.
@@ -505,6 +513,18 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     let t = Instant::now();
     let s = &sh.plan.steps[i];
     let id = s.id.clone();
+    let emit_cancelled = |reason: String, key: Option<StepKey>| {
+        sh.emitter.emit(Event::Cancelled {
+            step: id.clone(),
+            reason: reason.clone(),
+        });
+        StepResult {
+            status: Status::Cancelled,
+            key,
+            error: Some(reason),
+            ..StepResult::pending()
+        }
+    };
     let emit_failed = |error: String, detail: Option<String>, key: Option<StepKey>| {
         sh.emitter.emit(Event::Failed {
             step: id.clone(),
@@ -514,16 +534,7 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         failed(error, key, t)
     };
     if sh.cancel.is_cancelled() {
-        let reason = sh.cancel.reason().unwrap_or_default();
-        sh.emitter.emit(Event::Cancelled {
-            step: id.clone(),
-            reason: reason.clone(),
-        });
-        return StepResult {
-            status: Status::Cancelled,
-            error: Some(reason),
-            ..StepResult::pending()
-        };
+        return emit_cancelled(sh.cancel.reason().unwrap_or_default(), None);
     }
     // 1. The key.
     let digests: Vec<Option<BTreeMap<String, ObjectDigest>>> = {
@@ -546,7 +557,16 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     let key = pre.key();
     let pre_json = pre.to_json();
     let forced = sh.opts.force.contains(&i);
+    // Only write the ref when it moves: a no-op run then writes nothing per step.
     let set_ref = |key: StepKey| {
+        let current = sh
+            .store
+            .step_ref(&sh.plan.pipeline.name, &id)
+            .ok()
+            .flatten();
+        if current.is_some_and(|r| r.key == key && r.preimage == pre_json) {
+            return;
+        }
         let _ = sh.store.set_step_ref(&StepRef {
             pipeline: sh.plan.pipeline.name.clone(),
             step: id.clone(),
@@ -594,17 +614,10 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     {
         Ok(l) => l,
         Err(e) if sh.cancel.is_cancelled() => {
-            let reason = sh.cancel.reason().unwrap_or_else(|| e.to_string());
-            sh.emitter.emit(Event::Cancelled {
-                step: id.clone(),
-                reason: reason.clone(),
-            });
-            return StepResult {
-                status: Status::Cancelled,
-                key: Some(key),
-                error: Some(reason),
-                ..StepResult::pending()
-            };
+            return emit_cancelled(
+                sh.cancel.reason().unwrap_or_else(|| e.to_string()),
+                Some(key),
+            );
         }
         Err(e) => return emit_failed(e.to_string(), None, Some(key)),
     };
@@ -708,16 +721,7 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
             if timed_out {
                 return emit_failed(reason, None, Some(key));
             }
-            sh.emitter.emit(Event::Cancelled {
-                step: id.clone(),
-                reason: reason.clone(),
-            });
-            return StepResult {
-                status: Status::Cancelled,
-                key: Some(key),
-                error: Some(reason),
-                ..StepResult::pending()
-            };
+            return emit_cancelled(reason, Some(key));
         }
         Err(e) => return emit_failed(e.to_string(), e.detail().map(str::to_owned), Some(key)),
     };
