@@ -376,7 +376,7 @@ pub async fn apply(
                     ready.remove(&i);
                     let inputs = input_artifacts(&plan, i, &outputs);
                     let sh = shared.clone();
-                    running.spawn_blocking(move || (i, run_step(&sh, i, inputs)));
+                    running.spawn_blocking(move || (i, run_step_isolated(&sh, i, inputs)));
                 }
             }
         }
@@ -506,6 +506,29 @@ fn failed(err: String, key: Option<StepKey>, t: Instant) -> StepResult {
         duration_ms: t.elapsed().as_millis() as u64,
         error: Some(err),
     }
+}
+
+/// [`run_step`], turning a panic in an op into that step's failure instead of the run's crash.
+fn run_step_isolated(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
+    let t = Instant::now();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(sh, i, inputs)))
+        .unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let error = format!(
+                "op `{}` panicked: {msg} (a bug in the op)",
+                sh.plan.steps[i].op.name()
+            );
+            sh.emitter.emit(Event::Failed {
+                step: sh.plan.steps[i].id.clone(),
+                error: error.clone(),
+                detail: None,
+            });
+            failed(error, None, t)
+        })
 }
 
 /// Run (or find in the cache) one step. Blocking.

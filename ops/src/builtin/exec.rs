@@ -167,8 +167,8 @@ impl TypedOp for Exec {
             cmd.env(format!("FORGE_INPUT_{}", env_name(name)), joined);
         }
         cmd.stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0);
         // If forge dies (even by SIGKILL) the command dies with it, instead of running on as an
         // orphan that writes into the scratch dir of the next, resumed attempt.
@@ -187,23 +187,28 @@ impl TypedOp for Exec {
         let pgid = child.id() as i32;
         let _ = std::fs::write(&pgid_file, pgid.to_string());
         ctx.log(format!("started `{}` (pid {pgid})", p.run));
-        let status = loop {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(|e| OpError::Failed(e.to_string()))?
-            {
-                break status;
-            }
-            if ctx.is_cancelled() {
-                kill_group(pgid, &mut child);
-                return Err(OpError::Cancelled(
-                    ctx.cancel_token()
+        // Copy the command's output to the log files and, line by line, into log events.
+        let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
+        let status = std::thread::scope(|scope| {
+            scope.spawn(|| tee_lines(out_pipe, stdout, ctx, ""));
+            scope.spawn(|| tee_lines(err_pipe, stderr, ctx, "stderr: "));
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Ok(status),
+                    Ok(None) => {}
+                    Err(e) => return Err(OpError::Failed(e.to_string())),
+                }
+                if ctx.is_cancelled() {
+                    kill_group(pgid, &mut child);
+                    let reason = ctx
+                        .cancel_token()
                         .reason()
-                        .unwrap_or_else(|| "cancelled".into()),
-                ));
+                        .unwrap_or_else(|| "cancelled".into());
+                    return Err(OpError::Cancelled(reason));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        })?;
         let _ = std::fs::remove_file(&pgid_file);
         if status.success() {
             return Ok(StepOutcome::default());
@@ -224,6 +229,26 @@ impl TypedOp for Exec {
             detail: tail,
         })
     }
+}
+
+/// Copy a child's output pipe into `file`, emitting each line as a log event.
+fn tee_lines(
+    pipe: Option<impl std::io::Read>,
+    mut file: std::fs::File,
+    ctx: &StepContext,
+    prefix: &str,
+) {
+    use std::io::{BufRead, Write};
+    let Some(pipe) = pipe else { return };
+    let mut reader = std::io::BufReader::new(pipe);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        let _ = file.write_all(&line);
+        let text = String::from_utf8_lossy(&line);
+        ctx.log(format!("{prefix}{}", text.trim_end()));
+        line.clear();
+    }
+    let _ = file.flush();
 }
 
 /// `my-input` → `MY_INPUT`.
@@ -327,6 +352,29 @@ mod tests {
             std::fs::read_to_string(ctx.outputs_root().join("out/r")).unwrap(),
             "42 7\n"
         );
+    }
+
+    #[test]
+    fn output_lines_become_log_events() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctx, seen) = ctx_in(d.path());
+        Exec.run(
+            &ctx,
+            &StepInputs::new(),
+            &params("echo step one; echo warn >&2"),
+        )
+        .unwrap();
+        let logs: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                crate::StepEvent::Log { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(logs.contains(&"step one".to_string()), "{logs:?}");
+        assert!(logs.contains(&"stderr: warn".to_string()), "{logs:?}");
     }
 
     #[test]
