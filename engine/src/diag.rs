@@ -163,7 +163,7 @@ pub fn did_you_mean<'a>(
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < c.len().max(word.len()))
-        .min_by_key(|(d, _)| *d)?;
+        .min_by_key(|(d, c)| (*d, c.len().abs_diff(word.len())))?;
     Some(format!("did you mean `{}`?", best.1))
 }
 
@@ -193,5 +193,9 @@ mod tests {
             Some("did you mean `phases`?")
         );
         assert_eq!(did_you_mean("zzzzzz", ["phases", "vars"]), None);
+        assert_eq!(
+            did_you_mean("=<", ["<", "<=", ">"]).as_deref(),
+            Some("did you mean `<=`?")
+        );
     }
 }

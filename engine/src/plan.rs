@@ -375,11 +375,18 @@ fn params_diagnostic(decl: &StepDecl, id: &str, e: &ParamsError) -> Diagnostic {
         format!("with.{}", e.path.join("."))
     };
     let mut help = e.hint.clone();
-    if help.is_none() && e.message.starts_with("unknown field") {
+    if help.is_none()
+        && (e.message.starts_with("unknown field") || e.message.starts_with("unknown variant"))
+    {
         let names: Vec<&str> = e.message.split('`').skip(1).step_by(2).collect();
         if let Some((bad, rest)) = names.split_first() {
+            let what = if e.message.starts_with("unknown variant") {
+                "values"
+            } else {
+                "keys"
+            };
             help = did_you_mean(bad, rest.iter().copied()).or_else(|| {
-                (!rest.is_empty()).then(|| format!("valid keys here: {}", rest.join(", ")))
+                (!rest.is_empty()).then(|| format!("valid {what} here: {}", rest.join(", ")))
             });
         }
     }

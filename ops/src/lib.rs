@@ -8,6 +8,7 @@
 pub mod artifact;
 pub mod builtin;
 pub mod context;
+pub mod data;
 pub mod op;
 
 pub use artifact::{

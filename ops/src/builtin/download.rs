@@ -1,6 +1,10 @@
 //! `download`: bring data into the store.
 //!
 //! Sources:
+//! - `builtin:<name>` — a generated dataset (`math`, `qa`, `code`, `commonsense`, `language`,
+//!   `mixed`; see [`crate::data`]) of `samples` distinct records, split into `train.jsonl`,
+//!   `val.jsonl` and `test.jsonl` by `val_fraction`/`test_fraction`, deterministic from the seed;
+//!   `mix` weights the categories of `mixed`. A `manifest.json` gives the counts.
 //! - `file:<path>` — a file or directory (relative to the pipeline file). Its *content digest* is
 //!   part of the step key, so editing the file re-runs the step and everything downstream.
 //! - `https:` / `http:` — needs a pinned `digest` (`blake3:…` or `sha256:…`), so the key is known
@@ -21,10 +25,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::collections::BTreeMap;
+
 use super::archive::{ArchiveFormat, extract};
 use super::fetch::{FetchRequest, Pin, fetch};
 use crate::artifact::{ArtifactKind, InputSignature, OutputSpec, StepInputs};
 use crate::context::StepContext;
+use crate::data::{self, Category};
 use crate::op::{KeyContext, OpError, ParamsError, StepOutcome, TypedOp, resolve_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -60,7 +67,21 @@ pub struct DownloadParams {
     /// Hugging Face endpoint for `hf:` sources (default `$HF_ENDPOINT` or https://huggingface.co).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// `builtin:` only: number of distinct records over all splits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    /// `builtin:mixed` only: category weights (default: equal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<BTreeMap<Category, f64>>,
+    /// `builtin:` only: fraction of records in the validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_fraction: Option<f64>,
+    /// `builtin:` only: fraction of records in the test split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fraction: Option<f64>,
 }
+
+const DEFAULT_SPLIT_FRACTION: f64 = 0.05;
 
 fn default_max_bytes() -> u64 {
     64 << 30
@@ -72,6 +93,7 @@ fn dataset() -> ArtifactKind {
 /// A parsed `source:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    Builtin(String),
     File(String),
     Http(String),
     HuggingFace {
@@ -84,7 +106,18 @@ pub enum Source {
 impl Source {
     pub fn parse(s: &str) -> Result<Self, ParamsError> {
         let err = |m: String| ParamsError::at(&["source"], m);
-        if let Some(p) = s.strip_prefix("file:") {
+        if let Some(name) = s.strip_prefix("builtin:") {
+            if name != "mixed" && Category::parse(name).is_none() {
+                let names: Vec<&str> = Category::ALL
+                    .iter()
+                    .map(|c| c.name())
+                    .chain(["mixed"])
+                    .collect();
+                return Err(err(format!("unknown built-in dataset `{name}`"))
+                    .with_hint(format!("built-in datasets: {}", names.join(", "))));
+            }
+            Ok(Self::Builtin(name.to_owned()))
+        } else if let Some(p) = s.strip_prefix("file:") {
             if p.is_empty() {
                 return Err(err("`file:` needs a path".into()));
             }
@@ -131,7 +164,7 @@ impl Source {
     /// The URL of a network source.
     pub fn url(&self, endpoint: Option<&str>) -> Option<String> {
         match self {
-            Self::File(_) => None,
+            Self::Builtin(_) | Self::File(_) => None,
             Self::Http(u) => Some(u.clone()),
             Self::HuggingFace {
                 repo_path,
@@ -163,6 +196,57 @@ impl TypedOp for Download {
 
     fn check(&self, p: &DownloadParams) -> Result<(), ParamsError> {
         let src = Source::parse(&p.source)?;
+        let builtin_only = [
+            ("samples", p.samples.is_some()),
+            ("mix", p.mix.is_some()),
+            ("val_fraction", p.val_fraction.is_some()),
+            ("test_fraction", p.test_fraction.is_some()),
+        ];
+        match &src {
+            Source::Builtin(name) => {
+                if p.samples.is_none_or(|n| n == 0) {
+                    return Err(ParamsError::at(
+                        &["samples"],
+                        "built-in datasets need `samples` (a positive count)",
+                    )
+                    .with_hint("e.g. `samples: 20000`"));
+                }
+                if p.mix.is_some() && name != "mixed" {
+                    return Err(ParamsError::at(
+                        &["mix"],
+                        "`mix` applies only to `builtin:mixed`",
+                    ));
+                }
+                if let Some(m) = &p.mix
+                    && (m.is_empty()
+                        || m.values().any(|w| !w.is_finite() || *w < 0.0)
+                        || m.values().sum::<f64>() <= 0.0)
+                {
+                    return Err(ParamsError::at(
+                        &["mix"],
+                        "mix weights must be non-negative and not all zero",
+                    ));
+                }
+                let (v, t) = (
+                    p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+                    p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+                );
+                if !(0.0..1.0).contains(&v) || !(0.0..1.0).contains(&t) || v + t >= 1.0 {
+                    return Err(ParamsError::at(
+                        &["val_fraction"],
+                        "split fractions must be in [0, 1) and leave room for training data",
+                    ));
+                }
+            }
+            _ => {
+                if let Some((name, _)) = builtin_only.iter().find(|(_, set)| *set) {
+                    return Err(ParamsError::at(
+                        &[name],
+                        format!("`{name}` applies only to `builtin:` sources"),
+                    ));
+                }
+            }
+        }
         if let Some(d) = &p.digest {
             Pin::parse(d).map_err(|m| {
                 ParamsError::at(&["digest"], m)
@@ -230,6 +314,7 @@ impl TypedOp for Download {
             .transpose()
             .map_err(OpError::Failed)?;
         let (local, name): (PathBuf, String) = match &source {
+            Source::Builtin(name) => return generate_builtin(ctx, name, p, &out),
             Source::File(rel) => {
                 let path = resolve_path(ctx.pipeline_dir(), rel);
                 let name = path
@@ -301,6 +386,65 @@ impl TypedOp for Download {
         }
         Ok(outcome(&out))
     }
+}
+
+/// Generate a `builtin:` dataset into `out`.
+fn generate_builtin(
+    ctx: &StepContext,
+    name: &str,
+    p: &DownloadParams,
+    out: &Path,
+) -> Result<StepOutcome, OpError> {
+    let samples = p.samples.expect("checked: builtin sources have samples");
+    let counts = match Category::parse(name) {
+        Some(c) => BTreeMap::from([(c, samples)]),
+        None => {
+            let weights = p
+                .mix
+                .clone()
+                .unwrap_or_else(|| Category::ALL.iter().map(|&c| (c, 1.0)).collect());
+            data::apportion(samples, &weights)
+        }
+    };
+    let spec = data::Spec {
+        counts: counts.clone(),
+        seed: ctx.seed(),
+        val_fraction: p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+        test_fraction: p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+    };
+    let splits = data::generate(&spec, |done| ctx.progress(done, Some(samples), "records"))
+        .map_err(|e| OpError::Failed(e.to_string()))?;
+    let mut manifest = serde_json::Map::new();
+    let mut metrics = serde_json::Map::new();
+    for split in [data::Split::Train, data::Split::Val, data::Split::Test] {
+        let records = splits.get(&split).map(Vec::as_slice).unwrap_or_default();
+        let path = out.join(format!("{}.jsonl", split.name()));
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&serde_json::to_string(r).expect("record serializes"));
+            text.push('\n');
+        }
+        std::fs::write(&path, text).map_err(|e| OpError::io(&path, e))?;
+        let mut per_category: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in records {
+            *per_category.entry(r.category.as_str()).or_default() += 1;
+        }
+        manifest.insert(
+            split.name().into(),
+            json!({ "records": records.len(), "categories": per_category }),
+        );
+        metrics.insert(
+            format!("data/{}_records", split.name()),
+            records.len().into(),
+        );
+    }
+    manifest.insert("source".into(), json!(format!("builtin:{name}")));
+    manifest.insert("seed".into(), json!(ctx.seed()));
+    manifest.insert("generator_version".into(), json!(data::GENERATOR_VERSION));
+    let path = out.join("manifest.json");
+    let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    std::fs::write(&path, bytes).map_err(|e| OpError::io(&path, e))?;
+    Ok(StepOutcome { metrics })
 }
 
 fn outcome(out: &Path) -> StepOutcome {

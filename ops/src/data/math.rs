@@ -1,0 +1,159 @@
+//! `builtin:math`: multi-step arithmetic word problems with exact integer answers, GSM8K-style:
+//! the story, a worked solution with one equation a line, and a final `#### <answer>` line.
+//! Difficulty d uses d+0..d+1 operations (1–2, 2–3, 3–4), with larger numbers as d grows.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::Item;
+use super::pick;
+
+const NAMES: &[&str] = &[
+    "Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Gia", "Hugo", "Iris", "Jon", "Kira", "Liam",
+    "Mia", "Noah", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vik", "Wen", "Xena",
+    "Yara", "Zoe",
+];
+const ITEMS: &[&str] = &[
+    "apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "shells", "stamps",
+    "cards", "beads", "tickets", "eggs", "plums", "buttons",
+];
+const SOURCES: &[&str] = &[
+    "the market",
+    "a friend",
+    "the school fair",
+    "a neighbour",
+    "the shop",
+];
+
+enum Op {
+    Add(i64),
+    Sub(i64),
+    Mul(i64),
+    /// Share equally among n people (including oneself), keep one share.
+    Div(i64),
+}
+
+pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
+    let d = difficulty.clamp(1, 3) as i64;
+    let name = *pick::one(rng, NAMES);
+    let item = *pick::one(rng, ITEMS);
+    let steps = d + rng.random_range(0..=1);
+    let mut value = pick::range(rng, 2, 10 * d + 5);
+    let mut story = vec![format!("{name} has {value} {item}.")];
+    let mut solution = vec![format!("{name} starts with {value} {item}.")];
+    for _ in 0..steps {
+        let op = loop {
+            let divisors: Vec<i64> = (2..=5)
+                .filter(|k| value % k == 0 && value / k >= 1)
+                .collect();
+            match rng.random_range(0..4) {
+                0 => break Op::Add(pick::range(rng, 1, 10 * d + 5)),
+                1 if value > 1 => break Op::Sub(pick::range(rng, 1, value - 1)),
+                2 if value <= 60 => break Op::Mul(pick::range(rng, 2, 2 + d)),
+                3 if !divisors.is_empty() => break Op::Div(*pick::one(rng, &divisors)),
+                _ => continue,
+            }
+        };
+        let (sentence, line, next) = match op {
+            Op::Add(b) => {
+                let src = *pick::one(rng, SOURCES);
+                (
+                    format!("Then {name} gets {b} more from {src}."),
+                    format!("{value} + {b} = {}", value + b),
+                    value + b,
+                )
+            }
+            Op::Sub(b) => (
+                format!("Then {name} gives {b} away."),
+                format!("{value} - {b} = {}", value - b),
+                value - b,
+            ),
+            Op::Mul(k) => {
+                let word = match k {
+                    2 => "doubles".to_string(),
+                    3 => "triples".to_string(),
+                    k => format!("multiplies by {k}"),
+                };
+                (
+                    format!("Then the number of {item} {name} has {word}."),
+                    format!("{value} * {k} = {}", value * k),
+                    value * k,
+                )
+            }
+            Op::Div(k) => (
+                format!(
+                    "Then {name} shares them equally among {k} people, {name} included, and keeps one share."
+                ),
+                format!("{value} / {k} = {}", value / k),
+                value / k,
+            ),
+        };
+        story.push(sentence);
+        solution.push(line);
+        value = next;
+    }
+    let question = format!("How many {item} does {name} have now?");
+    let prompt = format!("{} {question}", story.join(" "));
+    let text = format!(
+        "Question: {prompt}\nAnswer: {}\n#### {value}\n",
+        solution.join("\n")
+    );
+    Item {
+        prompt,
+        answer: value.to_string(),
+        text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Re-check every `a op b = c` line and that the answer line matches the last result.
+    #[test]
+    fn every_worked_solution_is_correct() {
+        for i in 0..3000u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(i);
+            let item = generate(&mut rng, (i % 3) as u8 + 1);
+            let mut last = None;
+            for line in item.text.lines() {
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                if let [a, op, b, "=", c] = parts.as_slice() {
+                    let (a, b, c): (i64, i64, i64) =
+                        (a.parse().unwrap(), b.parse().unwrap(), c.parse().unwrap());
+                    let expect = match *op {
+                        "+" => a + b,
+                        "-" => a - b,
+                        "*" => a * b,
+                        "/" => {
+                            assert_eq!(a % b, 0, "inexact division in {line}");
+                            a / b
+                        }
+                        _ => panic!("unknown op in {line}"),
+                    };
+                    assert_eq!(c, expect, "{line}");
+                    assert!(c >= 1, "non-positive quantity in {line}");
+                    last = Some(c);
+                }
+            }
+            let answer: i64 = item.answer.parse().unwrap();
+            assert_eq!(Some(answer), last);
+            assert!(item.text.ends_with(&format!("#### {answer}\n")));
+        }
+    }
+
+    #[test]
+    fn harder_problems_take_more_steps() {
+        let steps = |d: u8| -> f64 {
+            (0..300u64)
+                .map(|i| {
+                    let item = generate(&mut ChaCha8Rng::seed_from_u64(i), d);
+                    item.text.lines().filter(|l| l.contains(" = ")).count() as f64
+                })
+                .sum::<f64>()
+                / 300.0
+        };
+        assert!(steps(1) < steps(2) && steps(2) < steps(3));
+    }
+}
