@@ -5,4 +5,5 @@ pub mod archive;
 pub mod download;
 pub mod exec;
 pub mod fetch;
+pub mod tokenizer;
 pub mod validate;

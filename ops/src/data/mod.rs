@@ -237,6 +237,64 @@ pub fn generate(
     Ok(out)
 }
 
+/// The training texts of a dataset directory for `split`: the `text` field of each record of
+/// `<split>.jsonl`; for datasets without split files (e.g. a `file:` corpus), the `train` split is
+/// every `*.jsonl` record's `text` and every non-empty line of every `*.txt`.
+pub fn read_texts(dir: &std::path::Path, split: Split) -> Result<Vec<String>, crate::OpError> {
+    let io = |p: &std::path::Path| {
+        let p = p.to_owned();
+        move |e| crate::OpError::io(&p, e)
+    };
+    let parse = |path: &std::path::Path, out: &mut Vec<String>| -> Result<(), crate::OpError> {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let r: Record = serde_json::from_str(line).map_err(|e| {
+                crate::OpError::Failed(format!(
+                    "{}:{}: not a dataset record: {e}",
+                    path.display(),
+                    n + 1
+                ))
+            })?;
+            out.push(r.text);
+        }
+        Ok(())
+    };
+    let mut out = Vec::new();
+    let split_file = dir.join(format!("{}.jsonl", split.name()));
+    if split_file.exists() {
+        parse(&split_file, &mut out)?;
+        return Ok(out);
+    }
+    if split != Split::Train || dir.join("train.jsonl").exists() {
+        return Ok(out);
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in files {
+        match f.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => parse(&f, &mut out)?,
+            Some("txt") => {
+                let text = std::fs::read_to_string(&f).map_err(io(&f))?;
+                out.extend(
+                    text.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Helpers shared by the generators.
 pub(crate) mod pick {
     use rand::Rng;
