@@ -9,7 +9,9 @@ pub mod artifact;
 pub mod builtin;
 pub mod context;
 pub mod data;
+pub mod model;
 pub mod op;
+pub mod optim;
 
 pub use artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,

@@ -1,0 +1,172 @@
+//! Building blocks of the model: deterministic parameter initialisation, dense projections,
+//! RMSNorm, rotary position embeddings and the SwiGLU feed-forward.
+//!
+//! Parameters are drawn from our own seeded ChaCha RNG and uploaded with `TensorData`, not from
+//! the backend's global RNG: the same seed gives the same initial weights on every backend and in
+//! every thread, which the shared Phase-1 initialisation (the merge base) relies on.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+/// Seeded source of initial parameter values.
+pub struct Init {
+    rng: ChaCha8Rng,
+    pub device: Device,
+}
+
+impl Init {
+    pub fn new(seed: u64, device: &Device) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            device: device.clone(),
+        }
+    }
+
+    /// N(0, std²) values.
+    pub fn normal<const D: usize>(&mut self, shape: [usize; D], std: f64) -> Param<Tensor<D>> {
+        let n: usize = shape.iter().product();
+        let dist = Normal::new(0.0f64, std).expect("finite std");
+        let values: Vec<f32> = (0..n).map(|_| dist.sample(&mut self.rng) as f32).collect();
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
+    }
+
+    pub fn constant<const D: usize>(&mut self, shape: [usize; D], value: f32) -> Param<Tensor<D>> {
+        let n: usize = shape.iter().product();
+        self.values(vec![value; n], shape)
+    }
+
+    pub fn values<const D: usize>(
+        &mut self,
+        values: Vec<f32>,
+        shape: [usize; D],
+    ) -> Param<Tensor<D>> {
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
+    }
+}
+
+/// `x W` for a `[d_in, d_out]` weight (no bias).
+#[derive(Module, Debug)]
+pub struct Dense {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Dense {
+    /// Scaled like PyTorch's default for a GPT-style model: std 0.02, or `std` if given.
+    pub fn new(init: &mut Init, d_in: usize, d_out: usize, std: f64) -> Self {
+        Self {
+            weight: init.normal([d_in, d_out], std),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, s, d] = x.dims();
+        let w = self.weight.val();
+        let d_out = w.dims()[1];
+        x.reshape([b * s, d]).matmul(w).reshape([b, s, d_out])
+    }
+}
+
+/// Root-mean-square layer norm with a learned gain.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub gain: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(init: &mut Init, d: usize) -> Self {
+        Self {
+            gain: init.constant([d], 1.0),
+            eps: 1e-6,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let d = x.dims()[2];
+        let rms = x
+            .clone()
+            .powf_scalar(2.0)
+            .mean_dim(2)
+            .add_scalar(self.eps)
+            .sqrt();
+        x.div(rms).mul(self.gain.val().reshape([1, 1, d]))
+    }
+}
+
+/// Rotary position embedding tables for positions `0..seq` (GPT-NeoX half-split layout).
+#[derive(Clone, Debug)]
+pub struct Rope {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
+impl Rope {
+    pub fn new(seq: usize, head_dim: usize, theta: f64, device: &Device) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for pos in 0..seq {
+            for i in 0..half {
+                let freq = theta.powf(-(2.0 * i as f64) / head_dim as f64);
+                let angle = pos as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let t = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, seq, half]), device);
+        Self {
+            cos: t(cos),
+            sin: t(sin),
+        }
+    }
+
+    /// Rotate `x` of shape `[batch, heads, seq, head_dim]`.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, s, dh] = x.dims();
+        let half = dh / 2;
+        let cos = self.cos.clone().narrow(2, 0, s);
+        let sin = self.sin.clone().narrow(2, 0, s);
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.narrow(3, half, half);
+        Tensor::cat(
+            vec![
+                x1.clone().mul(cos.clone()).sub(x2.clone().mul(sin.clone())),
+                x1.mul(sin).add(x2.mul(cos)),
+            ],
+            3,
+        )
+    }
+}
+
+/// SwiGLU feed-forward: `(silu(x W_gate) ⊙ x W_up) W_down`.
+#[derive(Module, Debug)]
+pub struct SwiGlu {
+    pub gate: Dense,
+    pub up: Dense,
+    pub down: Dense,
+}
+
+impl SwiGlu {
+    pub fn new(init: &mut Init, d: usize, hidden: usize, out_std: f64) -> Self {
+        Self {
+            gate: Dense::new(init, d, hidden, 0.02),
+            up: Dense::new(init, d, hidden, 0.02),
+            down: Dense::new(init, hidden, d, out_std),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down
+            .forward(silu(self.gate.forward(x.clone())).mul(self.up.forward(x)))
+    }
+}

@@ -1,0 +1,25 @@
+//! The `trm-titans-mag` model on burn: TRM recursion over a stack of MAG blocks (causal
+//! sliding-window attention gated with a Titans neural long-term memory), deep supervision and an
+//! ACT halting head. Only this crate touches burn.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`layers`] | seeded init, dense projections, RMSNorm, RoPE, SwiGLU |
+//! | [`attention`] | causal sliding-window attention (+ max logits for QK-clip) |
+//! | [`memory`] | Titans memory: test-time gradient updates with momentum and forgetting |
+//! | [`block`] | the MAG block |
+//! | [`trm`] | recursion, deep supervision, ACT |
+//! | [`config`] | `ModelConfig` and presets |
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod layers;
+pub mod memory;
+pub mod trm;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{ModelConfig, size_category};
+pub use trm::{InferOutput, Tables, TrainOutput, TrmTitansMag};

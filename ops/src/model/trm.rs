@@ -1,0 +1,367 @@
+//! The `trm-titans-mag` language model: a stack of MAG blocks used as the shared network of a
+//! Tiny Recursive Model (Jolicoeur-Martineau, 2025), with deep supervision and an ACT halting head.
+//!
+//! Per position, a latent `z` and an answer state `y` are refined from the token embedding `e`:
+//!
+//! ```text
+//! repeat T cycles (gradient only through the last):
+//!     repeat n times:  z ← net(e + y + z)
+//!     y ← net(y + z)
+//! logits = head(norm(y)),   q = σ(halt(norm(y)))   (probability the prediction is already right)
+//! ```
+//!
+//! Training runs `sup_steps` such recursions, carrying `(y, z)` detached from one to the next, with
+//! a cross-entropy loss on the shifted next-token labels at every step plus a BCE loss teaching `q`
+//! whether the step's argmax prediction was correct. At inference a token stops once `q` reaches the
+//! ACT threshold: its state is frozen and, when every token has halted, the recursion stops.
+//! Everything per position is causal: attention is masked, the memory reads only earlier chunks.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{log_softmax, sigmoid};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::attention::causal_window_bias;
+use super::block::{BlockSpec, MagBlock};
+use super::config::ModelConfig;
+use super::layers::{Dense, Init, RmsNorm, Rope};
+
+#[derive(Module, Debug)]
+pub struct TrmTitansMag {
+    pub embed: Param<Tensor<2>>,
+    pub y_init: Param<Tensor<1>>,
+    pub z_init: Param<Tensor<1>>,
+    pub blocks: Vec<MagBlock>,
+    pub norm_out: RmsNorm,
+    pub head: Option<Dense>,
+    pub halt: Dense,
+    pub halt_bias: Param<Tensor<1>>,
+    pub n_inner: usize,
+    pub cycles: usize,
+    pub pad_id: usize,
+}
+
+/// Shared per-forward tensors (rotary tables, attention mask).
+pub struct Tables {
+    rope: Rope,
+    bias: Tensor<4>,
+}
+
+impl Tables {
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        Self {
+            rope: Rope::new(cfg.max_seq, cfg.d_model / cfg.heads, cfg.rope_theta, device),
+            bias: causal_window_bias(cfg.max_seq, cfg.window, device),
+        }
+    }
+}
+
+/// Loss and statistics of one training forward.
+pub struct TrainOutput {
+    /// Mean over supervision steps of (CE + act_weight · BCE): what to minimise.
+    pub loss: Tensor<1>,
+    /// Cross-entropy of the last supervision step (nats/token).
+    pub ce: Tensor<1>,
+    pub act_bce: Tensor<1>,
+    /// Mean halting probability of the last step.
+    pub halt_prob: Tensor<1>,
+    /// Per block with attention: max attention logit per head (for QK-clip).
+    pub max_logits: Vec<Tensor<1>>,
+    pub memory_usage: Option<Tensor<1>>,
+    pub memory_surprise: Option<Tensor<1>>,
+}
+
+/// Result of ACT inference.
+pub struct InferOutput {
+    pub logits: Tensor<3>,
+    /// Supervision steps each token ran before halting, `[batch][seq]`.
+    pub halting_steps: Vec<Vec<u32>>,
+    /// Recursions actually executed (each is a full `cycles × (n_inner + 1)` pass).
+    pub recursions: usize,
+}
+
+fn logit(p: f64) -> f32 {
+    (p / (1.0 - p)).ln() as f32
+}
+
+impl TrmTitansMag {
+    pub fn new(cfg: &ModelConfig, seed: u64, device: &Device) -> Self {
+        let mut init = Init::new(seed, device);
+        let d = cfg.d_model;
+        // GPT-2 style: projections into the residual stream scaled by 1/sqrt(2·layers).
+        let out_std = 0.02 / (2.0 * cfg.layers as f64).sqrt();
+        let gates = cfg.mem_gates.map(logit);
+        let blocks = (0..cfg.layers)
+            .map(|l| {
+                let spec = BlockSpec {
+                    d,
+                    heads: cfg.heads,
+                    window: cfg.window,
+                    d_ff: cfg.d_ff,
+                    memory: cfg.memory_layers.contains(&l).then_some((
+                        cfg.ltm_slots,
+                        cfg.mem_chunk,
+                        gates,
+                    )),
+                    out_std,
+                };
+                MagBlock::new(&mut init, &spec)
+            })
+            .collect();
+        Self {
+            embed: init.normal([cfg.vocab_size, d], 0.02),
+            y_init: init.normal([d], 0.02),
+            z_init: init.normal([d], 0.02),
+            blocks,
+            norm_out: RmsNorm::new(&mut init, d),
+            head: (!cfg.tie_embeddings).then(|| Dense::new(&mut init, d, cfg.vocab_size, 0.02)),
+            halt: Dense::new(&mut init, d, 1, 0.02),
+            // Start pessimistic: "not yet right" (p ≈ 0.12).
+            halt_bias: init.constant([1], -2.0),
+            n_inner: cfg.n_inner,
+            cycles: cfg.cycles,
+            pad_id: 0,
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.num_params_counted()
+    }
+
+    fn num_params_counted(&self) -> usize {
+        Module::num_params(self)
+    }
+
+    fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, s] = tokens.dims();
+        let w = self.embed.val();
+        let d = w.dims()[1];
+        w.select(0, tokens.reshape([b * s])).reshape([b, s, d])
+    }
+
+    /// The block stack: one application of the shared network.
+    fn net(
+        &self,
+        x: Tensor<3>,
+        t: &Tables,
+        stats: &mut Vec<super::block::BlockStats>,
+    ) -> Tensor<3> {
+        let mut h = x;
+        for block in &self.blocks {
+            let (out, st) = block.forward(h, &t.rope, &t.bias);
+            h = out;
+            stats.push(st);
+        }
+        h
+    }
+
+    /// One recursion: `cycles` cycles of `n_inner` latent updates and one answer update, with
+    /// gradient only through the last cycle.
+    fn recurse(
+        &self,
+        e: &Tensor<3>,
+        y: Tensor<3>,
+        z: Tensor<3>,
+        t: &Tables,
+        stats: &mut Vec<super::block::BlockStats>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let (mut y, mut z) = (y, z);
+        for c in 0..self.cycles {
+            let last = c + 1 == self.cycles;
+            let mut scratch = Vec::new();
+            let st = if last { &mut *stats } else { &mut scratch };
+            for _ in 0..self.n_inner {
+                z = self.net(e.clone().add(y.clone()).add(z), t, st);
+            }
+            y = self.net(y.add(z.clone()), t, st);
+            if !last {
+                y = y.detach();
+                z = z.detach();
+            }
+        }
+        (y, z)
+    }
+
+    fn readout(&self, y: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let h = self.norm_out.forward(y);
+        let logits = match &self.head {
+            Some(head) => head.forward(h.clone()),
+            None => {
+                let [b, s, d] = h.dims();
+                let w = self.embed.val();
+                let v = w.dims()[0];
+                h.clone()
+                    .reshape([b * s, d])
+                    .matmul(w.transpose())
+                    .reshape([b, s, v])
+            }
+        };
+        let q = sigmoid(
+            self.halt
+                .forward(h)
+                .add(self.halt_bias.val().reshape([1, 1, 1])),
+        );
+        (logits, q)
+    }
+
+    fn initial_state(&self, b: usize, s: usize) -> (Tensor<3>, Tensor<3>) {
+        let d = self.y_init.val().dims()[0];
+        let y = self.y_init.val().reshape([1, 1, d]).expand([b, s, d]);
+        let z = self.z_init.val().reshape([1, 1, d]).expand([b, s, d]);
+        (y, z)
+    }
+
+    /// Logits after `steps` full recursions (no halting), for tests and evaluation.
+    pub fn forward_logits(&self, tokens: Tensor<2, Int>, steps: usize, t: &Tables) -> Tensor<3> {
+        let [b, s] = tokens.dims();
+        let e = self.embed_tokens(tokens);
+        let (mut y, mut z) = self.initial_state(b, s);
+        for _ in 0..steps.max(1) {
+            let mut stats = Vec::new();
+            (y, z) = self.recurse(&e, y, z, t, &mut stats);
+        }
+        self.readout(y).0
+    }
+
+    /// Deep-supervised training loss for `inputs` → `targets` (the labels, already shifted: the
+    /// target at position i is the token at i + 1). Targets equal to the pad id are ignored.
+    pub fn forward_train(
+        &self,
+        inputs: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        sup_steps: usize,
+        act_weight: f64,
+        t: &Tables,
+    ) -> TrainOutput {
+        let [b, s] = inputs.dims();
+        let e = self.embed_tokens(inputs);
+        let (mut y, mut z) = self.initial_state(b, s);
+        let weight = targets.clone().not_equal_elem(self.pad_id as i64).float();
+        let n_real = weight.clone().sum().add_scalar(1e-9);
+        let mut total: Option<Tensor<1>> = None;
+        let (mut ce_last, mut bce_last, mut q_last) = (None, None, None);
+        let mut stats = Vec::new();
+        for step in 0..sup_steps.max(1) {
+            stats.clear();
+            (y, z) = self.recurse(&e, y, z, t, &mut stats);
+            let (logits, q) = self.readout(y.clone());
+            let logp = log_softmax(logits.clone(), 2);
+            let picked = logp
+                .gather(2, targets.clone().reshape([b, s, 1]))
+                .reshape([b, s]);
+            let ce = picked.mul(weight.clone()).sum().neg().div(n_real.clone());
+            let correct = logits
+                .detach()
+                .argmax(2)
+                .reshape([b, s])
+                .equal(targets.clone())
+                .float();
+            let q = q.reshape([b, s]).clamp(1e-6, 1.0 - 1e-6);
+            let bce_tok = correct
+                .clone()
+                .mul(q.clone().log())
+                .add(
+                    correct
+                        .neg()
+                        .add_scalar(1.0)
+                        .mul(q.clone().neg().add_scalar(1.0).log()),
+                )
+                .neg();
+            let bce = bce_tok.mul(weight.clone()).sum().div(n_real.clone());
+            let step_loss = ce.clone().add(bce.clone().mul_scalar(act_weight));
+            total = Some(match total {
+                None => step_loss,
+                Some(t) => t.add(step_loss),
+            });
+            ce_last = Some(ce.detach());
+            bce_last = Some(bce.detach());
+            q_last = Some(q.detach().mean());
+            if step + 1 < sup_steps {
+                y = y.detach();
+                z = z.detach();
+            }
+        }
+        let loss = total
+            .expect("at least one step")
+            .div_scalar(sup_steps.max(1) as f64);
+        let max_logits = stats.iter().map(|s| s.max_logit.clone()).collect();
+        let mem: Vec<_> = stats.iter().filter_map(|s| s.memory.clone()).collect();
+        let (memory_usage, memory_surprise) = if mem.is_empty() {
+            (None, None)
+        } else {
+            let n = mem.len() as f64;
+            let usage = Tensor::cat(mem.iter().map(|m| m.usage.clone()).collect(), 0)
+                .sum()
+                .div_scalar(n);
+            let surprise = Tensor::cat(mem.iter().map(|m| m.surprise.clone()).collect(), 0)
+                .sum()
+                .div_scalar(n);
+            (Some(usage), Some(surprise))
+        };
+        TrainOutput {
+            loss,
+            ce: ce_last.expect("step ran"),
+            act_bce: bce_last.expect("step ran"),
+            halt_prob: q_last.expect("step ran"),
+            max_logits,
+            memory_usage,
+            memory_surprise,
+        }
+    }
+
+    /// ACT inference: each token recurses until its halting probability reaches `threshold` (at
+    /// most `max_steps` recursions); halted tokens are frozen; the loop ends when all have halted.
+    pub fn infer(
+        &self,
+        tokens: Tensor<2, Int>,
+        threshold: f64,
+        max_steps: usize,
+        t: &Tables,
+    ) -> InferOutput {
+        let [b, s] = tokens.dims();
+        let device = tokens.device();
+        let e = self.embed_tokens(tokens).detach();
+        let (y0, z0) = self.initial_state(b, s);
+        let (mut y, mut z) = (y0.detach(), z0.detach());
+        let d = y.dims()[2];
+        let mut halted = vec![false; b * s];
+        let mut steps = vec![0u32; b * s];
+        let mut recursions = 0;
+        let mut logits = None;
+        for _ in 0..max_steps.max(1) {
+            let mut stats = Vec::new();
+            let (y_new, z_new) = self.recurse(&e, y.clone(), z.clone(), t, &mut stats);
+            let frozen: Tensor<3, Bool> =
+                Tensor::<2, Bool>::from_data(TensorData::new(halted.clone(), [b, s]), &device)
+                    .reshape([b, s, 1])
+                    .expand([b, s, d]);
+            y = y_new.detach().mask_where(frozen.clone(), y);
+            z = z_new.detach().mask_where(frozen, z);
+            recursions += 1;
+            for (i, h) in halted.iter().enumerate() {
+                if !h {
+                    steps[i] += 1;
+                }
+            }
+            let (l, q) = self.readout(y.clone());
+            logits = Some(l.detach());
+            let q: Vec<f32> = q
+                .into_data()
+                .try_to_vec()
+                .expect("f32 halting probabilities");
+            for (i, p) in q.into_iter().enumerate() {
+                if p as f64 >= threshold {
+                    halted[i] = true;
+                }
+            }
+            if halted.iter().all(|h| *h) {
+                break;
+            }
+        }
+        let halting_steps = steps.chunks(s).map(|c| c.to_vec()).collect();
+        InferOutput {
+            logits: logits.expect("one step ran"),
+            halting_steps,
+            recursions,
+        }
+    }
+}

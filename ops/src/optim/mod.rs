@@ -1,0 +1,263 @@
+//! Muon × Grokfast: the optimizer math of Phase 1, as tensor functions.
+//!
+//! - [`newton_schulz5`]: Muon's quintic Newton–Schulz orthogonalisation, coefficients
+//!   (3.4445, −4.7750, 2.0315), 5 steps, on `G / (‖G‖_F + 1e-7)`, transposed when rows > cols.
+//! - [`GrokfastEma`]: the EMA gradient filter of Grokfast, `μ_t = α μ_{t−1} + (1−α) g_t`,
+//!   `ĝ_t = g_t + λ μ_t` — the *slow* component is amplified; μ starts at the first gradient
+//!   (so ĝ_1 = (1 + λ) g_1), exactly as `ironjr/grokfast`'s `gradfilter_ema`.
+//! - [`muon_update`]: Nesterov momentum (β), orthogonalised, scaled by √max(1, rows/cols).
+//!
+//! Muon applies to 2-D hidden weights only ([`is_muon_param`]); embeddings, the output and
+//! halting heads, norms and biases use AdamW.
+
+use burn::tensor::Tensor;
+
+pub const NS_COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
+pub const NS_STEPS: usize = 5;
+
+/// Approximately orthogonalise `g` (singular values pushed into roughly [0.5, 1.5]).
+pub fn newton_schulz5(g: Tensor<2>) -> Tensor<2> {
+    let (a, b, c) = NS_COEFFS;
+    let [rows, cols] = g.dims();
+    let transposed = rows > cols;
+    let g = if transposed { g.transpose() } else { g };
+    let norm = g.clone().powf_scalar(2.0).sum().sqrt().add_scalar(1e-7);
+    let mut x = g.div(norm.reshape([1, 1]));
+    for _ in 0..NS_STEPS {
+        let xt = x.clone().transpose();
+        let m = x.clone().matmul(xt);
+        let bm = m
+            .clone()
+            .mul_scalar(b)
+            .add(m.clone().matmul(m).mul_scalar(c));
+        x = x.clone().mul_scalar(a).add(bm.matmul(x));
+    }
+    if transposed { x.transpose() } else { x }
+}
+
+/// Muon's update direction for gradient `g` and momentum buffer `m` (updated in place).
+pub fn muon_update(g: Tensor<2>, momentum: &mut Tensor<2>, beta: f64) -> Tensor<2> {
+    // momentum.lerp_(g, 1 − β); u = g.lerp(momentum, β)
+    *momentum = momentum
+        .clone()
+        .mul_scalar(beta)
+        .add(g.clone().mul_scalar(1.0 - beta));
+    let u = g
+        .mul_scalar(1.0 - beta)
+        .add(momentum.clone().mul_scalar(beta));
+    let [rows, cols] = u.dims();
+    let scale = (rows as f64 / cols as f64).max(1.0).sqrt();
+    newton_schulz5(u).mul_scalar(scale)
+}
+
+/// Grokfast's EMA filter state for one parameter.
+#[derive(Debug, Clone, Default)]
+pub struct GrokfastEma<const D: usize> {
+    mu: Option<Tensor<D>>,
+}
+
+impl<const D: usize> GrokfastEma<D> {
+    pub fn new() -> Self {
+        Self { mu: None }
+    }
+
+    /// Filter a gradient: returns `g + λ μ` after updating μ.
+    pub fn filter(&mut self, g: Tensor<D>, alpha: f64, lambda: f64) -> Tensor<D> {
+        let prev = self.mu.take().unwrap_or_else(|| g.clone());
+        let mu = prev
+            .mul_scalar(alpha)
+            .add(g.clone().mul_scalar(1.0 - alpha));
+        self.mu = Some(mu.clone());
+        g.add(mu.mul_scalar(lambda))
+    }
+
+    pub fn state(&self) -> Option<&Tensor<D>> {
+        self.mu.as_ref()
+    }
+}
+
+/// Which parameters Muon updates: 2-D weights inside the blocks that are real matrices (not the
+/// 3-wide memory gate projection); everything else is AdamW's.
+pub fn is_muon_param(path: &str, dims: &[usize]) -> bool {
+    dims.len() == 2 && path.starts_with("blocks.") && dims.iter().all(|d| *d > 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn dev() -> Device {
+        Device::flex()
+    }
+
+    fn mat(rows: usize, cols: usize, v: Vec<f32>) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v, [rows, cols]), &dev())
+    }
+
+    fn data(t: Tensor<2>) -> Vec<f64> {
+        t.into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    /// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations (f64, small n).
+    fn sym_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
+        for _ in 0..100 {
+            for p in 0..n {
+                for q in p + 1..n {
+                    let apq = a[p * n + q];
+                    if apq.abs() < 1e-15 {
+                        continue;
+                    }
+                    let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                    let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                    let t = if theta == 0.0 { 1.0 } else { t };
+                    let c = 1.0 / (t * t + 1.0).sqrt();
+                    let s = t * c;
+                    for k in 0..n {
+                        let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                        a[k * n + p] = c * akp - s * akq;
+                        a[k * n + q] = s * akp + c * akq;
+                    }
+                    for k in 0..n {
+                        let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                        a[p * n + k] = c * apk - s * aqk;
+                        a[q * n + k] = s * apk + c * aqk;
+                    }
+                }
+            }
+        }
+        (0..n).map(|i| a[i * n + i]).collect()
+    }
+
+    /// Singular values of a rows×cols matrix (rows ≤ cols) via eig(X Xᵀ).
+    fn singular_values(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+        let mut g = vec![0.0; rows * rows];
+        for i in 0..rows {
+            for j in 0..rows {
+                g[i * rows + j] = (0..cols).map(|k| x[i * cols + k] * x[j * cols + k]).sum();
+            }
+        }
+        sym_eigenvalues(g, rows)
+            .into_iter()
+            .map(|e| e.max(0.0).sqrt())
+            .collect()
+    }
+
+    #[test]
+    fn newton_schulz_singular_values_land_in_band() {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let normal = Normal::new(0.0, 1.0).unwrap();
+        for (rows, cols) in [(8, 16), (16, 8), (12, 12), (4, 32)] {
+            // Gradient-like input: Gaussian, columns scaled over an order of magnitude.
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|i| {
+                    (normal.sample(&mut rng) * 10f64.powf((i % cols) as f64 / cols as f64 - 0.5))
+                        as f32
+                })
+                .collect();
+            let x = data(newton_schulz5(mat(rows, cols, v)));
+            let (r, c, x) = if rows > cols {
+                // Singular values of the transpose are the same.
+                let mut t = vec![0.0; rows * cols];
+                for i in 0..rows {
+                    for j in 0..cols {
+                        t[j * rows + i] = x[i * cols + j];
+                    }
+                }
+                (cols, rows, t)
+            } else {
+                (rows, cols, x)
+            };
+            let sv = singular_values(&x, r, c);
+            for s in &sv {
+                assert!(
+                    (0.6..=1.3).contains(s),
+                    "{rows}x{cols}: singular value {s} outside [0.6, 1.3]: {sv:?}"
+                );
+            }
+        }
+    }
+
+    /// The scalar fact behind the band: five quintic steps take every normalised singular value
+    /// s ∈ [0.002, 1] into [0.6, 1.3] (smaller ones are amplified ≈ a⁵ = 483× but not further).
+    #[test]
+    fn quintic_maps_the_unit_interval_into_the_band() {
+        let (a, b, c) = NS_COEFFS;
+        let mut s0 = 0.002;
+        while s0 <= 1.0 {
+            let mut s = s0;
+            for _ in 0..NS_STEPS {
+                s = a * s + b * s.powi(3) + c * s.powi(5);
+            }
+            assert!((0.6..=1.3).contains(&s), "s0 = {s0} → {s}");
+            s0 += 0.0005;
+        }
+    }
+
+    #[test]
+    fn newton_schulz_matches_the_scalar_quintic_on_a_diagonal() {
+        // For diag(4, 1) every singular value follows s ← a s + b s³ + c s⁵ independently.
+        let out = data(newton_schulz5(mat(2, 2, vec![4.0, 0.0, 0.0, 1.0])));
+        let (a, b, c) = NS_COEFFS;
+        let n = (17f64).sqrt() + 1e-7;
+        let mut s = [4.0 / n, 1.0 / n];
+        for _ in 0..5 {
+            for v in &mut s {
+                *v = a * *v + b * v.powi(3) + c * v.powi(5);
+            }
+        }
+        assert!(
+            (out[0] - s[0]).abs() < 1e-4 && (out[3] - s[1]).abs() < 1e-4,
+            "{out:?} vs {s:?}"
+        );
+        assert!(out[1].abs() < 1e-6 && out[2].abs() < 1e-6);
+    }
+
+    #[test]
+    fn grokfast_matches_a_hand_computed_example() {
+        // α = 0.5, λ = 2. Step 1: μ = g1 = [1, −2], ĝ = 3·g1 = [3, −6].
+        // Step 2: g2 = [3, 0], μ = 0.5·[1, −2] + 0.5·[3, 0] = [2, −1], ĝ = [3, 0] + 2·[2, −1] = [7, −2].
+        let mut f = GrokfastEma::<2>::new();
+        let g1 = mat(1, 2, vec![1.0, -2.0]);
+        let g2 = mat(1, 2, vec![3.0, 0.0]);
+        assert_eq!(data(f.filter(g1, 0.5, 2.0)), vec![3.0, -6.0]);
+        assert_eq!(data(f.filter(g2, 0.5, 2.0)), vec![7.0, -2.0]);
+        assert_eq!(data(f.state().unwrap().clone()), vec![2.0, -1.0]);
+    }
+
+    #[test]
+    fn muon_update_uses_nesterov_momentum_and_shape_scaling() {
+        // First step, β = 0.95: momentum = 0.05 g; u = 0.05 g + 0.95·0.05 g = 0.0975 g, and NS5
+        // normalises the scale away, so the update equals NS5(g) · √max(1, rows/cols).
+        let g = mat(4, 2, vec![1.0, 0.5, -0.25, 2.0, 0.0, 1.0, 3.0, -1.0]);
+        let mut m = Tensor::zeros([4, 2], &dev());
+        let u = data(muon_update(g.clone(), &mut m, 0.95));
+        let expected: Vec<f64> = data(newton_schulz5(g.clone()))
+            .into_iter()
+            .map(|v| v * 2f64.sqrt())
+            .collect();
+        for (a, b) in u.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-4, "{u:?} vs {expected:?}");
+        }
+        let mom = data(m);
+        for (a, b) in mom.iter().zip(data(g)) {
+            assert!((a - 0.05 * b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn muon_param_selection() {
+        assert!(is_muon_param("blocks.0.attn.wq.weight", &[128, 128]));
+        assert!(!is_muon_param("blocks.1.memory.gates.weight", &[128, 3]));
+        assert!(!is_muon_param("embed", &[4096, 128]));
+        assert!(!is_muon_param("blocks.0.norm_attn.gain", &[128]));
+        assert!(!is_muon_param("halt.weight", &[128, 1]));
+    }
+}
