@@ -12,6 +12,10 @@
 
 use burn::tensor::Tensor;
 
+pub mod muon_grokfast;
+
+pub use muon_grokfast::{MuonGrokfast, OptimizerConfig, StepStats};
+
 pub const NS_COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 pub const NS_STEPS: usize = 5;
 
