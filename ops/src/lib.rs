@@ -12,6 +12,7 @@ pub mod data;
 pub mod model;
 pub mod op;
 pub mod optim;
+pub mod train;
 
 pub use artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,

@@ -166,6 +166,11 @@ pub trait TypedOp: Send + Sync {
     const VERSION: u32;
     const DESCRIPTION: &'static str;
 
+    /// Rewrite the raw `with:` block before it is parsed (e.g. expand a `preset:` name into its
+    /// values, letting explicit keys override them).
+    fn prepare_raw(&self, raw: Value) -> Result<Value, ParamsError> {
+        Ok(raw)
+    }
     /// Semantic checks beyond the types (e.g. "https sources need a digest").
     fn check(&self, _params: &Self::Params) -> Result<(), ParamsError> {
         Ok(())
@@ -241,6 +246,7 @@ impl<T: TypedOp> Op for T {
         } else {
             raw.clone()
         };
+        let raw = self.prepare_raw(raw)?;
         let p: T::Params = parse_params(&raw)?;
         self.check(&p)?;
         Ok(serde_json::to_value(&p).expect("params serialize"))
@@ -294,6 +300,7 @@ impl OpRegistry {
         r.register(crate::builtin::download::Download);
         r.register(crate::builtin::exec::Exec);
         r.register(crate::builtin::tokenizer::Tokenizer);
+        r.register(crate::builtin::train::Train);
         r.register(crate::builtin::validate::Validate);
         r
     }

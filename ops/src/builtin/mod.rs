@@ -6,4 +6,5 @@ pub mod download;
 pub mod exec;
 pub mod fetch;
 pub mod tokenizer;
+pub mod train;
 pub mod validate;

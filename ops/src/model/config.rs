@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Architecture; only `trm-titans-mag` exists.
+    #[serde(default = "d::arch")]
+    pub arch: String,
+    /// Start from a named configuration (`tiny`, `25m`); keys given next to it override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// Vocabulary size (must match the tokenizer's).
     #[serde(default = "d::vocab")]
     pub vocab_size: usize,
@@ -60,6 +66,9 @@ pub struct ModelConfig {
 }
 
 mod d {
+    pub fn arch() -> String {
+        "trm-titans-mag".into()
+    }
     pub fn vocab() -> usize {
         4096
     }
@@ -67,13 +76,13 @@ mod d {
         128
     }
     pub fn layers() -> usize {
-        4
+        3
     }
     pub fn heads() -> usize {
         4
     }
     pub fn d_ff() -> usize {
-        344
+        384
     }
     pub fn window() -> usize {
         128
@@ -85,7 +94,7 @@ mod d {
         10_000.0
     }
     pub fn memory_layers() -> Vec<usize> {
-        vec![1, 3]
+        vec![1]
     }
     pub fn ltm_slots() -> usize {
         64
@@ -97,7 +106,7 @@ mod d {
         [0.9, 0.1, 0.05]
     }
     pub fn n_inner() -> usize {
-        2
+        1
     }
     pub fn cycles() -> usize {
         2
@@ -156,6 +165,12 @@ impl ModelConfig {
     /// Problems with this config, as messages (empty when valid).
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if self.arch != "trm-titans-mag" {
+            p.push(format!(
+                "unknown architecture `{}` (available: trm-titans-mag)",
+                self.arch
+            ));
+        }
         if self.heads == 0
             || !self.d_model.is_multiple_of(self.heads)
             || !(self.d_model / self.heads).is_multiple_of(2)

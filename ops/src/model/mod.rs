@@ -10,6 +10,7 @@
 //! | [`block`] | the MAG block |
 //! | [`trm`] | recursion, deep supervision, ACT |
 //! | [`config`] | `ModelConfig` and presets |
+//! | [`weights`] | byte-stable safetensors files |
 
 pub mod attention;
 pub mod block;
@@ -17,9 +18,11 @@ pub mod config;
 pub mod layers;
 pub mod memory;
 pub mod trm;
+pub mod weights;
 
 #[cfg(test)]
 mod tests;
 
 pub use config::{ModelConfig, size_category};
 pub use trm::{InferOutput, Tables, TrainOutput, TrmTitansMag};
+pub use weights::canonical_safetensors;

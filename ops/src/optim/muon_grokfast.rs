@@ -19,6 +19,10 @@ use super::{is_muon_param, muon_update};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
+    /// Start from a phase preset (`phase1`, `phase3-baking`, `phase3-rl`); keys given next to it
+    /// override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// `muon-grokfast` (Muon for hidden matrices) or `adamw` (AdamW everywhere); Grokfast applies
     /// to both unless `grokfast_lambda` is 0.
     #[serde(default = "d::kind")]
@@ -352,7 +356,8 @@ impl MuonGrokfast {
                 serde_json::to_string(&self.cfg).expect("config serializes"),
             ),
         ]);
-        safetensors::serialize(views, Some(meta)).expect("serialize optimizer state")
+        let bytes = safetensors::serialize(views, Some(meta)).expect("serialize optimizer state");
+        crate::model::canonical_safetensors(&bytes).expect("safetensors we just wrote")
     }
 
     /// Restore [`Self::state_bytes`] onto `device`.
@@ -552,5 +557,80 @@ mod tests {
             st["blocks.0.attn.wq.weight"].v.is_none() && st["blocks.0.attn.wq.weight"].m.is_some()
         );
         assert!(st["embed"].v.is_some() && st["embed"].grokfast.is_some());
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use crate::model::{ModelConfig, TrmTitansMag};
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+
+    fn all_weights(m: &TrmTitansMag) -> Vec<(String, Vec<f32>)> {
+        struct V(Vec<String>, Vec<(String, Vec<f32>)>);
+        impl ModuleVisitor for V {
+            fn enter_module(&mut self, name: &str, _c: &str) {
+                self.0.push(name.to_owned());
+            }
+            fn exit_module(&mut self, _name: &str, _c: &str) {
+                self.0.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                self.1
+                    .push((self.0.join("."), p.val().to_data().try_to_vec().unwrap()));
+            }
+        }
+        let mut v = V(Vec::new(), Vec::new());
+        m.visit(&mut v);
+        v.1
+    }
+
+    #[test]
+    fn a_reloaded_model_trains_exactly_like_the_original() {
+        let dev = Device::flex().autodiff();
+        let cfg = ModelConfig {
+            vocab_size: 32,
+            d_model: 32,
+            layers: 1,
+            heads: 2,
+            d_ff: 32,
+            memory_layers: vec![0],
+            ltm_slots: 4,
+            mem_chunk: 4,
+            max_seq: 16,
+            window: 8,
+            ..ModelConfig::tiny()
+        };
+        let a = TrmTitansMag::new(&cfg, 1, &dev);
+        let mut store = SafetensorsStore::from_bytes(None);
+        a.save_into(&mut store).unwrap();
+        let mut b = TrmTitansMag::new(&cfg, 2, &dev);
+        b.load_from(&mut SafetensorsStore::from_bytes(Some(
+            store.get_bytes().unwrap(),
+        )))
+        .unwrap();
+        assert_eq!(all_weights(&a), all_weights(&b), "reload changed weights");
+        let t = crate::model::Tables::new(&cfg, &dev);
+        let x = Tensor::<2, burn::tensor::Int>::from_data(
+            TensorData::new((1..=16).collect::<Vec<i64>>(), [1, 16]),
+            &dev,
+        );
+        let step = |m: TrmTitansMag| {
+            let out = m.forward_train(x.clone(), x.clone(), 1, 0.1, &t);
+            let grads = GradientsParams::from_grads(out.loss.backward(), &m);
+            let mut opt = MuonGrokfast::new(OptimizerConfig::default());
+            opt.step(m, grads, 1.0).0
+        };
+        let (a1, b1) = (all_weights(&step(a)), all_weights(&step(b)));
+        let differ: Vec<&String> = a1
+            .iter()
+            .zip(&b1)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| &x.0)
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "after one step the reloaded model differs in {differ:?}"
+        );
     }
 }
