@@ -743,6 +743,17 @@ fn lookup(
             }
         }
     }
+    if root == "matrix" {
+        // Matrix values may themselves use `${vars.…}`.
+        return Some(interpolate(
+            cur,
+            &Scope {
+                vars: scope.vars,
+                matrix: None,
+            },
+            errs,
+        ));
+    }
     Some(cur.to_json())
 }
 
@@ -795,5 +806,26 @@ mod tests {
             v,
             serde_json::json!({"n": 128, "s": "m-x-128", "lit": "${vars.d}"})
         );
+    }
+
+    #[test]
+    fn matrix_values_may_use_vars() {
+        let p = parse_str(
+            "version: 1\nname: t\nvars: { n: 7 }\nphases:\n  a:\n    steps:\n      s:\n        op: exec\n        matrix: { v: [{ name: x, steps: \"${vars.n}\" }] }\n        with: { k: \"${matrix.v.steps}\" }\n",
+        )
+        .unwrap();
+        let combo: BTreeMap<String, Node> =
+            [("v".to_string(), p.steps[0].matrix[0].values[0].clone())].into();
+        let mut errs = Vec::new();
+        let v = interpolate(
+            p.steps[0].with.as_ref().unwrap(),
+            &Scope {
+                vars: &p.vars,
+                matrix: Some(&combo),
+            },
+            &mut errs,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(v, serde_json::json!({"k": 7}));
     }
 }
