@@ -165,6 +165,52 @@ impl burn::module::ModuleMapper for Scale {
     }
 }
 
+/// Compare autodiff with central finite differences on the three largest-gradient entries of a
+/// 2-D parameter of `module` (relative error < 5%, or absolute error below `floor`·5%).
+#[allow(clippy::too_many_arguments)]
+fn fd_check<M: Clone>(
+    label: &str,
+    module: &M,
+    get: fn(&M) -> Param<Tensor<2>>,
+    set: fn(&mut M, Param<Tensor<2>>),
+    grads: &burn::tensor::Gradients,
+    eps: f32,
+    floor: f64,
+    loss: &dyn Fn(&M) -> f64,
+) {
+    let p = get(module).val();
+    let shape = p.dims();
+    let dev = p.device();
+    let g: Vec<f32> = p
+        .grad(grads)
+        .expect("gradient")
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let w: Vec<f32> = p.into_data().try_to_vec().unwrap();
+    let mut idx: Vec<usize> = (0..g.len()).collect();
+    idx.sort_by(|a, b| g[*b].abs().total_cmp(&g[*a].abs()));
+    for &i in &idx[..3] {
+        let eval = |delta: f32| {
+            let mut v = w.clone();
+            v[i] += delta;
+            let mut m = module.clone();
+            set(
+                &mut m,
+                Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &dev)),
+            );
+            loss(&m)
+        };
+        let fd = (eval(eps) - eval(-eps)) / (2.0 * eps as f64);
+        let ad = g[i] as f64;
+        let rel = (fd - ad).abs() / ad.abs().max(floor);
+        assert!(
+            rel < 0.05,
+            "{label}[{i}]: autodiff {ad:.6e} vs finite difference {fd:.6e}"
+        );
+    }
+}
+
 /// Loss as a plain number for finite differences.
 fn loss_of(model: &TrmTitansMag, x: &Tensor<2, Int>, y: &Tensor<2, Int>, t: &Tables) -> f64 {
     let out = model.forward_train(x.clone(), y.clone(), 1, 0.0, t);
@@ -215,38 +261,9 @@ fn finite_difference_gradient_check() {
         ),
     ];
     for (name, get, set) in params {
-        let p = get(&model).val();
-        let shape = p.dims();
-        let g: Vec<f32> = p
-            .grad(&grads)
-            .expect("gradient")
-            .into_data()
-            .try_to_vec()
-            .unwrap();
-        let w: Vec<f32> = p.into_data().try_to_vec().unwrap();
-        // The three largest-gradient entries of this parameter.
-        let mut idx: Vec<usize> = (0..g.len()).collect();
-        idx.sort_by(|a, b| g[*b].abs().total_cmp(&g[*a].abs()));
-        for &i in &idx[..3] {
-            let eps = 2e-3f32;
-            let eval = |delta: f32| {
-                let mut v = w.clone();
-                v[i] += delta;
-                let mut m = model.clone();
-                set(
-                    &mut m,
-                    Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &dev)),
-                );
-                loss_of(&m, &x, &y, &t)
-            };
-            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps as f64);
-            let ad = g[i] as f64;
-            let rel = (fd - ad).abs() / ad.abs().max(1e-4);
-            assert!(
-                rel < 0.05,
-                "{name}[{i}]: autodiff {ad:.6e} vs finite difference {fd:.6e}"
-            );
-        }
+        fd_check(name, &model, get, set, &grads, 2e-3, 1e-4, &|m| {
+            loss_of(m, &x, &y, &t)
+        });
     }
 }
 
@@ -331,37 +348,10 @@ fn memory_gradients_through_the_update_chain_match_finite_differences() {
         ),
     ];
     for (name, get, set) in params {
-        let p = get(&mem).val();
-        let shape = p.dims();
-        let g: Vec<f32> = p
-            .grad(&grads)
-            .expect("gradient")
-            .into_data()
-            .try_to_vec()
-            .unwrap();
-        let w: Vec<f32> = p.into_data().try_to_vec().unwrap();
-        let mut idx: Vec<usize> = (0..g.len()).collect();
-        idx.sort_by(|a, b| g[*b].abs().total_cmp(&g[*a].abs()));
-        for &i in &idx[..3] {
-            let eps = 1e-2f32;
-            let eval = |delta: f32| {
-                let mut v = w.clone();
-                v[i] += delta;
-                let mut m = mem.clone();
-                set(
-                    &mut m,
-                    Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &dev)),
-                );
-                loss_of(&m).into_scalar::<f32>() as f64
-            };
-            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps as f64);
-            let ad = g[i] as f64;
-            let rel = (fd - ad).abs() / ad.abs().max(1e-3);
-            assert!(
-                rel < 0.05,
-                "memory.{name}[{i}]: autodiff {ad:.6e} vs finite difference {fd:.6e}"
-            );
-        }
+        let label = format!("memory.{name}");
+        fd_check(&label, &mem, get, set, &grads, 1e-2, 1e-3, &|m| {
+            loss_of(m).into_scalar::<f32>() as f64
+        });
     }
 }
 
