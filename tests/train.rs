@@ -155,3 +155,29 @@ fn killed_training_resumes_bit_identically() {
         "resumed weights differ from an uninterrupted run"
     );
 }
+
+#[test]
+fn kl_term_to_a_reference_model_is_trained_and_reported() {
+    let p = Project::new();
+    let yaml = pipeline(6).replace(
+        "      model:\n        op: train\n        inputs: { data: corpus, tokenizer: tok }",
+        "      base:\n        op: train\n        inputs: { data: corpus, tokenizer: tok }\n        with: { model: { preset: tiny, vocab_size: 320, d_model: 32, heads: 2, layers: 2, d_ff: 64, ltm_slots: 8, max_seq: 64, window: 32 }, steps: 0, math_eval: 0, val_batches: 1, seq_len: 32 }\n      model:\n        op: train\n        inputs: { data: corpus, tokenizer: tok, init: base, reference: base }",
+    ).replace("          steps: 6\n", "          steps: 6\n          optimizer: { kl_coef: 0.5 }\n");
+    p.write("t.yaml", &yaml);
+    p.apply_ok("t.yaml", &[]);
+    weights(&p);
+    let hist = std::fs::read_to_string(p.path().join("exp/model/history.jsonl")).unwrap();
+    let kls: Vec<f64> = hist
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["train/kl_divergence"]
+                .as_f64()
+                .expect("kl reported")
+        })
+        .collect();
+    assert!(kls.iter().all(|k| k.is_finite() && *k >= -1e-6), "{kls:?}");
+    assert!(
+        kls.last().unwrap() > &0.0,
+        "the model never moved away from its reference: {kls:?}"
+    );
+}

@@ -286,13 +286,18 @@ impl TypedOp for Train {
         Ok(())
     }
 
-    fn inputs(&self, _p: &TrainParams) -> InputSignature {
+    fn inputs(&self, p: &TrainParams) -> InputSignature {
         InputSignature::Fixed(vec![
             InputSpec::one("data", &[ArtifactKind::Dataset]),
             InputSpec::one("tokenizer", &[ArtifactKind::Tokenizer]),
             InputSpec {
                 required: false,
                 ..InputSpec::one("init", &[ArtifactKind::Model])
+            },
+            // The frozen model of the KL term: required exactly when the term is on.
+            InputSpec {
+                required: p.optimizer.kl_coef > 0.0,
+                ..InputSpec::one("reference", &[ArtifactKind::Model])
             },
         ])
     }
@@ -436,6 +441,20 @@ impl TypedOp for Train {
                 &format!("the init model from {}", init.from_step),
             )?;
         }
+        let reference = match inputs.get("reference").and_then(|v| v.first()) {
+            Some(r) if p.optimizer.kl_coef > 0.0 => {
+                let mut m = TrmTitansMag::new(cfg, 0, &device);
+                let bytes = std::fs::read(r.path.join("model.safetensors"))
+                    .map_err(|e| OpError::io(&r.path, e))?;
+                load_model(
+                    &mut m,
+                    bytes,
+                    &format!("the reference model from {}", r.from_step),
+                )?;
+                Some(m)
+            }
+            _ => None,
+        };
         let mut opt = MuonGrokfast::new(p.optimizer.clone());
         let mut prog = Progress {
             step: 0,
@@ -494,6 +513,7 @@ impl TypedOp for Train {
             let lr_scale = train::lr_factor(step, warmup, p.steps, p.min_lr_ratio) * prog.lr_factor;
             let mut acc = GradientsAccumulator::new();
             let mut loss_sum = 0.0;
+            let mut kl_sum = 0.0;
             let mut out_last = None;
             for micro in 0..p.grad_accum {
                 let rows = pool.batch(
@@ -504,9 +524,20 @@ impl TypedOp for Train {
                     stage.max_difficulty,
                 );
                 let (x, y) = train::to_tensors(&rows, &device);
-                let out = model.forward_train(x, y, cfg.sup_steps, cfg.act_weight, &tables);
+                let out = model.forward_train(x.clone(), y, cfg.sup_steps, cfg.act_weight, &tables);
                 loss_sum += out.ce.clone().into_scalar::<f32>() as f64;
-                let loss = out.loss.clone().div_scalar(p.grad_accum as f64);
+                let mut loss = out.loss.clone();
+                if let Some(r) = &reference {
+                    let ref_logp = burn::tensor::activation::log_softmax(
+                        r.forward_logits(x, cfg.sup_steps, &tables),
+                        2,
+                    );
+                    let kl =
+                        crate::model::kl_divergence(ref_logp, out.logp.clone(), out.mask.clone());
+                    kl_sum += kl.clone().into_scalar::<f32>() as f64;
+                    loss = loss.add(kl.mul_scalar(p.optimizer.kl_coef));
+                }
+                let loss = loss.div_scalar(p.grad_accum as f64);
                 acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
                 out_last = Some(out);
                 tokens_seen += (p.batch_size * p.seq_len) as u64;
@@ -575,6 +606,9 @@ impl TypedOp for Train {
                     "curriculum/stage": stages.iter().position(|s| std::ptr::eq(s, stage)).map(|i| i + 1).unwrap_or(1),
                     "optimizer/grokfast_lambda": p.optimizer.grokfast_lambda,
                 });
+                if reference.is_some() {
+                    rec["train/kl_divergence"] = json!(kl_sum / p.grad_accum as f64);
+                }
                 if let Some(u) = &out.memory_usage {
                     rec["ltm/memory_usage"] = json!(u.clone().into_scalar::<f32>());
                 }

@@ -24,5 +24,5 @@ pub mod weights;
 mod tests;
 
 pub use config::{ModelConfig, size_category};
-pub use trm::{InferOutput, Tables, TrainOutput, TrmTitansMag};
+pub use trm::{InferOutput, Tables, TrainOutput, TrmTitansMag, kl_divergence};
 pub use weights::canonical_safetensors;

@@ -372,3 +372,36 @@ fn presets_have_the_advertised_sizes() {
     assert_eq!(super::size_category(m25), "tiny");
     assert!(ModelConfig::tiny().problems().is_empty() && ModelConfig::m25().problems().is_empty());
 }
+
+#[test]
+fn kl_to_a_reference_is_zero_for_itself_positive_otherwise_and_has_gradient() {
+    use super::kl_divergence;
+    use burn::tensor::activation::log_softmax;
+    let cfg = small();
+    let dev = device();
+    let t = Tables::new(&cfg, &dev);
+    let model = TrmTitansMag::new(&cfg, 31, &dev);
+    let other = TrmTitansMag::new(&cfg, 32, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(33);
+    let rows = random_rows(&mut rng, 2, 13, 64);
+    let x = tokens(
+        &rows.iter().map(|r| r[..12].to_vec()).collect::<Vec<_>>(),
+        &dev,
+    );
+    let y = tokens(
+        &rows.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>(),
+        &dev,
+    );
+    let out = model.forward_train(x.clone(), y.clone(), cfg.sup_steps, 0.0, &t);
+    let self_ref = log_softmax(model.forward_logits(x.clone(), cfg.sup_steps, &t), 2);
+    let zero: f32 = kl_divergence(self_ref, out.logp.clone(), out.mask.clone()).into_scalar();
+    assert!(zero.abs() < 1e-5, "KL to itself is {zero}");
+    let other_ref = log_softmax(other.forward_logits(x, cfg.sup_steps, &t), 2);
+    let kl = kl_divergence(other_ref, out.logp, out.mask);
+    assert!(kl.clone().into_scalar::<f32>() > 1e-4);
+    let grads = kl.backward();
+    assert!(
+        model.embed.val().grad(&grads).is_some(),
+        "KL term has no gradient"
+    );
+}

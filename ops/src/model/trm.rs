@@ -68,6 +68,27 @@ pub struct TrainOutput {
     pub max_logits: Vec<Tensor<1>>,
     pub memory_usage: Option<Tensor<1>>,
     pub memory_surprise: Option<Tensor<1>>,
+    /// Next-token log-probabilities of the last supervision step (with gradient), `[b, s, vocab]`.
+    pub logp: Tensor<3>,
+    /// 1 where the target is a real token, 0 for padding, `[b, s]`.
+    pub mask: Tensor<2>,
+}
+
+/// Mean over real tokens of KL(p_ref ‖ p) = Σ_v p_ref (log p_ref − log p), for a frozen reference's
+/// log-probabilities `ref_logp` (no gradient) and the model's `logp`.
+pub fn kl_divergence(ref_logp: Tensor<3>, logp: Tensor<3>, mask: Tensor<2>) -> Tensor<1> {
+    let [b, s, _] = logp.dims();
+    let ref_logp = ref_logp.detach();
+    let per_token = ref_logp
+        .clone()
+        .exp()
+        .mul(ref_logp.sub(logp))
+        .sum_dim(2)
+        .reshape([b, s]);
+    per_token
+        .mul(mask.clone())
+        .sum()
+        .div(mask.sum().add_scalar(1e-9))
 }
 
 /// Result of ACT inference.
@@ -238,13 +259,14 @@ impl TrmTitansMag {
         let weight = targets.clone().not_equal_elem(self.pad_id as i64).float();
         let n_real = weight.clone().sum().add_scalar(1e-9);
         let mut total: Option<Tensor<1>> = None;
-        let (mut ce_last, mut bce_last, mut q_last) = (None, None, None);
+        let (mut ce_last, mut bce_last, mut q_last, mut logp_last) = (None, None, None, None);
         let mut stats = Vec::new();
         for step in 0..sup_steps.max(1) {
             stats.clear();
             (y, z) = self.recurse(&e, y, z, t, &mut stats);
             let (logits, q) = self.readout(y.clone());
             let logp = log_softmax(logits.clone(), 2);
+            logp_last = Some(logp.clone());
             let picked = logp
                 .gather(2, targets.clone().reshape([b, s, 1]))
                 .reshape([b, s]);
@@ -305,6 +327,8 @@ impl TrmTitansMag {
             max_logits,
             memory_usage,
             memory_surprise,
+            logp: logp_last.expect("step ran"),
+            mask: weight,
         }
     }
 

@@ -54,6 +54,9 @@ pub struct OptimizerConfig {
     /// Clip the global gradient norm to this (0 disables).
     #[serde(default = "d::grad_clip")]
     pub grad_clip: f64,
+    /// Weight of KL(reference ‖ model) added to the loss; needs a `reference` model input (0 disables).
+    #[serde(default)]
+    pub kl_coef: f64,
 }
 
 mod d {
@@ -99,19 +102,21 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    /// Phase presets from the seed plan: `phase1` (lr 1e-3, λ 0.3, τ 30), `phase3-baking`
-    /// (1e-4, 0.2, 30), `phase3-rl` (5e-4, 0.1, 25).
+    /// Phase presets from the seed plan: `phase1` (lr 1e-3, λ 0.3, τ 30, KL 0), `phase3-baking`
+    /// (1e-4, 0.2, 30, 0), `phase3-rl` (5e-4, 0.1, 25, KL 0.1).
     pub fn preset(name: &str) -> Option<Self> {
-        let (lr, lambda, tau) = match name {
-            "phase1" => (1e-3, 0.3, 30.0),
-            "phase3-baking" => (1e-4, 0.2, 30.0),
-            "phase3-rl" => (5e-4, 0.1, 25.0),
+        let (lr, lambda, tau, kl) = match name {
+            "phase1" => (1e-3, 0.3, 30.0, 0.0),
+            "phase3-baking" => (1e-4, 0.2, 30.0, 0.0),
+            "phase3-rl" => (5e-4, 0.1, 25.0, 0.1),
             _ => return None,
         };
         Some(Self {
+            preset: Some(name.into()),
             lr,
             grokfast_lambda: lambda,
             qk_clip: tau,
+            kl_coef: kl,
             ..Self::default()
         })
     }
@@ -129,6 +134,9 @@ impl OptimizerConfig {
         }
         if !(0.0..1.0).contains(&self.grokfast_alpha) || !(0.0..1.0).contains(&self.muon_momentum) {
             p.push("grokfast_alpha and muon_momentum must be in [0, 1)".into());
+        }
+        if self.kl_coef < 0.0 {
+            p.push("kl_coef must not be negative".into());
         }
         if self.grokfast_lambda < 0.0 {
             p.push("grokfast_lambda must not be negative".into());
