@@ -43,6 +43,13 @@ fn random_rows(rng: &mut ChaCha8Rng, b: usize, s: usize, vocab: i64) -> Vec<Vec<
         .collect()
 }
 
+/// Inputs and next-token labels of random rows: `row[..n-1]` → `row[1..]`.
+fn shifted(rows: &[Vec<i64>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let inputs: Vec<Vec<i64>> = rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+    let targets: Vec<Vec<i64>> = rows.iter().map(|r| r[1..].to_vec()).collect();
+    (tokens(&inputs, device), tokens(&targets, device))
+}
+
 fn to_vec(t: Tensor<3>) -> Vec<f32> {
     t.into_data().try_to_vec().unwrap()
 }
@@ -233,14 +240,7 @@ fn finite_difference_gradient_check() {
     let t = Tables::new(&cfg, &dev);
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     let rows = random_rows(&mut rng, 2, 13, 64);
-    let x = tokens(
-        &rows.iter().map(|r| r[..12].to_vec()).collect::<Vec<_>>(),
-        &dev,
-    );
-    let y = tokens(
-        &rows.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>(),
-        &dev,
-    );
+    let (x, y) = shifted(&rows, &dev);
     let out = model.forward_train(x.clone(), y.clone(), 1, 0.0, &t);
     let grads = out.loss.backward();
     // Entries of three parameters: attention query, FFN, embedding (tied output head). The
@@ -384,14 +384,7 @@ fn kl_to_a_reference_is_zero_for_itself_positive_otherwise_and_has_gradient() {
     let other = TrmTitansMag::new(&cfg, 32, &dev);
     let mut rng = ChaCha8Rng::seed_from_u64(33);
     let rows = random_rows(&mut rng, 2, 13, 64);
-    let x = tokens(
-        &rows.iter().map(|r| r[..12].to_vec()).collect::<Vec<_>>(),
-        &dev,
-    );
-    let y = tokens(
-        &rows.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>(),
-        &dev,
-    );
+    let (x, y) = shifted(&rows, &dev);
     let out = model.forward_train(x.clone(), y.clone(), cfg.sup_steps, 0.0, &t);
     let self_ref = log_softmax(model.forward_logits(x.clone(), cfg.sup_steps, &t), 2);
     let zero: f32 = kl_divergence(self_ref, out.logp.clone(), out.mask.clone()).into_scalar();
