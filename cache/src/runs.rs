@@ -94,8 +94,4 @@ impl Store {
         }
         Ok(out)
     }
-
-    pub fn run_dir(&self, id: &str) -> PathBuf {
-        self.root().join("runs").join(id)
-    }
 }

@@ -22,7 +22,6 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -516,13 +515,6 @@ impl Store {
             &self.root.join("locks").join("store.lock"),
             exclusive,
         )?)
-    }
-
-    pub fn default_lock_options() -> LockOptions {
-        LockOptions {
-            timeout: Duration::from_secs(24 * 3600),
-            poll: Duration::from_millis(50),
-        }
     }
 }
 

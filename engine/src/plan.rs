@@ -10,7 +10,7 @@ use forge_ops::{ArtifactKind, InputSignature, Op, OpRegistry, OutputSpec, Params
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
-use crate::diag::{Diagnostic, Span, did_you_mean};
+use crate::diag::{Diagnostic, did_you_mean};
 use crate::pipeline::{Invalid, Pipeline, RefDecl, Scope, StepDecl, interpolate};
 use crate::yaml::{Node, NodeKind, key_string};
 
@@ -728,9 +728,4 @@ fn cycle_diagnostic(p: &Pipeline, steps: &[StepInstance], cycle: &[usize]) -> Di
         d = d.label(span, format!("`{}` needs `{}`", steps[b].id, steps[a].id));
     }
     d.help("a step cannot depend on its own result; remove one of these references")
-}
-
-/// The span of a step's declaration, for diagnostics raised later.
-pub fn decl_span(p: &Plan, step: usize) -> Span {
-    p.pipeline.steps[p.steps[step].decl].name_span
 }

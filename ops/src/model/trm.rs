@@ -145,10 +145,6 @@ impl TrmTitansMag {
     }
 
     pub fn num_params(&self) -> usize {
-        self.num_params_counted()
-    }
-
-    fn num_params_counted(&self) -> usize {
         Module::num_params(self)
     }
 

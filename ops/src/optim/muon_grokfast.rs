@@ -401,11 +401,6 @@ impl MuonGrokfast {
         }
         Ok(Self { cfg, step, state })
     }
-
-    /// Parameter paths with state (for tests and diagnostics).
-    pub fn paths(&self) -> Vec<String> {
-        self.state.keys().cloned().collect()
-    }
 }
 
 /// Parameter ids by path, for tests.
