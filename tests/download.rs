@@ -154,6 +154,11 @@ fn pipeline(source: &str, extra: &str) -> String {
     )
 }
 
+/// A one-step download pipeline for `url`, pinned to the blake3 digest of `body`.
+fn pinned(url: &str, body: &[u8]) -> String {
+    pipeline(url, &format!(", digest: \"{}\"", blake3_pin(body)))
+}
+
 fn exported(p: &Project, name: &str) -> Vec<u8> {
     let out = p.run(&["export", "p.d", "exp"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -174,10 +179,7 @@ fn broken_connection_resumes_with_range_and_verifies_the_digest() {
     let p = Project::new();
     p.write(
         "dl.yaml",
-        &pipeline(
-            &format!("{}/data.bin", server.addr),
-            &format!(", digest: \"{}\"", blake3_pin(&body)),
-        ),
+        &pinned(&format!("{}/data.bin", server.addr), &body),
     );
     let evs = p.apply_ok("dl.yaml", &[]);
     assert_eq!(steps_with(&evs, "retrying"), ["p.d"]);
@@ -206,10 +208,7 @@ fn transient_statuses_are_retried_and_client_errors_are_not() {
     let p = Project::new();
     p.write(
         "dl.yaml",
-        &pipeline(
-            &format!("{}/busy.txt", server.addr),
-            &format!(", digest: \"{}\"", blake3_pin(&body)),
-        ),
+        &pinned(&format!("{}/busy.txt", server.addr), &body),
     );
     let evs = p.apply_ok("dl.yaml", &[]);
     assert_eq!(steps_with(&evs, "retrying").len(), 2);
@@ -380,20 +379,14 @@ fn archives_are_extracted_and_traversal_is_refused() {
     let p = Project::new();
     p.write(
         "dl.yaml",
-        &pipeline(
-            &format!("{}/good.tar.gz", server.addr),
-            &format!(", digest: \"{}\"", blake3_pin(&good)),
-        ),
+        &pinned(&format!("{}/good.tar.gz", server.addr), &good),
     );
     p.apply_ok("dl.yaml", &[]);
     assert_eq!(exported(&p, "corpus/b.txt"), b"beta\n");
 
     p.write(
         "dl.yaml",
-        &pipeline(
-            &format!("{}/evil.tar.gz", server.addr),
-            &format!(", digest: \"{}\"", blake3_pin(&evil)),
-        ),
+        &pinned(&format!("{}/evil.tar.gz", server.addr), &evil),
     );
     let out = p.run(&["apply", "dl.yaml"]);
     assert_eq!(out.status.code(), Some(1));
