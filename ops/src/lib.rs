@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod builtin;
 pub mod context;
 pub mod data;
+pub mod device;
 pub mod model;
 pub mod op;
 pub mod optim;

@@ -29,7 +29,7 @@ fn small() -> ModelConfig {
 }
 
 fn device() -> Device {
-    Device::flex().autodiff()
+    crate::device::test_device()
 }
 
 fn tokens(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
@@ -357,7 +357,7 @@ fn memory_gradients_through_the_update_chain_match_finite_differences() {
 
 #[test]
 fn presets_have_the_advertised_sizes() {
-    let dev = Device::flex();
+    let dev = device().inner();
     let tiny = TrmTitansMag::new(&ModelConfig::tiny(), 0, &dev).num_params();
     let m25 = TrmTitansMag::new(&ModelConfig::m25(), 0, &dev).num_params();
     eprintln!("tiny: {tiny} params, 25m: {m25} params");

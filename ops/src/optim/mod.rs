@@ -92,7 +92,7 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     fn dev() -> Device {
-        Device::flex()
+        crate::device::test_device().inner()
     }
 
     fn mat(rows: usize, cols: usize, v: Vec<f32>) -> Tensor<2> {

@@ -504,7 +504,7 @@ mod tests {
 
     #[test]
     fn parameter_groups_follow_the_paths() {
-        let dev = Device::flex().autodiff();
+        let dev = crate::device::test_device();
         let model = TrmTitansMag::new(&cfg(), 1, &dev);
         let paths = param_paths(&model);
         let muon: Vec<&str> = paths
@@ -523,7 +523,7 @@ mod tests {
 
     #[test]
     fn loss_falls_on_a_predictable_sequence() {
-        let dev = Device::flex().autodiff();
+        let dev = crate::device::test_device();
         let c = cfg();
         let t = Tables::new(&c, &dev);
         let mut opt = MuonGrokfast::new(OptimizerConfig {
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn state_round_trip_resumes_bit_exactly() {
-        let dev = Device::flex().autodiff();
+        let dev = crate::device::test_device();
         let c = cfg();
         let t = Tables::new(&c, &dev);
         let mut a = MuonGrokfast::new(OptimizerConfig::default());
@@ -590,7 +590,7 @@ mod reload_tests {
 
     #[test]
     fn a_reloaded_model_trains_exactly_like_the_original() {
-        let dev = Device::flex().autodiff();
+        let dev = crate::device::test_device();
         let cfg = ModelConfig {
             vocab_size: 32,
             d_model: 32,
