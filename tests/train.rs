@@ -84,6 +84,79 @@ fn loss_falls_and_outputs_are_complete() {
     }
 }
 
+/// A tiny run on the curriculum's foundation stage (one-operation problems) answers held-out
+/// math problems by greedy decoding better than always giving the most common answer.
+#[test]
+fn math_accuracy_beats_the_majority_baseline() {
+    let p = Project::new();
+    p.write(
+        "m.yaml",
+        r#"
+version: 1
+name: math
+phases:
+  p:
+    steps:
+      corpus: { op: download, with: { source: "builtin:math", samples: 4000 } }
+      tok: { op: tokenizer, inputs: { data: corpus }, with: { vocab_size: 512 } }
+      model:
+        op: train
+        inputs: { data: corpus, tokenizer: tok }
+        with:
+          model: { preset: tiny, vocab_size: 512, d_model: 64, heads: 2, layers: 2, d_ff: 192, ltm_slots: 16, max_seq: 96, window: 96, cycles: 1, sup_steps: 1 }
+          steps: 300
+          batch_size: 16
+          seq_len: 96
+          curriculum: [ { until: 1.0, max_difficulty: 1 } ]
+          math_eval: 60
+          val_batches: 1
+"#,
+    );
+    p.apply_ok("m.yaml", &[]);
+    let out = p.run(&["show", "p.model", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["metrics"];
+    let (acc, base) = (
+        m["val/math_accuracy"].as_f64().unwrap(),
+        m["val/math_majority_baseline"].as_f64().unwrap(),
+    );
+    assert_eq!(m["val/math_evaluated"].as_u64(), Some(60), "{m}");
+    assert_eq!(m["val/math_max_difficulty"].as_u64(), Some(1), "{m}");
+    assert!(
+        acc > base + 0.1,
+        "math accuracy {acc:.3} does not beat the majority baseline {base:.3}"
+    );
+}
+
+/// A memory budget splits each step's rows into micro-batches with accumulated gradients: the
+/// step learns from the same data, so the loss matches the unsplit run's up to rounding.
+#[test]
+fn a_memory_budget_splits_steps_into_micro_batches() {
+    let metrics = |budget: &str| {
+        let p = Project::new();
+        p.write(
+            "t.yaml",
+            &pipeline(6).replace(
+                "          batch_size: 4\n",
+                &format!("          batch_size: 4\n{budget}"),
+            ),
+        );
+        p.apply_ok("t.yaml", &[]);
+        let out = p.run(&["show", "p.model", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["metrics"].clone()
+    };
+    let whole = metrics("");
+    let split = metrics("          memory_budget_mib: 4\n");
+    assert_eq!(whole["train/micro_batch_size"].as_u64(), Some(4), "{whole}");
+    assert_eq!(split["train/micro_batch_size"].as_u64(), Some(2), "{split}");
+    let (a, b) = (
+        whole["train/loss"].as_f64().unwrap(),
+        split["train/loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-3 * a.abs(), "unsplit {a} vs split {b}");
+}
+
 #[test]
 fn two_runs_produce_the_same_bytes() {
     let digest = |p: &Project| {

@@ -14,7 +14,6 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::Device;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -41,8 +40,13 @@ pub struct TrainParams {
     /// Optimizer steps (0: initialise and save only).
     #[serde(default = "d::steps")]
     pub steps: u64,
+    /// Rows per optimizer step (per micro-batch of `grad_accum`).
     #[serde(default = "d::batch_size")]
     pub batch_size: usize,
+    /// Memory budget in MiB: the rows of a step are split into the largest micro-batches whose
+    /// estimated memory fits (gradients accumulate, so the step learns from the same data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget_mib: Option<u64>,
     #[serde(default = "d::seq_len")]
     pub seq_len: usize,
     /// Micro-batches per optimizer step.
@@ -149,16 +153,6 @@ fn expand_preset(
     Ok(())
 }
 
-/// The numeric backend a device string maps to in this build.
-fn backend_for(device: &str) -> Result<(Device, &'static str), OpError> {
-    match device {
-        "cpu" | "auto" => Ok((Device::flex().autodiff(), "cpu-flex")),
-        other => Err(OpError::Failed(format!(
-            "device `{other}` needs the libtorch backend; this forge was built without the `tch` feature (see README: building with tch)"
-        ))),
-    }
-}
-
 fn load_records(dir: &std::path::Path, split: Split) -> Result<Vec<Record>, OpError> {
     let path = dir.join(format!("{}.jsonl", split.name()));
     let text = match std::fs::read_to_string(&path) {
@@ -187,6 +181,9 @@ struct Progress {
     lr_factor: f64,
     rollbacks: u32,
     losses: Vec<f64>,
+    /// Rows per micro-batch once chosen (budget, halvings), so a resumed run splits the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    micro_batch: Option<usize>,
 }
 
 fn model_bytes(model: &TrmTitansMag) -> Result<Vec<u8>, OpError> {
@@ -267,6 +264,12 @@ impl TypedOp for Train {
                 "batch_size, grad_accum, checkpoint_every and log_every must be positive",
             ));
         }
+        if p.memory_budget_mib == Some(0) {
+            return Err(ParamsError::at(
+                &["memory_budget_mib"],
+                "the memory budget must be at least 1 MiB",
+            ));
+        }
         let mut last = 0.0;
         for (i, s) in p.curriculum.iter().enumerate() {
             if !(s.until > last && s.until <= 1.0) {
@@ -311,8 +314,8 @@ impl TypedOp for Train {
 
     fn backend_class(&self, _p: &TrainParams, device: &str) -> Option<String> {
         Some(
-            backend_for(device)
-                .map(|(_, c)| c.to_string())
+            crate::device::resolve(device)
+                .map(|b| b.class.to_string())
                 .unwrap_or_else(|_| format!("unavailable:{device}")),
         )
     }
@@ -323,7 +326,10 @@ impl TypedOp for Train {
         inputs: &StepInputs,
         p: &TrainParams,
     ) -> Result<StepOutcome, OpError> {
-        let (device, backend) = backend_for(ctx.device())?;
+        let crate::device::Backend {
+            device,
+            class: backend,
+        } = crate::device::resolve(ctx.device()).map_err(|e| OpError::Failed(e.to_string()))?;
         let cfg = &p.model;
         // Tokenizer and data.
         let tk_path = inputs["tokenizer"][0].path.join("tokenizer.json");
@@ -461,6 +467,7 @@ impl TypedOp for Train {
             lr_factor: 1.0,
             rollbacks: 0,
             losses: Vec::new(),
+            micro_batch: None,
         };
         let resume = |model: &mut TrmTitansMag,
                       opt: &mut MuonGrokfast,
@@ -501,6 +508,20 @@ impl TypedOp for Train {
                     ("progress.json", &s),
                 ])
             };
+        let first_micro = match p.memory_budget_mib {
+            None => p.batch_size,
+            Some(mib) => {
+                let mb =
+                    train::memory::micro_batch_for(cfg, params, p.batch_size, p.seq_len, mib << 20)
+                        .map_err(OpError::Failed)?;
+                ctx.log(format!(
+                    "memory budget {mib} MiB: micro-batches of {mb} of the {} rows per step (estimated {} MiB)",
+                    p.batch_size,
+                    train::memory::estimate_step_bytes(cfg, params, mb, p.seq_len) >> 20
+                ));
+                mb
+            }
+        };
         let warmup = p.warmup_steps.unwrap_or(p.steps / 20);
         let mut history = Vec::new();
         let mut tokens_seen = 0u64;
@@ -511,38 +532,74 @@ impl TypedOp for Train {
             let step = prog.step;
             let (stage, mix) = stage_at(step);
             let lr_scale = train::lr_factor(step, warmup, p.steps, p.min_lr_ratio) * prog.lr_factor;
-            let mut acc = GradientsAccumulator::new();
-            let mut loss_sum = 0.0;
-            let mut kl_sum = 0.0;
-            let mut out_last = None;
-            for micro in 0..p.grad_accum {
-                let rows = pool.batch(
-                    &mut train::rng_for(data_seed, "train", step, micro as u64),
-                    p.batch_size,
-                    p.seq_len,
-                    &mix,
-                    stage.max_difficulty,
-                );
-                let (x, y) = train::to_tensors(&rows, &device);
-                let out = model.forward_train(x.clone(), y, cfg.sup_steps, cfg.act_weight, &tables);
-                loss_sum += out.ce.clone().into_scalar::<f32>() as f64;
-                let mut loss = out.loss.clone();
-                if let Some(r) = &reference {
-                    let ref_logp = burn::tensor::activation::log_softmax(
-                        r.forward_logits(x, cfg.sup_steps, &tables),
-                        2,
+            let micro_batch = prog.micro_batch.unwrap_or(first_micro);
+            // Rows of one optimizer step, split into micro-batches of `mb` rows whose gradients
+            // accumulate; an out-of-memory panic retries the step with half as many rows.
+            let attempt = |mb: usize| {
+                let mut acc = GradientsAccumulator::new();
+                let (mut loss_sum, mut kl_sum, mut out_last) = (0.0, 0.0, None);
+                for micro in 0..p.grad_accum {
+                    let rows = pool.batch(
+                        &mut train::rng_for(data_seed, "train", step, micro as u64),
+                        p.batch_size,
+                        p.seq_len,
+                        &mix,
+                        stage.max_difficulty,
                     );
-                    let kl =
-                        crate::model::kl_divergence(ref_logp, out.logp.clone(), out.mask.clone());
-                    kl_sum += kl.clone().into_scalar::<f32>() as f64;
-                    loss = loss.add(kl.mul_scalar(p.optimizer.kl_coef));
+                    for chunk in rows.chunks(mb) {
+                        // Each chunk's share of the step's mean loss.
+                        let share = chunk.len() as f64 / (rows.len() * p.grad_accum) as f64;
+                        let (x, y) = train::to_tensors(chunk, &device);
+                        let out = model.forward_train(
+                            x.clone(),
+                            y,
+                            cfg.sup_steps,
+                            cfg.act_weight,
+                            &tables,
+                        );
+                        loss_sum += out.ce.clone().into_scalar::<f32>() as f64 * share;
+                        let mut loss = out.loss.clone();
+                        if let Some(r) = &reference {
+                            let ref_logp = burn::tensor::activation::log_softmax(
+                                r.forward_logits(x, cfg.sup_steps, &tables),
+                                2,
+                            );
+                            let kl = crate::model::kl_divergence(
+                                ref_logp,
+                                out.logp.clone(),
+                                out.mask.clone(),
+                            );
+                            kl_sum += kl.clone().into_scalar::<f32>() as f64 * share;
+                            loss = loss.add(kl.mul_scalar(p.optimizer.kl_coef));
+                        }
+                        let loss = if share == 1.0 {
+                            loss
+                        } else {
+                            loss.mul_scalar(share)
+                        };
+                        acc.accumulate(
+                            &model,
+                            GradientsParams::from_grads(loss.backward(), &model),
+                        );
+                        out_last = Some(out);
+                    }
                 }
-                let loss = loss.div_scalar(p.grad_accum as f64);
-                acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-                out_last = Some(out);
-                tokens_seen += (p.batch_size * p.seq_len) as u64;
-            }
-            let loss = loss_sum / p.grad_accum as f64;
+                (acc, loss_sum, kl_sum, out_last)
+            };
+            let ((mut acc, loss_sum, kl_sum, out_last), used) = train::memory::with_halving(
+                micro_batch,
+                |from, to| {
+                    ctx.alert(
+                        AlertLevel::Warn,
+                        format!("out of memory at step {step} with micro-batches of {from} rows: retrying with {to}"),
+                    )
+                },
+                attempt,
+            )
+            .map_err(|e| OpError::Failed(format!("step {step}: {e}")))?;
+            prog.micro_batch = Some(used);
+            tokens_seen += (p.batch_size * p.seq_len * p.grad_accum) as u64;
+            let loss = loss_sum;
             let out = out_last.expect("at least one micro-batch");
             if !loss.is_finite() {
                 // Roll back to the last checkpoint with half the learning rate.
@@ -562,6 +619,7 @@ impl TypedOp for Train {
                         lr_factor: 1.0,
                         rollbacks: 0,
                         losses: Vec::new(),
+                        micro_batch: None,
                     };
                     if let Some(init) = inputs.get("init").and_then(|v| v.first()) {
                         let bytes = std::fs::read(init.path.join("model.safetensors"))
@@ -607,7 +665,7 @@ impl TypedOp for Train {
                     "optimizer/grokfast_lambda": p.optimizer.grokfast_lambda,
                 });
                 if reference.is_some() {
-                    rec["train/kl_divergence"] = json!(kl_sum / p.grad_accum as f64);
+                    rec["train/kl_divergence"] = json!(kl_sum);
                 }
                 if let Some(u) = &out.memory_usage {
                     rec["ltm/memory_usage"] = json!(u.clone().into_scalar::<f32>());
@@ -672,7 +730,7 @@ impl TypedOp for Train {
 
         // Evaluation.
         let eval_model = model.valid();
-        let eval_device = Device::flex();
+        let eval_device = device.clone().inner();
         let eval_tables = Tables::new(cfg, &eval_device);
         let val_mix: BTreeMap<String, f64> = val_pool
             .categories()
@@ -717,7 +775,13 @@ impl TypedOp for Train {
             .map(|u| u.into_scalar::<f32>() as f64)
             .unwrap_or(0.0);
         // Math accuracy by greedy decoding, against always answering the most common answer.
-        let math: Vec<&Record> = val_recs.iter().filter(|r| r.category == "math").collect();
+        // Only problems as hard as the curriculum got: a foundation-only run is not marked down
+        // for problems it never saw the like of.
+        let max_difficulty = stages.iter().map(|s| s.max_difficulty).max().unwrap_or(3);
+        let math: Vec<&Record> = val_recs
+            .iter()
+            .filter(|r| r.category == "math" && r.difficulty <= max_difficulty)
+            .collect();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &math {
             *counts.entry(r.answer.as_str()).or_default() += 1;
@@ -786,6 +850,10 @@ impl TypedOp for Train {
         put("train/loss", json!(final_loss));
         put("train/steps", json!(prog.step));
         put("train/rollbacks", json!(prog.rollbacks));
+        put(
+            "train/micro_batch_size",
+            json!(prog.micro_batch.unwrap_or(first_micro)),
+        );
         put("val/loss", json!(val_loss));
         put("val/perplexity", json!(val_loss.exp()));
         put("val/math_accuracy", json!(correct as f64 / n_math));
@@ -794,6 +862,7 @@ impl TypedOp for Train {
             json!(majority_hits as f64 / n_math),
         );
         put("val/math_evaluated", json!(evaluated.len()));
+        put("val/math_max_difficulty", json!(max_difficulty));
         put("act/avg_halting_steps", json!(avg_halt));
         put(
             "act/min_halting_steps",

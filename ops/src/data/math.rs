@@ -1,6 +1,7 @@
 //! `builtin:math`: multi-step arithmetic word problems with exact integer answers, GSM8K-style:
 //! the story, a worked solution with one equation a line, and a final `#### <answer>` line.
-//! Difficulty d uses d+0..d+1 operations (1–2, 2–3, 3–4), with larger numbers as d grows.
+//! Difficulty 1 is one operation on one-digit numbers (the curriculum's foundation: a small model
+//! can learn it in minutes); difficulty d ≥ 2 uses d..d+1 operations on numbers up to 10d + 5.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -37,8 +38,13 @@ pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
     let d = difficulty.clamp(1, 3) as i64;
     let name = *pick::one(rng, NAMES);
     let item = *pick::one(rng, ITEMS);
-    let steps = d + rng.random_range(0..=1);
-    let mut value = pick::range(rng, 2, 10 * d + 5);
+    let steps = if d == 1 {
+        1
+    } else {
+        d + rng.random_range(0..=1)
+    };
+    let max = if d == 1 { 9 } else { 10 * d + 5 };
+    let mut value = pick::range(rng, 2, max);
     let mut story = vec![format!("{name} has {value} {item}.")];
     let mut solution = vec![format!("{name} starts with {value} {item}.")];
     for _ in 0..steps {
@@ -47,7 +53,7 @@ pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
                 .filter(|k| value % k == 0 && value / k >= 1)
                 .collect();
             match rng.random_range(0..4) {
-                0 => break Op::Add(pick::range(rng, 1, 10 * d + 5)),
+                0 => break Op::Add(pick::range(rng, 1, max)),
                 1 if value > 1 => break Op::Sub(pick::range(rng, 1, value - 1)),
                 2 if value <= 60 => break Op::Mul(pick::range(rng, 2, 2 + d)),
                 3 if !divisors.is_empty() => break Op::Div(*pick::one(rng, &divisors)),

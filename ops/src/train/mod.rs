@@ -1,6 +1,8 @@
 //! Training machinery behind the `train` op: token pools and deterministic batches with curriculum
 //! and category mixes, the learning-rate schedule, QK-clip, and evaluation (validation loss, ACT
-//! halting statistics, memory usage, greedy-decoded math accuracy).
+//! halting statistics, memory usage, greedy-decoded math accuracy). [`memory`] sizes micro-batches from a memory budget.
+
+pub mod memory;
 
 use std::collections::BTreeMap;
 
