@@ -182,14 +182,24 @@ impl TrmTitansMag {
         stats: &mut Vec<super::block::BlockStats>,
     ) -> (Tensor<3>, Tensor<3>) {
         let (mut y, mut z) = (y, z);
+        // The cycles before the last carry no gradient: they run on an untracked copy of the
+        // weights (a cheap handle clone) with detached inputs, so autodiff records nothing for
+        // them. The values are exactly those of a tracked run.
+        let untracked = (self.cycles > 1).then(|| self.clone().no_grad());
         for c in 0..self.cycles {
             let last = c + 1 == self.cycles;
             let mut scratch = Vec::new();
-            let st = if last { &mut *stats } else { &mut scratch };
+            let (model, st, e) = match (&untracked, last) {
+                (Some(m), false) => {
+                    (y, z) = (y.detach(), z.detach());
+                    (m, &mut scratch, e.clone().detach())
+                }
+                _ => (self, &mut *stats, e.clone()),
+            };
             for _ in 0..self.n_inner {
-                z = self.net(e.clone().add(y.clone()).add(z), t, st);
+                z = model.net(e.clone().add(y.clone()).add(z), t, st);
             }
-            y = self.net(y.add(z.clone()), t, st);
+            y = model.net(y.add(z.clone()), t, st);
             if !last {
                 y = y.detach();
                 z = z.detach();

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Train-step throughput of trm-titans-mag + Muon × Grokfast: forge on flex and on libtorch CPU
+# (ops/benches/train_step.rs) against the PyTorch implementation written for this benchmark
+# (bench/trm_torch.py), on the same machine, with the same threads, batch and sequence length.
+# Prints one JSON line per measurement; bench/RESULTS.md records them.
+#
+#   bash bench/train.sh            # THREADS=2 by default
+#
+# Needs: libtorch (installed by .ci/install-libtorch) and a venv with torch==2.9.0 for PyTorch
+# (created at $FORGE_BENCH_VENV, default ~/.cache/forge/torch-venv; ~4 GB with its CUDA wheels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(.ci/install-libtorch)"
+venv="${FORGE_BENCH_VENV:-$HOME/.cache/forge/torch-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet torch==2.9.0 numpy
+fi
+threads="${THREADS:-2}"
+cargo bench -q -p forge-ops --features tch --bench train_step --no-run 2>/dev/null
+forge() { cargo bench -q -p forge-ops --features tch --bench train_step -- "$@" 2>/dev/null; }
+for cfg in "tiny 8 128 10" "25m 4 256 3"; do
+    read -r preset batch seq steps <<<"$cfg"
+    args=(--preset "$preset" --batch "$batch" --seq "$seq" --steps "$steps" --threads "$threads")
+    FORGE_CPU_BACKEND=flex forge "${args[@]}"
+    FORGE_CPU_BACKEND=libtorch forge "${args[@]}"
+    "$venv/bin/python" bench/trm_torch.py "${args[@]}" 2>/dev/null
+done
