@@ -1,7 +1,7 @@
 //! A user-defined op, registered next to the built-ins and run from a pipeline.
 //!
-//! `hash-chain` applies blake3 `rounds` times to a seed string, sleeping `delay_ms` per round to
-//! stand in for real work. It checkpoints its state every `checkpoint_every` rounds through
+//! `hash-chain` applies blake3 `rounds` times to a seed string, pausing `delay_ms` per round so a
+//! demo or test has time to interrupt it. It checkpoints its state every `checkpoint_every` rounds through
 //! [`StepContext::save_checkpoint`], so if the process is killed, the next `apply` resumes from the
 //! last checkpoint — and produces exactly the bytes an uninterrupted run would.
 //!
@@ -27,7 +27,7 @@ struct HashChainParams {
     /// Save a checkpoint every this many rounds.
     #[serde(default = "default_every")]
     checkpoint_every: u64,
-    /// Simulated work per round, in milliseconds (not part of the result).
+    /// Pause per round, in milliseconds, so a run can be interrupted mid-way (not part of the result).
     #[serde(default)]
     delay_ms: u64,
 }

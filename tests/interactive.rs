@@ -100,7 +100,7 @@ fn watch_reapplies_when_a_file_input_changes() {
     );
 }
 
-/// Replace what varies between runs (digests, times, temp paths) with placeholders.
+/// Replace what varies between runs (digests, times, temp paths) with fixed tokens.
 fn redact(s: &str) -> String {
     let mut out = String::new();
     for word in s.split_inclusive(|c: char| c.is_whitespace() || c == '(' || c == ')') {

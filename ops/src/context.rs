@@ -332,7 +332,7 @@ pub(crate) mod tests {
             None,
             "old set fully replaced"
         );
-        // Simulate a crash after `checkpoint` was renamed away but before the new one landed.
+        // Leave the directory as a crash would after `checkpoint` was renamed away but before the new one landed.
         fs::rename(
             ctx.work_dir().join("checkpoint"),
             ctx.work_dir().join("checkpoint.old"),
