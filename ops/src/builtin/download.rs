@@ -287,6 +287,8 @@ impl TypedOp for Download {
                 }
                 Ok(json!({ "content": cx.store.tree_digest_of(&path)?.to_hex() }))
             }
+            // Generated data changes only with the generators' code.
+            Source::Builtin(_) => Ok(json!({ "generator_version": data::GENERATOR_VERSION })),
             // The pinned digest is in the params already; an unpinned hf: file is keyed by its URL.
             _ => Ok(Value::Null),
         }

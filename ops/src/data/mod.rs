@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever any generator's output changes (it is part of the `download` op version).
+/// Bumped whenever any generator's output changes; part of every `builtin:` download's key.
 pub const GENERATOR_VERSION: u32 = 2;
 
 /// One training/evaluation example, the record format of every dataset artifact (`*.jsonl`).
