@@ -59,6 +59,19 @@ impl Server {
     }
 }
 
+/// Apply `dl.yaml`, expect exit 1, and return the error of the failed step.
+fn failed_apply_error(p: &Project) -> String {
+    let out = p.run(&["--log-format", "json", "apply", "dl.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    events(&out)
+        .into_iter()
+        .find(|e| e["event"] == "failed")
+        .expect("a failed event")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn serve(mut stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
@@ -247,15 +260,7 @@ fn digest_mismatch_and_size_limit_fail_for_good() {
             &format!(", digest: \"{wrong}\""),
         ),
     );
-    let out = p.run(&["--log-format", "json", "apply", "dl.yaml"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = events(&out)
-        .into_iter()
-        .find(|e| e["event"] == "failed")
-        .unwrap()["error"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let err = failed_apply_error(&p);
     assert!(
         err.contains("does not match the pinned digest") && err.contains(&"0".repeat(64)),
         "{err}"
@@ -273,15 +278,7 @@ fn digest_mismatch_and_size_limit_fail_for_good() {
             &format!(", digest: \"{}\", max_bytes: 1000", blake3_pin(&body)),
         ),
     );
-    let out = p.run(&["--log-format", "json", "apply", "dl.yaml"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = events(&out)
-        .into_iter()
-        .find(|e| e["event"] == "failed")
-        .unwrap()["error"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let err = failed_apply_error(&p);
     assert!(err.contains("size limit of 1000 bytes"), "{err}");
 }
 

@@ -44,24 +44,13 @@ pub struct Backend {
 pub fn resolve(device: &str) -> Result<Backend, DeviceError> {
     match device {
         "cpu" => cpu(),
-        "auto" => match cuda(0) {
-            Ok(b) => Ok(b),
-            Err(_) => cpu(),
-        },
-        "cuda" => cuda(0),
+        "auto" => cuda(0, device).or_else(|_| cpu()),
+        "cuda" => cuda(0, device),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
+            Some(Ok(i)) => cuda(i, device),
             _ => Err(DeviceError::Unknown(other.to_string())),
         },
     }
-    .map_err(|e| match e {
-        DeviceError::Unavailable { reason, .. } => DeviceError::Unavailable {
-            device: device.to_string(),
-            reason,
-        },
-        DeviceError::NeedsTch(_) => DeviceError::NeedsTch(device.to_string()),
-        e => e,
-    })
 }
 
 fn flex() -> Backend {
@@ -79,9 +68,10 @@ fn cpu() -> Result<Backend, DeviceError> {
     }
 }
 
+/// CUDA device `index`, asked for as `name`.
 #[cfg(not(feature = "tch"))]
-fn cuda(_index: usize) -> Result<Backend, DeviceError> {
-    Err(DeviceError::NeedsTch(String::new()))
+fn cuda(_index: usize, name: &str) -> Result<Backend, DeviceError> {
+    Err(DeviceError::NeedsTch(name.to_string()))
 }
 
 #[cfg(feature = "tch")]
@@ -100,9 +90,10 @@ fn cpu() -> Result<Backend, DeviceError> {
     }
 }
 
+/// CUDA device `index`, asked for as `name`.
 #[cfg(feature = "tch")]
 #[allow(deprecated)]
-fn cuda(index: usize) -> Result<Backend, DeviceError> {
+fn cuda(index: usize, name: &str) -> Result<Backend, DeviceError> {
     let count = if tch::Cuda::is_available() {
         tch::Cuda::device_count() as usize
     } else {
@@ -110,7 +101,7 @@ fn cuda(index: usize) -> Result<Backend, DeviceError> {
     };
     if index >= count {
         return Err(DeviceError::Unavailable {
-            device: String::new(),
+            device: name.to_string(),
             reason: format!(
                 "libtorch sees {count} CUDA device(s) (is LD_LIBRARY_PATH pointing at a CUDA build of torch/lib?)"
             ),

@@ -18,7 +18,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
+use crate::artifact::{
+    ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,
+};
 use crate::context::{AlertLevel, StepContext};
 use crate::data::{Category, Record, Split};
 use crate::model::{ModelConfig, Tables, TrmTitansMag, size_category};
@@ -186,6 +188,18 @@ struct Progress {
     micro_batch: Option<usize>,
 }
 
+impl Progress {
+    fn start() -> Self {
+        Self {
+            step: 0,
+            lr_factor: 1.0,
+            rollbacks: 0,
+            losses: Vec::new(),
+            micro_batch: None,
+        }
+    }
+}
+
 fn model_bytes(model: &TrmTitansMag) -> Result<Vec<u8>, OpError> {
     let mut store = SafetensorsStore::from_bytes(None);
     model
@@ -196,6 +210,21 @@ fn model_bytes(model: &TrmTitansMag) -> Result<Vec<u8>, OpError> {
         .map_err(|e| OpError::Failed(format!("serialising the model: {e}")))?;
     crate::model::canonical_safetensors(&bytes)
         .map_err(|e| OpError::Failed(format!("serialising the model: {e}")))
+}
+
+/// Load `input`'s `model.safetensors` (the `role` model of this step, for messages) into `model`.
+fn load_input_model(
+    model: &mut TrmTitansMag,
+    input: &InputArtifact,
+    role: &str,
+) -> Result<(), OpError> {
+    let path = input.path.join("model.safetensors");
+    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
+    load_model(
+        model,
+        bytes,
+        &format!("the {role} model from {}", input.from_step),
+    )
 }
 
 fn load_model(model: &mut TrmTitansMag, bytes: Vec<u8>, what: &str) -> Result<(), OpError> {
@@ -437,38 +466,25 @@ impl TypedOp for Train {
 
         // Model and optimizer: fresh, from `init`, or from the checkpoint.
         let tables = Tables::new(cfg, &device);
-        let mut model = TrmTitansMag::new(cfg, p.init_seed.unwrap_or(ctx.seed()), &device);
-        if let Some(init) = inputs.get("init").and_then(|v| v.first()) {
-            let bytes = std::fs::read(init.path.join("model.safetensors"))
-                .map_err(|e| OpError::io(&init.path, e))?;
-            load_model(
-                &mut model,
-                bytes,
-                &format!("the init model from {}", init.from_step),
-            )?;
-        }
+        // The starting weights: `init` when given, else fresh from the init seed.
+        let initial_model = || -> Result<TrmTitansMag, OpError> {
+            let mut model = TrmTitansMag::new(cfg, p.init_seed.unwrap_or(ctx.seed()), &device);
+            if let Some(init) = inputs.get("init").and_then(|v| v.first()) {
+                load_input_model(&mut model, init, "init")?;
+            }
+            Ok(model)
+        };
+        let mut model = initial_model()?;
         let reference = match inputs.get("reference").and_then(|v| v.first()) {
             Some(r) if p.optimizer.kl_coef > 0.0 => {
                 let mut m = TrmTitansMag::new(cfg, 0, &device);
-                let bytes = std::fs::read(r.path.join("model.safetensors"))
-                    .map_err(|e| OpError::io(&r.path, e))?;
-                load_model(
-                    &mut m,
-                    bytes,
-                    &format!("the reference model from {}", r.from_step),
-                )?;
+                load_input_model(&mut m, r, "reference")?;
                 Some(m)
             }
             _ => None,
         };
         let mut opt = MuonGrokfast::new(p.optimizer.clone());
-        let mut prog = Progress {
-            step: 0,
-            lr_factor: 1.0,
-            rollbacks: 0,
-            losses: Vec::new(),
-            micro_batch: None,
-        };
+        let mut prog = Progress::start();
         let resume = |model: &mut TrmTitansMag,
                       opt: &mut MuonGrokfast,
                       prog: &mut Progress|
@@ -610,22 +626,11 @@ impl TypedOp for Train {
                     )));
                 }
                 let factor = prog.lr_factor * 0.5;
-                model = TrmTitansMag::new(cfg, p.init_seed.unwrap_or(ctx.seed()), &device);
+                model = initial_model()?;
                 opt = MuonGrokfast::new(p.optimizer.clone());
                 let rollbacks = prog.rollbacks;
                 if !resume(&mut model, &mut opt, &mut prog)? {
-                    prog = Progress {
-                        step: 0,
-                        lr_factor: 1.0,
-                        rollbacks: 0,
-                        losses: Vec::new(),
-                        micro_batch: None,
-                    };
-                    if let Some(init) = inputs.get("init").and_then(|v| v.first()) {
-                        let bytes = std::fs::read(init.path.join("model.safetensors"))
-                            .map_err(|e| OpError::io(&init.path, e))?;
-                        load_model(&mut model, bytes, "the init model")?;
-                    }
+                    prog = Progress::start();
                 }
                 prog.lr_factor = factor;
                 prog.rollbacks = rollbacks;
