@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod context;
 pub mod data;
 pub mod device;
+pub mod merge;
 pub mod model;
 pub mod op;
 pub mod optim;

@@ -1,0 +1,423 @@
+//! One technique applied file to file, streaming: inputs are memory-mapped, each output tensor is
+//! computed from the inputs' tensors of the same name (or, for the layer-wise techniques, copied
+//! from the layer it is routed to), written, and dropped before the next. This is what
+//! `strategy: merge` runs and what `bench/merge.sh` times against mergekit.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::layers::{LayerPick, Slice, slices_to_picks, split_layer};
+use super::methods::{self, Rescale, Sparsify};
+use super::tensors::{DType, TensorFile, TensorWriter};
+
+/// One merge technique and its parameters (`method:` picks it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Technique {
+    /// Weighted average (Model Soups).
+    Linear {
+        /// Per-model weights (default: equal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights: Option<Vec<f64>>,
+        /// Divide by the sum of the weights.
+        #[serde(default = "yes")]
+        normalize: bool,
+    },
+    /// Spherical interpolation between exactly two models; `t = 0` gives the first.
+    Slerp {
+        #[serde(default = "half")]
+        t: f64,
+    },
+    /// TIES over the `base`: trim to `density`, elect signs by sum, disjoint mean, × `lambda`.
+    Ties {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights: Option<Vec<f64>>,
+        #[serde(default = "one")]
+        density: f64,
+        #[serde(default = "one")]
+        lambda: f64,
+        #[serde(default = "yes")]
+        normalize: bool,
+    },
+    /// DARE over the `base`: keep entries with probability `density`, rescale, average.
+    Dare {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights: Option<Vec<f64>>,
+        #[serde(default = "half")]
+        density: f64,
+        #[serde(default = "one")]
+        lambda: f64,
+        #[serde(default)]
+        rescale: Rescale,
+        #[serde(default = "yes")]
+        normalize: bool,
+    },
+    /// Layer stacking from named layer ranges of the models (mergekit passthrough slices).
+    Frankenmerge {
+        slices: Vec<Slice>,
+        /// Model whose non-layer tensors (embeddings, final norm, heads) are used.
+        #[serde(default)]
+        rest_from: usize,
+    },
+    /// Per-layer routing: which model's block runs at each depth, with a residual scale.
+    Dfs {
+        routing: Vec<LayerPick>,
+        #[serde(default)]
+        rest_from: usize,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+fn half() -> f64 {
+    0.5
+}
+fn one() -> f64 {
+    1.0
+}
+
+impl Technique {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Linear { .. } => "linear",
+            Self::Slerp { .. } => "slerp",
+            Self::Ties { .. } => "ties",
+            Self::Dare { .. } => "dare",
+            Self::Frankenmerge { .. } => "frankenmerge",
+            Self::Dfs { .. } => "dfs",
+        }
+    }
+    pub fn needs_base(&self) -> bool {
+        matches!(self, Self::Ties { .. } | Self::Dare { .. })
+    }
+    /// Problems with these parameters for `n` input models.
+    pub fn check(&self, n: usize) -> Option<String> {
+        let weights_ok = |w: &Option<Vec<f64>>| match w {
+            Some(w) if w.len() != n => Some(format!(
+                "{} weights for {n} models; give one per model",
+                w.len()
+            )),
+            _ => None,
+        };
+        let density_ok =
+            |d: f64| (!(d > 0.0 && d <= 1.0)).then(|| format!("density {d} must be in (0, 1]"));
+        match self {
+            Self::Linear { weights, .. } => (n < 2)
+                .then(|| "linear needs at least 2 models".to_string())
+                .or_else(|| weights_ok(weights)),
+            Self::Slerp { t } => (n != 2)
+                .then(|| format!("slerp merges exactly 2 models, not {n}"))
+                .or_else(|| (!(0.0..=1.0).contains(t)).then(|| format!("t {t} must be in [0, 1]"))),
+            Self::Ties {
+                weights, density, ..
+            }
+            | Self::Dare {
+                weights, density, ..
+            } => (n < 1)
+                .then(|| "task arithmetic needs at least 1 model".to_string())
+                .or_else(|| weights_ok(weights))
+                .or_else(|| density_ok(*density)),
+            Self::Frankenmerge { slices, rest_from } => {
+                let picks = slices_to_picks(slices);
+                bad_picks(&picks, *rest_from, n)
+                    .or_else(|| picks.is_empty().then(|| "no layers selected".to_string()))
+            }
+            Self::Dfs { routing, rest_from } => bad_picks(routing, *rest_from, n)
+                .or_else(|| routing.is_empty().then(|| "no layers routed".to_string())),
+        }
+    }
+    fn picks(&self) -> Option<(Vec<LayerPick>, usize)> {
+        match self {
+            Self::Frankenmerge { slices, rest_from } => Some((slices_to_picks(slices), *rest_from)),
+            Self::Dfs { routing, rest_from } => Some((routing.clone(), *rest_from)),
+            _ => None,
+        }
+    }
+}
+
+fn bad_picks(picks: &[LayerPick], rest_from: usize, n: usize) -> Option<String> {
+    picks
+        .iter()
+        .map(|p| p.model)
+        .chain([rest_from])
+        .find(|&m| m >= n)
+        .map(|m| format!("model index {m} out of range: there are {n} models (0-based)"))
+}
+
+/// What a file merge did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileMergeStats {
+    pub tensors: usize,
+    pub parameters: usize,
+    pub bytes_written: u64,
+}
+
+/// Merge `models` (and `base` for task arithmetic) into `out` with `technique`.
+pub fn merge_files(
+    technique: &Technique,
+    models: &[&Path],
+    base: Option<&Path>,
+    out: &Path,
+    seed: u64,
+) -> Result<FileMergeStats, String> {
+    if let Some(problem) = technique.check(models.len()) {
+        return Err(problem);
+    }
+    let files: Vec<TensorFile> = models
+        .iter()
+        .map(|p| TensorFile::open(p).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let base = match (base, technique.needs_base()) {
+        (Some(p), true) => Some(TensorFile::open(p).map_err(|e| e.to_string())?),
+        (None, true) => return Err(format!("{} needs a base model", technique.name())),
+        _ => None,
+    };
+    let write = |layout: BTreeMap<String, (DType, Vec<usize>)>,
+                 mut produce: Box<dyn FnMut(&str) -> Vec<f32> + '_>|
+     -> Result<FileMergeStats, String> {
+        let mut w = TensorWriter::create(out, &layout).map_err(|e| e.to_string())?;
+        let mut stats = FileMergeStats::default();
+        for (name, (dtype, shape)) in &layout {
+            let values = produce(name);
+            w.write(name, &values).map_err(|e| e.to_string())?;
+            stats.tensors += 1;
+            stats.parameters += values.len();
+            stats.bytes_written += (shape.iter().product::<usize>() * dtype.size()) as u64;
+        }
+        w.finish().map_err(|e| e.to_string())?;
+        Ok(stats)
+    };
+    if let Some((picks, rest_from)) = technique.picks() {
+        // Output name → (model, source name, scale).
+        let mut route: BTreeMap<String, (usize, String, f64)> = BTreeMap::new();
+        let mut layout = BTreeMap::new();
+        for (name, info) in files[rest_from].tensors() {
+            if split_layer(name).is_none() {
+                route.insert(name.clone(), (rest_from, name.clone(), 1.0));
+                layout.insert(name.clone(), (info.dtype, info.shape.clone()));
+            }
+        }
+        for (k, pick) in picks.iter().enumerate() {
+            let mut found = false;
+            for (name, info) in files[pick.model].tensors() {
+                if let Some((prefix, layer, rest)) = split_layer(name)
+                    && layer == pick.layer
+                {
+                    found = true;
+                    let scaled = super::layers::OUT_PROJECTIONS
+                        .iter()
+                        .any(|p| name.ends_with(p));
+                    let out_name = format!("{prefix}.{k}.{rest}");
+                    route.insert(
+                        out_name.clone(),
+                        (
+                            pick.model,
+                            name.clone(),
+                            if scaled { pick.scale } else { 1.0 },
+                        ),
+                    );
+                    layout.insert(out_name, (info.dtype, info.shape.clone()));
+                }
+            }
+            if !found {
+                return Err(format!("model {} has no layer {}", pick.model, pick.layer));
+            }
+        }
+        return write(
+            layout,
+            Box::new(|name| {
+                let (m, src, scale) = &route[name];
+                let mut v = files[*m].read(src).expect("routed tensors exist");
+                if *scale != 1.0 {
+                    for x in &mut v {
+                        *x = (*x as f64 * scale) as f32;
+                    }
+                }
+                v
+            }),
+        );
+    }
+    // Per-tensor techniques: every input must have the first model's names and shapes.
+    let first = files[0].tensors();
+    for (f, path) in files
+        .iter()
+        .zip(models)
+        .chain(base.iter().zip([&Path::new("base")]))
+    {
+        let same = f.tensors().len() == first.len()
+            && f.tensors()
+                .iter()
+                .zip(first)
+                .all(|((a, x), (b, y))| a == b && x.shape == y.shape);
+        if !same {
+            return Err(format!(
+                "`{}` does not have the same tensor names and shapes as `{}`",
+                path.display(),
+                models[0].display()
+            ));
+        }
+    }
+    let layout = first
+        .iter()
+        .map(|(k, i)| (k.clone(), (i.dtype, i.shape.clone())))
+        .collect();
+    let n = files.len();
+    let weights = |w: &Option<Vec<f64>>| w.clone().unwrap_or_else(|| vec![1.0; n]);
+    write(
+        layout,
+        Box::new(|name| {
+            let inputs: Vec<Vec<f32>> = files
+                .iter()
+                .map(|f| f.read(name).expect("checked"))
+                .collect();
+            let xs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+            match technique {
+                Technique::Linear {
+                    weights: w,
+                    normalize,
+                } => methods::linear(&xs, &weights(w), *normalize),
+                Technique::Slerp { t } => methods::slerp(xs[0], xs[1], *t),
+                Technique::Ties {
+                    weights: w,
+                    density,
+                    lambda,
+                    normalize,
+                } => {
+                    let b = base.as_ref().expect("checked").read(name).expect("checked");
+                    methods::task_arithmetic(
+                        name,
+                        &b,
+                        &xs,
+                        &weights(w),
+                        *density,
+                        *lambda,
+                        *normalize,
+                        Sparsify::Ties,
+                    )
+                }
+                Technique::Dare {
+                    weights: w,
+                    density,
+                    lambda,
+                    rescale,
+                    normalize,
+                } => {
+                    let b = base.as_ref().expect("checked").read(name).expect("checked");
+                    let how = Sparsify::Dare {
+                        rescale: *rescale,
+                        seed,
+                    };
+                    methods::task_arithmetic(
+                        name,
+                        &b,
+                        &xs,
+                        &weights(w),
+                        *density,
+                        *lambda,
+                        *normalize,
+                        how,
+                    )
+                }
+                Technique::Frankenmerge { .. } | Technique::Dfs { .. } => {
+                    unreachable!("routed above")
+                }
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::combo::tests::toy;
+
+    #[test]
+    fn file_merges_match_the_in_memory_formulas() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = toy(1, None);
+        let a = toy(2, Some(&base));
+        let b = toy(3, Some(&base));
+        let p = |n: &str| dir.path().join(n);
+        for (n, m) in [("base", &base), ("a", &a), ("b", &b)] {
+            std::fs::write(p(n), m.to_bytes()).unwrap();
+        }
+        let read = |n: &str| TensorFile::open(&p(n)).unwrap().load();
+        let lin = Technique::Linear {
+            weights: Some(vec![1.0, 3.0]),
+            normalize: true,
+        };
+        merge_files(&lin, &[&p("a"), &p("b")], None, &p("out"), 0).unwrap();
+        let out = read("out");
+        let k = "blocks.1.attn.wq.weight";
+        let want = methods::linear(&[&a.tensors[k].data, &b.tensors[k].data], &[1.0, 3.0], true);
+        assert_eq!(out.tensors[k].data, want);
+        // Output bytes are canonical: the in-memory writer gives the same file.
+        assert_eq!(std::fs::read(p("out")).unwrap(), out.to_bytes());
+        let ties = Technique::Ties {
+            weights: None,
+            density: 0.5,
+            lambda: 1.0,
+            normalize: true,
+        };
+        assert!(
+            merge_files(&ties, &[&p("a"), &p("b")], None, &p("o2"), 0)
+                .unwrap_err()
+                .contains("base")
+        );
+        merge_files(&ties, &[&p("a"), &p("b")], Some(&p("base")), &p("o2"), 0).unwrap();
+        let want = methods::task_arithmetic(
+            k,
+            &base.tensors[k].data,
+            &[&a.tensors[k].data, &b.tensors[k].data],
+            &[1.0, 1.0],
+            0.5,
+            1.0,
+            true,
+            Sparsify::Ties,
+        );
+        assert_eq!(read("o2").tensors[k].data, want);
+        let slerp = Technique::Slerp { t: 0.0 };
+        merge_files(&slerp, &[&p("a"), &p("b")], None, &p("o3"), 0).unwrap();
+        assert_eq!(read("o3"), a, "t = 0 is the first model");
+        // Layer-wise: the file route equals the in-memory assembly.
+        let dfs = Technique::Dfs {
+            routing: vec![
+                LayerPick {
+                    model: 1,
+                    layer: 2,
+                    scale: 0.5,
+                },
+                LayerPick {
+                    model: 0,
+                    layer: 0,
+                    scale: 1.0,
+                },
+            ],
+            rest_from: 1,
+        };
+        merge_files(&dfs, &[&p("a"), &p("b")], None, &p("o4"), 0).unwrap();
+        let want = crate::merge::layers::assemble(
+            &[&a, &b],
+            &[
+                LayerPick {
+                    model: 1,
+                    layer: 2,
+                    scale: 0.5,
+                },
+                LayerPick {
+                    model: 0,
+                    layer: 0,
+                    scale: 1.0,
+                },
+            ],
+            1,
+        )
+        .unwrap();
+        assert_eq!(read("o4"), want);
+        assert!(slerp.check(3).is_some());
+    }
+}

@@ -1,0 +1,403 @@
+//! Safetensors files as merge inputs and outputs: a memory-mapped reader that hands out one tensor
+//! at a time as `f32` (F32, F16 and BF16 on disk), a streaming writer that lays out the header
+//! first and then appends tensors in order, and the in-memory [`StateDict`] used by the layer-wise
+//! techniques and the evolution loop. Streaming keeps a file merge's peak memory near the size of
+//! its inputs: only the tensor being merged is ever materialised.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use serde_json::{Value, json};
+
+/// What went wrong reading or writing a safetensors file.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorFileError {
+    #[error("I/O error on `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{}` is not a safetensors file: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// On-disk element types forge reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "F32" => Some(Self::F32),
+            "F16" => Some(Self::F16),
+            "BF16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+    fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Self::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Self::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Self::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
+    }
+    fn encode(self, values: &[f32], out: &mut Vec<u8>) {
+        out.reserve(values.len() * self.size());
+        for &v in values {
+            match self {
+                Self::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                Self::F16 => out.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+                Self::BF16 => out.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
+            }
+        }
+    }
+}
+
+/// Name, type and shape of one tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    range: (usize, usize),
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A memory-mapped safetensors file.
+pub struct TensorFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    data_start: usize,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl TensorFile {
+    pub fn open(path: &Path) -> Result<Self, TensorFileError> {
+        let io = |source| TensorFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the file is only read; forge's store never rewrites a published object in place.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let bad = |message: String| TensorFileError::Format {
+            path: path.to_owned(),
+            message,
+        };
+        if map.len() < 8 {
+            return Err(bad("shorter than its 8-byte header length".into()));
+        }
+        let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
+        let header = map
+            .get(8..8usize.saturating_add(n))
+            .ok_or_else(|| bad(format!("header length {n} runs past the end")))?;
+        let parsed: BTreeMap<String, Value> =
+            serde_json::from_slice(header).map_err(|e| bad(format!("header: {e}")))?;
+        let data_len = map.len() - 8 - n;
+        let mut tensors = BTreeMap::new();
+        for (name, v) in parsed {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype_name = v["dtype"].as_str().unwrap_or("?");
+            let dtype = DType::parse(dtype_name).ok_or_else(|| {
+                bad(format!(
+                    "tensor `{name}` has dtype {dtype_name}; forge merges F32, F16 and BF16"
+                ))
+            })?;
+            let shape: Vec<usize> = serde_json::from_value(v["shape"].clone())
+                .map_err(|e| bad(format!("tensor `{name}` shape: {e}")))?;
+            let offs: [usize; 2] = serde_json::from_value(v["data_offsets"].clone())
+                .map_err(|e| bad(format!("tensor `{name}` data_offsets: {e}")))?;
+            let numel: usize = shape.iter().product();
+            if offs[1] < offs[0] || offs[1] > data_len || offs[1] - offs[0] != numel * dtype.size()
+            {
+                return Err(bad(format!("tensor `{name}` has inconsistent offsets")));
+            }
+            tensors.insert(
+                name,
+                TensorInfo {
+                    dtype,
+                    shape,
+                    range: (offs[0], offs[1]),
+                },
+            );
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            map,
+            data_start: 8 + n,
+            tensors,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+    /// One tensor's values as `f32`.
+    pub fn read(&self, name: &str) -> Option<Vec<f32>> {
+        let info = self.tensors.get(name)?;
+        let bytes = &self.map[self.data_start + info.range.0..self.data_start + info.range.1];
+        Some(info.dtype.decode(bytes))
+    }
+    /// The whole file in memory.
+    pub fn load(&self) -> StateDict {
+        StateDict {
+            tensors: self
+                .tensors
+                .iter()
+                .map(|(k, info)| {
+                    (
+                        k.clone(),
+                        Tensor {
+                            shape: info.shape.clone(),
+                            data: self.read(k).expect("listed"),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes a safetensors file tensor by tensor: the header (keys sorted, canonical JSON, padded to
+/// 8 bytes) is fixed up front from the names, types and shapes, so the same tensors always give
+/// the same bytes.
+pub struct TensorWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    order: Vec<(String, DType, usize)>,
+    next: usize,
+    buf: Vec<u8>,
+}
+
+impl TensorWriter {
+    pub fn create(
+        path: &Path,
+        layout: &BTreeMap<String, (DType, Vec<usize>)>,
+    ) -> Result<Self, TensorFileError> {
+        let io = |source| TensorFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut header = serde_json::Map::new();
+        let mut offset = 0usize;
+        let mut order = Vec::new();
+        for (name, (dtype, shape)) in layout {
+            let len = shape.iter().product::<usize>() * dtype.size();
+            header.insert(
+                name.clone(),
+                json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}),
+            );
+            offset += len;
+            order.push((name.clone(), *dtype, shape.iter().product()));
+        }
+        // serde_json's Map is sorted (no preserve_order), and values here hold no floats.
+        let mut text = serde_json::to_string(&Value::Object(header)).expect("header");
+        while !text.len().is_multiple_of(8) {
+            text.push(' ');
+        }
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+        out.write_all(&(text.len() as u64).to_le_bytes())
+            .and_then(|_| out.write_all(text.as_bytes()))
+            .map_err(io)?;
+        Ok(Self {
+            path: path.to_owned(),
+            out,
+            order,
+            next: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Append the next tensor; names must come in sorted order, as laid out.
+    pub fn write(&mut self, name: &str, values: &[f32]) -> Result<(), TensorFileError> {
+        let Some((expect, dtype, numel)) = self.order.get(self.next) else {
+            return Err(TensorFileError::Mismatch(format!(
+                "tensor `{name}` written past the end of the layout"
+            )));
+        };
+        if expect != name || *numel != values.len() {
+            return Err(TensorFileError::Mismatch(format!(
+                "expected tensor `{expect}` ({numel} values), got `{name}` ({} values)",
+                values.len()
+            )));
+        }
+        self.buf.clear();
+        dtype.encode(values, &mut self.buf);
+        self.out
+            .write_all(&self.buf)
+            .map_err(|source| TensorFileError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.next += 1;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<(), TensorFileError> {
+        if self.next != self.order.len() {
+            return Err(TensorFileError::Mismatch(format!(
+                "{} of {} tensors written",
+                self.next,
+                self.order.len()
+            )));
+        }
+        let io = |source| TensorFileError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.out.flush().map_err(io)?;
+        self.out.get_ref().sync_all().map_err(io)
+    }
+}
+
+/// One tensor in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A whole model in memory, by tensor name (sorted).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StateDict {
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl StateDict {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TensorFileError> {
+        let st =
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| TensorFileError::Format {
+                path: PathBuf::from("<memory>"),
+                message: e.to_string(),
+            })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let dtype = DType::parse(&format!("{:?}", view.dtype())).ok_or_else(|| {
+                TensorFileError::Format {
+                    path: PathBuf::from("<memory>"),
+                    message: format!("tensor `{name}` has dtype {:?}", view.dtype()),
+                }
+            })?;
+            tensors.insert(
+                name,
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    data: dtype.decode(view.data()),
+                },
+            );
+        }
+        Ok(Self { tensors })
+    }
+
+    /// Canonical F32 safetensors bytes (sorted keys, no metadata).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0usize;
+        for (name, t) in &self.tensors {
+            let len = t.data.len() * 4;
+            header.insert(
+                name.clone(),
+                json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + len]}),
+            );
+            offset += len;
+        }
+        let mut text = serde_json::to_string(&Value::Object(header)).expect("header");
+        while !text.len().is_multiple_of(8) {
+            text.push(' ');
+        }
+        let mut out = Vec::with_capacity(8 + text.len() + offset);
+        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+        for t in self.tensors.values() {
+            DType::F32.encode(&t.data, &mut out);
+        }
+        out
+    }
+
+    pub fn numel(&self) -> usize {
+        self.tensors.values().map(|t| t.data.len()).sum()
+    }
+
+    /// Same names and shapes as `other`.
+    pub fn same_layout(&self, other: &StateDict) -> bool {
+        self.tensors.len() == other.tensors.len()
+            && self
+                .tensors
+                .iter()
+                .zip(&other.tensors)
+                .all(|((a, x), (b, y))| a == b && x.shape == y.shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_and_reader_round_trip_every_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let mut layout = BTreeMap::new();
+        layout.insert("a".to_string(), (DType::F32, vec![2, 2]));
+        layout.insert("b".to_string(), (DType::BF16, vec![3]));
+        layout.insert("c".to_string(), (DType::F16, vec![1]));
+        let mut w = TensorWriter::create(&path, &layout).unwrap();
+        w.write("a", &[1.0, -2.0, 3.5, 0.25]).unwrap();
+        assert!(w.write("c", &[1.0]).is_err(), "order is enforced");
+        w.write("b", &[1.0, 0.5, -4.0]).unwrap();
+        w.write("c", &[0.125]).unwrap();
+        w.finish().unwrap();
+        let f = TensorFile::open(&path).unwrap();
+        assert_eq!(f.read("a").unwrap(), vec![1.0, -2.0, 3.5, 0.25]);
+        assert_eq!(f.read("b").unwrap(), vec![1.0, 0.5, -4.0]);
+        assert_eq!(f.read("c").unwrap(), vec![0.125]);
+        // The same file through the safetensors crate, and the in-memory form.
+        let bytes = std::fs::read(&path).unwrap();
+        let sd = StateDict::from_bytes(&bytes).unwrap();
+        assert_eq!(sd.tensors["b"].shape, vec![3]);
+        assert_eq!(sd, f.load());
+        let again = StateDict::from_bytes(&sd.to_bytes()).unwrap();
+        assert_eq!(again, sd);
+    }
+}
