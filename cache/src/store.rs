@@ -333,17 +333,21 @@ impl Store {
         }
     }
 
-    /// A read-only checkout of a tree under `views/<digest>/`, made once and shared.
+    /// A read-only checkout of a tree under `views/<digest>/`, made once and shared. Each call
+    /// builds in its own temporary directory (steps of one process may check out the same tree
+    /// at the same time) and renames it into place.
     pub fn checkout(&self, d: &ObjectDigest) -> Result<PathBuf> {
         let view = self.root.join("views").join(d.to_hex());
         if view.is_dir() {
             return Ok(view);
         }
         let tree = self.read_tree(d)?;
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("view-{}-{}", d.short(), std::process::id()));
+        let tmp = self.root.join("tmp").join(format!(
+            "view-{}-{}-{}",
+            d.short(),
+            std::process::id(),
+            unique()
+        ));
         let _ = fs::remove_dir_all(&tmp);
         self.materialize(&tree, &tmp, false)?;
         match rename_into_place(&tmp, &view) {
@@ -615,6 +619,12 @@ pub(crate) fn read_json_opt<T: serde::de::DeserializeOwned>(
             source: e,
         }),
     }
+}
+
+/// A number no other call in this process gets (names of temporary directories).
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

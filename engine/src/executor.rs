@@ -708,7 +708,9 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
             attempt,
             sink,
             step_cancel.clone(),
-        );
+        )
+        .with_memo_root(sh.store.root().join("memo"))
+        .with_cpus(s.resources.cpus);
         match s.op.run(&ctx, &step_inputs, &s.params) {
             Ok(o) => break Ok(o),
             Err(e) if e.is_transient() && attempt < s.retries && !step_cancel.is_cancelled() => {

@@ -112,6 +112,8 @@ pub struct StepContext {
     work_dir: PathBuf,
     events: EventSink,
     cancel: CancelToken,
+    memo_root: Option<PathBuf>,
+    cpus: u32,
 }
 
 /// Layout of a step's work dir (`<store>/work/<key>/`):
@@ -139,7 +141,34 @@ impl StepContext {
             work_dir,
             events,
             cancel,
+            memo_root: None,
+            cpus: 1,
         }
+    }
+
+    /// Where memo tables shared by all steps and runs live (`<store>/memo/`): results that are a
+    /// pure function of their key, such as a candidate model's fitness by weight digest.
+    pub fn with_memo_root(mut self, root: PathBuf) -> Self {
+        self.memo_root = Some(root);
+        self
+    }
+    /// CPU slots the step holds (its `resources.cpus`).
+    pub fn with_cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus.max(1);
+        self
+    }
+    pub fn cpus(&self) -> u32 {
+        self.cpus
+    }
+    /// The memo table `name` (created): under the store's `memo/` when the engine gave one, else
+    /// in this step's scratch dir.
+    pub fn memo_dir(&self, name: &str) -> Result<PathBuf, OpError> {
+        let p = match &self.memo_root {
+            Some(r) => r.join(name),
+            None => self.work_dir.join("scratch").join("memo").join(name),
+        };
+        fs::create_dir_all(&p).map_err(|e| OpError::io(&p, e))?;
+        Ok(p)
     }
 
     pub fn step_id(&self) -> &str {

@@ -299,6 +299,7 @@ impl OpRegistry {
         let mut r = Self::empty();
         r.register(crate::builtin::download::Download);
         r.register(crate::builtin::exec::Exec);
+        r.register(crate::builtin::merge::Merge);
         r.register(crate::builtin::tokenizer::Tokenizer);
         r.register(crate::builtin::train::Train);
         r.register(crate::builtin::validate::Validate);

@@ -1,10 +1,11 @@
-//! forge's built-in ops. The ML ops (`train`, `merge`, `bake`, `quantize`) join these in later
-//! releases; each lives in its own module with its params struct, key extras and tests.
+//! forge's built-in ops, each in its own module with its params struct, key extras and tests.
+//! `bake` and `quantize` join `train` and `merge` in later releases.
 
 pub mod archive;
 pub mod download;
 pub mod exec;
 pub mod fetch;
+pub mod merge;
 pub mod tokenizer;
 pub mod train;
 pub mod validate;

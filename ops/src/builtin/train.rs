@@ -155,7 +155,7 @@ fn expand_preset(
     Ok(())
 }
 
-fn load_records(dir: &std::path::Path, split: Split) -> Result<Vec<Record>, OpError> {
+pub(crate) fn load_records(dir: &std::path::Path, split: Split) -> Result<Vec<Record>, OpError> {
     let path = dir.join(format!("{}.jsonl", split.name()));
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -200,7 +200,7 @@ impl Progress {
     }
 }
 
-fn model_bytes(model: &TrmTitansMag) -> Result<Vec<u8>, OpError> {
+pub(crate) fn model_bytes(model: &TrmTitansMag) -> Result<Vec<u8>, OpError> {
     let mut store = SafetensorsStore::from_bytes(None);
     model
         .save_into(&mut store)
@@ -227,7 +227,11 @@ fn load_input_model(
     )
 }
 
-fn load_model(model: &mut TrmTitansMag, bytes: Vec<u8>, what: &str) -> Result<(), OpError> {
+pub(crate) fn load_model(
+    model: &mut TrmTitansMag,
+    bytes: Vec<u8>,
+    what: &str,
+) -> Result<(), OpError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let r = model
         .load_from(&mut store)

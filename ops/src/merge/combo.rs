@@ -133,7 +133,7 @@ pub fn apply(
     })?;
     // Stage 3: layer selection from [M2, models…].
     let n = depth(&m2);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_df5);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
     let layers: Vec<LayerPick> = (0..n)
         .map(|l| {
             if combo & 1 != 0 {

@@ -148,6 +148,9 @@ fn bad_picks(picks: &[LayerPick], rest_from: usize, n: usize) -> Option<String> 
         .map(|m| format!("model index {m} out of range: there are {n} models (0-based)"))
 }
 
+/// Computes one output tensor from its name.
+type Produce<'a> = Box<dyn FnMut(&str) -> Vec<f32> + 'a>;
+
 /// What a file merge did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FileMergeStats {
@@ -177,7 +180,7 @@ pub fn merge_files(
         _ => None,
     };
     let write = |layout: BTreeMap<String, (DType, Vec<usize>)>,
-                 mut produce: Box<dyn FnMut(&str) -> Vec<f32> + '_>|
+                 mut produce: Produce<'_>|
      -> Result<FileMergeStats, String> {
         let mut w = TensorWriter::create(out, &layout).map_err(|e| e.to_string())?;
         let mut stats = FileMergeStats::default();

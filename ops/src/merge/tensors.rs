@@ -176,8 +176,26 @@ impl TensorFile {
     /// One tensor's values as `f32`.
     pub fn read(&self, name: &str) -> Option<Vec<f32>> {
         let info = self.tensors.get(name)?;
-        let bytes = &self.map[self.data_start + info.range.0..self.data_start + info.range.1];
-        Some(info.dtype.decode(bytes))
+        let (start, end) = (
+            self.data_start + info.range.0,
+            self.data_start + info.range.1,
+        );
+        let values = info.dtype.decode(&self.map[start..end]);
+        // The bytes are copied out: let the kernel drop their pages from this process's resident
+        // set, so a streaming merge holds about one tensor per input, not whole files.
+        #[cfg(unix)]
+        if end > start {
+            // SAFETY: a read-only file mapping; dropped pages are re-read from the file if touched
+            // again, and no reference into this range outlives the decode above.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+        Some(values)
     }
     /// The whole file in memory.
     pub fn load(&self) -> StateDict {
