@@ -99,6 +99,83 @@ impl TensorInfo {
     }
 }
 
+/// Parse a safetensors buffer's header: where the data starts and each tensor's type, shape and
+/// byte range (relative to the data start), checked against the buffer's length.
+fn parse_header(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(usize, BTreeMap<String, TensorInfo>), TensorFileError> {
+    let bad = |message: String| TensorFileError::Format {
+        path: path.to_owned(),
+        message,
+    };
+    if bytes.len() < 8 {
+        return Err(bad("shorter than its 8-byte header length".into()));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = bytes
+        .get(8..8usize.saturating_add(n))
+        .ok_or_else(|| bad(format!("header length {n} runs past the end")))?;
+    let parsed: BTreeMap<String, Value> =
+        serde_json::from_slice(header).map_err(|e| bad(format!("header: {e}")))?;
+    let data_len = bytes.len() - 8 - n;
+    let mut tensors = BTreeMap::new();
+    for (name, v) in parsed {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype_name = v["dtype"].as_str().unwrap_or("?");
+        let dtype = DType::parse(dtype_name).ok_or_else(|| {
+            bad(format!(
+                "tensor `{name}` has dtype {dtype_name}; forge merges F32, F16 and BF16"
+            ))
+        })?;
+        let shape: Vec<usize> = serde_json::from_value(v["shape"].clone())
+            .map_err(|e| bad(format!("tensor `{name}` shape: {e}")))?;
+        let offs: [usize; 2] = serde_json::from_value(v["data_offsets"].clone())
+            .map_err(|e| bad(format!("tensor `{name}` data_offsets: {e}")))?;
+        let numel: usize = shape.iter().product();
+        if offs[1] < offs[0] || offs[1] > data_len || offs[1] - offs[0] != numel * dtype.size() {
+            return Err(bad(format!("tensor `{name}` has inconsistent offsets")));
+        }
+        tensors.insert(
+            name,
+            TensorInfo {
+                dtype,
+                shape,
+                range: (offs[0], offs[1]),
+            },
+        );
+    }
+    Ok((8 + n, tensors))
+}
+
+/// The length prefix and canonical header (keys sorted, padded to 8 bytes) of a file holding
+/// these tensors back to back in this order, and the length of the data that follows.
+fn header_bytes<'a>(
+    entries: impl Iterator<Item = (&'a String, DType, &'a [usize])>,
+) -> (Vec<u8>, usize) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, dtype, shape) in entries {
+        let len = shape.iter().product::<usize>() * dtype.size();
+        header.insert(
+            name.clone(),
+            json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    // serde_json's Map is sorted (no preserve_order), and values here hold no floats.
+    let mut text = serde_json::to_string(&Value::Object(header)).expect("header");
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    (out, offset)
+}
+
 /// A memory-mapped safetensors file.
 pub struct TensorFile {
     path: PathBuf,
@@ -116,53 +193,11 @@ impl TensorFile {
         let file = File::open(path).map_err(io)?;
         // SAFETY: the file is only read; forge's store never rewrites a published object in place.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let bad = |message: String| TensorFileError::Format {
-            path: path.to_owned(),
-            message,
-        };
-        if map.len() < 8 {
-            return Err(bad("shorter than its 8-byte header length".into()));
-        }
-        let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
-        let header = map
-            .get(8..8usize.saturating_add(n))
-            .ok_or_else(|| bad(format!("header length {n} runs past the end")))?;
-        let parsed: BTreeMap<String, Value> =
-            serde_json::from_slice(header).map_err(|e| bad(format!("header: {e}")))?;
-        let data_len = map.len() - 8 - n;
-        let mut tensors = BTreeMap::new();
-        for (name, v) in parsed {
-            if name == "__metadata__" {
-                continue;
-            }
-            let dtype_name = v["dtype"].as_str().unwrap_or("?");
-            let dtype = DType::parse(dtype_name).ok_or_else(|| {
-                bad(format!(
-                    "tensor `{name}` has dtype {dtype_name}; forge merges F32, F16 and BF16"
-                ))
-            })?;
-            let shape: Vec<usize> = serde_json::from_value(v["shape"].clone())
-                .map_err(|e| bad(format!("tensor `{name}` shape: {e}")))?;
-            let offs: [usize; 2] = serde_json::from_value(v["data_offsets"].clone())
-                .map_err(|e| bad(format!("tensor `{name}` data_offsets: {e}")))?;
-            let numel: usize = shape.iter().product();
-            if offs[1] < offs[0] || offs[1] > data_len || offs[1] - offs[0] != numel * dtype.size()
-            {
-                return Err(bad(format!("tensor `{name}` has inconsistent offsets")));
-            }
-            tensors.insert(
-                name,
-                TensorInfo {
-                    dtype,
-                    shape,
-                    range: (offs[0], offs[1]),
-                },
-            );
-        }
+        let (data_start, tensors) = parse_header(&map, path)?;
         Ok(Self {
             path: path.to_owned(),
             map,
-            data_start: 8 + n,
+            data_start,
             tensors,
         })
     }
@@ -237,27 +272,17 @@ impl TensorWriter {
             path: path.to_owned(),
             source,
         };
-        let mut header = serde_json::Map::new();
-        let mut offset = 0usize;
-        let mut order = Vec::new();
-        for (name, (dtype, shape)) in layout {
-            let len = shape.iter().product::<usize>() * dtype.size();
-            header.insert(
-                name.clone(),
-                json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}),
-            );
-            offset += len;
-            order.push((name.clone(), *dtype, shape.iter().product()));
-        }
-        // serde_json's Map is sorted (no preserve_order), and values here hold no floats.
-        let mut text = serde_json::to_string(&Value::Object(header)).expect("header");
-        while !text.len().is_multiple_of(8) {
-            text.push(' ');
-        }
+        let (header, _) = header_bytes(
+            layout
+                .iter()
+                .map(|(name, (dtype, shape))| (name, *dtype, shape.as_slice())),
+        );
+        let order = layout
+            .iter()
+            .map(|(name, (dtype, shape))| (name.clone(), *dtype, shape.iter().product()))
+            .collect();
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
-        out.write_all(&(text.len() as u64).to_le_bytes())
-            .and_then(|_| out.write_all(text.as_bytes()))
-            .map_err(io)?;
+        out.write_all(&header).map_err(io)?;
         Ok(Self {
             path: path.to_owned(),
             out,
@@ -324,49 +349,27 @@ pub struct StateDict {
 
 impl StateDict {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TensorFileError> {
-        let st =
-            safetensors::SafeTensors::deserialize(bytes).map_err(|e| TensorFileError::Format {
-                path: PathBuf::from("<memory>"),
-                message: e.to_string(),
-            })?;
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let dtype = DType::parse(&format!("{:?}", view.dtype())).ok_or_else(|| {
-                TensorFileError::Format {
-                    path: PathBuf::from("<memory>"),
-                    message: format!("tensor `{name}` has dtype {:?}", view.dtype()),
-                }
-            })?;
-            tensors.insert(
-                name,
-                Tensor {
-                    shape: view.shape().to_vec(),
-                    data: dtype.decode(view.data()),
-                },
-            );
-        }
+        let (data_start, infos) = parse_header(bytes, Path::new("<memory>"))?;
+        let tensors = infos
+            .into_iter()
+            .map(|(name, info)| {
+                let (a, b) = (data_start + info.range.0, data_start + info.range.1);
+                let data = info.dtype.decode(&bytes[a..b]);
+                let shape = info.shape;
+                (name, Tensor { shape, data })
+            })
+            .collect();
         Ok(Self { tensors })
     }
 
     /// Canonical F32 safetensors bytes (sorted keys, no metadata).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut header = serde_json::Map::new();
-        let mut offset = 0usize;
-        for (name, t) in &self.tensors {
-            let len = t.data.len() * 4;
-            header.insert(
-                name.clone(),
-                json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + len]}),
-            );
-            offset += len;
-        }
-        let mut text = serde_json::to_string(&Value::Object(header)).expect("header");
-        while !text.len().is_multiple_of(8) {
-            text.push(' ');
-        }
-        let mut out = Vec::with_capacity(8 + text.len() + offset);
-        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
-        out.extend_from_slice(text.as_bytes());
+        let (mut out, len) = header_bytes(
+            self.tensors
+                .iter()
+                .map(|(name, t)| (name, DType::F32, t.shape.as_slice())),
+        );
+        out.reserve(len);
         for t in self.tensors.values() {
             DType::F32.encode(&t.data, &mut out);
         }
