@@ -189,10 +189,7 @@ impl TypedOp for Merge {
                     .with_hint("e.g. technique: { method: slerp, t: 0.5 }"));
                 };
                 // Counts of models are checked at run time; parameter ranges here.
-                if let Some(problem) = t
-                    .check(2)
-                    .filter(|m| !m.contains("models") && !m.contains("model index"))
-                {
+                if let Some(problem) = t.check_params() {
                     return Err(ParamsError::at(&["technique"], problem));
                 }
             }

@@ -9,7 +9,7 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{LayerPick, Slice, slices_to_picks, split_layer};
+use super::layers::{LayerPick, Slice, route, slices_to_picks};
 use super::methods::{self, Rescale, Sparsify};
 use super::tensors::{DType, TensorFile, TensorWriter};
 
@@ -94,8 +94,25 @@ impl Technique {
     pub fn needs_base(&self) -> bool {
         matches!(self, Self::Ties { .. } | Self::Dare { .. })
     }
-    /// Problems with these parameters for `n` input models.
-    pub fn check(&self, n: usize) -> Option<String> {
+    /// Problems with the parameters themselves (ranges, empty selections), whatever the inputs.
+    pub fn check_params(&self) -> Option<String> {
+        let density_ok =
+            |d: f64| (!(d > 0.0 && d <= 1.0)).then(|| format!("density {d} must be in (0, 1]"));
+        match self {
+            Self::Linear { .. } => None,
+            Self::Slerp { t } => {
+                (!(0.0..=1.0).contains(t)).then(|| format!("t {t} must be in [0, 1]"))
+            }
+            Self::Ties { density, .. } | Self::Dare { density, .. } => density_ok(*density),
+            Self::Frankenmerge { slices, .. } => slices_to_picks(slices)
+                .is_empty()
+                .then(|| "no layers selected".to_string()),
+            Self::Dfs { routing, .. } => routing.is_empty().then(|| "no layers routed".to_string()),
+        }
+    }
+
+    /// Problems with applying these parameters to `n` input models (counts, weights, indices).
+    pub fn check_inputs(&self, n: usize) -> Option<String> {
         let weights_ok = |w: &Option<Vec<f64>>| match w {
             Some(w) if w.len() != n => Some(format!(
                 "{} weights for {n} models; give one per model",
@@ -103,33 +120,30 @@ impl Technique {
             )),
             _ => None,
         };
-        let density_ok =
-            |d: f64| (!(d > 0.0 && d <= 1.0)).then(|| format!("density {d} must be in (0, 1]"));
         match self {
             Self::Linear { weights, .. } => (n < 2)
                 .then(|| "linear needs at least 2 models".to_string())
                 .or_else(|| weights_ok(weights)),
-            Self::Slerp { t } => (n != 2)
-                .then(|| format!("slerp merges exactly 2 models, not {n}"))
-                .or_else(|| (!(0.0..=1.0).contains(t)).then(|| format!("t {t} must be in [0, 1]"))),
-            Self::Ties {
-                weights, density, ..
+            Self::Slerp { .. } => {
+                (n != 2).then(|| format!("slerp merges exactly 2 models, not {n}"))
             }
-            | Self::Dare {
-                weights, density, ..
-            } => (n < 1)
+            Self::Ties { weights, .. } | Self::Dare { weights, .. } => (n < 1)
                 .then(|| "task arithmetic needs at least 1 model".to_string())
-                .or_else(|| weights_ok(weights))
-                .or_else(|| density_ok(*density)),
-            Self::Frankenmerge { slices, rest_from } => {
-                let picks = slices_to_picks(slices);
-                bad_picks(&picks, *rest_from, n)
-                    .or_else(|| picks.is_empty().then(|| "no layers selected".to_string()))
+                .or_else(|| weights_ok(weights)),
+            Self::Frankenmerge { .. } | Self::Dfs { .. } => {
+                let (picks, rest_from) = self.picks().expect("layer-wise");
+                picks
+                    .iter()
+                    .map(|p| p.model)
+                    .chain([rest_from])
+                    .find(|&m| m >= n)
+                    .map(|m| {
+                        format!("model index {m} out of range: there are {n} models (0-based)")
+                    })
             }
-            Self::Dfs { routing, rest_from } => bad_picks(routing, *rest_from, n)
-                .or_else(|| routing.is_empty().then(|| "no layers routed".to_string())),
         }
     }
+
     fn picks(&self) -> Option<(Vec<LayerPick>, usize)> {
         match self {
             Self::Frankenmerge { slices, rest_from } => Some((slices_to_picks(slices), *rest_from)),
@@ -138,18 +152,6 @@ impl Technique {
         }
     }
 }
-
-fn bad_picks(picks: &[LayerPick], rest_from: usize, n: usize) -> Option<String> {
-    picks
-        .iter()
-        .map(|p| p.model)
-        .chain([rest_from])
-        .find(|&m| m >= n)
-        .map(|m| format!("model index {m} out of range: there are {n} models (0-based)"))
-}
-
-/// Computes one output tensor from its name.
-type Produce<'a> = Box<dyn FnMut(&str) -> Vec<f32> + 'a>;
 
 /// What a file merge did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -167,7 +169,10 @@ pub fn merge_files(
     out: &Path,
     seed: u64,
 ) -> Result<FileMergeStats, String> {
-    if let Some(problem) = technique.check(models.len()) {
+    if let Some(problem) = technique
+        .check_params()
+        .or_else(|| technique.check_inputs(models.len()))
+    {
         return Err(problem);
     }
     let files: Vec<TensorFile> = models
@@ -179,70 +184,27 @@ pub fn merge_files(
         (None, true) => return Err(format!("{} needs a base model", technique.name())),
         _ => None,
     };
-    let write = |layout: BTreeMap<String, (DType, Vec<usize>)>,
-                 mut produce: Produce<'_>|
-     -> Result<FileMergeStats, String> {
-        let mut w = TensorWriter::create(out, &layout).map_err(|e| e.to_string())?;
-        let mut stats = FileMergeStats::default();
-        for (name, (dtype, shape)) in &layout {
-            let values = produce(name);
-            w.write(name, &values).map_err(|e| e.to_string())?;
-            stats.tensors += 1;
-            stats.parameters += values.len();
-            stats.bytes_written += (shape.iter().product::<usize>() * dtype.size()) as u64;
-        }
-        w.finish().map_err(|e| e.to_string())?;
-        Ok(stats)
-    };
     if let Some((picks, rest_from)) = technique.picks() {
-        // Output name → (model, source name, scale).
-        let mut route: BTreeMap<String, (usize, String, f64)> = BTreeMap::new();
-        let mut layout = BTreeMap::new();
-        for (name, info) in files[rest_from].tensors() {
-            if split_layer(name).is_none() {
-                route.insert(name.clone(), (rest_from, name.clone(), 1.0));
-                layout.insert(name.clone(), (info.dtype, info.shape.clone()));
-            }
-        }
-        for (k, pick) in picks.iter().enumerate() {
-            let mut found = false;
-            for (name, info) in files[pick.model].tensors() {
-                if let Some((prefix, layer, rest)) = split_layer(name)
-                    && layer == pick.layer
-                {
-                    found = true;
-                    let scaled = super::layers::OUT_PROJECTIONS
-                        .iter()
-                        .any(|p| name.ends_with(p));
-                    let out_name = format!("{prefix}.{k}.{rest}");
-                    route.insert(
-                        out_name.clone(),
-                        (
-                            pick.model,
-                            name.clone(),
-                            if scaled { pick.scale } else { 1.0 },
-                        ),
-                    );
-                    layout.insert(out_name, (info.dtype, info.shape.clone()));
-                }
-            }
-            if !found {
-                return Err(format!("model {} has no layer {}", pick.model, pick.layer));
-            }
-        }
-        return write(
-            layout,
-            Box::new(|name| {
-                let (m, src, scale) = &route[name];
-                let mut v = files[*m].read(src).expect("routed tensors exist");
-                if *scale != 1.0 {
-                    for x in &mut v {
-                        *x = (*x as f64 * scale) as f32;
-                    }
-                }
-                v
-            }),
-        );
+        let names: Vec<Vec<&str>> = files
+            .iter()
+            .map(|f| f.tensors().keys().map(String::as_str).collect())
+            .collect();
+        let route = route(&names, &picks, rest_from)?;
+        let layout = route
+            .iter()
+            .map(|(out, s)| {
+                let info = &files[s.model].tensors()[&s.name];
+                (out.clone(), (info.dtype, info.shape.clone()))
+            })
+            .collect();
+        return write_streamed(out, &layout, |name| {
+            let source = &route[name];
+            let mut v = files[source.model]
+                .read(&source.name)
+                .expect("routed tensors exist");
+            source.scale_values(&mut v);
+            v
+        });
     }
     // Per-tensor techniques: every input must have the first model's names and shapes.
     let first = files[0].tensors();
@@ -268,69 +230,72 @@ pub fn merge_files(
         .iter()
         .map(|(k, i)| (k.clone(), (i.dtype, i.shape.clone())))
         .collect();
-    let n = files.len();
-    let weights = |w: &Option<Vec<f64>>| w.clone().unwrap_or_else(|| vec![1.0; n]);
-    write(
-        layout,
-        Box::new(|name| {
-            let inputs: Vec<Vec<f32>> = files
-                .iter()
-                .map(|f| f.read(name).expect("checked"))
-                .collect();
-            let xs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-            match technique {
-                Technique::Linear {
-                    weights: w,
-                    normalize,
-                } => methods::linear(&xs, &weights(w), *normalize),
-                Technique::Slerp { t } => methods::slerp(xs[0], xs[1], *t),
-                Technique::Ties {
-                    weights: w,
-                    density,
-                    lambda,
-                    normalize,
-                } => {
-                    let b = base.as_ref().expect("checked").read(name).expect("checked");
-                    methods::task_arithmetic(
-                        name,
-                        &b,
-                        &xs,
-                        &weights(w),
-                        *density,
-                        *lambda,
-                        *normalize,
-                        Sparsify::Ties,
-                    )
-                }
-                Technique::Dare {
-                    weights: w,
-                    density,
-                    lambda,
-                    rescale,
-                    normalize,
-                } => {
-                    let b = base.as_ref().expect("checked").read(name).expect("checked");
-                    let how = Sparsify::Dare {
-                        rescale: *rescale,
-                        seed,
-                    };
-                    methods::task_arithmetic(
-                        name,
-                        &b,
-                        &xs,
-                        &weights(w),
-                        *density,
-                        *lambda,
-                        *normalize,
-                        how,
-                    )
-                }
-                Technique::Frankenmerge { .. } | Technique::Dfs { .. } => {
-                    unreachable!("routed above")
-                }
+    let equal = vec![1.0; files.len()];
+    let weights = |w: &Option<Vec<f64>>| w.as_deref().unwrap_or(&equal).to_vec();
+    // Task arithmetic: how to sparsify, weights, density, lambda, normalize.
+    let task = match technique {
+        Technique::Ties {
+            weights: w,
+            density,
+            lambda,
+            normalize,
+        } => Some((Sparsify::Ties, weights(w), *density, *lambda, *normalize)),
+        Technique::Dare {
+            weights: w,
+            density,
+            lambda,
+            rescale,
+            normalize,
+        } => {
+            let how = Sparsify::Dare {
+                rescale: *rescale,
+                seed,
+            };
+            Some((how, weights(w), *density, *lambda, *normalize))
+        }
+        _ => None,
+    };
+    let linear_weights = match technique {
+        Technique::Linear { weights: w, .. } => weights(w),
+        _ => Vec::new(),
+    };
+    write_streamed(out, &layout, |name| {
+        let inputs: Vec<Vec<f32>> = files
+            .iter()
+            .map(|f| f.read(name).expect("checked"))
+            .collect();
+        let xs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        match (technique, &task) {
+            (Technique::Linear { normalize, .. }, _) => {
+                methods::linear(&xs, &linear_weights, *normalize)
             }
-        }),
-    )
+            (Technique::Slerp { t }, _) => methods::slerp(xs[0], xs[1], *t),
+            (_, Some((how, w, density, lambda, normalize))) => {
+                let b = base.as_ref().expect("checked").read(name).expect("checked");
+                methods::task_arithmetic(name, &b, &xs, w, *density, *lambda, *normalize, *how)
+            }
+            _ => unreachable!("layer-wise techniques are routed above"),
+        }
+    })
+}
+
+/// Write `layout`'s tensors to `out`, each computed by `produce` from its name, one at a time.
+fn write_streamed(
+    out: &Path,
+    layout: &BTreeMap<String, (DType, Vec<usize>)>,
+    mut produce: impl FnMut(&str) -> Vec<f32>,
+) -> Result<FileMergeStats, String> {
+    let mut w = TensorWriter::create(out, layout).map_err(|e| e.to_string())?;
+    let mut stats = FileMergeStats::default();
+    for (name, (dtype, shape)) in layout {
+        let values = produce(name);
+        w.write(name, &values).map_err(|e| e.to_string())?;
+        stats.tensors += 1;
+        stats.parameters += values.len();
+        stats.bytes_written += (shape.iter().product::<usize>() * dtype.size()) as u64;
+    }
+    w.finish().map_err(|e| e.to_string())?;
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -387,40 +352,25 @@ mod tests {
         merge_files(&slerp, &[&p("a"), &p("b")], None, &p("o3"), 0).unwrap();
         assert_eq!(read("o3"), a, "t = 0 is the first model");
         // Layer-wise: the file route equals the in-memory assembly.
+        let routing = vec![
+            LayerPick {
+                model: 1,
+                layer: 2,
+                scale: 0.5,
+            },
+            LayerPick {
+                model: 0,
+                layer: 0,
+                scale: 1.0,
+            },
+        ];
         let dfs = Technique::Dfs {
-            routing: vec![
-                LayerPick {
-                    model: 1,
-                    layer: 2,
-                    scale: 0.5,
-                },
-                LayerPick {
-                    model: 0,
-                    layer: 0,
-                    scale: 1.0,
-                },
-            ],
+            routing: routing.clone(),
             rest_from: 1,
         };
         merge_files(&dfs, &[&p("a"), &p("b")], None, &p("o4"), 0).unwrap();
-        let want = crate::merge::layers::assemble(
-            &[&a, &b],
-            &[
-                LayerPick {
-                    model: 1,
-                    layer: 2,
-                    scale: 0.5,
-                },
-                LayerPick {
-                    model: 0,
-                    layer: 0,
-                    scale: 1.0,
-                },
-            ],
-            1,
-        )
-        .unwrap();
+        let want = crate::merge::layers::assemble(&[&a, &b], &routing, 1).unwrap();
         assert_eq!(read("o4"), want);
-        assert!(slerp.check(3).is_some());
+        assert!(slerp.check_inputs(3).is_some());
     }
 }

@@ -41,12 +41,7 @@ pub fn split_layer(name: &str) -> Option<(String, usize, String)> {
 
 /// Number of layers of a model (1 + the highest layer index).
 pub fn depth(model: &StateDict) -> usize {
-    model
-        .tensors
-        .keys()
-        .filter_map(|k| split_layer(k).map(|(_, l, _)| l + 1))
-        .max()
-        .unwrap_or(0)
+    depth_of(model.tensors.keys().map(String::as_str))
 }
 
 /// One output layer: the source model, its layer, and the residual scale.
@@ -87,29 +82,62 @@ pub fn slices_to_picks(slices: &[Slice]) -> Vec<LayerPick> {
         .collect()
 }
 
-/// Build a model whose layer k is `picks[k]` and whose other tensors come from `rest_from`.
-pub fn assemble(
-    models: &[&StateDict],
+/// Where one output tensor of a layer-wise merge comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub model: usize,
+    pub name: String,
+    /// 1, or the pick's scale for a residual-writing projection.
+    pub scale: f64,
+}
+
+impl Source {
+    /// Apply the scale to the source tensor's values.
+    pub fn scale_values(&self, values: &mut [f32]) {
+        if self.scale != 1.0 {
+            for x in values {
+                *x = (*x as f64 * self.scale) as f32;
+            }
+        }
+    }
+}
+
+/// Number of layers among these tensor names (1 + the highest layer index).
+pub fn depth_of<'a>(names: impl IntoIterator<Item = &'a str>) -> usize {
+    names
+        .into_iter()
+        .filter_map(|k| split_layer(k).map(|(_, l, _)| l + 1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Route a layer-wise merge over models given by their tensor names: output layer k is
+/// `picks[k]` (renamed to index k), every other tensor comes from `rest_from`.
+pub fn route(
+    names: &[Vec<&str>],
     picks: &[LayerPick],
     rest_from: usize,
-) -> Result<StateDict, String> {
+) -> Result<BTreeMap<String, Source>, String> {
     let get = |i: usize| {
-        models
+        names
             .get(i)
-            .copied()
-            .ok_or_else(|| format!("model index {i} out of range (there are {})", models.len()))
+            .ok_or_else(|| format!("model index {i} out of range (there are {})", names.len()))
     };
-    // Each source layer's tensors, by (model, layer) → [(prefix, suffix, tensor)].
     let mut out = BTreeMap::new();
-    for (k, t) in &get(rest_from)?.tensors {
-        if split_layer(k).is_none() {
-            out.insert(k.clone(), t.clone());
+    for name in get(rest_from)? {
+        if split_layer(name).is_none() {
+            let source = Source {
+                model: rest_from,
+                name: name.to_string(),
+                scale: 1.0,
+            };
+            out.insert(name.to_string(), source);
         }
     }
     for (k, pick) in picks.iter().enumerate() {
         let src = get(pick.model)?;
         let mut found = false;
-        for (name, t) in &src.tensors {
+        for name in src {
             let Some((prefix, layer, rest)) = split_layer(name) else {
                 continue;
             };
@@ -117,24 +145,45 @@ pub fn assemble(
                 continue;
             }
             found = true;
-            let mut t: Tensor = t.clone();
-            if pick.scale != 1.0 && OUT_PROJECTIONS.iter().any(|p| name.ends_with(p)) {
-                for x in &mut t.data {
-                    *x = (*x as f64 * pick.scale) as f32;
-                }
-            }
-            out.insert(format!("{prefix}.{k}.{rest}"), t);
+            let writes_residual = OUT_PROJECTIONS.iter().any(|p| name.ends_with(p));
+            let source = Source {
+                model: pick.model,
+                name: name.to_string(),
+                scale: if writes_residual { pick.scale } else { 1.0 },
+            };
+            out.insert(format!("{prefix}.{k}.{rest}"), source);
         }
         if !found {
             return Err(format!(
                 "model {} has no layer {} (it has {})",
                 pick.model,
                 pick.layer,
-                depth(src)
+                depth_of(src.iter().copied())
             ));
         }
     }
-    Ok(StateDict { tensors: out })
+    Ok(out)
+}
+
+/// Build a model whose layer k is `picks[k]` and whose other tensors come from `rest_from`.
+pub fn assemble(
+    models: &[&StateDict],
+    picks: &[LayerPick],
+    rest_from: usize,
+) -> Result<StateDict, String> {
+    let names: Vec<Vec<&str>> = models
+        .iter()
+        .map(|m| m.tensors.keys().map(String::as_str).collect())
+        .collect();
+    let tensors = route(&names, picks, rest_from)?
+        .into_iter()
+        .map(|(out, source)| {
+            let mut t: Tensor = models[source.model].tensors[&source.name].clone();
+            source.scale_values(&mut t.data);
+            (out, t)
+        })
+        .collect();
+    Ok(StateDict { tensors })
 }
 
 #[cfg(test)]
