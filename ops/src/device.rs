@@ -53,6 +53,14 @@ pub fn resolve(device: &str) -> Result<Backend, DeviceError> {
     }
 }
 
+/// The backend class a step on `device` enters into its cache key: the resolved class, or
+/// `unavailable:<device>` when this build cannot run it (the run then fails with the reason).
+pub fn key_class(device: &str) -> String {
+    resolve(device)
+        .map(|b| b.class.to_string())
+        .unwrap_or_else(|_| format!("unavailable:{device}"))
+}
+
 fn flex() -> Backend {
     Backend {
         device: Device::flex().autodiff(),

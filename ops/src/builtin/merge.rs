@@ -252,11 +252,7 @@ impl TypedOp for Merge {
 
     fn backend_class(&self, p: &MergeParams, device: &str) -> Option<String> {
         // Only the evolution runs the model; a plain merge is backend-independent arithmetic.
-        (p.strategy == Strategy::Evolve).then(|| {
-            crate::device::resolve(device)
-                .map(|b| b.class.to_string())
-                .unwrap_or_else(|_| format!("unavailable:{device}"))
-        })
+        (p.strategy == Strategy::Evolve).then(|| crate::device::key_class(device))
     }
 
     fn default_resources(&self, p: &MergeParams) -> crate::op::Resources {
@@ -401,12 +397,11 @@ impl TypedOp for Merge {
                 let mut put = |k: &str, v: Value| {
                     metrics.insert(k.to_string(), v);
                 };
-                for (i, (r, m)) in parent_reports.iter().zip(models.iter()).enumerate() {
+                for (i, r) in parent_reports.iter().enumerate() {
                     put(&format!("parents/{i}/fitness"), json!(r.fitness));
                     put(&format!("parents/{i}/perplexity"), json!(r.perplexity));
                     put(&format!("parents/{i}/accuracy"), json!(r.accuracy));
                     put(&format!("parents/{i}/latency"), json!(r.latency));
-                    let _ = m;
                 }
                 put("parents/avg_fitness", json!(parent_avg));
                 put(
@@ -483,22 +478,15 @@ impl TypedOp for Merge {
         // Depth may have changed (frankenmerge): keep the model config in step with the weights.
         let merged = crate::merge::tensors::TensorFile::open(&out_weights)
             .map_err(|e| OpError::Failed(e.to_string()))?;
-        let depth = merged
-            .tensors()
-            .keys()
-            .filter_map(|k| crate::merge::layers::split_layer(k).map(|(_, l, _)| l + 1))
-            .max()
-            .unwrap_or(0);
+        let names = || merged.tensors().keys().map(String::as_str);
+        let depth = crate::merge::layers::depth_of(names());
         if let Some(m) = config.get_mut("model").and_then(Value::as_object_mut)
             && m.contains_key("layers")
         {
-            let memory: Vec<usize> = (0..depth)
-                .filter(|l| {
-                    merged
-                        .tensors()
-                        .keys()
-                        .any(|k| k.starts_with(&format!("blocks.{l}.memory.")))
-                })
+            let memory: std::collections::BTreeSet<usize> = names()
+                .filter_map(crate::merge::layers::split_layer)
+                .filter(|(_, _, rest)| rest.starts_with("memory."))
+                .map(|(_, layer, _)| layer)
                 .collect();
             m.insert("layers".into(), json!(depth));
             m.insert("memory_layers".into(), json!(memory));
@@ -609,6 +597,8 @@ struct AnswerBatch {
 /// The evaluator: fixed validation batches, answer spans, the model config, the cache.
 struct Fitness<'a> {
     ctx: &'a StepContext,
+    /// The inference device candidates run on.
+    device: burn::tensor::Device,
     cfg: ModelConfig,
     fc: FitnessConfig,
     ppl_batches: Vec<Vec<Vec<i64>>>,
@@ -627,12 +617,8 @@ impl<'a> Fitness<'a> {
         seed: u64,
     ) -> Result<Self, OpError> {
         let tk_path = model.path.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tk_path)
-            .map_err(|e| OpError::Failed(format!("loading `{}`: {e}", tk_path.display())))?;
-        let id = |t: &str| tokenizer.token_to_id(t).map(i64::from);
-        let (Some(bos), Some(eos)) = (id(super::tokenizer::BOS), id(super::tokenizer::EOS)) else {
-            return Err(OpError::Failed("the tokenizer lacks <s> and </s>".into()));
-        };
+        let tk_bytes = std::fs::read(&tk_path).map_err(|e| OpError::io(&tk_path, e))?;
+        let codec = super::tokenizer::TextCodec::from_bytes(&tk_bytes, &tk_path)?;
         let mut recs = super::train::load_records(&data.path, Split::Val)?;
         if recs.is_empty() {
             recs = super::train::load_records(&data.path, Split::Train)?;
@@ -644,15 +630,7 @@ impl<'a> Fitness<'a> {
         }
         let fc = p.fitness.clone();
         let seq = fc.seq_len.min(cfg.max_seq);
-        let encode = |text: &str| -> Vec<i64> {
-            let mut v = vec![bos];
-            if let Ok(e) = tokenizer.encode(text, false) {
-                v.extend(e.get_ids().iter().map(|&i| i64::from(i)));
-            }
-            v.push(eos);
-            v
-        };
-        let pool = train::TokenPool::new(&recs, encode);
+        let pool = train::TokenPool::new(&recs, |t| codec.encode(t));
         let mix: BTreeMap<String, f64> = pool.categories().into_iter().map(|c| (c, 1.0)).collect();
         let ppl_batches = (0..fc.eval_batches)
             .map(|i| {
@@ -688,10 +666,10 @@ impl<'a> Fitness<'a> {
                 continue;
             };
             let end = start + r.answer.len();
-            let Ok(enc) = tokenizer.encode(r.text.as_str(), false) else {
+            let Ok(enc) = codec.tokenizer.encode(r.text.as_str(), false) else {
                 continue;
             };
-            let mut tokens = vec![bos];
+            let mut tokens = vec![codec.bos];
             tokens.extend(enc.get_ids().iter().map(|&i| i64::from(i)));
             // Token j of the text is position j + 1; it is predicted from position j.
             let targets: Vec<(usize, i64)> = enc
@@ -733,7 +711,7 @@ impl<'a> Fitness<'a> {
                 "fitness": fc,
                 "model": cfg,
                 "data": data.digest.to_hex(),
-                "tokenizer": blake3::hash(&std::fs::read(&tk_path).map_err(|e| OpError::io(&tk_path, e))?).to_hex().to_string(),
+                "tokenizer": blake3::hash(&tk_bytes).to_hex().to_string(),
                 "seed": seed,
                 "backend": backend.class.to_string(),
             }))
@@ -744,6 +722,7 @@ impl<'a> Fitness<'a> {
         .to_string();
         Ok(Self {
             ctx,
+            device: backend.device.inner(),
             cfg: cfg.clone(),
             fc,
             ppl_batches,
@@ -753,23 +732,21 @@ impl<'a> Fitness<'a> {
         })
     }
 
-    /// Run one candidate.
-    fn measure(&self, weights: &StateDict) -> Result<FitnessReport, String> {
-        let backend = crate::device::resolve(self.ctx.device()).map_err(|e| e.to_string())?;
-        let device = backend.device.inner();
+    /// Run one candidate, given as safetensors bytes with `numel` parameters.
+    fn measure(&self, bytes: Vec<u8>, numel: usize) -> Result<FitnessReport, String> {
+        let device = &self.device;
         let cfg = &self.cfg;
-        let mut model = TrmTitansMag::new(cfg, 0, &device);
-        super::train::load_model(&mut model, weights.to_bytes(), "the candidate")
-            .map_err(|e| e.to_string())?;
-        let tables = Tables::new(cfg, &device);
-        let loss = train::eval_loss(&model, &self.ppl_batches, cfg.sup_steps, &tables, &device);
+        let mut model = TrmTitansMag::new(cfg, 0, device);
+        super::train::load_model(&mut model, bytes, "the candidate").map_err(|e| e.to_string())?;
+        let tables = Tables::new(cfg, device);
+        let loss = train::eval_loss(&model, &self.ppl_batches, cfg.sup_steps, &tables, device);
         let perplexity = loss.exp();
         let (mut right, mut total) = (0usize, 0usize);
         for b in &self.answers {
             let n = b.rows[0].len();
             let x = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(
                 burn::tensor::TensorData::new(b.rows.concat(), [b.rows.len(), n]),
-                &device,
+                device,
             );
             let pred: Vec<i64> = model
                 .forward_logits(x, cfg.sup_steps, &tables)
@@ -786,7 +763,7 @@ impl<'a> Fitness<'a> {
             }
         }
         let accuracy = right as f64 / total.max(1) as f64;
-        let (vx, _) = train::to_tensors(&self.ppl_batches[0], &device);
+        let (vx, _) = train::to_tensors(&self.ppl_batches[0], device);
         let infer = model.infer(vx, cfg.act_threshold, self.fc.act_max_steps, &tables);
         let steps: Vec<f64> = infer
             .halting_steps
@@ -796,7 +773,7 @@ impl<'a> Fitness<'a> {
             .collect();
         let avg = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
         let latency = avg * (cfg.cycles * (cfg.n_inner + 1) * cfg.layers) as f64;
-        let size_mb = weights.numel() as f64 * 4.0 / f64::from(1u32 << 20);
+        let size_mb = numel as f64 * 4.0 / f64::from(1u32 << 20);
         let w = self.fc.weights.unwrap_or_else(|| fitness_weights(size_mb));
         Ok(FitnessReport {
             fitness: composite(w, perplexity, accuracy, latency, size_mb),
@@ -810,15 +787,21 @@ impl<'a> Fitness<'a> {
 
 impl evolve::Evaluator for Fitness<'_> {
     fn evaluate(&self, models: &[&StateDict]) -> Vec<Result<FitnessReport, String>> {
-        let path_of = |w: &StateDict| {
-            let digest = blake3::hash(&w.to_bytes()).to_hex().to_string();
-            self.memo
-                .join(format!("{}-{digest}.json", &self.eval_key[..16]))
-        };
-        let mut out: Vec<Option<Result<FitnessReport, String>>> = models
+        // Each candidate is serialised once: its digest names its cache entry, and the same
+        // bytes load it into the model.
+        let bytes: Vec<Vec<u8>> = models.iter().map(|w| w.to_bytes()).collect();
+        let paths: Vec<PathBuf> = bytes
             .iter()
-            .map(|w| {
-                std::fs::read(path_of(w))
+            .map(|b| {
+                let digest = blake3::hash(b).to_hex();
+                self.memo
+                    .join(format!("{}-{digest}.json", &self.eval_key[..16]))
+            })
+            .collect();
+        let mut out: Vec<Option<Result<FitnessReport, String>>> = paths
+            .iter()
+            .map(|path| {
+                std::fs::read(path)
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
                     .map(Ok)
@@ -836,12 +819,13 @@ impl evolve::Evaluator for Fitness<'_> {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let mine: Vec<usize> = todo.iter().copied().skip(t).step_by(threads).collect();
+                    let bytes = &bytes;
                     s.spawn(move || {
                         mine.into_iter()
                             .map(|i| {
                                 let r =
                                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                        self.measure(models[i])
+                                        self.measure(bytes[i].clone(), models[i].numel())
                                     }))
                                     .unwrap_or_else(|_| Err("the forward pass panicked".into()));
                                 (i, r)
@@ -868,7 +852,7 @@ impl evolve::Evaluator for Fitness<'_> {
             {
                 // A cache entry is an optimisation: failing to write one is not an error.
                 let _ = forge_cache::atomic::write_atomic(
-                    &path_of(models[i]),
+                    &paths[i],
                     &serde_json::to_vec(rep).expect("json"),
                 );
             }

@@ -25,6 +25,51 @@ pub const EOS: &str = "</s>";
 /// Ids kept free for Phase 3's thinking and strategy tokens.
 pub const RESERVED: usize = 12;
 
+/// A trained tokenizer and its `<s>`/`</s>` ids: how the ops that run a model (`train`,
+/// `merge`'s fitness) turn text into ids.
+pub struct TextCodec {
+    pub tokenizer: tokenizers::Tokenizer,
+    pub bos: i64,
+    pub eos: i64,
+}
+
+impl TextCodec {
+    /// From a `tokenizer.json`'s bytes (`path` names it in messages).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, OpError> {
+        let tokenizer = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| OpError::Failed(format!("loading `{}`: {e}", path.display())))?;
+        let id_of = |t: &str| tokenizer.token_to_id(t).map(i64::from);
+        let (Some(bos), Some(eos)) = (id_of(BOS), id_of(EOS)) else {
+            return Err(OpError::Failed(
+                "the tokenizer lacks the <s> and </s> special tokens".into(),
+            ));
+        };
+        Ok(Self {
+            tokenizer,
+            bos,
+            eos,
+        })
+    }
+
+    /// Read `path` (a `tokenizer.json`).
+    pub fn load(path: &Path) -> Result<Self, OpError> {
+        Self::from_bytes(
+            &std::fs::read(path).map_err(|e| OpError::io(path, e))?,
+            path,
+        )
+    }
+
+    /// `<s>`, the text's ids, `</s>`.
+    pub fn encode(&self, text: &str) -> Vec<i64> {
+        let mut v = vec![self.bos];
+        if let Ok(e) = self.tokenizer.encode(text, false) {
+            v.extend(e.get_ids().iter().map(|&i| i64::from(i)));
+        }
+        v.push(self.eos);
+        v
+    }
+}
+
 /// The special tokens in id order.
 pub fn special_tokens() -> Vec<String> {
     let mut v = vec![PAD.to_string(), BOS.to_string(), EOS.to_string()];

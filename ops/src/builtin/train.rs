@@ -346,11 +346,7 @@ impl TypedOp for Train {
     }
 
     fn backend_class(&self, _p: &TrainParams, device: &str) -> Option<String> {
-        Some(
-            crate::device::resolve(device)
-                .map(|b| b.class.to_string())
-                .unwrap_or_else(|_| format!("unavailable:{device}")),
-        )
+        Some(crate::device::key_class(device))
     }
 
     fn run(
@@ -366,8 +362,8 @@ impl TypedOp for Train {
         let cfg = &p.model;
         // Tokenizer and data.
         let tk_path = inputs["tokenizer"][0].path.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tk_path)
-            .map_err(|e| OpError::Failed(format!("loading `{}`: {e}", tk_path.display())))?;
+        let codec = super::tokenizer::TextCodec::load(&tk_path)?;
+        let tokenizer = &codec.tokenizer;
         if tokenizer.get_vocab_size(true) != cfg.vocab_size {
             return Err(OpError::Failed(format!(
                 "the tokenizer has {} tokens but model.vocab_size is {}; set `model: {{ vocab_size: {} }}`",
@@ -376,29 +372,8 @@ impl TypedOp for Train {
                 tokenizer.get_vocab_size(true)
             )));
         }
-        let id_of = |t: &str| tokenizer.token_to_id(t).map(i64::from);
-        let (Some(bos), Some(eos)) = (id_of(super::tokenizer::BOS), id_of(super::tokenizer::EOS))
-        else {
-            return Err(OpError::Failed(
-                "the tokenizer lacks the <s> and </s> special tokens".into(),
-            ));
-        };
-        let encode = |text: &str| -> Vec<i64> {
-            let mut v = vec![bos];
-            v.extend(
-                tokenizer
-                    .encode(text, false)
-                    .map(|e| {
-                        e.get_ids()
-                            .iter()
-                            .map(|&i| i64::from(i))
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default(),
-            );
-            v.push(eos);
-            v
-        };
+        let (bos, eos) = (codec.bos, codec.eos);
+        let encode = |text: &str| codec.encode(text);
         let data_dir = &inputs["data"][0].path;
         let train_recs = load_records(data_dir, Split::Train)?;
         let val_recs = load_records(data_dir, Split::Val)?;
