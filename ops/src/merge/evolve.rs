@@ -321,7 +321,17 @@ pub fn evolve(
                 pop.ids.push(node);
                 pop.weights.push(w);
             }
-            finish_generation(cfg, inp, evaluator, &mut st, &mut pop, &fallback, vec![], 0)?;
+            let rate = cfg.mutation_rate;
+            finish_generation(
+                cfg,
+                evaluator,
+                &mut st,
+                &mut pop,
+                &fallback,
+                0,
+                rate,
+                vec![],
+            )?;
             hooks.generation_done(&st, &pop.weights)?;
             (st, pop)
         }
@@ -423,17 +433,14 @@ pub fn evolve(
         pop = next;
         finish_generation(
             cfg,
-            inp,
             evaluator,
             &mut st,
             &mut pop,
             &fallback,
-            interventions,
             g,
+            rate,
+            interventions,
         )?;
-        if let Some(h) = st.history.last_mut() {
-            h.mutation_rate = rate;
-        }
         hooks.generation_done(&st, &pop.weights)?;
     }
     let champion = st.champion();
@@ -513,13 +520,13 @@ fn make_combo(
 #[allow(clippy::too_many_arguments)]
 fn finish_generation(
     cfg: &EvolveConfig,
-    inp: &Inputs<'_>,
     evaluator: &dyn Evaluator,
     st: &mut EvolveState,
     pop: &mut Pop,
     fallback: &dyn Fn() -> Result<StateDict, String>,
-    interventions: Vec<String>,
     g: u32,
+    mutation_rate: f64,
+    interventions: Vec<String>,
 ) -> Result<(), String> {
     let todo: Vec<usize> = (0..pop.ids.len())
         .filter(|&i| st.node(pop.ids[i]).fitness.is_none())
@@ -542,7 +549,7 @@ fn finish_generation(
                         generation: g,
                         kind: "fallback".into(),
                         combo: None,
-                        parents: inp_ids(),
+                        parents: vec![0, 1, 2],
                         recipe: None,
                         fitness: None,
                         note: Some(format!(
@@ -589,15 +596,15 @@ fn finish_generation(
         .map(|w| *blake3::hash(&w.to_bytes()).as_bytes())
         .collect();
     let best = sorted[0].0;
-    if best > st.best_fitness * (1.0 + cfg.min_improvement.copysign(st.best_fitness))
-        || !st.best_fitness.is_finite()
+    // Improved: by a relative `min_improvement` over the best so far (or the first generation).
+    if !st.best_fitness.is_finite()
+        || best > st.best_fitness + cfg.min_improvement * st.best_fitness.abs()
     {
         st.best_fitness = best;
         st.stale = 0;
     } else {
         st.stale += 1;
     }
-    let _ = inp;
     st.history.push(Generation {
         generation: g,
         best_fitness: best,
@@ -611,7 +618,7 @@ fn finish_generation(
         combo_counts,
         champion_id: sorted[0].1,
         champion_combo: st.node(sorted[0].1).combo.clone(),
-        mutation_rate: cfg.mutation_rate,
+        mutation_rate,
         interventions,
     });
     st.generation = g;
@@ -620,10 +627,6 @@ fn finish_generation(
         st.stop_reason = Some("early_stop".into());
     }
     Ok(())
-}
-
-fn inp_ids() -> Vec<u64> {
-    vec![0, 1, 2]
 }
 
 #[cfg(test)]
