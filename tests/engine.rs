@@ -422,25 +422,12 @@ fn step_killed_with_sigkill_resumes_from_its_checkpoint_with_identical_bytes() {
         .spawn()
         .unwrap();
     // Wait until the step has checkpointed a few times, then kill forge outright.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let state = loop {
-        let found = std::fs::read_dir(p.store().join("work"))
-            .ok()
-            .and_then(|rd| {
-                rd.flatten()
-                    .map(|e| e.path().join("scratch/state.json"))
-                    .find(|s| s.exists())
-            });
-        if let Some(s) = found
-            && let Ok(text) = std::fs::read_to_string(&s)
-            && serde_json::from_str::<serde_json::Value>(&text)
-                .is_ok_and(|v| v["i"].as_u64() >= Some(15))
-        {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "step never checkpointed");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let state = p.wait_for_work_file(
+        "scratch/state.json",
+        Duration::from_secs(20),
+        "step never checkpointed",
+        |t| serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| v["i"].as_u64() >= Some(15)),
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -497,24 +484,12 @@ fn custom_op_example_resumes_through_step_context_checkpoints() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ck = std::fs::read_dir(p.store().join("work"))
-            .ok()
-            .and_then(|rd| {
-                rd.flatten()
-                    .map(|e| e.path().join("checkpoint/state.json"))
-                    .find(|s| s.exists())
-            });
-        if ck.is_some_and(|c| {
-            std::fs::read_to_string(c)
-                .is_ok_and(|t| t.contains("\"round\":") && !t.contains("\"round\":5,"))
-        }) {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_for_work_file(
+        "checkpoint/state.json",
+        Duration::from_secs(20),
+        "the example op never checkpointed",
+        |t| t.contains("\"round\":") && !t.contains("\"round\":5,"),
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let out = run(&["--log-format", "json", "apply", "hc.yaml"]);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Project, stderr, steps_with};
 
@@ -162,28 +162,15 @@ fn killed_evolution_resumes_bit_identically() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let state = std::fs::read_dir(p.store().join("work"))
-            .ok()
-            .and_then(|rd| {
-                rd.flatten()
-                    .map(|e| e.path().join("checkpoint/evolve.json"))
-                    .find(|s| s.exists())
-            });
-        if let Some(path) = state
-            && let Ok(text) = std::fs::read_to_string(path)
-            && serde_json::from_str::<serde_json::Value>(&text)
+    p.wait_for_work_file(
+        "checkpoint/evolve.json",
+        Duration::from_secs(600),
+        "the evolution never checkpointed",
+        |t| {
+            serde_json::from_str::<serde_json::Value>(t)
                 .is_ok_and(|v| v["generation"].as_u64() >= Some(2))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the evolution never checkpointed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        },
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let out = p.run(&[

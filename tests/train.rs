@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Project, stderr, steps_with};
 
@@ -39,21 +39,25 @@ fn weights(p: &Project) -> Vec<u8> {
     std::fs::read(p.path().join("exp/model/model.safetensors")).unwrap()
 }
 
+/// One metric from every line of the exported model's `history.jsonl`.
+fn history(p: &Project, key: &str) -> Vec<f64> {
+    let hist = std::fs::read_to_string(p.path().join("exp/model/history.jsonl")).unwrap();
+    hist.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} not reported"))
+        })
+        .collect()
+}
+
 #[test]
 fn loss_falls_and_outputs_are_complete() {
     let p = Project::new();
     p.write("t.yaml", &pipeline(40));
     p.apply_ok("t.yaml", &[]);
     weights(&p);
-    let hist = std::fs::read_to_string(p.path().join("exp/model/history.jsonl")).unwrap();
-    let losses: Vec<f64> = hist
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["train/loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let losses = history(&p, "train/loss");
     assert!(losses.len() == 20, "{losses:?}");
     let first = losses[..3].iter().sum::<f64>() / 3.0;
     let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
@@ -191,25 +195,15 @@ fn killed_training_resumes_bit_identically() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let progress = std::fs::read_dir(p.store().join("work"))
-            .ok()
-            .and_then(|rd| {
-                rd.flatten()
-                    .map(|e| e.path().join("checkpoint/progress.json"))
-                    .find(|s| s.exists())
-            });
-        if let Some(path) = progress
-            && let Ok(text) = std::fs::read_to_string(path)
-            && serde_json::from_str::<serde_json::Value>(&text)
+    p.wait_for_work_file(
+        "checkpoint/progress.json",
+        Duration::from_secs(120),
+        "training never checkpointed",
+        |t| {
+            serde_json::from_str::<serde_json::Value>(t)
                 .is_ok_and(|v| v["step"].as_u64() >= Some(8))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "training never checkpointed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        },
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let out = p.run(&["-v", "--log-format", "json", "apply", "t.yaml"]);
@@ -239,15 +233,7 @@ fn kl_term_to_a_reference_model_is_trained_and_reported() {
     p.write("t.yaml", &yaml);
     p.apply_ok("t.yaml", &[]);
     weights(&p);
-    let hist = std::fs::read_to_string(p.path().join("exp/model/history.jsonl")).unwrap();
-    let kls: Vec<f64> = hist
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["train/kl_divergence"]
-                .as_f64()
-                .expect("kl reported")
-        })
-        .collect();
+    let kls = history(&p, "train/kl_divergence");
     assert!(kls.iter().all(|k| k.is_finite() && *k >= -1e-6), "{kls:?}");
     assert!(
         kls.last().unwrap() > &0.0,

@@ -1,5 +1,5 @@
 //! Helpers for the CLI integration tests: a temporary project directory, running the `forge`
-//! binary in it, and reading its JSON events.
+//! binary in it, waiting for a step's work files, and reading its JSON events.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -43,6 +43,36 @@ impl Project {
 
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run forge")
+    }
+
+    /// Wait until some step's file `rel` under `<store>/work/<key>/` exists and its text satisfies
+    /// `ready` (e.g. a checkpoint far enough along to kill forge); returns its path. Panics with
+    /// `what` after `limit`.
+    pub fn wait_for_work_file(
+        &self,
+        rel: &str,
+        limit: std::time::Duration,
+        what: &str,
+        ready: impl Fn(&str) -> bool,
+    ) -> PathBuf {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let found = std::fs::read_dir(self.store().join("work"))
+                .ok()
+                .and_then(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path().join(rel))
+                        .find(|s| s.exists())
+                });
+            if let Some(path) = found
+                && let Ok(text) = std::fs::read_to_string(&path)
+                && ready(&text)
+            {
+                return path;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// `forge --log-format json apply <pipeline> [extra]`, asserting success; returns the events.

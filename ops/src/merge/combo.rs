@@ -227,14 +227,16 @@ pub(crate) mod tests {
         StateDict { tensors }
     }
 
+    /// A base and three models around it (seeds 1; 2, 3, 4).
+    pub fn family() -> (StateDict, [StateDict; 3]) {
+        let base = toy(1, None);
+        let models = [2, 3, 4].map(|seed| toy(seed, Some(&base)));
+        (base, models)
+    }
+
     #[test]
     fn all_eight_combos_give_different_weights() {
-        let base = toy(1, None);
-        let (a, b, c) = (
-            toy(2, Some(&base)),
-            toy(3, Some(&base)),
-            toy(4, Some(&base)),
-        );
+        let (base, [a, b, c]) = family();
         let s = ComboSettings::default();
         let outs: Vec<StateDict> = (0..8)
             .map(|k| apply(k, [&a, &b, &c], &base, 11, &s).unwrap().0)
@@ -261,12 +263,7 @@ pub(crate) mod tests {
     fn frankenmerge_stage_uses_the_stage_two_merge() {
         // Changing only the task-arithmetic stage must change the franken combo's output: the
         // earlier implementation's frankenmerge ignored its input, so combos 000–011 were equal.
-        let base = toy(1, None);
-        let (a, b, c) = (
-            toy(2, Some(&base)),
-            toy(3, Some(&base)),
-            toy(4, Some(&base)),
-        );
+        let (base, [a, b, c]) = family();
         let s = ComboSettings::default();
         let (dare, r) = apply(0b000, [&a, &b, &c], &base, 3, &s).unwrap();
         let (ties, _) = apply(0b010, [&a, &b, &c], &base, 3, &s).unwrap();

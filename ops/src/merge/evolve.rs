@@ -632,7 +632,7 @@ fn finish_generation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::combo::tests::toy;
+    use crate::merge::combo::tests::{family, toy};
     use std::cell::Cell;
 
     /// A real, checkable fitness: closeness of the weights to a target model.
@@ -686,12 +686,7 @@ mod tests {
     }
 
     fn setup() -> (StateDict, [StateDict; 3], StateDict) {
-        let base = toy(1, None);
-        let ps = [
-            toy(2, Some(&base)),
-            toy(3, Some(&base)),
-            toy(4, Some(&base)),
-        ];
+        let (base, ps) = family();
         let target = toy(9, Some(&base));
         (base, ps, target)
     }

@@ -285,29 +285,23 @@ mod tests {
         let m1 = [0.1f32, 1.0];
         let m2 = [0.1f32, 1.0];
         let m3 = [-1.0f32, -0.5];
-        let out = task_arithmetic(
-            "w",
-            &base,
-            &[&m1, &m2, &m3],
-            &[1.0, 1.0, 1.0],
-            1.0,
-            1.0,
-            true,
-            Sparsify::Ties,
-        );
+        let ties = |lambda: f64, normalize: bool| {
+            let models: [&[f32]; 3] = [&m1, &m2, &m3];
+            task_arithmetic(
+                "w",
+                &base,
+                &models,
+                &[1.0; 3],
+                1.0,
+                lambda,
+                normalize,
+                Sparsify::Ties,
+            )
+        };
         // Entry 1: sum +1.5 → + elected, disjoint mean of the two agreeing 1.0s.
-        close(&out, &[-1.0, 1.0]);
+        close(&ties(1.0, true), &[-1.0, 1.0]);
         // λ scales the merged delta; without normalisation the agreeing deltas add up.
-        let out = task_arithmetic(
-            "w",
-            &base,
-            &[&m1, &m2, &m3],
-            &[1.0, 1.0, 1.0],
-            1.0,
-            0.5,
-            false,
-            Sparsify::Ties,
-        );
+        let out = ties(0.5, false);
         close(&out, &[-0.5, 1.0]);
     }
 
