@@ -325,20 +325,16 @@ impl TypedOp for Merge {
                 let k = parse_combo(p.combo.as_deref().expect("checked")).expect("checked");
                 let ms = three("a combo")?;
                 let base_sd = load(base.expect("required"))?;
-                let (w, recipe) =
-                    combo::apply(k, [&ms[0], &ms[1], &ms[2]], &base_sd, seed, &combo_settings)
+                let models = [&ms[0], &ms[1], &ms[2]];
+                let fallback = || combo::linear_merge(&models);
+                let (w, outcome) =
+                    combo::apply_or_fallback(k, models, &base_sd, seed, &combo_settings, &fallback)
                         .map_err(OpError::Failed)?;
-                let w = match combo::degenerate(&w, &[&ms[0], &ms[1], &ms[2]]) {
-                    None => w,
-                    Some(why) => {
-                        ctx.alert(
-                            crate::context::AlertLevel::Warn,
-                            format!(
-                                "combo {} is degenerate ({why}): using the linear merge",
-                                combo::bits(k)
-                            ),
-                        );
-                        combo::linear_merge(&[&ms[0], &ms[1], &ms[2]]).map_err(OpError::Failed)?
+                let recipe = match outcome {
+                    Ok(recipe) => Some(recipe),
+                    Err(note) => {
+                        ctx.alert(crate::context::AlertLevel::Warn, note);
+                        None
                     }
                 };
                 write_file(&out_weights, &w.to_bytes())?;

@@ -167,6 +167,29 @@ pub fn apply(
     ))
 }
 
+/// [`apply`], checked: when the combo fails or its model is [`degenerate`], `fallback()` is used
+/// instead and the second value says why (`Err(note)`) in place of the recipe.
+pub fn apply_or_fallback(
+    combo: u8,
+    models: [&StateDict; 3],
+    base: &StateDict,
+    seed: u64,
+    s: &ComboSettings,
+    fallback: &dyn Fn() -> Result<StateDict, String>,
+) -> Result<(StateDict, Result<ComboRecipe, String>), String> {
+    let why = match apply(combo, models, base, seed, s) {
+        Ok((w, recipe)) => match degenerate(&w, &models) {
+            None => return Ok((w, Ok(recipe))),
+            Some(why) => format!("combo {} degenerate ({why})", bits(combo)),
+        },
+        Err(e) => format!("combo {} failed ({e})", bits(combo)),
+    };
+    Ok((
+        fallback()?,
+        Err(format!("{why}: linear merge of the inputs")),
+    ))
+}
+
 /// Why a merged model is unusable, if it is: a NaN or Inf weight, or a tensor with no variance
 /// where every reference model's (the merge inputs') has some. The forward-pass check needs the
 /// model and is the caller's.

@@ -471,33 +471,10 @@ fn make_combo(
     st: &mut EvolveState,
     fallback: &dyn Fn() -> Result<StateDict, String>,
 ) -> Result<(StateDict, u64), String> {
-    let (w, recipe, kind, note) = match combo::apply(k, models, inp.base, seed, &inp.combo) {
-        Ok((w, r)) => match combo::degenerate(&w, &models) {
-            None => (w, Some(r), kind.to_string(), None),
-            Some(why) => (
-                fallback()?,
-                None,
-                "fallback".into(),
-                Some(format!(
-                    "combo {} degenerate ({why}): linear merge of the inputs",
-                    bits(k)
-                )),
-            ),
-        },
-        Err(e) => (
-            fallback()?,
-            None,
-            "fallback".into(),
-            Some(format!(
-                "combo {} failed ({e}): linear merge of the inputs",
-                bits(k)
-            )),
-        ),
-    };
-    let combo = if kind == "fallback" {
-        None
-    } else {
-        Some(bits(k))
+    let (w, outcome) = combo::apply_or_fallback(k, models, inp.base, seed, &inp.combo, fallback)?;
+    let (kind, combo, recipe, note) = match outcome {
+        Ok(recipe) => (kind.to_string(), Some(bits(k)), Some(recipe), None),
+        Err(note) => ("fallback".to_string(), None, None, Some(note)),
     };
     let id = add_node(
         st,
