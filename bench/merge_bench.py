@@ -6,6 +6,10 @@ REPS runs, and the largest absolute difference between the two tools' outputs (a
 forge implements mergekit's semantics). Prints one JSON line per measurement and a markdown table.
 
     python bench/merge_bench.py FORGE_BENCH_BIN WORK_DIR [REPS]
+
+A child's peak RSS includes what it inherited from the process that forked it, so the models are
+generated and the outputs compared in separate processes (numpy is imported only there), and the
+measuring process stays small; its floor is reported (the peak RSS of `true` spawned the same way).
 """
 import json
 import os
@@ -14,12 +18,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-from safetensors.numpy import load_file, save_file
-
 FORGE, WORK = sys.argv[1], sys.argv[2]
 REPS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 MERGEKIT = os.path.join(os.path.dirname(sys.executable), "mergekit-yaml")
+PHASE = sys.argv[4] if len(sys.argv) > 4 else "main"
 
 # Llama geometry: 6144 vocab, d 512, 6 layers, 8 heads, SwiGLU 1408 → 25.5M parameters.
 V, D, L, F = 6144, 512, 6, 1408
@@ -47,6 +49,9 @@ def shapes():
 
 
 def make(name, seed, base=None):
+    import numpy as np
+    from safetensors.numpy import save_file
+
     d = os.path.join(WORK, name)
     f = os.path.join(d, "model.safetensors")
     if os.path.exists(f):
@@ -76,13 +81,41 @@ def run(cmd):
     return secs, ru.ru_maxrss * 1024  # Linux: KiB
 
 
-def main():
-    os.makedirs(WORK, exist_ok=True)
+def generate():
+    from safetensors.numpy import load_file
+
     base_dir = make("base", 1)
     base = load_file(os.path.join(base_dir, "model.safetensors"))
-    a, b = make("a", 2, base), make("b", 3, base)
-    del base
-    nparams = sum(int(np.prod(s)) for s in shapes().values())
+    make("a", 2, base), make("b", 3, base)
+
+
+def compare(out_f, out_m):
+    """Largest absolute difference between forge's and mergekit's outputs, and the tensor names
+    only one of them has (JSON on stdout)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    mine = load_file(out_f)
+    theirs = {}
+    for f in sorted(os.listdir(out_m)):
+        if f.endswith(".safetensors"):
+            theirs.update(load_file(os.path.join(out_m, f)))
+    diff = max(float(np.max(np.abs(mine[k] - theirs[k]))) for k in theirs)
+    print(json.dumps({"diff": diff, "missing": sorted(set(theirs) ^ set(mine))}))
+
+
+def in_child(*args):
+    """Run a phase of this script in a fresh interpreter; its stdout."""
+    return subprocess.run([sys.executable, __file__, FORGE, WORK, str(REPS), *args],
+                          check=True, stdout=subprocess.PIPE, text=True).stdout
+
+
+def main():
+    os.makedirs(WORK, exist_ok=True)
+    in_child("generate")
+    base_dir, a, b = (os.path.join(WORK, n) for n in ("base", "a", "b"))
+    nparams = sum(v[0] * (v[1] if len(v) > 1 else 1) for v in shapes().values())
+    floor = min(run(["true"])[1] for _ in range(3))
     input_bytes = sum(os.path.getsize(os.path.join(x, "model.safetensors")) for x in (a, b))
     configs = {
         "linear": f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 1.0}}\n"
@@ -111,26 +144,27 @@ def main():
             res[tool] = best
             print(json.dumps({"tool": tool, "method": method, "seconds": round(best[0], 3),
                               "peak_rss_mib": round(best[1] / 2**20, 1)}), flush=True)
-        # Same numbers? Compare every tensor.
-        mine = load_file(out_f)
-        theirs = {}
-        for f in sorted(os.listdir(out_m)):
-            if f.endswith(".safetensors"):
-                theirs.update(load_file(os.path.join(out_m, f)))
-        diff = max(float(np.max(np.abs(mine[k] - theirs[k]))) for k in theirs)
-        missing = sorted(set(theirs) ^ set(mine))
-        rows.append((method, res, diff, missing))
+        rows.append((method, res, out_f, out_m))
+    # Same numbers? Compare every tensor (after all timing, in another process).
+    rows = [(m, res, json.loads(in_child("compare", f, o))) for m, res, f, o in rows]
     print()
     print(f"Inputs: two {nparams / 1e6:.1f}M-parameter F32 Llama checkpoints "
-          f"({input_bytes / 2**20:.0f} MiB together; ties also reads the base), {REPS} runs each, best shown.")
+          f"({input_bytes / 2**20:.0f} MiB together; ties also reads the base), {REPS} runs each, best shown; "
+          f"peak RSS floor of a process spawned by this driver: {floor / 2**20:.0f} MiB.")
     print()
     print("| method | forge s | mergekit s | speed-up | forge peak RSS MiB | mergekit peak RSS MiB | forge RSS / inputs | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
-    for method, res, diff, missing in rows:
+    for method, res, cmp in rows:
+        diff, missing = cmp["diff"], cmp["missing"]
         (fs, fr), (ms, mr) = res["forge"], res["mergekit"]
         print(f"| {method} | {fs:.2f} | {ms:.2f} | {ms / fs:.1f}× | {fr / 2**20:.0f} | {mr / 2**20:.0f} | "
               f"{fr / input_bytes:.2f}× | {diff:.1e}{' (tensor sets differ: ' + str(missing) + ')' if missing else ''} |")
 
 
 if __name__ == "__main__":
-    main()
+    if PHASE == "generate":
+        generate()
+    elif PHASE == "compare":
+        compare(sys.argv[5], sys.argv[6])
+    else:
+        main()
