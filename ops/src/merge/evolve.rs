@@ -378,15 +378,16 @@ pub fn evolve(
         for (src, copies) in [(top, 2), (second, 3)] {
             for _ in 0..copies {
                 let w = mutate(&pop.weights[src], rate, cfg.mutation_sigma, &mut rng);
-                let parent = st.node(pop.ids[src]).clone();
+                let parent = pop.ids[src];
+                let combo = st.node(parent).combo.clone();
                 let id = add_node(
                     &mut st,
                     Node {
                         id: 0,
                         generation: g,
                         kind: "mutant".into(),
-                        combo: parent.combo.clone(),
-                        parents: vec![parent.id],
+                        combo,
+                        parents: vec![parent],
                         recipe: None,
                         fitness: None,
                         note: Some(format!("rate {rate}, sigma {}", cfg.mutation_sigma)),
