@@ -416,20 +416,14 @@ fn step_killed_with_sigkill_resumes_from_its_checkpoint_with_identical_bytes() {
     let p = Project::new();
     p.write("r.yaml", RESUMABLE);
     p.write("count.py", COUNT_PY);
-    let mut child = p
-        .cmd(&["apply", "r.yaml"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until the step has checkpointed a few times, then kill forge outright.
-    let state = p.wait_for_work_file(
+    let state = p.kill_when(
+        &["apply", "r.yaml"],
         "scratch/state.json",
         Duration::from_secs(20),
         "step never checkpointed",
         |t| serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| v["i"].as_u64() >= Some(15)),
     );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let at_kill: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();

@@ -157,12 +157,8 @@ fn killed_evolution_resumes_bit_identically() {
 
     let p = Project::new();
     p.write("m.yaml", &pipeline(&evolve(4)));
-    let mut child = p
-        .cmd(&["apply", "m.yaml", "--jobs", "2"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    p.wait_for_work_file(
+    p.kill_when(
+        &["apply", "m.yaml", "--jobs", "2"],
         "checkpoint/evolve.json",
         Duration::from_secs(600),
         "the evolution never checkpointed",
@@ -171,8 +167,6 @@ fn killed_evolution_resumes_bit_identically() {
                 .is_ok_and(|v| v["generation"].as_u64() >= Some(2))
         },
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
     let out = p.run(&[
         "-v",
         "--log-format",

@@ -190,12 +190,8 @@ fn killed_training_resumes_bit_identically() {
 
     let p = Project::new();
     p.write("t.yaml", &pipeline(24));
-    let mut child = p
-        .cmd(&["apply", "t.yaml"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    p.wait_for_work_file(
+    p.kill_when(
+        &["apply", "t.yaml"],
         "checkpoint/progress.json",
         Duration::from_secs(120),
         "training never checkpointed",
@@ -204,8 +200,6 @@ fn killed_training_resumes_bit_identically() {
                 .is_ok_and(|v| v["step"].as_u64() >= Some(8))
         },
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
     let out = p.run(&["-v", "--log-format", "json", "apply", "t.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let evs = common::events(&out);

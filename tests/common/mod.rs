@@ -75,6 +75,27 @@ impl Project {
         }
     }
 
+    /// Start `forge <args>`, wait as [`Self::wait_for_work_file`] does, then kill forge outright
+    /// (SIGKILL); returns the file's path.
+    pub fn kill_when(
+        &self,
+        args: &[&str],
+        rel: &str,
+        limit: std::time::Duration,
+        what: &str,
+        ready: impl Fn(&str) -> bool,
+    ) -> PathBuf {
+        let mut child = self
+            .cmd(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let path = self.wait_for_work_file(rel, limit, what, ready);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        path
+    }
+
     /// `forge --log-format json apply <pipeline> [extra]`, asserting success; returns the events.
     pub fn apply_ok(&self, pipeline: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         let mut args = vec!["--log-format", "json", "apply", pipeline];
