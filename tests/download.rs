@@ -410,3 +410,188 @@ fn file_source_content_is_in_the_key() {
     assert_eq!(steps_with(&p.apply_ok("dl.yaml", &[]), "started"), ["p.d"]);
     assert_eq!(exported(&p, "in.txt"), b"two\n");
 }
+
+/// A snappy-compressed parquet table of string columns, as the hub's parquet export serves them.
+fn parquet_table(columns: &[(&str, Vec<String>)]) -> Vec<u8> {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    let fields: String = columns
+        .iter()
+        .map(|(name, _)| format!("optional binary {name} (STRING); "))
+        .collect();
+    let schema = Arc::new(parse_message_type(&format!("message schema {{ {fields}}}")).unwrap());
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut buf = Vec::new();
+    let mut w = SerializedFileWriter::new(&mut buf, schema, Arc::new(props)).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    for (_, values) in columns {
+        let values: Vec<ByteArray> = values.iter().map(|v| v.as_str().into()).collect();
+        let mut col = rg.next_column().unwrap().unwrap();
+        col.typed::<ByteArrayType>()
+            .write_batch(&values, Some(&vec![1; values.len()]), None)
+            .unwrap();
+        col.close().unwrap();
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+    buf
+}
+
+const HUB_PIPELINE: &str = r#"version: 1
+name: hub
+defaults: { device: cpu, seed: 7 }
+phases:
+  p:
+    steps:
+      corpus:
+        op: download
+        matrix:
+          ds:
+            - name: arith
+              source: "hf:datasets/acme/arith@refs/convert/parquet/main/train/0000.parquet"
+              records:
+                category: math
+                difficulty: 1
+                prompt: "{{ question }}"
+                answer: "{{ (answer | split('####')) | last | trim }}"
+                text: "{{ question }}\n{{ answer }}"
+            - name: trivia
+              source: "hf:datasets/acme/trivia@v2/data/train.parquet"
+              records: { category: qa, prompt: "{{ q }}", answer: "{{ a }}", split: train }
+        with: { source: "${matrix.ds.source}", records: "${matrix.ds.records}", val_fraction: 0.2, test_fraction: 0.0 }
+      tok: { op: tokenizer, inputs: { data: corpus }, with: { vocab_size: 320 } }
+      model:
+        op: train
+        inputs: { data: corpus, tokenizer: tok }
+        with:
+          model: { preset: tiny, vocab_size: 320, d_model: 32, heads: 2, layers: 2, d_ff: 64, ltm_slots: 8, max_seq: 64, window: 32 }
+          steps: 3
+          batch_size: 4
+          seq_len: 32
+          math_eval: 4
+          val_batches: 1
+"#;
+
+/// Two hub tables in parquet (one under the `refs/convert/parquet` revision) become records by
+/// their templates, and the tokenizer and a training run take both datasets as one corpus.
+#[test]
+fn hub_parquet_tables_become_records_that_train_on() {
+    let arith = parquet_table(&[
+        (
+            "question",
+            (0..60)
+                .map(|i| format!("Ann has {i} pens and buys 2 more. How many pens?"))
+                .collect(),
+        ),
+        (
+            "answer",
+            (0..60)
+                .map(|i| format!("{i} + 2 = {}\n#### {}", i + 2, i + 2))
+                .collect(),
+        ),
+    ]);
+    let trivia = parquet_table(&[
+        (
+            "q",
+            (0..40)
+                .map(|i| format!("Which city hosts fair number {i}?"))
+                .collect(),
+        ),
+        (
+            "a",
+            (0..40)
+                .map(|i| ["Oslo", "Lima"][i % 2].to_owned())
+                .collect(),
+        ),
+    ]);
+    let server = Server::start(move |req, _| match req.path.as_str() {
+        "/datasets/acme/arith/resolve/refs%2Fconvert%2Fparquet/main/train/0000.parquet" => {
+            Reply::Body(arith.clone())
+        }
+        "/datasets/acme/trivia/resolve/v2/data/train.parquet" => Reply::Body(trivia.clone()),
+        _ => Reply::Status(404),
+    });
+    let p = Project::new();
+    p.write("hub.yaml", HUB_PIPELINE);
+    let out = p
+        .cmd(&["--log-format", "json", "apply", "hub.yaml"])
+        .env("HF_ENDPOINT", &server.addr)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(steps_with(&events(&out), "finished").len(), 4);
+
+    let out = p.run(&["export", "p.corpus[ds=arith]", "exp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |split: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p.path().join(format!("exp/data/{split}.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (train, val) = (read("train"), read("val"));
+    assert_eq!(train.len() + val.len(), 60, "every row is a record");
+    assert!(!val.is_empty(), "split: auto fills the val split");
+    let r = train
+        .iter()
+        .find(|r| r["prompt"] == "Ann has 5 pens and buys 2 more. How many pens?")
+        .or_else(|| {
+            val.iter()
+                .find(|r| r["prompt"] == "Ann has 5 pens and buys 2 more. How many pens?")
+        })
+        .expect("row 5 converted");
+    assert_eq!(r["answer"], "7");
+    assert_eq!(r["category"], "math");
+    assert_eq!(r["difficulty"], 1);
+    assert_eq!(
+        r["text"],
+        "Ann has 5 pens and buys 2 more. How many pens?\n5 + 2 = 7\n#### 7"
+    );
+
+    // The model trained on both tables: its metrics count math and qa records.
+    let out = p.run(&["export", "p.model", "model"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path().join("model/model/metrics.json")).unwrap())
+            .unwrap();
+    let text = metrics.to_string();
+    assert!(text.contains("val/math_accuracy"), "{text}");
+
+    // A template naming a column the table lacks fails the step and names the columns.
+    let q = Project::new();
+    q.write("hub.yaml", &HUB_PIPELINE.replace("{{ q }}", "{{ query }}"));
+    let out = q
+        .cmd(&["apply", "hub.yaml"])
+        .env("HF_ENDPOINT", &server.addr)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("records.prompt") && err.contains("a, q"),
+        "{err}"
+    );
+}
+
+/// A template that does not parse is invalid input: exit 2, the line of the template, nothing run.
+#[test]
+fn a_broken_record_template_is_a_diagnostic() {
+    let p = Project::new();
+    p.write("hub.yaml", &HUB_PIPELINE.replace("{{ q }}", "{{ q "));
+    let out = p.run(&["apply", "hub.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("records.prompt") || err.contains("prompt"),
+        "{err}"
+    );
+    assert!(err.contains("hub.yaml:"), "{err}");
+    assert!(!p.store().exists(), "nothing written");
+}

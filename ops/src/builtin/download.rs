@@ -15,6 +15,10 @@
 //!   sent as a bearer token and never logged. Without a `digest` the key holds only the URL, so
 //!   pin a commit as `@rev` to keep results reproducible.
 //!
+//! With `records:` (a [`RecordTemplate`]) a downloaded table — parquet, jsonl or json, e.g. a
+//! dataset file from the hub — is converted into `train/val/test.jsonl` records by Jinja templates
+//! over its columns, instead of being stored as it came; see [`crate::data::table`].
+//!
 //! Archives (`.tar`, `.tar.gz`/`.tgz`, `.zip`) are extracted by default (`extract: auto`), refusing
 //! absolute paths, `..` and links. The output `data` holds the file (under its own name) or the
 //! extracted tree.
@@ -31,7 +35,8 @@ use super::archive::{ArchiveFormat, extract};
 use super::fetch::{FetchRequest, Pin, fetch};
 use crate::artifact::{ArtifactKind, InputSignature, OutputSpec, StepInputs};
 use crate::context::StepContext;
-use crate::data::{self, Category};
+use crate::data::table::{self, RecordTemplate};
+use crate::data::{self, Category, Record, Split};
 use crate::op::{KeyContext, OpError, ParamsError, StepOutcome, TypedOp, resolve_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -73,10 +78,14 @@ pub struct DownloadParams {
     /// `builtin:mixed` only: category weights (default: equal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<BTreeMap<Category, f64>>,
-    /// `builtin:` only: fraction of records in the validation split.
+    /// Convert the downloaded table (parquet, jsonl, json) into dataset records with these
+    /// templates; without it the file is stored as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<RecordTemplate>,
+    /// `builtin:` and `records:` (for `split: auto`): fraction of records in the validation split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_fraction: Option<f64>,
-    /// `builtin:` only: fraction of records in the test split.
+    /// `builtin:` and `records:` (for `split: auto`): fraction of records in the test split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_fraction: Option<f64>,
 }
@@ -143,8 +152,22 @@ impl Source {
                 return Err(err(format!("`{s}` has an empty part")));
             }
             let (name, revision) = match name.split_once('@') {
-                Some((n, r)) => (n, r.to_owned()),
+                Some((n, r)) => (n, r.replace("%2F", "/").replace("%2f", "/")),
                 None => (name, "main".to_owned()),
+            };
+            // Revisions under `refs/` have slashes of their own: `refs/convert/parquet` (the
+            // hub's parquet export of every dataset) and `refs/pr/<n>`.
+            let (revision, file) = if revision == "refs" {
+                let mut rest = file.splitn(3, '/');
+                match (rest.next(), rest.next(), rest.next()) {
+                    (Some(a), Some(b), Some(f)) if !f.is_empty() => (format!("refs/{a}/{b}"), f),
+                    _ => {
+                        return Err(err(format!("`{s}` has a `refs/…` revision but no file"))
+                            .with_hint("e.g. hf:datasets/openai/gsm8k@refs/convert/parquet/main/train/0000.parquet"));
+                    }
+                }
+            } else {
+                (revision, file)
             };
             Ok(Self::HuggingFace {
                 repo_path: format!("{prefix}{org}/{name}"),
@@ -177,8 +200,9 @@ impl Source {
                     .or(env)
                     .unwrap_or_else(|| "https://huggingface.co".into());
                 Some(format!(
-                    "{}/{repo_path}/resolve/{revision}/{file}",
-                    base.trim_end_matches('/')
+                    "{}/{repo_path}/resolve/{}/{file}",
+                    base.trim_end_matches('/'),
+                    revision.replace('/', "%2F")
                 ))
             }
         }
@@ -196,11 +220,13 @@ impl TypedOp for Download {
 
     fn check(&self, p: &DownloadParams) -> Result<(), ParamsError> {
         let src = Source::parse(&p.source)?;
+        let records = p.records.is_some();
         let builtin_only = [
             ("samples", p.samples.is_some()),
             ("mix", p.mix.is_some()),
-            ("val_fraction", p.val_fraction.is_some()),
-            ("test_fraction", p.test_fraction.is_some()),
+            ("val_fraction", p.val_fraction.is_some() && !records),
+            ("test_fraction", p.test_fraction.is_some() && !records),
+            ("records", false),
         ];
         match &src {
             Source::Builtin(name) => {
@@ -227,23 +253,34 @@ impl TypedOp for Download {
                         "mix weights must be non-negative and not all zero",
                     ));
                 }
-                let (v, t) = (
-                    p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
-                    p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
-                );
-                if !(0.0..1.0).contains(&v) || !(0.0..1.0).contains(&t) || v + t >= 1.0 {
+                if p.records.is_some() {
                     return Err(ParamsError::at(
-                        &["val_fraction"],
-                        "split fractions must be in [0, 1) and leave room for training data",
-                    ));
+                        &["records"],
+                        "built-in datasets are records already",
+                    )
+                    .with_hint("`records:` converts a downloaded table; drop it here"));
                 }
+                check_fractions(p)?;
             }
             _ => {
                 if let Some((name, _)) = builtin_only.iter().find(|(_, set)| *set) {
+                    let hint = if name.ends_with("_fraction") {
+                        " and to `records:`"
+                    } else {
+                        ""
+                    };
                     return Err(ParamsError::at(
                         &[name],
-                        format!("`{name}` applies only to `builtin:` sources"),
+                        format!("`{name}` applies only to `builtin:` sources{hint}"),
                     ));
+                }
+                if let Some(r) = &p.records {
+                    r.check().map_err(|e| {
+                        ParamsError::at(&["records", e.field], e.message).with_hint(
+                            "templates are Jinja over the table's columns, e.g. `{{ question }}`",
+                        )
+                    })?;
+                    check_fractions(p)?;
                 }
             }
         }
@@ -275,7 +312,7 @@ impl TypedOp for Download {
     }
 
     fn key_extras(&self, p: &DownloadParams, cx: &KeyContext<'_>) -> Result<Value, OpError> {
-        match Source::parse(&p.source).map_err(|e| OpError::Failed(e.message))? {
+        let extra = match Source::parse(&p.source).map_err(|e| OpError::Failed(e.message))? {
             Source::File(rel) => {
                 let path = resolve_path(cx.pipeline_dir, &rel);
                 if !path.exists() {
@@ -285,13 +322,17 @@ impl TypedOp for Download {
                         p.source
                     )));
                 }
-                Ok(json!({ "content": cx.store.tree_digest_of(&path)?.to_hex() }))
+                json!({ "content": cx.store.tree_digest_of(&path)?.to_hex() })
             }
             // Generated data changes only with the generators' code.
-            Source::Builtin(_) => Ok(json!({ "generator_version": data::GENERATOR_VERSION })),
+            Source::Builtin(_) => json!({ "generator_version": data::GENERATOR_VERSION }),
             // The pinned digest is in the params already; an unpinned hf: file is keyed by its URL.
-            _ => Ok(Value::Null),
-        }
+            _ => Value::Null,
+        };
+        Ok(match &p.records {
+            Some(_) => json!({ "source": extra, "records_version": table::CONVERT_VERSION }),
+            None => extra,
+        })
     }
 
     fn watch_paths(&self, p: &DownloadParams, pipeline_dir: &Path) -> Vec<PathBuf> {
@@ -324,6 +365,9 @@ impl TypedOp for Download {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 if path.is_dir() {
+                    if let Some(r) = &p.records {
+                        return convert_tables(ctx, p, r, &path, &name, &out);
+                    }
                     copy_dir(&path, &out)?;
                     return Ok(outcome(&out));
                 }
@@ -376,6 +420,29 @@ impl TypedOp for Download {
             Extract::TarGz => Some(ArchiveFormat::TarGz),
             Extract::Zip => Some(ArchiveFormat::Zip),
         };
+        if let Some(r) = &p.records {
+            let tables = match format {
+                Some(f) => {
+                    let dir = ctx.scratch_dir()?.join("extracted");
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir).map_err(|e| OpError::io(&dir, e))?;
+                    }
+                    extract(&local, f, &dir)?;
+                    dir
+                }
+                // A fetched file waits under a temporary name; the table reader goes by its own.
+                None if local.file_name() != Some(name.as_ref()) => {
+                    let named = ctx.scratch_dir()?.join(&name);
+                    let _ = std::fs::remove_file(&named);
+                    std::fs::hard_link(&local, &named)
+                        .or_else(|_| std::fs::copy(&local, &named).map(drop))
+                        .map_err(|e| OpError::io(&named, e))?;
+                    named
+                }
+                None => local,
+            };
+            return convert_tables(ctx, p, r, &tables, &name, &out);
+        }
         match format {
             Some(f) => {
                 let n = extract(&local, f, &out)?;
@@ -388,6 +455,20 @@ impl TypedOp for Download {
         }
         Ok(outcome(&out))
     }
+}
+
+fn check_fractions(p: &DownloadParams) -> Result<(), ParamsError> {
+    let (v, t) = (
+        p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+        p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+    );
+    if !(0.0..1.0).contains(&v) || !(0.0..1.0).contains(&t) || v + t >= 1.0 {
+        return Err(ParamsError::at(
+            &["val_fraction"],
+            "split fractions must be in [0, 1) and leave room for training data",
+        ));
+    }
+    Ok(())
 }
 
 /// Generate a `builtin:` dataset into `out`.
@@ -416,9 +497,76 @@ fn generate_builtin(
     };
     let splits = data::generate(&spec, |done| ctx.progress(done, Some(samples), "records"))
         .map_err(|e| OpError::Failed(e.to_string()))?;
-    let mut manifest = serde_json::Map::new();
+    let manifest = serde_json::Map::from_iter([
+        ("source".to_owned(), json!(format!("builtin:{name}"))),
+        ("seed".to_owned(), json!(ctx.seed())),
+        (
+            "generator_version".to_owned(),
+            json!(data::GENERATOR_VERSION),
+        ),
+    ]);
+    write_records(out, &splits, manifest)
+}
+
+/// Convert the tables under `tables` (a file or directory) into records in `out`.
+fn convert_tables(
+    ctx: &StepContext,
+    p: &DownloadParams,
+    r: &RecordTemplate,
+    tables: &Path,
+    name: &str,
+    out: &Path,
+) -> Result<StepOutcome, OpError> {
+    let files = table::table_files(tables).map_err(|e| OpError::Failed(e.to_string()))?;
+    // Record ids start with the table's name: `train-00000-of-00001.parquet` → `train-00000-of-00001`.
+    let stem = name
+        .split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("row");
+    let converted = table::convert(
+        &files,
+        r,
+        stem,
+        p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+        p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
+        |rows| ctx.progress(rows, None, "rows"),
+    )
+    .map_err(|e| OpError::Failed(e.to_string()))?;
+    let kept: usize = converted.splits.values().map(Vec::len).sum();
+    ctx.log(format!(
+        "converted {} rows of {} table file(s) into {kept} records ({} with an empty prompt, {} repeated prompts skipped)",
+        converted.rows,
+        files.len(),
+        converted.empty,
+        converted.repeated
+    ));
+    if kept == 0 {
+        return Err(OpError::Failed(format!(
+            "`records:` made no records from {} rows of `{}`",
+            converted.rows, p.source
+        )));
+    }
+    let manifest = serde_json::Map::from_iter([
+        ("source".to_owned(), json!(p.source)),
+        ("records".to_owned(), json!(r)),
+        ("rows".to_owned(), json!(converted.rows)),
+        ("skipped_empty".to_owned(), json!(converted.empty)),
+        ("skipped_repeated".to_owned(), json!(converted.repeated)),
+        ("records_version".to_owned(), json!(table::CONVERT_VERSION)),
+    ]);
+    write_records(out, &converted.splits, manifest)
+}
+
+/// Write `train/val/test.jsonl` and `manifest.json` (with counts per split and category) into
+/// `out`; the record counts are the step's metrics.
+fn write_records(
+    out: &Path,
+    splits: &BTreeMap<Split, Vec<Record>>,
+    mut manifest: serde_json::Map<String, Value>,
+) -> Result<StepOutcome, OpError> {
     let mut metrics = serde_json::Map::new();
-    for split in [data::Split::Train, data::Split::Val, data::Split::Test] {
+    for split in [Split::Train, Split::Val, Split::Test] {
         let records = splits.get(&split).map(Vec::as_slice).unwrap_or_default();
         let path = out.join(format!("{}.jsonl", split.name()));
         let mut text = String::new();
@@ -440,9 +588,6 @@ fn generate_builtin(
             records.len().into(),
         );
     }
-    manifest.insert("source".into(), json!(format!("builtin:{name}")));
-    manifest.insert("seed".into(), json!(ctx.seed()));
-    manifest.insert("generator_version".into(), json!(data::GENERATOR_VERSION));
     let path = out.join("manifest.json");
     let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     std::fs::write(&path, bytes).map_err(|e| OpError::io(&path, e))?;
@@ -507,6 +652,19 @@ mod tests {
             hf.url(Some("http://127.0.0.1:9/")).unwrap(),
             "http://127.0.0.1:9/datasets/openai/gsm8k/resolve/abc123/main/test.parquet"
         );
+        for source in [
+            "hf:datasets/openai/gsm8k@refs/convert/parquet/main/train/0000.parquet",
+            "hf:datasets/openai/gsm8k@refs%2Fconvert%2Fparquet/main/train/0000.parquet",
+        ] {
+            assert_eq!(
+                Source::parse(source)
+                    .unwrap()
+                    .url(Some("http://h"))
+                    .unwrap(),
+                "http://h/datasets/openai/gsm8k/resolve/refs%2Fconvert%2Fparquet/main/train/0000.parquet"
+            );
+        }
+        assert!(Source::parse("hf:datasets/openai/gsm8k@refs/convert/parquet").is_err());
         let model = Source::parse("hf:gpt2/gpt2/config.json").unwrap();
         assert_eq!(
             model.url(Some("http://h")).unwrap(),

@@ -238,7 +238,7 @@ impl TypedOp for Merge {
             },
             InputSpec {
                 required: p.strategy == Strategy::Evolve,
-                ..InputSpec::one("data", &[ArtifactKind::Dataset])
+                ..InputSpec::many("data", &[ArtifactKind::Dataset])
             },
         ])
     }
@@ -351,8 +351,7 @@ impl TypedOp for Merge {
                             config_path.display()
                         ))
                     })?;
-                let data = &inputs["data"][0];
-                let evaluator = Fitness::prepare(ctx, p, &model_cfg, first, data, seed)?;
+                let evaluator = Fitness::prepare(ctx, p, &model_cfg, first, &inputs["data"], seed)?;
                 let parent_reports = {
                     let refs: Vec<&StateDict> = ms.iter().collect();
                     evolve::Evaluator::evaluate(&evaluator, &refs)
@@ -609,15 +608,15 @@ impl<'a> Fitness<'a> {
         p: &MergeParams,
         cfg: &ModelConfig,
         model: &InputArtifact,
-        data: &InputArtifact,
+        data: &[InputArtifact],
         seed: u64,
     ) -> Result<Self, OpError> {
         let tk_path = model.path.join("tokenizer.json");
         let tk_bytes = std::fs::read(&tk_path).map_err(|e| OpError::io(&tk_path, e))?;
         let codec = super::tokenizer::TextCodec::from_bytes(&tk_bytes, &tk_path)?;
-        let mut recs = super::train::load_records(&data.path, Split::Val)?;
+        let mut recs = super::train::load_all_records(data, Split::Val)?;
         if recs.is_empty() {
-            recs = super::train::load_records(&data.path, Split::Train)?;
+            recs = super::train::load_all_records(data, Split::Train)?;
         }
         if recs.is_empty() {
             return Err(OpError::Failed(
@@ -706,7 +705,7 @@ impl<'a> Fitness<'a> {
                 "version": Merge::VERSION,
                 "fitness": fc,
                 "model": cfg,
-                "data": data.digest.to_hex(),
+                "data": data.iter().map(|d| d.digest.to_hex()).collect::<Vec<_>>().join(","),
                 "tokenizer": blake3::hash(&tk_bytes).to_hex().to_string(),
                 "seed": seed,
                 "backend": backend.class.to_string(),

@@ -154,7 +154,7 @@ impl TypedOp for Tokenizer {
     }
 
     fn inputs(&self, _p: &TokenizerParams) -> InputSignature {
-        InputSignature::Fixed(vec![InputSpec::one("data", &[ArtifactKind::Dataset])])
+        InputSignature::Fixed(vec![InputSpec::many("data", &[ArtifactKind::Dataset])])
     }
 
     fn outputs(&self, _p: &TokenizerParams) -> Vec<OutputSpec> {
@@ -170,12 +170,22 @@ impl TypedOp for Tokenizer {
         inputs: &StepInputs,
         p: &TokenizerParams,
     ) -> Result<StepOutcome, OpError> {
-        let dir = &inputs["data"][0].path;
-        let train_texts = data::read_texts(dir, data::Split::Train)?;
+        let texts = |split| -> Result<Vec<String>, OpError> {
+            let mut out = Vec::new();
+            for d in &inputs["data"] {
+                out.extend(data::read_texts(&d.path, split)?);
+            }
+            Ok(out)
+        };
+        let train_texts = texts(data::Split::Train)?;
         if train_texts.is_empty() {
+            let from: Vec<&str> = inputs["data"]
+                .iter()
+                .map(|d| d.from_step.as_str())
+                .collect();
             return Err(OpError::Failed(format!(
                 "no training text found in the dataset from {}",
-                inputs["data"][0].from_step
+                from.join(", ")
             )));
         }
         ctx.log(format!(
@@ -189,7 +199,7 @@ impl TypedOp for Tokenizer {
         tk.save(&path, true)
             .map_err(|e| OpError::Failed(format!("saving `{}`: {e}", path.display())))?;
         // How well it compresses held-out text.
-        let val = data::read_texts(dir, data::Split::Val).unwrap_or_default();
+        let val = texts(data::Split::Val).unwrap_or_default();
         let sample = if val.is_empty() { &train_texts } else { &val };
         let (mut chars, mut tokens) = (0usize, 0usize);
         for t in sample.iter().take(2000) {

@@ -155,6 +155,18 @@ fn expand_preset(
     Ok(())
 }
 
+/// The records of `split` of every dataset in `data`, in input order.
+pub(crate) fn load_all_records(
+    data: &[InputArtifact],
+    split: Split,
+) -> Result<Vec<Record>, OpError> {
+    let mut out = Vec::new();
+    for d in data {
+        out.extend(load_records(&d.path, split)?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn load_records(dir: &std::path::Path, split: Split) -> Result<Vec<Record>, OpError> {
     let path = dir.join(format!("{}.jsonl", split.name()));
     let text = match std::fs::read_to_string(&path) {
@@ -324,7 +336,7 @@ impl TypedOp for Train {
 
     fn inputs(&self, p: &TrainParams) -> InputSignature {
         InputSignature::Fixed(vec![
-            InputSpec::one("data", &[ArtifactKind::Dataset]),
+            InputSpec::many("data", &[ArtifactKind::Dataset]),
             InputSpec::one("tokenizer", &[ArtifactKind::Tokenizer]),
             InputSpec {
                 required: false,
@@ -374,9 +386,8 @@ impl TypedOp for Train {
         }
         let (bos, eos) = (codec.bos, codec.eos);
         let encode = |text: &str| codec.encode(text);
-        let data_dir = &inputs["data"][0].path;
-        let train_recs = load_records(data_dir, Split::Train)?;
-        let val_recs = load_records(data_dir, Split::Val)?;
+        let train_recs = load_all_records(&inputs["data"], Split::Train)?;
+        let val_recs = load_all_records(&inputs["data"], Split::Val)?;
         if train_recs.is_empty() {
             return Err(OpError::Failed(
                 "the dataset has no train.jsonl records".into(),

@@ -14,12 +14,16 @@
 //! | `commonsense` | everyday-physics comparisons and superlatives, lettered choices | 2 → 4 options |
 //! | `language` | a grammar-generated story language with subject–verb agreement across clauses | 0 → 3 attractors |
 //! | `mixed` | all five, weighted by `mix` | |
+//!
+//! Downloaded tables (parquet, jsonl, json; e.g. Hugging Face datasets) become records of the same
+//! format through the templates of [`table`].
 
 pub mod code;
 pub mod commonsense;
 pub mod language;
 pub mod math;
 pub mod qa;
+pub mod table;
 
 use std::collections::{BTreeMap, HashSet};
 
