@@ -192,10 +192,7 @@ pub fn dry_run(
                 (
                     None,
                     "run",
-                    format!(
-                        "input from {} will be rebuilt",
-                        ups.into_iter().collect::<Vec<_>>().join(", ")
-                    ),
+                    format!("input from {} will be rebuilt", summarize_steps(ups)),
                     vec![],
                 )
             }
@@ -856,5 +853,37 @@ impl Watchdog {
             }
         });
         Self { _done: tx }
+    }
+}
+
+/// Step ids for a message, with the instances of one matrix step folded together:
+/// `a.b[x=1], a.b[x=2], a.c` → `a.b (2 instances), a.c`.
+fn summarize_steps<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for id in ids {
+        let base = id.split_once('[').map_or(id, |(b, _)| b);
+        match groups.iter_mut().find(|(b, _)| *b == base) {
+            Some((_, members)) => members.push(id),
+            None => groups.push((base, vec![id])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(base, members)| match members.as_slice() {
+            [one] => (*one).to_owned(),
+            many => format!("{base} ({} instances)", many.len()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn matrix_instances_fold_in_messages() {
+        assert_eq!(
+            super::summarize_steps(["p.d[ds=a]", "p.d[ds=b]", "p.t", "p.m[v=x]"]),
+            "p.d (2 instances), p.t, p.m[v=x]"
+        );
     }
 }
