@@ -566,7 +566,7 @@ impl TypedOp for Train {
                         loss_sum += out.ce.clone().into_scalar::<f32>() as f64 * share;
                         let mut loss = out.loss.clone();
                         if let Some(r) = &reference {
-                            let ref_logp = burn::tensor::activation::log_softmax(
+                            let ref_logp = crate::model::fused::log_softmax(
                                 r.forward_logits(x, cfg.sup_steps, &tables),
                                 2,
                             );

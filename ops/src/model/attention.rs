@@ -6,9 +6,9 @@
 //! per head is kept for QK-clip (the optimizer rescales W_q and W_k when it exceeds τ).
 
 use burn::module::Module;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::fused::softmax;
 use super::layers::{Dense, Init, Rope};
 
 #[derive(Module, Debug)]

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`layers`] | seeded init, dense projections, RMSNorm, RoPE, SwiGLU |
 //! | [`attention`] | causal sliding-window attention (+ max logits for QK-clip) |
+//! | [`fused`] | softmax and log-softmax as one op each, with closed-form backward passes |
 //! | [`memory`] | Titans memory: test-time gradient updates with momentum and forgetting |
 //! | [`block`] | the MAG block |
 //! | [`trm`] | recursion, deep supervision, ACT |
@@ -15,6 +16,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod fused;
 pub mod layers;
 pub mod memory;
 pub mod trm;

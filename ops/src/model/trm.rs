@@ -17,12 +17,13 @@
 //! Everything per position is causal: attention is masked, the memory reads only earlier chunks.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{log_softmax, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::attention::causal_window_bias;
 use super::block::{BlockSpec, MagBlock};
 use super::config::ModelConfig;
+use super::fused::log_softmax;
 use super::layers::{Dense, Init, RmsNorm, Rope};
 
 #[derive(Module, Debug)]
