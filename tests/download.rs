@@ -550,6 +550,7 @@ fn hub_parquet_tables_become_records_that_train_on() {
     assert_eq!(r["answer"], "7");
     assert_eq!(r["category"], "math");
     assert_eq!(r["difficulty"], 1);
+    assert!(r["id"].as_str().unwrap().starts_with("arith-"), "{r}");
     assert_eq!(
         r["text"],
         "Ann has 5 pens and buys 2 more. How many pens?\n5 + 2 = 7\n#### 7"

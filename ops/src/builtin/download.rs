@@ -518,16 +518,26 @@ fn convert_tables(
     out: &Path,
 ) -> Result<StepOutcome, OpError> {
     let files = table::table_files(tables).map_err(|e| OpError::Failed(e.to_string()))?;
-    // Record ids start with the table's name: `train-00000-of-00001.parquet` → `train-00000-of-00001`.
-    let stem = name
-        .split('.')
-        .next()
-        .filter(|s| !s.is_empty())
-        .unwrap_or("row");
+    // Record ids start with the dataset's name (`hf:datasets/openai/gsm8k@…` → `gsm8k-0000000`),
+    // else the file's (`train.parquet` → `train-0000000`).
+    let hub_name = match Source::parse(&p.source) {
+        Ok(Source::HuggingFace { repo_path, .. }) => {
+            repo_path.rsplit('/').next().map(str::to_owned)
+        }
+        _ => None,
+    };
+    let stem = hub_name.unwrap_or_else(|| {
+        let stem = name.split('.').next().unwrap_or_default();
+        if stem.is_empty() {
+            "row".into()
+        } else {
+            stem.to_owned()
+        }
+    });
     let converted = table::convert(
         &files,
         r,
-        stem,
+        &stem,
         p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         |rows| ctx.progress(rows, None, "rows"),

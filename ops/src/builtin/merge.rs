@@ -175,7 +175,8 @@ pub struct Merge;
 impl TypedOp for Merge {
     type Params = MergeParams;
     const NAME: &'static str = "merge";
-    const VERSION: u32 = 1;
+    /// 2: the model's fused ops change fitness rounding on libtorch (at::silu).
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str = "Merge models: one technique, one of the eight EvoMerge combos, or an evolution with real fitness";
 
     fn check(&self, p: &MergeParams) -> Result<(), ParamsError> {

@@ -260,7 +260,8 @@ pub(crate) fn load_model(
 impl TypedOp for Train {
     type Params = TrainParams;
     const NAME: &'static str = "train";
-    const VERSION: u32 = 1;
+    /// 2: fused softmax, log-softmax and SiLU (different float rounding in the backward pass).
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Train a trm-titans-mag language model (Muon × Grokfast, deep supervision, ACT)";
 

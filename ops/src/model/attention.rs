@@ -8,7 +8,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::fused::softmax;
+use super::fused::{max_keeping, softmax};
 use super::layers::{Dense, Init, Rope};
 
 #[derive(Module, Debug)]
@@ -62,14 +62,8 @@ impl CausalAttention {
         let v = split(self.wv.forward(x));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
         let masked = scores.add(bias.clone().narrow(2, 0, s).narrow(3, 0, s));
-        // Max over allowed positions only (masked scores sit near -1e9).
-        let max_logit = masked
-            .clone()
-            .detach()
-            .max_dim(3)
-            .max_dim(2)
-            .max_dim(0)
-            .reshape([h]);
+        // Max over allowed positions only (masked scores sit near -1e9); detached.
+        let max_logit = max_keeping(masked.clone(), 1);
         let weights = softmax(masked, 3);
         let out = weights.matmul(v).swap_dims(1, 2).reshape([b, s, d]);
         (self.wo.forward(out), max_logit)

@@ -1,19 +1,23 @@
-//! Softmax and log-softmax as single backend operations with hand-written backward passes.
+//! Fused operations with hand-written backward passes: softmax, log-softmax and SiLU, plus a
+//! per-head maximum outside the autodiff graph.
 //!
-//! burn 0.22 records `softmax`/`log_softmax` under autodiff as their composite definition (max,
-//! subtract, exp, sum, divide or log), each step with its own backward, and recomputes the `exp`
-//! in the backward pass. On libtorch that is ~6 kernels forward and ~8 backward on the largest
-//! tensors of a step (attention scores `[b, h, s, s]` and logits `[b, s, vocab]`), where PyTorch
-//! runs one fused kernel each way. This module is a burn backend extension that calls the
-//! backend's own softmax (fused on libtorch, `at::softmax`) and differentiates it in closed form:
+//! burn 0.22 records these under autodiff as their composite definitions (max, subtract, exp,
+//! sum, divide or log; `x · σ(x)`), each step with its own backward, and recomputes the `exp` in
+//! the backward pass. On libtorch that is ~6 kernels forward and ~8 backward on the largest
+//! tensors of a step (attention scores `[b, h, s, s]`, logits `[b, s, vocab]`), where PyTorch runs
+//! one fused kernel each way. This module is a burn backend extension: forward, the backend's own
+//! op (on libtorch `at::softmax`, `at::log_softmax`, `at::silu`); backward, the closed forms
 //!
 //! ```text
 //! y = softmax(x):      ∂L/∂x = y ⊙ (g − Σ_dim g ⊙ y)
 //! y = log_softmax(x):  ∂L/∂x = g − exp(y) ⊙ Σ_dim g
+//! y = x σ(x):          ∂L/∂x = g ⊙ σ(x) ⊙ (1 + x (1 − σ(x)))
 //! ```
 //!
-//! The output `y` is kept for the backward pass (no recomputation). Tests compare both against
-//! burn's composite versions, values and gradients.
+//! which libtorch runs as the fused kernels PyTorch's autograd uses (`_softmax_backward_data`,
+//! `_log_softmax_backward_data`, `silu_backward`) and flex composes. The forward output (the input
+//! for SiLU) is kept for the backward pass, not recomputed. Tests compare every op against burn's
+//! composite version, values and gradients, on each backend built in.
 
 // burn-tch (`LibTorch`) is deprecated in burn 0.22 but is its only libtorch/CUDA path.
 #![allow(deprecated)]
@@ -25,52 +29,135 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::backend::{Shape, TensorMetadata};
 use burn::tensor::Tensor;
 
 /// Softmax along `dim`, one fused operation with a closed-form backward pass.
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as FusedSoftmax>::fused_softmax(
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(
         x.into_dispatch(),
         dim,
     ))
 }
 
+/// SiLU, `x σ(x)`, one fused operation with a closed-form backward pass.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_silu(x.into_dispatch()))
+}
+
+/// The maximum of `x` over every dimension but `keep`, detached: `[b, h, s, s]`, keep 1 → `[h]`.
+pub fn max_keeping<const D: usize>(x: Tensor<D>, keep: usize) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::max_keeping(x.into_dispatch(), keep))
+}
+
 /// Log-softmax along `dim`, one fused operation with a closed-form backward pass.
 pub fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as FusedSoftmax>::fused_log_softmax(
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_log_softmax(
         x.into_dispatch(),
         dim,
     ))
 }
 
 #[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
-pub trait FusedSoftmax: Backend {
+pub trait FusedOps: Backend {
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         <Self as ActivationOps<Self>>::softmax(x, dim)
+    }
+    /// `∂L/∂x` of `y = softmax(x)` from `y` and `g = ∂L/∂y`: `y ⊙ (g − Σ_dim g ⊙ y)`.
+    fn fused_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
+        let gy = Self::float_mul(g, y.clone());
+        let sum = Self::float_sum_dim(gy.clone(), dim);
+        Self::float_sub(gy, Self::float_mul(y, sum))
     }
     fn fused_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         <Self as ActivationOps<Self>>::log_softmax(x, dim)
     }
+    /// `∂L/∂x` of `y = log_softmax(x)`: `g − exp(y) ⊙ Σ_dim g`.
+    fn fused_log_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
+        let sum = Self::float_sum_dim(g.clone(), dim);
+        Self::float_sub(g, Self::float_mul(Self::float_exp(y), sum))
+    }
+    fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let s = <Self as ActivationOps<Self>>::sigmoid(x.clone());
+        Self::float_mul(x, s)
+    }
+    /// `∂L/∂x` of `y = x σ(x)`: `g ⊙ σ(x) ⊙ (1 + x (1 − σ(x)))`.
+    fn fused_silu_backward(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        let s = <Self as ActivationOps<Self>>::sigmoid(x.clone());
+        let one_minus = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0.into());
+        let inner = Self::float_add_scalar(Self::float_mul(x, one_minus), 1.0.into());
+        Self::float_mul(g, Self::float_mul(s, inner))
+    }
+    /// The maximum over every dimension but `keep` (a 1-D tensor), outside the autodiff graph.
+    fn max_keeping(x: FloatTensor<Self>, keep: usize) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let mut t = x;
+        for d in (0..shape.num_dims()).filter(|d| *d != keep) {
+            t = Self::float_max_dim(t, d);
+        }
+        Self::float_reshape(t, Shape::new([shape[keep]]))
+    }
 }
 
-impl FusedSoftmax for Flex {}
+impl FusedOps for Flex {}
 
+/// libtorch has the fused kernels PyTorch's autograd uses: `_softmax_backward_data`,
+/// `_log_softmax_backward_data` and `amax` (a max without indices).
 #[cfg(feature = "tch")]
-impl FusedSoftmax for burn::backend::LibTorch {}
+impl FusedOps for burn::backend::LibTorch {
+    fn fused_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
+        let kind = y.tensor.kind();
+        <FloatTensor<Self>>::new(tch::Tensor::internal_softmax_backward_data(
+            &g.tensor, &y.tensor, dim as i64, kind,
+        ))
+    }
+    fn fused_log_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
+        let kind = y.tensor.kind();
+        <FloatTensor<Self>>::new(tch::Tensor::internal_log_softmax_backward_data(
+            &g.tensor, &y.tensor, dim as i64, kind,
+        ))
+    }
+    fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <FloatTensor<Self>>::new(x.tensor.silu())
+    }
+    fn fused_silu_backward(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        <FloatTensor<Self>>::new(x.tensor.silu_backward(&g.tensor))
+    }
+    fn max_keeping(x: FloatTensor<Self>, keep: usize) -> FloatTensor<Self> {
+        let dims: Vec<i64> = (0..x.tensor.dim() as i64)
+            .filter(|d| *d != keep as i64)
+            .collect();
+        <FloatTensor<Self>>::new(x.tensor.amax(dims.as_slice(), false))
+    }
+}
 
 #[derive(Debug)]
 struct SoftmaxBackward;
 
-impl<B: Backend> Backward<B, 1> for SoftmaxBackward {
+impl<B: Backend + FusedOps> Backward<B, 1> for SoftmaxBackward {
     /// The forward output and the dimension.
     type State = (FloatTensor<B>, usize);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (y, dim) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |g| {
-            let gy = B::float_mul(g, y.clone());
-            let sum = B::float_sum_dim(gy.clone(), dim);
-            B::float_sub(gy, B::float_mul(y, sum))
+            B::fused_softmax_backward(y, g, dim)
         });
     }
 }
@@ -78,20 +165,48 @@ impl<B: Backend> Backward<B, 1> for SoftmaxBackward {
 #[derive(Debug)]
 struct LogSoftmaxBackward;
 
-impl<B: Backend> Backward<B, 1> for LogSoftmaxBackward {
+impl<B: Backend + FusedOps> Backward<B, 1> for LogSoftmaxBackward {
     /// The forward output (log-probabilities) and the dimension.
     type State = (FloatTensor<B>, usize);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (y, dim) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |g| {
-            let sum = B::float_sum_dim(g.clone(), dim);
-            B::float_sub(g, B::float_mul(B::float_exp(y), sum))
+            B::fused_log_softmax_backward(y, g, dim)
         });
     }
 }
 
-impl<B: Backend + FusedSoftmax, C: CheckpointStrategy> FusedSoftmax for Autodiff<B, C> {
+#[derive(Debug)]
+struct SiluBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for SiluBackward {
+    /// The input.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| {
+            B::fused_silu_backward(x, g)
+        });
+    }
+}
+
+impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SiluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                prep.finish(x.clone(), B::fused_silu(x))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_silu(x.into_primitive())),
+        }
+    }
+
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         match SoftmaxBackward
             .prepare::<C>([x.node()])
@@ -119,6 +234,11 @@ impl<B: Backend + FusedSoftmax, C: CheckpointStrategy> FusedSoftmax for Autodiff
             OpsKind::UnTracked(prep) => prep.finish(B::fused_log_softmax(x.into_primitive(), dim)),
         }
     }
+
+    fn max_keeping(x: FloatTensor<Self>, keep: usize) -> FloatTensor<Self> {
+        // A new leaf: the result carries no gradient.
+        <FloatTensor<Self>>::new(B::max_keeping(x.into_primitive(), keep))
+    }
 }
 
 #[cfg(test)]
@@ -136,32 +256,62 @@ mod tests {
 
     /// Values and gradients of the fused ops equal burn's composite ones, on every dimension.
     #[test]
-    fn fused_softmax_and_log_softmax_match_the_composite_definitions() {
+    fn fused_ops_match_the_composite_definitions() {
         for dev in devices() {
             let ad = dev.clone().autodiff();
             for dim in 0..3 {
                 let x0 = Tensor::<3>::random([3, 4, 5], Distribution::Normal(0.0, 3.0), &dev);
                 let w = Tensor::<3>::random([3, 4, 5], Distribution::Normal(0.0, 1.0), &dev);
-                let run = |fused: bool, log: bool| {
+                let run = |fused: bool, op: usize| {
                     let x = Tensor::<3>::from_data(x0.to_data(), &ad).require_grad();
-                    let y = match (fused, log) {
-                        (true, false) => super::softmax(x.clone(), dim),
-                        (true, true) => super::log_softmax(x.clone(), dim),
-                        (false, false) => activation::softmax(x.clone(), dim),
-                        (false, true) => activation::log_softmax(x.clone(), dim),
+                    let y = match (fused, op) {
+                        (true, 0) => super::softmax(x.clone(), dim),
+                        (true, 1) => super::log_softmax(x.clone(), dim),
+                        (true, _) => super::silu(x.clone()),
+                        (false, 0) => activation::softmax(x.clone(), dim),
+                        (false, 1) => activation::log_softmax(x.clone(), dim),
+                        (false, _) => activation::silu(x.clone()),
                     };
                     // A loss that weighs every output differently, so every gradient term counts.
                     let loss = y.clone().mul(Tensor::from_data(w.to_data(), &ad)).sum();
                     let g = x.grad(&loss.backward()).unwrap();
                     (y.inner().into_data(), g.into_data())
                 };
-                for log in [false, true] {
-                    let (y_f, g_f) = run(true, log);
-                    let (y_c, g_c) = run(false, log);
-                    y_f.assert_approx_eq::<f32>(&y_c, burn::tensor::Tolerance::absolute(1e-5));
-                    g_f.assert_approx_eq::<f32>(&g_c, burn::tensor::Tolerance::absolute(1e-5));
+                for op in 0..3 {
+                    let (y_f, g_f) = run(true, op);
+                    let (y_c, g_c) = run(false, op);
+                    let tol = burn::tensor::Tolerance::absolute(1e-5);
+                    y_f.assert_approx_eq::<f32>(&y_c, tol);
+                    g_f.assert_approx_eq::<f32>(&g_c, tol);
                 }
             }
+        }
+    }
+
+    /// `max_keeping` is the per-head maximum and carries no gradient.
+    #[test]
+    fn max_keeping_is_a_detached_per_head_max() {
+        for dev in devices() {
+            let ad = dev.clone().autodiff();
+            let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Normal(0.0, 1.0), &ad)
+                .require_grad();
+            let expected = x
+                .clone()
+                .detach()
+                .max_dim(3)
+                .max_dim(2)
+                .max_dim(0)
+                .reshape([3]);
+            let m = super::max_keeping(x.clone(), 1);
+            m.to_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+            // Only the other term reaches x: d/dx of sum(x) + sum(m) is all ones.
+            let loss = x.clone().sum().add(m.sum());
+            let g = x.grad(&loss.backward()).unwrap();
+            g.into_data().assert_approx_eq::<f32>(
+                &Tensor::<4>::ones([2, 3, 4, 4], &dev).into_data(),
+                Default::default(),
+            );
         }
     }
 

@@ -6,7 +6,6 @@
 //! every thread, which the shared Phase-1 initialisation (the merge base) relies on.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -148,7 +147,7 @@ impl Rope {
     }
 }
 
-/// SwiGLU feed-forward: `(silu(x W_gate) ⊙ x W_up) W_down`.
+/// SwiGLU feed-forward: `(silu(x W_gate) ⊙ x W_up) W_down` (SiLU fused, see [`super::fused`]).
 #[derive(Module, Debug)]
 pub struct SwiGlu {
     pub gate: Dense,
@@ -167,6 +166,6 @@ impl SwiGlu {
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.down
-            .forward(silu(self.gate.forward(x.clone())).mul(self.up.forward(x)))
+            .forward(super::fused::silu(self.gate.forward(x.clone())).mul(self.up.forward(x)))
     }
 }

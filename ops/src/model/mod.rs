@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`layers`] | seeded init, dense projections, RMSNorm, RoPE, SwiGLU |
 //! | [`attention`] | causal sliding-window attention (+ max logits for QK-clip) |
-//! | [`fused`] | softmax and log-softmax as one op each, with closed-form backward passes |
+//! | [`fused`] | softmax, log-softmax and SiLU as one op each with closed-form backward passes; per-head max |
 //! | [`memory`] | Titans memory: test-time gradient updates with momentum and forgetting |
 //! | [`block`] | the MAG block |
 //! | [`trm`] | recursion, deep supervision, ACT |
