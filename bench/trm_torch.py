@@ -15,6 +15,7 @@ Prints one JSON line: {"impl": "pytorch", "tokens_per_second": ..., ...}.
 import argparse
 import json
 import math
+import os
 import time
 
 import torch
@@ -283,23 +284,36 @@ def main():
     opt = MuonGrokfast(model.named_parameters())
     n_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(1)
-    times = []
-    for step in range(a.warmup + a.steps):
-        rows = torch.randint(3, cfg["vocab"], (a.batch, a.seq + 1), generator=gen).to(dev)
+    times, phases = [], [0.0, 0.0, 0.0]
+
+    def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
+
+    for step in range(a.warmup + a.steps):
+        rows = torch.randint(3, cfg["vocab"], (a.batch, a.seq + 1), generator=gen).to(dev)
+        sync()
         t = time.perf_counter()
         loss, _ = model.forward_train(rows[:, :-1], rows[:, 1:])
+        sync()
+        t_fwd = time.perf_counter()
         loss.backward()
+        sync()
+        t_bwd = time.perf_counter()
         opt.step()
         loss_v = loss.item()
         if step >= a.warmup:
-            times.append(time.perf_counter() - t)
+            end = time.perf_counter()
+            times.append(end - t)
+            for i, d in enumerate((t_fwd - t, t_bwd - t_fwd, end - t_bwd)):
+                phases[i] += d / a.steps
     mean = sum(times) / len(times)
     print(json.dumps({
         "impl": "pytorch", "torch": torch.__version__, "preset": a.preset, "params": n_params,
         "batch": a.batch, "seq": a.seq, "threads": a.threads, "steps": a.steps,
         "step_seconds": mean, "tokens_per_second": a.batch * a.seq / mean, "last_loss": loss_v,
+        "forward_seconds": phases[0], "backward_seconds": phases[1], "optimizer_seconds": phases[2],
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }))
 
 

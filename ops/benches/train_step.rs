@@ -54,6 +54,9 @@ fn main() {
     let mut opt = MuonGrokfast::new(OptimizerConfig::preset("phase1").expect("preset"));
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut times = Vec::new();
+    // Mean seconds of the forward pass, the backward pass and the optimizer step (CPU backends
+    // run eagerly, so the clocks between phases are honest there).
+    let mut phases = [0.0f64; 3];
     let mut last_loss = 0.0;
     for step in 0..warmup + steps {
         let rows: Vec<Vec<i64>> = (0..batch)
@@ -66,13 +69,22 @@ fn main() {
         let t = Instant::now();
         let (x, y) = forge_ops::train::to_tensors(&rows, &dev);
         let out = model.forward_train(x, y, cfg.sup_steps, cfg.act_weight, &tables);
+        let t_fwd = Instant::now();
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let t_bwd = Instant::now();
         let (m, _) = opt.step(model, grads, 1.0);
         model = m;
         // Reading the loss waits for the step to finish on asynchronous backends.
         last_loss = out.ce.into_scalar::<f32>();
         if step >= warmup {
-            times.push(t.elapsed().as_secs_f64());
+            let end = Instant::now();
+            times.push((end - t).as_secs_f64());
+            for (acc, d) in phases
+                .iter_mut()
+                .zip([t_fwd - t, t_bwd - t_fwd, end - t_bwd])
+            {
+                *acc += d.as_secs_f64() / steps as f64;
+            }
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
@@ -83,6 +95,8 @@ fn main() {
             "preset": preset, "params": params, "batch": batch, "seq": seq,
             "threads": threads, "steps": steps, "step_seconds": mean,
             "tokens_per_second": (batch * seq) as f64 / mean, "last_loss": last_loss,
+            "forward_seconds": phases[0], "backward_seconds": phases[1],
+            "optimizer_seconds": phases[2],
         })
     );
 }
