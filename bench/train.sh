@@ -20,14 +20,14 @@ threads="${THREADS:-2}"
 cargo bench -q -p forge-ops --features tch --bench train_step --no-run 2>/dev/null
 forge() { cargo bench -q -p forge-ops --features tch --bench train_step -- "$@" 2>/dev/null; }
 for _ in $(seq "${REPS:-1}"); do
-for cfg in "tiny 8 128 10" "25m 4 256 3"; do
-    read -r preset batch seq steps <<<"$cfg"
-    args=(--preset "$preset" --batch "$batch" --seq "$seq" --steps "$steps" --threads "$threads")
-    FORGE_CPU_BACKEND=flex forge "${args[@]}"
-    FORGE_CPU_BACKEND=libtorch forge "${args[@]}"
-    "$venv/bin/python" bench/trm_torch.py "${args[@]}" 2>/dev/null
-    # PyTorch again with the allocator settings forge applies in-process (ops/src/device.rs).
-    MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 \
+    for cfg in "tiny 8 128 10" "25m 4 256 3"; do
+        read -r preset batch seq steps <<<"$cfg"
+        args=(--preset "$preset" --batch "$batch" --seq "$seq" --steps "$steps" --threads "$threads")
+        FORGE_CPU_BACKEND=flex forge "${args[@]}"
+        FORGE_CPU_BACKEND=libtorch forge "${args[@]}"
         "$venv/bin/python" bench/trm_torch.py "${args[@]}" 2>/dev/null
-done
+        # PyTorch again with the allocator settings forge applies in-process (ops/src/device.rs).
+        MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 \
+            "$venv/bin/python" bench/trm_torch.py "${args[@]}" 2>/dev/null
+    done
 done
