@@ -147,92 +147,90 @@ impl FusedOps for burn::backend::LibTorch {
     }
 }
 
-#[derive(Debug)]
-struct SoftmaxBackward;
+/// The backward step of a fused unary op: `grad(saved, g, dim)`, where `saved` is the op's input
+/// or its output, whichever its closed form needs.
+struct Unary<B: Backend> {
+    grad: fn(FloatTensor<B>, FloatTensor<B>, usize) -> FloatTensor<B>,
+}
 
-impl<B: Backend + FusedOps> Backward<B, 1> for SoftmaxBackward {
-    /// The forward output and the dimension.
-    type State = (FloatTensor<B>, usize);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (y, dim) = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |g| {
-            B::fused_softmax_backward(y, g, dim)
-        });
+impl<B: Backend> std::fmt::Debug for Unary<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fused unary backward")
     }
 }
 
-#[derive(Debug)]
-struct LogSoftmaxBackward;
-
-impl<B: Backend + FusedOps> Backward<B, 1> for LogSoftmaxBackward {
-    /// The forward output (log-probabilities) and the dimension.
+impl<B: Backend> Backward<B, 1> for Unary<B> {
+    /// The saved tensor and the dimension.
     type State = (FloatTensor<B>, usize);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (y, dim) = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |g| {
-            B::fused_log_softmax_backward(y, g, dim)
-        });
+        let (saved, dim) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |g| (self.grad)(saved, g, dim));
     }
 }
 
-#[derive(Debug)]
-struct SiluBackward;
+/// Which tensor a fused op keeps for its backward pass.
+enum Saved {
+    Input,
+    Output,
+}
 
-impl<B: Backend + FusedOps> Backward<B, 1> for SiluBackward {
-    /// The input.
-    type State = FloatTensor<B>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let x = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |g| {
-            B::fused_silu_backward(x, g)
-        });
+/// Run `forward` on the inner backend and, when `x` is tracked, record `grad` as its backward.
+fn tracked<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    dim: usize,
+    saved: Saved,
+    forward: fn(FloatTensor<B>, usize) -> FloatTensor<B>,
+    grad: fn(FloatTensor<B>, FloatTensor<B>, usize) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match (Unary { grad })
+        .prepare::<C>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let x = x.into_primitive();
+            match saved {
+                Saved::Input => prep.finish((x.clone(), dim), forward(x, dim)),
+                Saved::Output => {
+                    let y = forward(x, dim);
+                    prep.finish((y.clone(), dim), y)
+                }
+            }
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), dim)),
     }
 }
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match SiluBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let x = x.into_primitive();
-                prep.finish(x.clone(), B::fused_silu(x))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_silu(x.into_primitive())),
-        }
+        tracked::<B, C>(
+            x,
+            0,
+            Saved::Input,
+            |x, _| B::fused_silu(x),
+            |x, g, _| B::fused_silu_backward(x, g),
+        )
     }
 
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        match SoftmaxBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::fused_softmax(x.into_primitive(), dim);
-                prep.finish((y.clone(), dim), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.into_primitive(), dim)),
-        }
+        tracked::<B, C>(
+            x,
+            dim,
+            Saved::Output,
+            B::fused_softmax,
+            B::fused_softmax_backward,
+        )
     }
 
     fn fused_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        match LogSoftmaxBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::fused_log_softmax(x.into_primitive(), dim);
-                prep.finish((y.clone(), dim), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_log_softmax(x.into_primitive(), dim)),
-        }
+        tracked::<B, C>(
+            x,
+            dim,
+            Saved::Output,
+            B::fused_log_softmax,
+            B::fused_log_softmax_backward,
+        )
     }
 
     fn max_keeping(x: FloatTensor<Self>, keep: usize) -> FloatTensor<Self> {
