@@ -62,6 +62,10 @@ impl InputSpec {
             required: true,
         }
     }
+    /// The same input, required only when `required` holds.
+    pub fn required(self, required: bool) -> Self {
+        Self { required, ..self }
+    }
     pub fn accepts(&self, kind: ArtifactKind) -> bool {
         self.accepts.is_empty() || kind == ArtifactKind::Files || self.accepts.contains(&kind)
     }

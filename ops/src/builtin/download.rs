@@ -366,7 +366,7 @@ impl TypedOp for Download {
                     .unwrap_or_default();
                 if path.is_dir() {
                     if let Some(r) = &p.records {
-                        return convert_tables(ctx, p, r, &path, &name, &out);
+                        return convert_tables(ctx, p, r, &source, &path, &name, &out);
                     }
                     copy_dir(&path, &out)?;
                     return Ok(outcome(&out));
@@ -441,7 +441,7 @@ impl TypedOp for Download {
                 }
                 None => local,
             };
-            return convert_tables(ctx, p, r, &tables, &name, &out);
+            return convert_tables(ctx, p, r, &source, &tables, &name, &out);
         }
         match format {
             Some(f) => {
@@ -513,6 +513,7 @@ fn convert_tables(
     ctx: &StepContext,
     p: &DownloadParams,
     r: &RecordTemplate,
+    source: &Source,
     tables: &Path,
     name: &str,
     out: &Path,
@@ -520,24 +521,15 @@ fn convert_tables(
     let files = table::table_files(tables).map_err(|e| OpError::Failed(e.to_string()))?;
     // Record ids start with the dataset's name (`hf:datasets/openai/gsm8k@…` → `gsm8k-0000000`),
     // else the file's (`train.parquet` → `train-0000000`).
-    let hub_name = match Source::parse(&p.source) {
-        Ok(Source::HuggingFace { repo_path, .. }) => {
-            repo_path.rsplit('/').next().map(str::to_owned)
-        }
-        _ => None,
+    let stem = match source {
+        Source::HuggingFace { repo_path, .. } => repo_path.rsplit('/').next().unwrap_or(name),
+        _ => name.split('.').next().unwrap_or(name),
     };
-    let stem = hub_name.unwrap_or_else(|| {
-        let stem = name.split('.').next().unwrap_or_default();
-        if stem.is_empty() {
-            "row".into()
-        } else {
-            stem.to_owned()
-        }
-    });
+    let stem = if stem.is_empty() { "row" } else { stem };
     let converted = table::convert(
         &files,
         r,
-        &stem,
+        stem,
         p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         |rows| ctx.progress(rows, None, "rows"),

@@ -233,14 +233,9 @@ impl TypedOp for Merge {
         };
         InputSignature::Fixed(vec![
             InputSpec::many("models", &[ArtifactKind::Model]),
-            InputSpec {
-                required: needs_base,
-                ..InputSpec::one("base", &[ArtifactKind::Model])
-            },
-            InputSpec {
-                required: p.strategy == Strategy::Evolve,
-                ..InputSpec::many("data", &[ArtifactKind::Dataset])
-            },
+            InputSpec::one("base", &[ArtifactKind::Model]).required(needs_base),
+            InputSpec::many("data", &[ArtifactKind::Dataset])
+                .required(p.strategy == Strategy::Evolve),
         ])
     }
 

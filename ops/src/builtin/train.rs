@@ -339,15 +339,9 @@ impl TypedOp for Train {
         InputSignature::Fixed(vec![
             InputSpec::many("data", &[ArtifactKind::Dataset]),
             InputSpec::one("tokenizer", &[ArtifactKind::Tokenizer]),
-            InputSpec {
-                required: false,
-                ..InputSpec::one("init", &[ArtifactKind::Model])
-            },
+            InputSpec::one("init", &[ArtifactKind::Model]).required(false),
             // The frozen model of the KL term: required exactly when the term is on.
-            InputSpec {
-                required: p.optimizer.kl_coef > 0.0,
-                ..InputSpec::one("reference", &[ArtifactKind::Model])
-            },
+            InputSpec::one("reference", &[ArtifactKind::Model]).required(p.optimizer.kl_coef > 0.0),
         ])
     }
 

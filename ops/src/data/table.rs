@@ -98,6 +98,8 @@ pub enum ConvertError {
     },
     #[error("no table files (.parquet, .jsonl, .json) in the download")]
     NoTables,
+    #[error("`records.{field}`: {message}", field = .0.field, message = .0.message)]
+    Template(#[from] TemplateError),
 }
 
 impl RecordTemplate {
@@ -122,9 +124,9 @@ impl RecordTemplate {
 /// The compiled templates of a [`RecordTemplate`].
 struct Templates {
     env: Environment<'static>,
+    /// Whether a `text` template was given (else text is the prompt, a newline, the answer).
+    has_text: bool,
 }
-
-const FIELDS: [&str; 3] = ["prompt", "answer", "text"];
 
 impl Templates {
     fn compile(t: &RecordTemplate) -> Result<Self, TemplateError> {
@@ -132,41 +134,40 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         // Records are plain text: no HTML escaping.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        let text = t
-            .text
-            .clone()
-            .unwrap_or_else(|| "{{ __prompt }}\n{{ __answer }}".into());
-        for (name, src) in FIELDS
+        let sources = [("prompt", &t.prompt), ("answer", &t.answer)]
             .into_iter()
-            .zip([t.prompt.clone(), t.answer.clone(), text])
-        {
-            env.add_template_owned(name, src)
+            .chain(t.text.as_ref().map(|text| ("text", text)));
+        for (name, src) in sources {
+            env.add_template_owned(name, src.clone())
                 .map_err(|e| TemplateError {
                     field: name,
                     message: describe(&e),
                 })?;
         }
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            has_text: t.text.is_some(),
+        })
     }
 
     /// Render one row: (prompt, answer, text), each trimmed.
     fn render(&self, row: &Value) -> Result<[String; 3], (&'static str, String)> {
         // Rows are objects (the readers make sure); their columns are the template's variables.
-        let mut ctx = match row {
-            Value::Object(m) => m.clone(),
-            other => serde_json::Map::from_iter([("value".to_owned(), other.clone())]),
-        };
-        let mut out: [String; 3] = Default::default();
-        for (i, name) in FIELDS.into_iter().enumerate() {
+        // Converted once, rendered by every template.
+        let ctx = minijinja::Value::from(minijinja::value::Serde(row));
+        let render = |name: &'static str| {
             let tmpl = self.env.get_template(name).expect("compiled");
-            let s = tmpl
-                .render(minijinja::value::Serde(&ctx))
-                .map_err(|e| (name, describe_with(&e, row)))?;
-            out[i] = s.trim().to_owned();
-            // The default text template refers to the rendered prompt and answer.
-            ctx.insert(format!("__{name}"), Value::String(out[i].clone()));
-        }
-        Ok(out)
+            tmpl.render(&ctx)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| (name, describe_with(&e, row)))
+        };
+        let (prompt, answer) = (render("prompt")?, render("answer")?);
+        let text = if self.has_text {
+            render("text")?
+        } else {
+            format!("{prompt}\n{answer}").trim().to_owned()
+        };
+        Ok([prompt, answer, text])
     }
 }
 
@@ -251,12 +252,7 @@ pub fn convert(
     test_fraction: f64,
     mut progress: impl FnMut(u64),
 ) -> Result<Converted, ConvertError> {
-    let templates = Templates::compile(t).map_err(|e| ConvertError::Render {
-        path: PathBuf::new(),
-        row: 0,
-        field: e.field,
-        message: e.message,
-    })?;
+    let templates = Templates::compile(t)?;
     let mut out = Converted::default();
     let mut seen = HashSet::new();
     let mut kept = 0u64;
