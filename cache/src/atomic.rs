@@ -42,12 +42,17 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// A uniquely named, exclusively created file in `dir`.
-pub(crate) fn tempfile_in(dir: &Path) -> io::Result<(std::path::PathBuf, File)> {
+/// A number no other call in this process gets (for names of temporary files and directories).
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A uniquely named, exclusively created file in `dir`.
+pub(crate) fn tempfile_in(dir: &Path) -> io::Result<(std::path::PathBuf, File)> {
     loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = unique();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

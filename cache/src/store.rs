@@ -346,7 +346,7 @@ impl Store {
             "view-{}-{}-{}",
             d.short(),
             std::process::id(),
-            unique()
+            crate::atomic::unique()
         ));
         let _ = fs::remove_dir_all(&tmp);
         self.materialize(&tree, &tmp, false)?;
@@ -619,12 +619,6 @@ pub(crate) fn read_json_opt<T: serde::de::DeserializeOwned>(
             source: e,
         }),
     }
-}
-
-/// A number no other call in this process gets (names of temporary directories).
-fn unique() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]
