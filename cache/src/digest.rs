@@ -32,6 +32,13 @@ impl DigestKind for Key {
     const NAME: &'static str = "step key";
 }
 
+/// Marker: the blake3 of a memo entry's canonical key pre-image (see [`crate::memo`]).
+#[derive(Debug)]
+pub enum Memo {}
+impl DigestKind for Memo {
+    const NAME: &'static str = "memo key";
+}
+
 /// A blake3 digest of something of kind `K`.
 pub struct Digest<K: DigestKind> {
     bytes: [u8; 32],
@@ -42,6 +49,8 @@ pub struct Digest<K: DigestKind> {
 pub type ObjectDigest = Digest<Object>;
 /// Digest identifying one step's action (its cache key).
 pub type StepKey = Digest<Key>;
+/// Digest identifying one memo entry.
+pub type MemoKey = Digest<Memo>;
 
 impl<K: DigestKind> Digest<K> {
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -64,7 +73,7 @@ impl<K: DigestKind> Digest<K> {
         hex::encode(self.bytes)
     }
 
-    /// First `n` hex characters, for display.
+    /// The first 12 hex characters, for display.
     pub fn short(&self) -> String {
         let mut s = self.to_hex();
         s.truncate(12);

@@ -12,13 +12,15 @@ pub mod error;
 pub mod hashing;
 pub mod lock;
 pub mod maintenance;
+pub mod memo;
 pub mod runs;
 pub mod store;
 
-pub use digest::{Digest, DigestKind, ObjectDigest, StepKey};
+pub use digest::{Digest, DigestKind, MemoKey, ObjectDigest, StepKey};
 pub use error::{Result, StoreError};
 pub use hashing::{HashSource, hash_file_uncached};
 pub use lock::{Acquired, FileLock, LockError, LockOptions, pid_alive};
 pub use maintenance::{GcReport, VerifyReport};
+pub use memo::{Memo, MemoRoot};
 pub use runs::{RunStep, RunSummary, RunWriter};
 pub use store::{ActionRecord, STORE_FORMAT, StepRef, Store, Tree, TreeEntry};

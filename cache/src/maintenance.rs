@@ -25,6 +25,9 @@ pub struct VerifyReport {
     pub corrupt: Vec<CorruptObject>,
     /// Actions that now lack an output and will be rebuilt by the next apply.
     pub actions_invalidated: u64,
+    pub memo_entries_checked: u64,
+    /// Memo entries whose value no longer matches its recorded digest: removed.
+    pub memo_entries_corrupt: u64,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -36,6 +39,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub work_dirs_removed: usize,
     pub views_removed: usize,
+    /// Memo entries no kept run used.
+    pub memo_entries_removed: usize,
 }
 
 impl Store {
@@ -75,6 +80,14 @@ impl Store {
             }
         }
         progress(total, total);
+        for entry in crate::memo::entries(&self.root().join("memo"))? {
+            report.memo_entries_checked += 1;
+            let bytes = fs::read(&entry).at(&entry)?;
+            if crate::memo::intact(&bytes).is_none() {
+                fs::remove_file(&entry).at(&entry)?;
+                report.memo_entries_corrupt += 1;
+            }
+        }
         if !report.corrupt.is_empty() {
             let views = self.root().join("views");
             for v in read_dir_sorted(&views)? {
@@ -101,11 +114,14 @@ impl Store {
 
         let mut live_keys: BTreeSet<StepKey> = BTreeSet::new();
         let mut live_trees: BTreeSet<ObjectDigest> = BTreeSet::new();
+        // Memo entries untouched since the oldest kept run began were used by no kept run.
+        let mut memo_horizon_ms = u64::MAX;
         for dir in kept {
             if let Some(s) = crate::store::read_json_opt::<crate::runs::RunSummary>(
                 &dir.join("run.json"),
                 "run summary",
             )? {
+                memo_horizon_ms = memo_horizon_ms.min(s.started_unix_ms);
                 for st in s.steps {
                     live_keys.extend(st.key);
                     live_trees.extend(st.outputs.values().copied());
@@ -164,6 +180,18 @@ impl Store {
             if !keep {
                 fs::remove_dir_all(&v).at(&v)?;
                 report.views_removed += 1;
+            }
+        }
+        for entry in crate::memo::entries(&self.root().join("memo"))? {
+            let used_ms = fs::metadata(&entry)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            if memo_horizon_ms == u64::MAX || used_ms < memo_horizon_ms {
+                fs::remove_file(&entry).at(&entry)?;
+                report.memo_entries_removed += 1;
             }
         }
         for t in read_dir_sorted(&self.root().join("tmp"))? {

@@ -10,6 +10,7 @@
 //!   work/<key>/                 scratch, outputs being written and checkpoints of an unfinished step
 //!   runs/<run-id>/              run.json (summary) and events.jsonl of each `apply`
 //!   locks/                      per-step locks and the store lock
+//!   memo/<bucket>/v<N>/         memo tables: values keyed by typed pre-images (see `memo`)
 //!   statcache/                  remembered file digests (see `hashing`)
 //!   quarantine/                 corrupt objects moved aside by `verify`
 //!   tmp/                        temp files; everything enters the store by rename from here
@@ -106,6 +107,7 @@ const DIRS: &[&str] = &[
     "work",
     "runs",
     "locks",
+    "memo",
     "statcache",
     "quarantine",
     "tmp",
@@ -160,6 +162,11 @@ impl Store {
                 source: e,
             }),
         }
+    }
+
+    /// The store's memo tables (`memo/`).
+    pub fn memos(&self) -> crate::memo::MemoRoot {
+        crate::memo::MemoRoot::at(self.root.join("memo"))
     }
 
     pub fn root(&self) -> &Path {

@@ -1,6 +1,6 @@
 //! The `forge` command line. Each subcommand is a thin layer over the library: load and plan the
 //! pipeline (reporting every problem, exit code 2, nothing written), then run, inspect or clean
-//! the store. Exit codes: 0 success, 1 a step or check failed, 2 invalid input, 130 interrupted.
+//! the store. Exit codes are in [`crate::exit`].
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -13,15 +13,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use forge_cache::Store;
 use forge_ops::{CancelToken, OpRegistry};
 
-use crate::diag::{did_you_mean, render};
+use crate::diag::did_you_mean;
 use crate::events::{Emitter, Stamped};
 use crate::executor::{ApplyOptions, PlannedStep, Status, apply, dry_run};
 use crate::plan::Plan;
-use crate::report::{Console, LogFormat, fancy_terminal, human_duration};
+use crate::report::{Console, LogFormat, human_duration};
 
-pub const EXIT_FAILED: u8 = 1;
-pub const EXIT_INVALID: u8 = 2;
-pub const EXIT_INTERRUPTED: u8 = 130;
+use crate::exit::{
+    FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, INVALID as EXIT_INVALID,
+};
+use crate::load::load_plan;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -208,30 +209,6 @@ fn pipeline_path(p: &Option<PathBuf>) -> Result<PathBuf, u8> {
     }
 }
 
-/// Load and plan a pipeline; on any problem print every diagnostic and return exit code 2.
-pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
-    let result = crate::pipeline::load(path).and_then(|mut p| {
-        // Absolute, so ops (e.g. `exec`'s working directory) see the same dir wherever they run.
-        if let Ok(d) = std::fs::canonicalize(&p.dir) {
-            p.dir = d;
-        }
-        crate::plan::build(p, registry)
-    });
-    result.map_err(|invalid| {
-        let n = invalid.diagnostics.len();
-        let text = render(&invalid.file, &invalid.diagnostics, fancy_terminal());
-        let mut e = std::io::stderr().lock();
-        let _ = e.write_all(text.as_bytes());
-        let _ = writeln!(
-            e,
-            "error: `{}` is not a valid pipeline ({n} error{}); nothing was run",
-            path.display(),
-            if n == 1 { "" } else { "s" }
-        );
-        EXIT_INVALID
-    })
-}
-
 fn with_plan(
     p: &Option<PathBuf>,
     registry: &OpRegistry,
@@ -295,7 +272,7 @@ fn store_error(e: &dyn std::error::Error) -> u8 {
         src = s.source();
     }
     eprint_error(&msg, None);
-    EXIT_FAILED
+    crate::exit::INFRA
 }
 
 fn print_plan(cli: &Cli, plan: &Plan, opts: &ApplyOptions, format: DryRunFormat) -> CmdResult {
@@ -488,7 +465,9 @@ fn run_apply(
     ));
     let _ = reporter.join();
     if report.results.iter().any(|r| r.status == Status::Failed) {
-        return Err(EXIT_FAILED);
+        return Err(crate::exit::for_failures(
+            report.results.iter().filter_map(|r| r.tier),
+        ));
     }
     if token.is_cancelled() {
         return Err(EXIT_INTERRUPTED);

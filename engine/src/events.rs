@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use forge_ops::AlertLevel;
+use forge_ops::{AlertLevel, Tier};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -74,6 +74,10 @@ pub enum Event {
         step: String,
         error: String,
         detail: Option<String>,
+        /// Who can fix it: `user`, `infra` or `internal`.
+        tier: Tier,
+        /// What to do about it.
+        hint: Option<String>,
     },
     Skipped {
         step: String,
@@ -82,6 +86,10 @@ pub enum Event {
     Cancelled {
         step: String,
         reason: String,
+    },
+    /// Something went wrong outside any step that the run survives (e.g. writing its summary).
+    Warning {
+        message: String,
     },
     RunFinished {
         status: String,

@@ -26,12 +26,13 @@ use forge_cache::{
 };
 use forge_ops::{
     CancelToken, InputArtifact, KeyContext, OpError, StepContext, StepEvent, StepInputs,
+    StepOutcome, Tier,
 };
 use serde::Serialize;
 
 use crate::events::{Emitter, Event};
 use crate::key::{KeyPreimage, explain};
-use crate::plan::Plan;
+use crate::plan::{Plan, StepInstance};
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -94,6 +95,8 @@ pub struct StepResult {
     pub outputs: BTreeMap<String, ObjectDigest>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// Who can fix a failure (see [`forge_ops::Tier`]); set on failed steps.
+    pub tier: Option<Tier>,
 }
 
 impl StepResult {
@@ -104,6 +107,7 @@ impl StepResult {
             outputs: BTreeMap::new(),
             duration_ms: 0,
             error: None,
+            tier: None,
         }
     }
 }
@@ -145,10 +149,10 @@ pub fn preimage(
     Ok(Some(KeyPreimage::new(
         s.op.name(),
         s.op.version(),
-        s.params.clone(),
+        s.params.value().clone(),
         inputs,
         extras,
-        plan.pipeline.defaults.seed,
+        s.seed,
         s.op.backend_class(&s.params, &plan.pipeline.defaults.device),
     )))
 }
@@ -314,15 +318,12 @@ pub async fn apply(
     let selected: Vec<bool> = shared.opts.only.clone().unwrap_or_else(|| vec![true; n]);
     let mut results: Vec<StepResult> = (0..n).map(|_| StepResult::pending()).collect();
     let mut outputs: Vec<Option<BTreeMap<String, ObjectDigest>>> = vec![None; n];
-    let deps: Vec<BTreeSet<usize>> = plan.steps.iter().map(|s| s.deps().collect()).collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            dependents[d].push(i);
-        }
-    }
-    let mut waiting: Vec<usize> = deps.iter().map(BTreeSet::len).collect();
-    let _ = run.write_summary(&summary(&shared, &results, "running", started, None));
+    let mut waiting: Vec<usize> = plan.deps.iter().map(Vec::len).collect();
+    write_summary(
+        &shared,
+        run,
+        &summary(&shared, &results, "running", started, None),
+    );
     shared.emitter.emit(Event::RunStarted {
         run_id: run.id.clone(),
         pipeline: plan.pipeline.name.clone(),
@@ -355,10 +356,13 @@ pub async fn apply(
                         step: plan.steps[i].id.clone(),
                         error: msg.clone(),
                         detail: None,
+                        tier: Tier::User,
+                        hint: Some("raise `--gpus` or lower the step's `resources.gpus`".into()),
                     });
                     results[i] = StepResult {
                         status: Status::Failed,
                         error: Some(msg),
+                        tier: Some(Tier::User),
                         ..StepResult::pending()
                     };
                     if !shared.opts.keep_going {
@@ -390,7 +394,7 @@ pub async fn apply(
         match res.status {
             Status::Cached | Status::Ran => {
                 outputs[i] = Some(res.outputs.clone());
-                for &j in &dependents[i] {
+                for &j in &plan.dependents[i] {
                     waiting[j] -= 1;
                     if waiting[j] == 0 && selected[j] {
                         ready.insert(j);
@@ -406,7 +410,11 @@ pub async fn apply(
         results[i] = res;
         // Keep run.json current for `gc` and crash forensics, without an fsync per step.
         if last_summary.elapsed() >= SUMMARY_INTERVAL {
-            let _ = run.write_summary(&summary(&shared, &results, "running", started, None));
+            write_summary(
+                &shared,
+                run,
+                &summary(&shared, &results, "running", started, None),
+            );
             last_summary = Instant::now();
         }
     }
@@ -416,7 +424,7 @@ pub async fn apply(
         if !selected[i] || results[i].status != Status::Pending {
             continue;
         }
-        let blocked_by = deps[i].iter().find(|&&d| {
+        let blocked_by = plan.deps[i].iter().find(|&&d| {
             matches!(
                 results[d].status,
                 Status::Failed | Status::Cancelled | Status::Skipped
@@ -461,11 +469,25 @@ pub async fn apply(
         skipped: count(Status::Skipped) + cancelled,
         duration_ms: t0.elapsed().as_millis() as u64,
     });
-    let _ = run.write_summary(&summary(&shared, &results, status, started, Some(now_ms())));
+    write_summary(
+        &shared,
+        run,
+        &summary(&shared, &results, status, started, Some(now_ms())),
+    );
     ApplyReport {
         run_id: run.id.clone(),
         results,
         status: status.into(),
+    }
+}
+
+/// Write the run summary. A failure to is reported in the events and on the console (`gc` and
+/// `status` read the summary) but does not stop the run.
+fn write_summary(shared: &Shared, run: &mut forge_cache::RunWriter, s: &RunSummary) {
+    if let Err(e) = run.write_summary(s) {
+        shared.emitter.emit(Event::Warning {
+            message: format!("could not write the run summary: {e}"),
+        });
     }
 }
 
@@ -495,47 +517,100 @@ fn input_artifacts(
         .collect()
 }
 
-fn failed(err: String, key: Option<StepKey>, t: Instant) -> StepResult {
-    StepResult {
-        status: Status::Failed,
-        key,
-        outputs: BTreeMap::new(),
-        duration_ms: t.elapsed().as_millis() as u64,
-        error: Some(err),
-    }
-}
-
 /// [`run_step`], turning a panic in an op into that step's failure instead of the run's crash.
 fn run_step_isolated(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     let t = Instant::now();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(sh, i, inputs)))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(sh, i, &inputs)))
         .unwrap_or_else(|panic| {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            let error = format!(
-                "op `{}` panicked: {msg} (a bug in the op)",
-                sh.plan.steps[i].op.name()
-            );
-            sh.emitter.emit(Event::Failed {
-                step: sh.plan.steps[i].id.clone(),
-                error: error.clone(),
-                detail: None,
-            });
-            failed(error, None, t)
+            let step = StepRun { sh, i, t0: t };
+            step.failed(
+                OpError::internal(format!(
+                    "op `{}` panicked: {msg} (a bug in the op)",
+                    sh.plan.steps[i].op.name()
+                )),
+                None,
+            )
         })
 }
 
-/// Run (or find in the cache) one step. Blocking.
-fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
-    let t = Instant::now();
-    let s = &sh.plan.steps[i];
-    let id = s.id.clone();
-    let emit_cancelled = |reason: String, key: Option<StepKey>| {
-        sh.emitter.emit(Event::Cancelled {
-            step: id.clone(),
+/// Run (or find in the cache) one step, phase by phase. Blocking.
+fn run_step(sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
+    let step = StepRun {
+        sh,
+        i,
+        t0: Instant::now(),
+    };
+    let phases = || -> Result<StepResult, StepResult> {
+        step.not_cancelled(None)?;
+        let key = step.resolve(inputs)?;
+        let forced = sh.opts.force.contains(&i);
+        if !forced && let Some(hit) = step.check_cache(&key)? {
+            return Ok(hit);
+        }
+        let lock = step.lock(&key)?;
+        if (!forced || matches!(lock.acquired, Acquired::AfterWait { .. }))
+            && let Some(hit) = step.check_cache(&key)?
+        {
+            return Ok(hit);
+        }
+        let checked_out = step.checkout(inputs, &key)?;
+        let outcome = step.execute(&key, &checked_out)?;
+        let result = step.record(&key, outcome);
+        drop(lock);
+        result
+    };
+    phases().unwrap_or_else(|early| early)
+}
+
+/// A step's key, with the pre-image that explains it.
+struct ResolvedKey {
+    key: StepKey,
+    preimage: serde_json::Value,
+}
+
+/// One step being run: the phases of [`run_step`], each ending the step early with its result
+/// when it must.
+struct StepRun<'a> {
+    sh: &'a Shared,
+    i: usize,
+    t0: Instant,
+}
+
+impl StepRun<'_> {
+    fn s(&self) -> &StepInstance {
+        &self.sh.plan.steps[self.i]
+    }
+    fn id(&self) -> String {
+        self.s().id.clone()
+    }
+
+    fn failed(&self, e: OpError, key: Option<StepKey>) -> StepResult {
+        let error = e.to_string();
+        self.sh.emitter.emit(Event::Failed {
+            step: self.id(),
+            error: error.clone(),
+            detail: e.detail().map(str::to_owned),
+            tier: e.tier(),
+            hint: e.hint(),
+        });
+        StepResult {
+            status: Status::Failed,
+            key,
+            duration_ms: self.t0.elapsed().as_millis() as u64,
+            error: Some(error),
+            tier: Some(e.tier()),
+            ..StepResult::pending()
+        }
+    }
+
+    fn cancelled(&self, reason: String, key: Option<StepKey>) -> StepResult {
+        self.sh.emitter.emit(Event::Cancelled {
+            step: self.id(),
             reason: reason.clone(),
         });
         StepResult {
@@ -544,267 +619,270 @@ fn run_step(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
             error: Some(reason),
             ..StepResult::pending()
         }
-    };
-    let emit_failed = |error: String, detail: Option<String>, key: Option<StepKey>| {
-        sh.emitter.emit(Event::Failed {
-            step: id.clone(),
-            error: error.clone(),
-            detail: detail.clone(),
-        });
-        failed(error, key, t)
-    };
-    if sh.cancel.is_cancelled() {
-        return emit_cancelled(sh.cancel.reason().unwrap_or_default(), None);
     }
-    // 1. The key.
-    let digests: Vec<Option<BTreeMap<String, ObjectDigest>>> = {
-        // Rebuild the digest view preimage() expects, from our resolved inputs.
-        let mut v = vec![None; sh.plan.steps.len()];
+
+    fn not_cancelled(&self, key: Option<StepKey>) -> Result<(), StepResult> {
+        if self.sh.cancel.is_cancelled() {
+            return Err(self.cancelled(self.sh.cancel.reason().unwrap_or_default(), key));
+        }
+        Ok(())
+    }
+
+    /// Phase 1: the key, from the params and the inputs' output digests.
+    fn resolve(&self, inputs: &Inputs) -> Result<ResolvedKey, StepResult> {
+        let s = self.s();
+        // The digest view `preimage` expects, from the resolved inputs.
+        let mut digests = vec![None; self.sh.plan.steps.len()];
         for (name, ups) in &s.inputs {
             for (u, (d, _, _)) in ups.iter().zip(&inputs[name]) {
-                v[u.step]
+                digests[u.step]
                     .get_or_insert_with(BTreeMap::new)
                     .insert(u.output.clone(), *d);
             }
         }
-        v
-    };
-    let pre = match preimage(&sh.plan, &sh.store, i, &digests) {
-        Ok(Some(p)) => p,
-        Ok(None) => unreachable!("all inputs of a started step are finished"),
-        Err(e) => return emit_failed(e.to_string(), e.detail().map(str::to_owned), None),
-    };
-    let key = pre.key();
-    let pre_json = pre.to_json();
-    let forced = sh.opts.force.contains(&i);
-    // Only write the ref when it moves: a no-op run then writes nothing per step.
-    let set_ref = |key: StepKey| {
-        let current = sh
-            .store
-            .step_ref(&sh.plan.pipeline.name, &id)
-            .ok()
-            .flatten();
-        if current.is_some_and(|r| r.key == key && r.preimage == pre_json) {
+        match preimage(&self.sh.plan, &self.sh.store, self.i, &digests) {
+            Ok(Some(p)) => Ok(ResolvedKey {
+                key: p.key(),
+                preimage: p.to_json(),
+            }),
+            Ok(None) => unreachable!("all inputs of a started step are finished"),
+            Err(e) => Err(self.failed(e, None)),
+        }
+    }
+
+    /// Point the step's ref at the key when it moved (a no-op run writes nothing per step). The
+    /// ref only explains future re-runs, so failing to write it warns instead of failing.
+    fn set_ref(&self, k: &ResolvedKey) {
+        let (store, pipeline, id) = (&self.sh.store, &self.sh.plan.pipeline.name, self.id());
+        let current = store.step_ref(pipeline, &id).ok().flatten();
+        if current.is_some_and(|r| r.key == k.key && r.preimage == k.preimage) {
             return;
         }
-        let _ = sh.store.set_step_ref(&StepRef {
-            pipeline: sh.plan.pipeline.name.clone(),
+        let r = StepRef {
+            pipeline: pipeline.clone(),
             step: id.clone(),
-            key,
-            preimage: pre_json.clone(),
+            key: k.key,
+            preimage: k.preimage.clone(),
             updated_unix_ms: now_ms(),
+        };
+        if let Err(e) = store.set_step_ref(&r) {
+            self.sh.emitter.emit(Event::Alert {
+                step: id,
+                level: forge_ops::AlertLevel::Warn,
+                message: format!(
+                    "could not record this step's key ({e}); `forge plan` may give stale reasons for its next re-run"
+                ),
+            });
+        }
+    }
+
+    /// Phases 2 and 4: a recorded result with all its outputs intact.
+    fn check_cache(&self, k: &ResolvedKey) -> Result<Option<StepResult>, StepResult> {
+        let rec = match self.sh.store.get_action(&k.key) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.failed(e.into(), Some(k.key))),
+        };
+        self.set_ref(k);
+        self.sh.emitter.emit(Event::CacheHit {
+            step: self.id(),
+            key: k.key.to_hex(),
         });
-    };
-    let hit = |rec: ActionRecord| {
-        set_ref(key);
-        sh.emitter.emit(Event::CacheHit {
-            step: id.clone(),
-            key: key.to_hex(),
-        });
-        StepResult {
+        Ok(Some(StepResult {
             status: Status::Cached,
-            key: Some(key),
+            key: Some(k.key),
             outputs: rec.outputs,
-            duration_ms: 0,
-            error: None,
-        }
-    };
-    // 2. Cache, lock, cache again.
-    if !forced {
-        match sh.store.get_action(&key) {
-            Ok(Some(rec)) => return hit(rec),
-            Ok(None) => {}
-            Err(e) => return emit_failed(e.to_string(), None, Some(key)),
-        }
+            ..StepResult::pending()
+        }))
     }
-    let lock_opts = LockOptions {
-        timeout: sh.opts.lock_timeout,
-        poll: Duration::from_millis(50),
-    };
-    let on_wait = |holder: Option<u32>| {
-        let holder = holder.unwrap_or(0);
-        sh.emitter.emit(Event::LockWait {
-            step: id.clone(),
-            holder,
-        });
-    };
-    let lock = match sh
-        .store
-        .lock_step(&key, lock_opts, &|| sh.cancel.is_cancelled(), &on_wait)
-    {
-        Ok(l) => l,
-        Err(e) if sh.cancel.is_cancelled() => {
-            return emit_cancelled(
-                sh.cancel.reason().unwrap_or_else(|| e.to_string()),
-                Some(key),
-            );
+
+    /// Phase 3: the step's lock, so concurrent applies run it once.
+    fn lock(&self, k: &ResolvedKey) -> Result<forge_cache::FileLock, StepResult> {
+        let sh = self.sh;
+        let opts = LockOptions {
+            timeout: sh.opts.lock_timeout,
+            poll: Duration::from_millis(50),
+        };
+        let on_wait = |holder: Option<u32>| {
+            sh.emitter.emit(Event::LockWait {
+                step: self.id(),
+                holder: holder.unwrap_or(0),
+            });
+        };
+        let lock = sh
+            .store
+            .lock_step(&k.key, opts, &|| sh.cancel.is_cancelled(), &on_wait)
+            .map_err(|e| match self.not_cancelled(Some(k.key)) {
+                Err(cancelled) => cancelled,
+                Ok(()) => self.failed(OpError::infra(e.to_string()), Some(k.key)),
+            })?;
+        // A wait was reported when it began (`on_wait`); a reclaim is reported now.
+        if let Acquired::Reclaimed { dead_pid } = lock.acquired {
+            sh.emitter.emit(Event::LockReclaimed {
+                step: self.id(),
+                dead_pid,
+            });
         }
-        Err(e) => return emit_failed(e.to_string(), None, Some(key)),
-    };
-    // A wait was reported when it began (`on_wait`); a reclaim is reported now.
-    if let Acquired::Reclaimed { dead_pid } = lock.acquired {
-        sh.emitter.emit(Event::LockReclaimed {
-            step: id.clone(),
-            dead_pid,
-        });
+        Ok(lock)
     }
-    if !forced || matches!(lock.acquired, Acquired::AfterWait { .. }) {
-        match sh.store.get_action(&key) {
-            Ok(Some(rec)) => return hit(rec),
-            Ok(None) => {}
-            Err(e) => return emit_failed(e.to_string(), None, Some(key)),
-        }
-    }
-    // 3. Inputs as read-only checkouts.
-    let mut step_inputs = StepInputs::new();
-    for (name, arts) in &inputs {
-        let mut v = Vec::new();
-        for (d, kind, from) in arts {
-            match sh.store.checkout(d) {
-                Ok(path) => v.push(InputArtifact {
+
+    /// Phase 5: the inputs as read-only checkouts.
+    fn checkout(&self, inputs: &Inputs, k: &ResolvedKey) -> Result<StepInputs, StepResult> {
+        let mut out = StepInputs::new();
+        for (name, arts) in inputs {
+            let mut v = Vec::new();
+            for (d, kind, from) in arts {
+                let path = self.sh.store.checkout(d).map_err(|e| {
+                    self.failed(
+                        OpError::infra(format!("input `{name}` from {from}: {e}")),
+                        Some(k.key),
+                    )
+                })?;
+                v.push(InputArtifact {
                     path,
                     digest: *d,
                     kind: *kind,
                     from_step: from.clone(),
-                }),
-                Err(e) => {
-                    return emit_failed(
-                        format!("input `{name}` from {from}: {e}"),
-                        None,
-                        Some(key),
-                    );
-                }
-            }
-        }
-        step_inputs.insert(name.clone(), v);
-    }
-    // 4. Run, retrying transient failures.
-    let work = sh.store.work_dir(&key);
-    let step_cancel = sh.cancel.child();
-    let _watchdog = s
-        .timeout
-        .map(|limit| Watchdog::start(limit, step_cancel.clone()));
-    let mut attempt = 0u32;
-    let outcome = loop {
-        let out_root = work.join("out");
-        let _ = std::fs::remove_dir_all(&out_root);
-        sh.emitter.emit(Event::Started {
-            step: id.clone(),
-            key: key.to_hex(),
-            attempt,
-        });
-        let em = sh.emitter.clone();
-        let sid = id.clone();
-        let sink: forge_ops::EventSink = Arc::new(move |e| em.emit(wrap(&sid, e)));
-        let ctx = StepContext::new(
-            id.clone(),
-            work.clone(),
-            sh.plan.pipeline.dir.clone(),
-            sh.plan.pipeline.defaults.seed,
-            sh.plan.pipeline.defaults.device.clone(),
-            attempt,
-            sink,
-            step_cancel.clone(),
-        )
-        .with_memo_root(sh.store.root().join("memo"))
-        .with_cpus(s.resources.cpus);
-        match s.op.run(&ctx, &step_inputs, &s.params) {
-            Ok(o) => break Ok(o),
-            Err(e) if e.is_transient() && attempt < s.retries && !step_cancel.is_cancelled() => {
-                let delay = sh
-                    .opts
-                    .retry_base
-                    .saturating_mul(1 << attempt.min(16))
-                    .min(Duration::from_secs(60));
-                sh.emitter.emit(Event::Retrying {
-                    step: id.clone(),
-                    attempt,
-                    delay_ms: delay.as_millis() as u64,
-                    error: e.to_string(),
                 });
-                let until = Instant::now() + delay;
-                while Instant::now() < until && !step_cancel.is_cancelled() {
-                    std::thread::sleep(
-                        Duration::from_millis(20)
-                            .min(until.saturating_duration_since(Instant::now())),
-                    );
-                }
-                attempt += 1;
             }
-            Err(e) => break Err(e),
+            out.insert(name.clone(), v);
         }
-    };
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(OpError::Cancelled(reason)) => {
-            let reason = step_cancel.reason().unwrap_or(reason);
-            let timed_out = !sh.cancel.is_cancelled();
-            drop(lock);
-            if timed_out {
-                return emit_failed(reason, None, Some(key));
+        Ok(out)
+    }
+
+    /// Phase 6: run the op in `work/<key>/`, retrying transient failures with backoff.
+    fn execute(&self, k: &ResolvedKey, inputs: &StepInputs) -> Result<StepOutcome, StepResult> {
+        let (sh, s) = (self.sh, self.s());
+        let work = sh.store.work_dir(&k.key);
+        let step_cancel = sh.cancel.child();
+        let _watchdog = s
+            .timeout
+            .map(|limit| Watchdog::start(limit, step_cancel.clone()));
+        let mut attempt = 0u32;
+        loop {
+            let out_root = work.join("out");
+            if let Err(e) = std::fs::remove_dir_all(&out_root)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(self.failed(OpError::io(&out_root, e), Some(k.key)));
             }
-            return emit_cancelled(reason, Some(key));
+            sh.emitter.emit(Event::Started {
+                step: self.id(),
+                key: k.key.to_hex(),
+                attempt,
+            });
+            let em = sh.emitter.clone();
+            let sid = self.id();
+            let sink: forge_ops::EventSink = Arc::new(move |e| em.emit(wrap(&sid, e)));
+            let ctx = StepContext::new(
+                self.id(),
+                work.clone(),
+                sh.plan.pipeline.dir.clone(),
+                s.seed,
+                sh.plan.pipeline.defaults.device.clone(),
+                attempt,
+                sink,
+                step_cancel.clone(),
+            )
+            .with_memos(sh.store.memos())
+            .with_cpus(s.resources.cpus);
+            let e = match s.op.run(&ctx, inputs, &s.params) {
+                Ok(o) => return Ok(o),
+                Err(e) => e,
+            };
+            if let OpError::Cancelled(reason) = e {
+                let reason = step_cancel.reason().unwrap_or(reason);
+                // Cancelled by its own timeout rather than by the run: the step failed.
+                return Err(if sh.cancel.is_cancelled() {
+                    self.cancelled(reason, Some(k.key))
+                } else {
+                    let e = OpError::user(reason).with_hint("raise the step's `timeout:`");
+                    self.failed(e, Some(k.key))
+                });
+            }
+            if !e.is_transient() || attempt >= s.retries || step_cancel.is_cancelled() {
+                return Err(self.failed(e, Some(k.key)));
+            }
+            let delay = sh
+                .opts
+                .retry_base
+                .saturating_mul(1 << attempt.min(16))
+                .min(Duration::from_secs(60));
+            sh.emitter.emit(Event::Retrying {
+                step: self.id(),
+                attempt,
+                delay_ms: delay.as_millis() as u64,
+                error: e.to_string(),
+            });
+            let until = Instant::now() + delay;
+            while Instant::now() < until && !step_cancel.is_cancelled() {
+                std::thread::sleep(
+                    Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
+                );
+            }
+            attempt += 1;
         }
-        Err(e) => return emit_failed(e.to_string(), e.detail().map(str::to_owned), Some(key)),
-    };
-    // 5. Outputs into the store, then the action record.
-    let mut outs = BTreeMap::new();
-    for spec in &s.outputs {
-        let dir: PathBuf = work.join("out").join(&spec.name);
-        if !dir.is_dir() {
-            return emit_failed(
-                format!(
+    }
+
+    /// Phase 7: outputs into the store, then the action record and the step ref.
+    fn record(&self, k: &ResolvedKey, outcome: StepOutcome) -> Result<StepResult, StepResult> {
+        let (sh, s) = (self.sh, self.s());
+        let work = sh.store.work_dir(&k.key);
+        let mut outs = BTreeMap::new();
+        for spec in &s.outputs {
+            let dir: PathBuf = work.join("out").join(&spec.name);
+            if !dir.is_dir() {
+                let e = OpError::internal(format!(
                     "op `{}` did not write its output `{}`",
                     s.op.name(),
                     spec.name
-                ),
-                None,
-                Some(key),
-            );
-        }
-        match sh.store.put_tree_move(&dir) {
-            Ok(d) => {
-                outs.insert(spec.name.clone(), d);
+                ));
+                return Err(self.failed(e, Some(k.key)));
             }
-            Err(e) => {
-                return emit_failed(
-                    format!("storing output `{}`: {e}", spec.name),
-                    None,
-                    Some(key),
-                );
-            }
+            let d = sh.store.put_tree_move(&dir).map_err(|e| {
+                let e = OpError::infra(format!("storing output `{}`: {e}", spec.name));
+                self.failed(e, Some(k.key))
+            })?;
+            outs.insert(spec.name.clone(), d);
         }
-    }
-    let duration_ms = t.elapsed().as_millis() as u64;
-    let rec = ActionRecord {
-        key,
-        step: id.clone(),
-        op: s.op.name().into(),
-        outputs: outs.clone(),
-        metrics: outcome.metrics,
-        preimage: pre_json.clone(),
-        created_unix_ms: now_ms(),
-        duration_ms,
-        run_id: sh.run_id.clone(),
-    };
-    if let Err(e) = sh.store.put_action(&rec) {
-        return emit_failed(format!("recording the result: {e}"), None, Some(key));
-    }
-    set_ref(key);
-    let _ = std::fs::remove_dir_all(&work);
-    drop(lock);
-    sh.emitter.emit(Event::Finished {
-        step: id.clone(),
-        key: key.to_hex(),
-        duration_ms,
-        outputs: outs.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(),
-    });
-    StepResult {
-        status: Status::Ran,
-        key: Some(key),
-        outputs: outs,
-        duration_ms,
-        error: None,
+        let duration_ms = self.t0.elapsed().as_millis() as u64;
+        let rec = ActionRecord {
+            key: k.key,
+            step: self.id(),
+            op: s.op.name().into(),
+            outputs: outs.clone(),
+            metrics: outcome.metrics,
+            preimage: k.preimage.clone(),
+            created_unix_ms: now_ms(),
+            duration_ms,
+            run_id: sh.run_id.clone(),
+        };
+        sh.store.put_action(&rec).map_err(|e| {
+            let e = OpError::infra(format!("recording the result: {e}"));
+            self.failed(e, Some(k.key))
+        })?;
+        self.set_ref(k);
+        // The result is recorded; a leftover work dir only costs disk until `gc`.
+        if let Err(e) = std::fs::remove_dir_all(&work) {
+            sh.emitter.emit(Event::Alert {
+                step: self.id(),
+                level: forge_ops::AlertLevel::Warn,
+                message: format!("could not remove the work dir {}: {e}", work.display()),
+            });
+        }
+        sh.emitter.emit(Event::Finished {
+            step: self.id(),
+            key: k.key.to_hex(),
+            duration_ms,
+            outputs: outs.iter().map(|(k, v)| (k.clone(), v.to_hex())).collect(),
+        });
+        Ok(StepResult {
+            status: Status::Ran,
+            key: Some(k.key),
+            outputs: outs,
+            duration_ms,
+            ..StepResult::pending()
+        })
     }
 }
 

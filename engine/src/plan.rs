@@ -6,11 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use forge_ops::{ArtifactKind, InputSignature, Op, OpRegistry, OutputSpec, ParamsError, Resources};
+use forge_ops::{
+    ArtifactKind, InputSignature, Op, OpRegistry, OutputSpec, Params, ParamsError, Resources,
+};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, did_you_mean};
+use crate::params_schema::ParamsSchema;
 use crate::pipeline::{Invalid, Pipeline, RefDecl, Scope, StepDecl, interpolate};
 use crate::yaml::{Node, NodeKind, key_string};
 
@@ -29,14 +32,17 @@ pub struct StepInstance {
     pub id: String,
     pub decl: usize,
     pub op: Arc<dyn Op>,
-    /// Normalized params (defaults filled in): exactly what enters the key.
-    pub params: Value,
+    /// Parsed params (defaults filled in); their canonical JSON is exactly what enters the key.
+    pub params: Params,
     pub inputs: BTreeMap<String, Vec<Upstream>>,
     pub needs: Vec<usize>,
     pub outputs: Vec<OutputSpec>,
     pub resources: Resources,
     pub retries: u32,
     pub timeout: Option<Duration>,
+    /// The step's effective seed, resolved once here: the value in its key and the one its op
+    /// draws every random stream from.
+    pub seed: u64,
 }
 
 impl StepInstance {
@@ -50,10 +56,18 @@ impl StepInstance {
     }
 }
 
+/// A pipeline resolved into runnable steps and the DAG between them. The plan owns the graph:
+/// who waits for whom ([`Plan::deps`], [`Plan::dependents`]) and the order steps are listed and
+/// started in ([`Plan::order`]); the executor only walks it.
 pub struct Plan {
     pub pipeline: Pipeline,
     pub steps: Vec<StepInstance>,
+    /// Edges from a step to the steps that wait for it.
     pub graph: DiGraph<usize, ()>,
+    /// Per step: the distinct steps it waits for (data inputs and `needs`), ascending.
+    pub deps: Vec<Vec<usize>>,
+    /// Per step: the distinct steps that wait for it, ascending.
+    pub dependents: Vec<Vec<usize>>,
     /// Step indices in a topological order (dependencies first, file order among equals).
     pub order: Vec<usize>,
 }
@@ -88,7 +102,7 @@ impl Plan {
         while let Some(i) = stack.pop() {
             if !keep[i] {
                 keep[i] = true;
-                stack.extend(self.steps[i].deps());
+                stack.extend(&self.deps[i]);
             }
         }
         keep
@@ -145,10 +159,10 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                 .map(|w| interpolate(w, &scope, &mut ierrs))
                 .unwrap_or(Value::Null);
             let params = if ierrs.is_empty() {
-                match op.normalize_params(&raw) {
+                match op.parse_params(&raw) {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        ierrs.push(params_diagnostic(decl, &id, &e));
+                        ierrs.push(params_diagnostic(decl, &id, op.as_ref(), &raw, &e));
                         None
                     }
                 }
@@ -175,6 +189,7 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                 resources,
                 retries,
                 timeout: decl.timeout,
+                seed: pipeline.defaults.seed,
             });
         }
         instances_of.push(mine);
@@ -231,14 +246,20 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
         steps[si].needs = needs;
     }
 
+    let deps: Vec<Vec<usize>> = steps
+        .iter()
+        .map(|s| {
+            let set: std::collections::BTreeSet<usize> = s.deps().collect();
+            set.into_iter().collect()
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     let mut graph = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..steps.len()).map(|i| graph.add_node(i)).collect();
-    for (i, s) in steps.iter().enumerate() {
-        let mut seen = std::collections::BTreeSet::new();
-        for d in s.deps() {
-            if seen.insert(d) {
-                graph.add_edge(nodes[d], nodes[i], ());
-            }
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            graph.add_edge(nodes[d], nodes[i], ());
+            dependents[d].push(i);
         }
     }
     if errs.is_empty()
@@ -253,30 +274,23 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
             diagnostics: errs,
         });
     }
-    let order = topo_order(&steps);
+    let order = topo_order(&deps, &dependents);
     Ok(Plan {
         pipeline,
         steps,
         graph,
+        deps,
+        dependents,
         order,
     })
 }
 
 /// Kahn's algorithm, taking the lowest (file-order) ready step first, so plans print stably.
-fn topo_order(steps: &[StepInstance]) -> Vec<usize> {
-    let mut indeg: Vec<usize> = steps
-        .iter()
-        .map(|s| s.deps().collect::<std::collections::BTreeSet<_>>().len())
-        .collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-    for (i, s) in steps.iter().enumerate() {
-        for d in s.deps().collect::<std::collections::BTreeSet<_>>() {
-            dependents[d].push(i);
-        }
-    }
+fn topo_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
+    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
     let mut ready: std::collections::BTreeSet<usize> =
-        (0..steps.len()).filter(|&i| indeg[i] == 0).collect();
-    let mut out = Vec::with_capacity(steps.len());
+        (0..deps.len()).filter(|&i| indeg[i] == 0).collect();
+    let mut out = Vec::with_capacity(deps.len());
     while let Some(i) = ready.pop_first() {
         out.push(i);
         for &j in &dependents[i] {
@@ -339,16 +353,41 @@ fn instance_id(
     (format!("{}[{}]", decl.qualified(), parts.join(",")), label)
 }
 
-/// Map a params error path back into the `with:` block's spans.
-fn params_diagnostic(decl: &StepDecl, id: &str, e: &ParamsError) -> Diagnostic {
+/// Map a params error path back into the `with:` block's spans, with a hint from the op's schema:
+/// the key it does not know (and which known key it is closest to), or the value it does not
+/// allow (and which allowed value it is closest to).
+fn params_diagnostic(
+    decl: &StepDecl,
+    id: &str,
+    op: &dyn Op,
+    raw: &Value,
+    e: &ParamsError,
+) -> Diagnostic {
+    let schema = ParamsSchema::of(op);
+    let value_at = |path: &[String]| {
+        path.iter().try_fold(raw, |v, seg| match v {
+            Value::Object(m) => m.get(seg.as_str()),
+            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+    };
+    // An unknown key: the path ends at a key its parent has but the schema does not know.
+    let unknown_key = e.path.split_last().and_then(|(key, parent)| {
+        let allowed = schema.allowed_at(raw, parent);
+        let present = value_at(parent)
+            .and_then(Value::as_object)?
+            .contains_key(key);
+        (present && !allowed.keys.is_empty() && !allowed.keys.contains(key))
+            .then(|| (key.clone(), allowed.keys))
+    });
     let mut node = decl.with.as_ref();
     let mut span = decl.with.as_ref().map(|w| w.span).unwrap_or(decl.name_span);
     for seg in &e.path {
         let Some(n) = node else { break };
         let next = match &n.kind {
             NodeKind::Map(m) => m.iter().find(|(k, _)| key_string(k) == *seg).map(|(k, v)| {
-                // An unknown field points at its key, anything else at the value.
-                if e.message.starts_with("unknown field") {
+                // An unknown key points at the key, anything else at the value.
+                if unknown_key.as_ref().is_some_and(|(u, _)| u == seg) {
                     (k, k.span)
                 } else {
                     (v, v.span)
@@ -374,28 +413,57 @@ fn params_diagnostic(decl: &StepDecl, id: &str, e: &ParamsError) -> Diagnostic {
     } else {
         format!("with.{}", e.path.join("."))
     };
-    let mut help = e.hint.clone();
-    if help.is_none()
-        && (e.message.starts_with("unknown field") || e.message.starts_with("unknown variant"))
-    {
-        let names: Vec<&str> = e.message.split('`').skip(1).step_by(2).collect();
-        if let Some((bad, rest)) = names.split_first() {
-            let what = if e.message.starts_with("unknown variant") {
-                "values"
-            } else {
-                "keys"
-            };
-            help = did_you_mean(bad, rest.iter().copied()).or_else(|| {
-                (!rest.is_empty()).then(|| format!("valid {what} here: {}", rest.join(", ")))
-            });
-        }
-    }
-    if help.is_none() && e.message.starts_with("missing field") {
-        help = Some(format!(
-            "see `forge schema` for the parameters of `{}`",
-            decl.op
-        ));
-    }
+    let suggest = |bad: &str, known: &[String], what: &str| {
+        did_you_mean(bad, known.iter().map(String::as_str)).or_else(|| {
+            (!known.is_empty()).then(|| format!("valid {what} here: {}", known.join(", ")))
+        })
+    };
+    let help = e
+        .hint
+        .clone()
+        .or_else(|| {
+            unknown_key
+                .as_ref()
+                .and_then(|(k, known)| suggest(k, known, "keys"))
+        })
+        .or_else(|| {
+            // A value the schema does not allow: the value itself, or an enum tag or map key
+            // inside it.
+            let here = value_at(&e.path)?;
+            let allowed = schema.allowed_at(raw, &e.path);
+            match here {
+                Value::String(v) if !allowed.values.is_empty() && !allowed.values.contains(v) => {
+                    suggest(v, &allowed.values, "values")
+                }
+                Value::Object(m) => m.iter().find_map(|(k, v)| {
+                    let mut inner = e.path.clone();
+                    inner.push(k.clone());
+                    let tag = schema.allowed_at(raw, &inner);
+                    match v {
+                        Value::String(v) if !tag.values.is_empty() && !tag.values.contains(v) => {
+                            suggest(v, &tag.values, "values")
+                        }
+                        _ => None,
+                    }
+                    .or_else(|| {
+                        (!allowed.values.is_empty() && !allowed.values.contains(k))
+                            .then(|| suggest(k, &allowed.values, "values"))
+                            .flatten()
+                    })
+                }),
+                _ => None,
+            }
+        })
+        .or_else(|| {
+            // A required key is missing.
+            let here = value_at(&e.path)?.as_object()?;
+            let allowed = schema.allowed_at(raw, &e.path);
+            allowed
+                .required
+                .iter()
+                .any(|k| !here.contains_key(k))
+                .then(|| format!("see `forge schema` for the parameters of `{}`", decl.op))
+        });
     Diagnostic::error(format!(
         "invalid `{path}` for op `{}` in step `{id}`: {}",
         decl.op, e.message

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use forge_ops::AlertLevel;
+use forge_ops::{AlertLevel, Tier};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::events::{Event, Stamped};
@@ -169,15 +169,26 @@ impl Console {
                 step,
                 error,
                 detail,
+                tier,
+                hint,
             } => {
                 self.finish_bar(step);
-                self.line("Failed", &format!("{step}: {error}"));
+                let what = match tier {
+                    Tier::Internal => " (internal error)",
+                    Tier::Infra => " (environment)",
+                    Tier::User => "",
+                };
+                self.line("Failed", &format!("{step}{what}: {error}"));
                 if let Some(d) = detail {
                     for l in d.lines() {
                         self.line("", &format!("  | {l}"));
                     }
                 }
+                if let Some(h) = hint {
+                    self.line("", &format!("  hint: {h}"));
+                }
             }
+            Event::Warning { message } => self.line("Warning", message),
             Event::Skipped { step, reason } => self.line("Skipped", &format!("{step}: {reason}")),
             Event::Cancelled { step, reason } => {
                 self.finish_bar(step);

@@ -35,7 +35,7 @@ pub fn watch(
 ) -> Result<u8, u8> {
     let mut last_code = 0;
     loop {
-        let plan = crate::cli::load_plan(path, registry).ok();
+        let plan = crate::load::load_plan(path, registry).ok();
         let paths = watched_paths(path, plan.as_ref());
         if let Some(plan) = plan {
             last_code = apply(plan);
@@ -56,7 +56,7 @@ pub fn watch(
         })
         .map_err(|e| {
             eprintln!("error: cannot watch files: {e}");
-            crate::cli::EXIT_FAILED
+            crate::exit::INFRA
         })?;
         // Watch parent directories: editors replace files by rename, which a file watch misses.
         let dirs: BTreeSet<PathBuf> = paths

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use forge_ops::merge::files::{Technique, merge_files};
+use forge_ops::merge::files::merge_files;
+use forge_ops::merge::technique::Technique;
 
 fn main() {
     let args: Vec<String> = std::env::args()

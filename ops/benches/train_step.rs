@@ -67,7 +67,7 @@ fn main() {
             })
             .collect();
         let t = Instant::now();
-        let (x, y) = forge_ops::train::to_tensors(&rows, &dev);
+        let (x, y) = forge_ops::model::to_tensors(&rows, &dev);
         let out = model.forward_train(x, y, cfg.sup_steps, cfg.act_weight, &tables);
         let t_fwd = Instant::now();
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::op::OpError;
+use crate::error::OpError;
 
 /// Severity of an alert event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ pub struct StepContext {
     work_dir: PathBuf,
     events: EventSink,
     cancel: CancelToken,
-    memo_root: Option<PathBuf>,
+    memos: Option<forge_cache::MemoRoot>,
     cpus: u32,
 }
 
@@ -141,15 +141,15 @@ impl StepContext {
             work_dir,
             events,
             cancel,
-            memo_root: None,
+            memos: None,
             cpus: 1,
         }
     }
 
-    /// Where memo tables shared by all steps and runs live (`<store>/memo/`): results that are a
-    /// pure function of their key, such as a candidate model's fitness by weight digest.
-    pub fn with_memo_root(mut self, root: PathBuf) -> Self {
-        self.memo_root = Some(root);
+    /// The store's memo tables, shared by all steps and runs: results that are a pure function
+    /// of a typed key, such as a candidate model's fitness by weight digest.
+    pub fn with_memos(mut self, memos: forge_cache::MemoRoot) -> Self {
+        self.memos = Some(memos);
         self
     }
     /// CPU slots the step holds (its `resources.cpus`).
@@ -160,15 +160,13 @@ impl StepContext {
     pub fn cpus(&self) -> u32 {
         self.cpus
     }
-    /// The memo table `name` (created): under the store's `memo/` when the engine gave one, else
-    /// in this step's scratch dir.
-    pub fn memo_dir(&self, name: &str) -> Result<PathBuf, OpError> {
-        let p = match &self.memo_root {
-            Some(r) => r.join(name),
-            None => self.work_dir.join("scratch").join("memo").join(name),
-        };
-        fs::create_dir_all(&p).map_err(|e| OpError::io(&p, e))?;
-        Ok(p)
+    /// Memo bucket `bucket` at `version`: the store's when the engine gave its memo tables, else
+    /// one in this step's scratch dir.
+    pub fn memo(&self, bucket: &str, version: u32) -> Result<forge_cache::Memo, OpError> {
+        let root = self.memos.clone().unwrap_or_else(|| {
+            forge_cache::MemoRoot::at(self.work_dir.join("scratch").join("memo"))
+        });
+        Ok(root.bucket(bucket, version)?)
     }
 
     pub fn step_id(&self) -> &str {
@@ -262,7 +260,7 @@ impl StepContext {
 
     pub fn save_checkpoint_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), OpError> {
         let bytes =
-            serde_json::to_vec(value).map_err(|e| OpError::Failed(format!("checkpoint: {e}")))?;
+            serde_json::to_vec(value).map_err(|e| OpError::internal(format!("checkpoint: {e}")))?;
         self.save_checkpoint(&[(name, &bytes)])
     }
 
@@ -274,7 +272,7 @@ impl StepContext {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| OpError::Failed(format!("checkpoint `{name}` is unreadable: {e}"))),
+                .map_err(|e| OpError::infra(format!("checkpoint `{name}` is unreadable: {e}"))),
         }
     }
 

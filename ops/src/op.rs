@@ -6,7 +6,9 @@
 //! struct (serde + schemars): its JSON Schema goes into `schemas/pipeline.schema.json`, and
 //! parsing a step's `with:` block into it both validates the block and fills in defaults.
 
+use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use forge_cache::Store;
 use schemars::JsonSchema;
@@ -16,70 +18,7 @@ use serde_json::Value;
 
 use crate::artifact::{InputSignature, OutputSpec, StepInputs};
 use crate::context::StepContext;
-
-/// A step failed. `Transient` failures (network, a busy server) are retried with backoff;
-/// everything else is deterministic and is not.
-#[derive(Debug, thiserror::Error)]
-pub enum OpError {
-    #[error("{0}")]
-    Transient(String),
-    #[error("{0}")]
-    Failed(String),
-    #[error("{message}")]
-    FailedWithDetail { message: String, detail: String },
-    #[error("cancelled: {0}")]
-    Cancelled(String),
-    #[error("I/O error on `{}`: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Store(#[from] forge_cache::StoreError),
-}
-
-impl OpError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
-    }
-    /// Extra lines to show under the error (e.g. a command's stderr tail).
-    pub fn detail(&self) -> Option<&str> {
-        match self {
-            Self::FailedWithDetail { detail, .. } => Some(detail),
-            _ => None,
-        }
-    }
-}
-
-/// A step's `with:` block does not fit the op's parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamsError {
-    /// Path inside `with:` to the offending value (map keys and list indices).
-    pub path: Vec<String>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl ParamsError {
-    pub fn at(path: &[&str], message: impl Into<String>) -> Self {
-        Self {
-            path: path.iter().map(|s| s.to_string()).collect(),
-            message: message.into(),
-            hint: None,
-        }
-    }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-}
+use crate::error::{OpError, ParamsError};
 
 /// What key computation may look at besides the params: the pipeline's directory and the store's
 /// stat-cached hashing, so `file:` inputs enter keys by content.
@@ -117,6 +56,45 @@ impl Default for Resources {
     }
 }
 
+/// A step's parameters, parsed once at plan time: the canonical JSON that enters the key (defaults
+/// filled in) and the op's typed struct, which every later call receives without re-parsing.
+#[derive(Clone)]
+pub struct Params {
+    value: Value,
+    typed: Arc<dyn Any + Send + Sync>,
+}
+
+impl Params {
+    /// Parameters of an op whose typed form is `typed`; `value` must be its canonical JSON.
+    pub fn new<P: Any + Send + Sync>(value: Value, typed: P) -> Self {
+        Self {
+            value,
+            typed: Arc::new(typed),
+        }
+    }
+    /// The canonical JSON form (what the key holds).
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+    /// The typed form, when it is a `P`.
+    pub fn typed<P: Any>(&self) -> Option<&P> {
+        self.typed.downcast_ref::<P>()
+    }
+}
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl std::ops::Index<&str> for Params {
+    type Output = Value;
+    fn index(&self, key: &str) -> &Value {
+        &self.value[key]
+    }
+}
+
 /// One kind of step. Object-safe; see [`TypedOp`] for the convenient way to implement it.
 pub trait Op: Send + Sync {
     /// The name used in `op:`.
@@ -127,20 +105,20 @@ pub trait Op: Send + Sync {
     fn description(&self) -> &'static str;
     /// JSON Schema of the `with:` block.
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
-    /// Validate a `with:` block and return it with defaults filled in (the canonical form that
-    /// enters the key).
-    fn normalize_params(&self, raw: &Value) -> Result<Value, ParamsError>;
-    fn inputs(&self, params: &Value) -> InputSignature;
-    fn outputs(&self, params: &Value) -> Vec<OutputSpec>;
+    /// Validate a `with:` block and parse it, defaults filled in: the canonical form enters the
+    /// key, the typed form every other call.
+    fn parse_params(&self, raw: &Value) -> Result<Params, ParamsError>;
+    fn inputs(&self, params: &Params) -> InputSignature;
+    fn outputs(&self, params: &Params) -> Vec<OutputSpec>;
     /// Key material besides params and input digests, e.g. the content digest of a `file:` path.
-    fn key_extras(&self, _params: &Value, _cx: &KeyContext<'_>) -> Result<Value, OpError> {
+    fn key_extras(&self, _params: &Params, _cx: &KeyContext<'_>) -> Result<Value, OpError> {
         Ok(Value::Null)
     }
     /// Numeric backend class (`cpu-flex`, `libtorch-cuda`, …) for compute ops; part of the key.
-    fn backend_class(&self, _params: &Value, _device: &str) -> Option<String> {
+    fn backend_class(&self, _params: &Params, _device: &str) -> Option<String> {
         None
     }
-    fn default_resources(&self, _params: &Value) -> Resources {
+    fn default_resources(&self, _params: &Params) -> Resources {
         Resources::default()
     }
     /// How many times a transient failure is retried unless the step says otherwise.
@@ -148,20 +126,20 @@ pub trait Op: Send + Sync {
         0
     }
     /// Files outside the store this step reads, for `apply --watch`.
-    fn watch_paths(&self, _params: &Value, _pipeline_dir: &Path) -> Vec<PathBuf> {
+    fn watch_paths(&self, _params: &Params, _pipeline_dir: &Path) -> Vec<PathBuf> {
         Vec::new()
     }
     fn run(
         &self,
         ctx: &StepContext,
         inputs: &StepInputs,
-        params: &Value,
+        params: &Params,
     ) -> Result<StepOutcome, OpError>;
 }
 
 /// An op with a typed parameter struct. Implement this; [`Op`] comes for free.
 pub trait TypedOp: Send + Sync {
-    type Params: DeserializeOwned + Serialize + JsonSchema;
+    type Params: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static;
     const NAME: &'static str;
     const VERSION: u32;
     const DESCRIPTION: &'static str;
@@ -221,10 +199,11 @@ pub fn parse_params<P: DeserializeOwned>(raw: &Value) -> Result<P, ParamsError> 
     })
 }
 
-fn typed<T: TypedOp>(params: &Value) -> T::Params {
-    // The engine only passes params that `normalize_params` produced.
-    parse_params(params)
-        .unwrap_or_else(|e| panic!("{}: params were not normalized: {}", T::NAME, e.message))
+fn typed<T: TypedOp>(params: &Params) -> &T::Params {
+    // The engine only passes params that this op's `parse_params` produced.
+    params
+        .typed::<T::Params>()
+        .unwrap_or_else(|| panic!("{}: params were parsed by another op", T::NAME))
 }
 
 impl<T: TypedOp> Op for T {
@@ -240,7 +219,7 @@ impl<T: TypedOp> Op for T {
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         generator.subschema_for::<T::Params>()
     }
-    fn normalize_params(&self, raw: &Value) -> Result<Value, ParamsError> {
+    fn parse_params(&self, raw: &Value) -> Result<Params, ParamsError> {
         let raw = if raw.is_null() {
             Value::Object(Default::default())
         } else {
@@ -249,36 +228,37 @@ impl<T: TypedOp> Op for T {
         let raw = self.prepare_raw(raw)?;
         let p: T::Params = parse_params(&raw)?;
         self.check(&p)?;
-        Ok(serde_json::to_value(&p).expect("params serialize"))
+        let value = serde_json::to_value(&p).expect("params serialize");
+        Ok(Params::new(value, p))
     }
-    fn inputs(&self, params: &Value) -> InputSignature {
-        TypedOp::inputs(self, &typed::<T>(params))
+    fn inputs(&self, params: &Params) -> InputSignature {
+        TypedOp::inputs(self, typed::<T>(params))
     }
-    fn outputs(&self, params: &Value) -> Vec<OutputSpec> {
-        TypedOp::outputs(self, &typed::<T>(params))
+    fn outputs(&self, params: &Params) -> Vec<OutputSpec> {
+        TypedOp::outputs(self, typed::<T>(params))
     }
-    fn key_extras(&self, params: &Value, cx: &KeyContext<'_>) -> Result<Value, OpError> {
-        TypedOp::key_extras(self, &typed::<T>(params), cx)
+    fn key_extras(&self, params: &Params, cx: &KeyContext<'_>) -> Result<Value, OpError> {
+        TypedOp::key_extras(self, typed::<T>(params), cx)
     }
-    fn backend_class(&self, params: &Value, device: &str) -> Option<String> {
-        TypedOp::backend_class(self, &typed::<T>(params), device)
+    fn backend_class(&self, params: &Params, device: &str) -> Option<String> {
+        TypedOp::backend_class(self, typed::<T>(params), device)
     }
-    fn default_resources(&self, params: &Value) -> Resources {
-        TypedOp::default_resources(self, &typed::<T>(params))
+    fn default_resources(&self, params: &Params) -> Resources {
+        TypedOp::default_resources(self, typed::<T>(params))
     }
     fn default_retries(&self) -> u32 {
         TypedOp::default_retries(self)
     }
-    fn watch_paths(&self, params: &Value, pipeline_dir: &Path) -> Vec<PathBuf> {
-        TypedOp::watch_paths(self, &typed::<T>(params), pipeline_dir)
+    fn watch_paths(&self, params: &Params, pipeline_dir: &Path) -> Vec<PathBuf> {
+        TypedOp::watch_paths(self, typed::<T>(params), pipeline_dir)
     }
     fn run(
         &self,
         ctx: &StepContext,
         inputs: &StepInputs,
-        params: &Value,
+        params: &Params,
     ) -> Result<StepOutcome, OpError> {
-        TypedOp::run(self, ctx, inputs, &typed::<T>(params))
+        TypedOp::run(self, ctx, inputs, typed::<T>(params))
     }
 }
 
@@ -292,18 +272,6 @@ impl OpRegistry {
     /// An empty registry.
     pub fn empty() -> Self {
         Self::default()
-    }
-
-    /// forge's built-in ops.
-    pub fn builtin() -> Self {
-        let mut r = Self::empty();
-        r.register(crate::builtin::download::Download);
-        r.register(crate::builtin::exec::Exec);
-        r.register(crate::builtin::merge::Merge);
-        r.register(crate::builtin::tokenizer::Tokenizer);
-        r.register(crate::builtin::train::Train);
-        r.register(crate::builtin::validate::Validate);
-        r
     }
 
     /// Add (or replace) an op.

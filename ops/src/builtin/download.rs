@@ -8,7 +8,7 @@
 //! - `file:<path>` — a file or directory (relative to the pipeline file). Its *content digest* is
 //!   part of the step key, so editing the file re-runs the step and everything downstream.
 //! - `https:` / `http:` — needs a pinned `digest` (`blake3:…` or `sha256:…`), so the key is known
-//!   without the network and the bytes are checked. Resumable and retried (see [`super::fetch`]).
+//!   without the network and the bytes are checked. Resumable and retried (see [`crate::fetch`]).
 //! - `hf:datasets/<org>/<name>[@rev]/<path>` (or `hf:<org>/<model>[@rev]/<path>`) — a file on the
 //!   Hugging Face hub, fetched from `<endpoint>/datasets/<org>/<name>/resolve/<rev>/<path>`. The
 //!   endpoint is `endpoint:`, else `$HF_ENDPOINT`, else `https://huggingface.co`; `$HF_TOKEN` is
@@ -31,13 +31,14 @@ use serde_json::{Value, json};
 
 use std::collections::BTreeMap;
 
-use super::archive::{ArchiveFormat, extract};
-use super::fetch::{FetchRequest, Pin, fetch};
 use crate::artifact::{ArtifactKind, InputSignature, OutputSpec, StepInputs};
 use crate::context::StepContext;
 use crate::data::table::{self, RecordTemplate};
 use crate::data::{self, Category, Record, Split};
-use crate::op::{KeyContext, OpError, ParamsError, StepOutcome, TypedOp, resolve_path};
+use crate::error::{OpError, ParamsError};
+use crate::fetch::archive::{ArchiveFormat, extract};
+use crate::fetch::{FetchRequest, Pin, fetch};
+use crate::op::{KeyContext, StepOutcome, TypedOp, resolve_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -312,11 +313,11 @@ impl TypedOp for Download {
     }
 
     fn key_extras(&self, p: &DownloadParams, cx: &KeyContext<'_>) -> Result<Value, OpError> {
-        let extra = match Source::parse(&p.source).map_err(|e| OpError::Failed(e.message))? {
+        let extra = match Source::parse(&p.source).map_err(|e| OpError::user(e.message))? {
             Source::File(rel) => {
                 let path = resolve_path(cx.pipeline_dir, &rel);
                 if !path.exists() {
-                    return Err(OpError::Failed(format!(
+                    return Err(OpError::user(format!(
                         "`{}` does not exist (source `{}`)",
                         path.display(),
                         p.source
@@ -349,13 +350,13 @@ impl TypedOp for Download {
         p: &DownloadParams,
     ) -> Result<StepOutcome, OpError> {
         let out = ctx.output_dir("data")?;
-        let source = Source::parse(&p.source).map_err(|e| OpError::Failed(e.message))?;
+        let source = Source::parse(&p.source).map_err(|e| OpError::user(e.message))?;
         let pin = p
             .digest
             .as_deref()
             .map(Pin::parse)
             .transpose()
-            .map_err(OpError::Failed)?;
+            .map_err(OpError::user)?;
         let (local, name): (PathBuf, String) = match &source {
             Source::Builtin(name) => return generate_builtin(ctx, name, p, &out),
             Source::File(rel) => {
@@ -374,7 +375,7 @@ impl TypedOp for Download {
                 if let Some(pin) = &pin {
                     let actual = pin.hash_file(&path)?;
                     if actual != pin.expected() {
-                        return Err(OpError::Failed(format!(
+                        return Err(OpError::user(format!(
                             "`{}` does not match its pinned digest {}:{} (it hashes to {actual})",
                             path.display(),
                             pin.algorithm(),
@@ -496,7 +497,7 @@ fn generate_builtin(
         test_fraction: p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
     };
     let splits = data::generate(&spec, |done| ctx.progress(done, Some(samples), "records"))
-        .map_err(|e| OpError::Failed(e.to_string()))?;
+        .map_err(|e| OpError::user(e.to_string()))?;
     let manifest = serde_json::Map::from_iter([
         ("source".to_owned(), json!(format!("builtin:{name}"))),
         ("seed".to_owned(), json!(ctx.seed())),
@@ -518,7 +519,7 @@ fn convert_tables(
     name: &str,
     out: &Path,
 ) -> Result<StepOutcome, OpError> {
-    let files = table::table_files(tables).map_err(|e| OpError::Failed(e.to_string()))?;
+    let files = table::table_files(tables).map_err(|e| OpError::user(e.to_string()))?;
     // Record ids start with the dataset's name (`hf:datasets/openai/gsm8k@…` → `gsm8k-0000000`),
     // else the file's (`train.parquet` → `train-0000000`).
     let stem = match source {
@@ -534,7 +535,7 @@ fn convert_tables(
         p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         |rows| ctx.progress(rows, None, "rows"),
     )
-    .map_err(|e| OpError::Failed(e.to_string()))?;
+    .map_err(|e| OpError::user(e.to_string()))?;
     let kept: usize = converted.splits.values().map(Vec::len).sum();
     ctx.log(format!(
         "converted {} rows of {} table file(s) into {kept} records ({} with an empty prompt, {} repeated prompts skipped)",
@@ -544,7 +545,7 @@ fn convert_tables(
         converted.repeated
     ));
     if kept == 0 {
-        return Err(OpError::Failed(format!(
+        return Err(OpError::user(format!(
             "`records:` made no records from {} rows of `{}`",
             converted.rows, p.source
         )));
@@ -624,7 +625,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), OpError> {
         let ty = e.file_type().map_err(|x| OpError::io(&e.path(), x))?;
         let dest = to.join(e.file_name());
         if ty.is_symlink() {
-            return Err(OpError::Failed(format!(
+            return Err(OpError::user(format!(
                 "`{}` is a symbolic link; links are not copied",
                 e.path().display()
             )));
@@ -685,11 +686,11 @@ mod tests {
     #[test]
     fn https_without_digest_is_rejected_at_validation() {
         let e = Download
-            .normalize_params(&json!({"source": "https://example.com/x.bin"}))
+            .parse_params(&json!({"source": "https://example.com/x.bin"}))
             .unwrap_err();
         assert!(e.message.contains("pinned"));
         let ok = Download
-            .normalize_params(&json!({"source": "https://example.com/x.bin", "digest": format!("sha256:{}", "0".repeat(64))}))
+            .parse_params(&json!({"source": "https://example.com/x.bin", "digest": format!("sha256:{}", "0".repeat(64))}))
             .unwrap();
         assert_eq!(ok["extract"], json!("auto"));
         assert_eq!(ok["kind"], json!("dataset"));

@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 
 use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
 use crate::context::StepContext;
-use crate::op::{KeyContext, OpError, ParamsError, StepOutcome, TypedOp, resolve_path};
+use crate::error::{OpError, ParamsError};
+use crate::op::{KeyContext, StepOutcome, TypedOp, resolve_path};
 
 /// Parameters of `exec`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -108,7 +109,7 @@ impl TypedOp for Exec {
                 forge_cache::StoreError::Io { source, .. }
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    OpError::Failed(format!(
+                    OpError::user(format!(
                         "dependency `{d}` does not exist (looked for `{}`)",
                         path.display()
                     ))
@@ -163,7 +164,7 @@ impl TypedOp for Exec {
             .env("FORGE_STEP", ctx.step_id());
         for (name, arts) in inputs {
             let joined = std::env::join_paths(arts.iter().map(|a| a.path.as_os_str()))
-                .map_err(|e| OpError::Failed(format!("input `{name}`: {e}")))?;
+                .map_err(|e| OpError::user(format!("input `{name}`: {e}")))?;
             cmd.env(format!("FORGE_INPUT_{}", env_name(name)), joined);
         }
         cmd.stdin(Stdio::null())
@@ -183,7 +184,7 @@ impl TypedOp for Exec {
         kill_leftover_group(ctx, &pgid_file);
         let mut child = cmd
             .spawn()
-            .map_err(|e| OpError::Failed(format!("could not start `sh`: {e}")))?;
+            .map_err(|e| OpError::infra(format!("could not start `sh`: {e}")))?;
         let pgid = child.id() as i32;
         let _ = std::fs::write(&pgid_file, pgid.to_string());
         ctx.log(format!("started `{}` (pid {pgid})", p.run));
@@ -196,7 +197,7 @@ impl TypedOp for Exec {
                 match child.try_wait() {
                     Ok(Some(status)) => return Ok(status),
                     Ok(None) => {}
-                    Err(e) => return Err(OpError::Failed(e.to_string())),
+                    Err(e) => return Err(OpError::infra(e.to_string())),
                 }
                 if ctx.is_cancelled() {
                     kill_group(pgid, &mut child);
@@ -220,14 +221,11 @@ impl TypedOp for Exec {
             _ => "command failed".into(),
         };
         if status.code() == Some(EX_TEMPFAIL) {
-            return Err(OpError::Transient(format!(
+            return Err(OpError::transient(format!(
                 "{what} (EX_TEMPFAIL, will retry)"
             )));
         }
-        Err(OpError::FailedWithDetail {
-            message: format!("{what}: `{}`", p.run),
-            detail: tail,
-        })
+        Err(OpError::user(format!("{what}: `{}`", p.run)).with_detail(tail))
     }
 }
 

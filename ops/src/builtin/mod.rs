@@ -1,11 +1,26 @@
-//! forge's built-in ops, each in its own module with its params struct, key extras and tests.
-//! `bake` and `quantize` join `train` and `merge` in later releases.
+//! forge's built-in ops. Each module is one op: its parameter struct, its plan-time checks and
+//! key extras, and a `run` that reads its inputs, calls the library (`data`, `text`, `train`,
+//! `eval`, `merge`, `fetch`) and writes its outputs. No op module uses another op module.
 
-pub mod archive;
 pub mod download;
 pub mod exec;
-pub mod fetch;
 pub mod merge;
 pub mod tokenizer;
 pub mod train;
 pub mod validate;
+
+use crate::op::OpRegistry;
+
+impl OpRegistry {
+    /// forge's built-in ops.
+    pub fn builtin() -> Self {
+        let mut r = Self::empty();
+        r.register(download::Download);
+        r.register(exec::Exec);
+        r.register(merge::Merge);
+        r.register(tokenizer::Tokenizer);
+        r.register(train::Train);
+        r.register(validate::Validate);
+        r
+    }
+}

@@ -9,73 +9,13 @@ use std::path::Path;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, TokenizerBuilder};
 
 use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
 use crate::context::StepContext;
 use crate::data;
-use crate::op::{OpError, ParamsError, StepOutcome, TypedOp};
-
-pub const PAD: &str = "<pad>";
-pub const BOS: &str = "<s>";
-pub const EOS: &str = "</s>";
-/// Ids kept free for Phase 3's thinking and strategy tokens.
-pub const RESERVED: usize = 12;
-
-/// A trained tokenizer and its `<s>`/`</s>` ids: how the ops that run a model (`train`,
-/// `merge`'s fitness) turn text into ids.
-pub struct TextCodec {
-    pub tokenizer: tokenizers::Tokenizer,
-    pub bos: i64,
-    pub eos: i64,
-}
-
-impl TextCodec {
-    /// From a `tokenizer.json`'s bytes (`path` names it in messages).
-    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, OpError> {
-        let tokenizer = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| OpError::Failed(format!("loading `{}`: {e}", path.display())))?;
-        let id_of = |t: &str| tokenizer.token_to_id(t).map(i64::from);
-        let (Some(bos), Some(eos)) = (id_of(BOS), id_of(EOS)) else {
-            return Err(OpError::Failed(
-                "the tokenizer lacks the <s> and </s> special tokens".into(),
-            ));
-        };
-        Ok(Self {
-            tokenizer,
-            bos,
-            eos,
-        })
-    }
-
-    /// Read `path` (a `tokenizer.json`).
-    pub fn load(path: &Path) -> Result<Self, OpError> {
-        Self::from_bytes(
-            &std::fs::read(path).map_err(|e| OpError::io(path, e))?,
-            path,
-        )
-    }
-
-    /// `<s>`, the text's ids, `</s>`.
-    pub fn encode(&self, text: &str) -> Vec<i64> {
-        let mut v = vec![self.bos];
-        if let Ok(e) = self.tokenizer.encode(text, false) {
-            v.extend(e.get_ids().iter().map(|&i| i64::from(i)));
-        }
-        v.push(self.eos);
-        v
-    }
-}
-
-/// The special tokens in id order.
-pub fn special_tokens() -> Vec<String> {
-    let mut v = vec![PAD.to_string(), BOS.to_string(), EOS.to_string()];
-    v.extend((0..RESERVED).map(|i| format!("<|reserved_{i}|>")));
-    v
-}
+use crate::error::{OpError, ParamsError};
+use crate::op::{StepOutcome, TypedOp};
+use crate::text::{special_tokens, train_bpe};
 
 /// Parameters of `tokenizer`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -97,40 +37,6 @@ fn default_min_frequency() -> u64 {
 }
 
 pub struct Tokenizer;
-
-type Trained = tokenizers::TokenizerImpl<
-    BPE,
-    tokenizers::NormalizerWrapper,
-    ByteLevel,
-    tokenizers::PostProcessorWrapper,
-    ByteLevelDecoder,
->;
-
-/// Train on `texts`.
-pub fn train(texts: &[String], p: &TokenizerParams) -> Result<tokenizers::Tokenizer, OpError> {
-    let specials: Vec<AddedToken> = special_tokens()
-        .into_iter()
-        .map(|t| AddedToken::from(t, true))
-        .collect();
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(p.vocab_size)
-        .min_frequency(p.min_frequency)
-        .special_tokens(specials)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .show_progress(false)
-        .build();
-    let mut tk: Trained = TokenizerBuilder::new()
-        .with_model(BPE::default())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
-        .with_post_processor(None)
-        .with_decoder(Some(ByteLevelDecoder::default()))
-        .build()
-        .map_err(|e| OpError::Failed(format!("building the tokenizer: {e}")))?;
-    tk.train(&mut trainer, texts.iter().cloned())
-        .map_err(|e| OpError::Failed(format!("training BPE: {e}")))?;
-    Ok(tokenizers::Tokenizer::from(tk))
-}
 
 impl TypedOp for Tokenizer {
     type Params = TokenizerParams;
@@ -183,7 +89,7 @@ impl TypedOp for Tokenizer {
                 .iter()
                 .map(|d| d.from_step.as_str())
                 .collect();
-            return Err(OpError::Failed(format!(
+            return Err(OpError::user(format!(
                 "no training text found in the dataset from {}",
                 from.join(", ")
             )));
@@ -193,11 +99,11 @@ impl TypedOp for Tokenizer {
             p.vocab_size,
             train_texts.len()
         ));
-        let tk = train(&train_texts, p)?;
+        let tk = train_bpe(&train_texts, p.vocab_size, p.min_frequency)?;
         let out = ctx.output_dir("tokenizer")?;
         let path = out.join("tokenizer.json");
         tk.save(&path, true)
-            .map_err(|e| OpError::Failed(format!("saving `{}`: {e}", path.display())))?;
+            .map_err(|e| OpError::infra(format!("saving `{}`: {e}", path.display())))?;
         // How well it compresses held-out text.
         let val = texts(data::Split::Val).unwrap_or_default();
         let sample = if val.is_empty() { &train_texts } else { &val };
@@ -206,7 +112,7 @@ impl TypedOp for Tokenizer {
             chars += t.chars().count();
             tokens += tk
                 .encode(t.as_str(), false)
-                .map_err(|e| OpError::Failed(e.to_string()))?
+                .map_err(|e| OpError::internal(e.to_string()))?
                 .len();
         }
         let mut metrics = serde_json::Map::new();
@@ -233,59 +139,4 @@ fn write_metrics(
         serde_json::to_vec_pretty(m).expect("metrics serialize"),
     )
     .map_err(|e| OpError::io(&path, e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn corpus() -> Vec<String> {
-        let spec = data::Spec {
-            counts: data::Category::ALL.iter().map(|&c| (c, 200)).collect(),
-            seed: 1,
-            val_fraction: 0.0,
-            test_fraction: 0.0,
-        };
-        data::generate(&spec, |_| {})
-            .unwrap()
-            .into_values()
-            .flatten()
-            .map(|r| r.text)
-            .collect()
-    }
-
-    #[test]
-    fn specials_have_fixed_ids_and_text_round_trips() {
-        let p = TokenizerParams {
-            vocab_size: 600,
-            min_frequency: 2,
-        };
-        let tk = train(&corpus(), &p).unwrap();
-        for (i, t) in special_tokens().iter().enumerate() {
-            assert_eq!(tk.token_to_id(t), Some(i as u32), "{t}");
-        }
-        assert_eq!(tk.get_vocab_size(true), 600);
-        for text in [
-            "Ava has 12 apples. #### 12",
-            "naïve café — 東京 🚀\n\ttabs",
-            "<s>",
-        ] {
-            let enc = tk.encode(text, false).unwrap();
-            assert_eq!(tk.decode(enc.get_ids(), false).unwrap(), text);
-        }
-        // Merges learned from the corpus compress it well below one token per character.
-        let sample = "How many apples does Ava have now?";
-        assert!(tk.encode(sample, false).unwrap().len() < sample.len() / 2);
-    }
-
-    #[test]
-    fn training_is_deterministic() {
-        let p = TokenizerParams {
-            vocab_size: 500,
-            min_frequency: 2,
-        };
-        let a = train(&corpus(), &p).unwrap().to_string(false).unwrap();
-        let b = train(&corpus(), &p).unwrap().to_string(false).unwrap();
-        assert_eq!(a, b);
-    }
 }

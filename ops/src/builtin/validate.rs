@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use crate::artifact::{ArtifactKind, InputSignature, OutputSpec, StepInputs};
 use crate::context::{AlertLevel, StepContext};
-use crate::op::{OpError, ParamsError, StepOutcome, TypedOp};
+use crate::error::{OpError, ParamsError};
+use crate::op::{StepOutcome, TypedOp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Comparison {
@@ -187,7 +188,7 @@ impl TypedOp for Validate {
                 let metrics = match std::fs::read(&path) {
                     Ok(bytes) => {
                         let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                            OpError::Failed(format!(
+                            OpError::user(format!(
                                 "`metrics.json` of {} is not valid JSON: {e}",
                                 a.from_step
                             ))
@@ -260,15 +261,13 @@ impl TypedOp for Validate {
         write_json(&out.join("metrics.json"), &metrics)?;
         if !failed_errors.is_empty() {
             let lines: Vec<String> = failed_errors.iter().map(|r| describe_failure(r)).collect();
-            return Err(OpError::FailedWithDetail {
-                message: format!(
-                    "{} of {} checks failed: {}",
-                    failed_errors.len(),
-                    results.len(),
-                    lines[0]
-                ),
-                detail: lines.join("\n"),
-            });
+            return Err(OpError::user(format!(
+                "{} of {} checks failed: {}",
+                failed_errors.len(),
+                results.len(),
+                lines[0]
+            ))
+            .with_detail(lines.join("\n")));
         }
         Ok(StepOutcome {
             metrics: metrics.as_object().cloned().unwrap_or_default(),
@@ -322,9 +321,7 @@ mod tests {
         )]
         .into();
         let p = Validate
-            .normalize_params(
-                &json!({"checks": [{"metric": "train/loss", "op": "<", "value": 2.0}]}),
-            )
+            .parse_params(&json!({"checks": [{"metric": "train/loss", "op": "<", "value": 2.0}]}))
             .unwrap();
         let e = Op::run(&Validate, &ctx, &inputs, &p).unwrap_err();
         let msg = e.to_string();
@@ -347,7 +344,7 @@ mod tests {
         )]
         .into();
         let p = Validate
-            .normalize_params(&json!({"checks": [
+            .parse_params(&json!({"checks": [
                 {"metric": "act/steps", "op": ">=", "value": 5.0, "aggregate": "spread"},
                 {"metric": "act/steps", "op": ">", "value": 4.0, "severity": "warn"},
             ]}))
@@ -366,7 +363,7 @@ mod tests {
     #[test]
     fn unknown_comparison_is_a_params_error() {
         let e = Validate
-            .normalize_params(&json!({"checks": [{"metric": "m", "op": "=<", "value": 1}]}))
+            .parse_params(&json!({"checks": [{"metric": "m", "op": "=<", "value": 1}]}))
             .unwrap_err();
         assert_eq!(e.path, ["checks", "0", "op"]);
     }

@@ -16,38 +16,28 @@
 //! | `mixed` | all five, weighted by `mix` | |
 //!
 //! Downloaded tables (parquet, jsonl, json; e.g. Hugging Face datasets) become records of the same
-//! format through the templates of [`table`].
+//! format through the templates of [`table`]. [`records`] reads a dataset artifact back;
+//! [`batches`] draws training rows from its records under a curriculum.
 
+pub mod batches;
 pub mod code;
 pub mod commonsense;
 pub mod language;
 pub mod math;
 pub mod qa;
+pub mod records;
 pub mod table;
+
+pub use batches::{Curriculum, Sampler, Stage, TokenPool, default_curriculum};
+pub use records::{Record, Split, load_all_records, load_records, read_texts, split_of};
 
 use std::collections::{BTreeMap, HashSet};
 
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever any generator's output changes; part of every `builtin:` download's key.
 pub const GENERATOR_VERSION: u32 = 2;
-
-/// One training/evaluation example, the record format of every dataset artifact (`*.jsonl`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub id: String,
-    pub category: String,
-    /// 1 (easiest) to 3.
-    pub difficulty: u8,
-    /// The question as posed.
-    pub prompt: String,
-    /// The exact expected answer (compared after trimming).
-    pub answer: String,
-    /// The full text a language model trains on: prompt, worked solution, answer.
-    pub text: String,
-}
 
 /// What a generator returns for one draw.
 #[derive(Debug, Clone)]
@@ -113,47 +103,6 @@ impl Category {
     }
 }
 
-/// The RNG of draw `index` of `category` under `seed`.
-fn rng_for(seed: u64, category: Category, index: u64) -> ChaCha8Rng {
-    let mut h = blake3::Hasher::new();
-    h.update(b"forge-builtin-data\0");
-    h.update(&seed.to_le_bytes());
-    h.update(category.name().as_bytes());
-    h.update(&index.to_le_bytes());
-    ChaCha8Rng::from_seed(*h.finalize().as_bytes())
-}
-
-/// Which split a prompt belongs to: a pure function of its text.
-pub fn split_of(prompt: &str, val_fraction: f64, test_fraction: f64) -> Split {
-    let h = blake3::hash(prompt.as_bytes());
-    let x =
-        u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
-    if x < test_fraction {
-        Split::Test
-    } else if x < test_fraction + val_fraction {
-        Split::Val
-    } else {
-        Split::Train
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Split {
-    Train,
-    Val,
-    Test,
-}
-
-impl Split {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Train => "train",
-            Self::Val => "val",
-            Self::Test => "test",
-        }
-    }
-}
-
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -213,7 +162,13 @@ pub fn generate(
                     wanted,
                 });
             }
-            let mut rng = rng_for(spec.seed, category, index);
+            let mut rng = crate::rng::stream(
+                spec.seed,
+                crate::rng::Stream::Data {
+                    category: category.name(),
+                    index,
+                },
+            );
             // Difficulty cycles 1,2,3 so every level is equally represented.
             let difficulty = (index % 3) as u8 + 1;
             index += 1;
@@ -241,65 +196,6 @@ pub fn generate(
     Ok(out)
 }
 
-/// The training texts of a dataset directory for `split`: the `text` field of each record of
-/// `<split>.jsonl`; for datasets without split files (e.g. a `file:` corpus), the `train` split is
-/// every `*.jsonl` record's `text` and every non-empty line of every `*.txt`.
-pub fn read_texts(dir: &std::path::Path, split: Split) -> Result<Vec<String>, crate::OpError> {
-    let io = |p: &std::path::Path| {
-        let p = p.to_owned();
-        move |e| crate::OpError::io(&p, e)
-    };
-    let parse = |path: &std::path::Path, out: &mut Vec<String>| -> Result<(), crate::OpError> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let r: Record = serde_json::from_str(line).map_err(|e| {
-                crate::OpError::Failed(format!(
-                    "{}:{}: not a dataset record: {e}",
-                    path.display(),
-                    n + 1
-                ))
-            })?;
-            out.push(r.text);
-        }
-        Ok(())
-    };
-    let mut out = Vec::new();
-    let split_file = dir.join(format!("{}.jsonl", split.name()));
-    if split_file.exists() {
-        parse(&split_file, &mut out)?;
-        return Ok(out);
-    }
-    if split != Split::Train || dir.join("train.jsonl").exists() {
-        return Ok(out);
-    }
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    for f in files {
-        match f.extension().and_then(|e| e.to_str()) {
-            Some("jsonl") => parse(&f, &mut out)?,
-            Some("txt") => {
-                let text = std::fs::read_to_string(&f).map_err(io(&f))?;
-                out.extend(
-                    text.lines()
-                        .filter(|l| !l.trim().is_empty())
-                        .map(str::to_owned),
-                );
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-/// Helpers shared by the generators.
 pub(crate) mod pick {
     use rand::Rng;
     use rand::seq::IndexedRandom;

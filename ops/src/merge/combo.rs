@@ -13,31 +13,13 @@
 //!
 //! Every stage consumes the previous stage's output, so all eight combos differ.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{LayerPick, assemble, depth};
-use super::methods::{Rescale, Sparsify, linear, slerp_many, task_arithmetic};
+use super::methods::{Sparsify, linear, slerp_many, task_arithmetic};
+use super::technique::TaskArithmetic;
 use super::tensors::{StateDict, Tensor};
-
-/// Knobs of the combo stages.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ComboSettings {
-    pub density: f64,
-    pub lambda: f64,
-    pub rescale: Rescale,
-}
-
-impl Default for ComboSettings {
-    fn default() -> Self {
-        Self {
-            density: 0.5,
-            lambda: 1.0,
-            rescale: Rescale::Inverse,
-        }
-    }
-}
 
 /// A combo id, 0–7, written as three bits (`"101"` = slerp + dare + dfs).
 pub fn bits(combo: u8) -> String {
@@ -109,7 +91,7 @@ pub fn apply(
     models: [&StateDict; 3],
     base: &StateDict,
     seed: u64,
-    s: &ComboSettings,
+    s: &TaskArithmetic,
 ) -> Result<(StateDict, ComboRecipe), String> {
     let three = [1.0; 3];
     // Stage 1: interpolation.
@@ -133,7 +115,7 @@ pub fn apply(
     })?;
     // Stage 3: layer selection from [M2, models…].
     let n = depth(&m2);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
+    let mut rng = crate::rng::stream(seed, crate::rng::Stream::ComboRouting);
     let layers: Vec<LayerPick> = (0..n)
         .map(|l| {
             if combo & 1 != 0 {
@@ -174,7 +156,7 @@ pub fn apply_or_fallback(
     models: [&StateDict; 3],
     base: &StateDict,
     seed: u64,
-    s: &ComboSettings,
+    s: &TaskArithmetic,
     fallback: &dyn Fn() -> Result<StateDict, String>,
 ) -> Result<(StateDict, Result<ComboRecipe, String>), String> {
     let why = match apply(combo, models, base, seed, s) {
@@ -220,6 +202,8 @@ pub fn degenerate(model: &StateDict, references: &[&StateDict]) -> Option<String
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
     use std::collections::BTreeMap;
 
     /// A small layered model with seeded values around `base`'s.
@@ -260,7 +244,7 @@ pub(crate) mod tests {
     #[test]
     fn all_eight_combos_give_different_weights() {
         let (base, [a, b, c]) = family();
-        let s = ComboSettings::default();
+        let s = TaskArithmetic::default();
         let outs: Vec<StateDict> = (0..8)
             .map(|k| apply(k, [&a, &b, &c], &base, 11, &s).unwrap().0)
             .collect();
@@ -287,7 +271,7 @@ pub(crate) mod tests {
         // Changing only the task-arithmetic stage must change the franken combo's output: the
         // earlier implementation's frankenmerge ignored its input, so combos 000–011 were equal.
         let (base, [a, b, c]) = family();
-        let s = ComboSettings::default();
+        let s = TaskArithmetic::default();
         let (dare, r) = apply(0b000, [&a, &b, &c], &base, 3, &s).unwrap();
         let (ties, _) = apply(0b010, [&a, &b, &c], &base, 3, &s).unwrap();
         assert_eq!(r.layers[0].model, 0, "layer 0 comes from the stage-2 merge");

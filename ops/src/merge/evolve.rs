@@ -22,13 +22,14 @@
 
 use std::collections::BTreeMap;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::combo::{self, ComboRecipe, ComboSettings, bits};
+use super::combo::{self, ComboRecipe, bits};
+use super::technique::TaskArithmetic;
 use super::tensors::StateDict;
 
 /// The population size the loop's structure (1 + 2 + 3 + 2) is built for.
@@ -196,15 +197,7 @@ pub struct Inputs<'a> {
     pub parents: [&'a StateDict; 3],
     pub base: &'a StateDict,
     pub seed: u64,
-    pub combo: ComboSettings,
-}
-
-fn rng_for(seed: u64, generation: u32, purpose: &str) -> ChaCha8Rng {
-    let mut h = blake3::Hasher::new();
-    h.update(&seed.to_le_bytes());
-    h.update(&generation.to_le_bytes());
-    h.update(purpose.as_bytes());
-    ChaCha8Rng::from_seed(*h.finalize().as_bytes())
+    pub combo: TaskArithmetic,
 }
 
 /// Add noise to a `rate` fraction of every tensor's entries.
@@ -342,7 +335,7 @@ pub fn evolve(
             break;
         }
         let g = st.generation + 1;
-        let mut rng = rng_for(inp.seed, g, "evolve");
+        let mut rng = crate::rng::stream(inp.seed, crate::rng::Stream::Evolve { generation: g });
         let div = st.history.last().map(|h| h.diversity).unwrap_or(1.0);
         let mut interventions = Vec::new();
         let mut rate = cfg.mutation_rate;
@@ -676,7 +669,7 @@ mod tests {
             parents: [&ps[0], &ps[1], &ps[2]],
             base: &base,
             seed: 5,
-            combo: ComboSettings::default(),
+            combo: TaskArithmetic::default(),
         };
         let cfg = EvolveConfig {
             generations: 6,
@@ -729,7 +722,7 @@ mod tests {
             parents: [&bad, &ps[1], &ps[2]],
             base: &base,
             seed: 5,
-            combo: ComboSettings::default(),
+            combo: TaskArithmetic::default(),
         };
         let mut st = EvolveState {
             generation: 0,

@@ -6,152 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::layers::{LayerPick, Slice, route, slices_to_picks};
-use super::methods::{self, Rescale, Sparsify};
+use super::layers::route;
+use super::methods::{self, Sparsify};
+use super::technique::Technique;
 use super::tensors::{DType, TensorFile, TensorWriter};
-
-/// One merge technique and its parameters (`method:` picks it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Technique {
-    /// Weighted average (Model Soups).
-    Linear {
-        /// Per-model weights (default: equal).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        weights: Option<Vec<f64>>,
-        /// Divide by the sum of the weights.
-        #[serde(default = "yes")]
-        normalize: bool,
-    },
-    /// Spherical interpolation between exactly two models; `t = 0` gives the first.
-    Slerp {
-        #[serde(default = "half")]
-        t: f64,
-    },
-    /// TIES over the `base`: trim to `density`, elect signs by sum, disjoint mean, × `lambda`.
-    Ties {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        weights: Option<Vec<f64>>,
-        #[serde(default = "one")]
-        density: f64,
-        #[serde(default = "one")]
-        lambda: f64,
-        #[serde(default = "yes")]
-        normalize: bool,
-    },
-    /// DARE over the `base`: keep entries with probability `density`, rescale, average.
-    Dare {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        weights: Option<Vec<f64>>,
-        #[serde(default = "half")]
-        density: f64,
-        #[serde(default = "one")]
-        lambda: f64,
-        #[serde(default)]
-        rescale: Rescale,
-        #[serde(default = "yes")]
-        normalize: bool,
-    },
-    /// Layer stacking from named layer ranges of the models (mergekit passthrough slices).
-    Frankenmerge {
-        slices: Vec<Slice>,
-        /// Model whose non-layer tensors (embeddings, final norm, heads) are used.
-        #[serde(default)]
-        rest_from: usize,
-    },
-    /// Per-layer routing: which model's block runs at each depth, with a residual scale.
-    Dfs {
-        routing: Vec<LayerPick>,
-        #[serde(default)]
-        rest_from: usize,
-    },
-}
-
-fn yes() -> bool {
-    true
-}
-fn half() -> f64 {
-    0.5
-}
-fn one() -> f64 {
-    1.0
-}
-
-impl Technique {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Linear { .. } => "linear",
-            Self::Slerp { .. } => "slerp",
-            Self::Ties { .. } => "ties",
-            Self::Dare { .. } => "dare",
-            Self::Frankenmerge { .. } => "frankenmerge",
-            Self::Dfs { .. } => "dfs",
-        }
-    }
-    pub fn needs_base(&self) -> bool {
-        matches!(self, Self::Ties { .. } | Self::Dare { .. })
-    }
-    /// Problems with the parameters themselves (ranges, empty selections), whatever the inputs.
-    pub fn check_params(&self) -> Option<String> {
-        let density_ok =
-            |d: f64| (!(d > 0.0 && d <= 1.0)).then(|| format!("density {d} must be in (0, 1]"));
-        match self {
-            Self::Linear { .. } => None,
-            Self::Slerp { t } => {
-                (!(0.0..=1.0).contains(t)).then(|| format!("t {t} must be in [0, 1]"))
-            }
-            Self::Ties { density, .. } | Self::Dare { density, .. } => density_ok(*density),
-            Self::Frankenmerge { slices, .. } => slices_to_picks(slices)
-                .is_empty()
-                .then(|| "no layers selected".to_string()),
-            Self::Dfs { routing, .. } => routing.is_empty().then(|| "no layers routed".to_string()),
-        }
-    }
-
-    /// Problems with applying these parameters to `n` input models (counts, weights, indices).
-    pub fn check_inputs(&self, n: usize) -> Option<String> {
-        let weights_ok = |w: &Option<Vec<f64>>| match w {
-            Some(w) if w.len() != n => Some(format!(
-                "{} weights for {n} models; give one per model",
-                w.len()
-            )),
-            _ => None,
-        };
-        match self {
-            Self::Linear { weights, .. } => (n < 2)
-                .then(|| "linear needs at least 2 models".to_string())
-                .or_else(|| weights_ok(weights)),
-            Self::Slerp { .. } => {
-                (n != 2).then(|| format!("slerp merges exactly 2 models, not {n}"))
-            }
-            Self::Ties { weights, .. } | Self::Dare { weights, .. } => (n < 1)
-                .then(|| "task arithmetic needs at least 1 model".to_string())
-                .or_else(|| weights_ok(weights)),
-            Self::Frankenmerge { .. } | Self::Dfs { .. } => {
-                let (picks, rest_from) = self.picks().expect("layer-wise");
-                picks
-                    .iter()
-                    .map(|p| p.model)
-                    .chain([rest_from])
-                    .find(|&m| m >= n)
-                    .map(|m| {
-                        format!("model index {m} out of range: there are {n} models (0-based)")
-                    })
-            }
-        }
-    }
-
-    fn picks(&self) -> Option<(Vec<LayerPick>, usize)> {
-        match self {
-            Self::Frankenmerge { slices, rest_from } => Some((slices_to_picks(slices), *rest_from)),
-            Self::Dfs { routing, rest_from } => Some((routing.clone(), *rest_from)),
-            _ => None,
-        }
-    }
-}
 
 /// What a file merge did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -302,6 +162,7 @@ fn write_streamed(
 mod tests {
     use super::*;
     use crate::merge::combo::tests::toy;
+    use crate::merge::layers::LayerPick;
 
     #[test]
     fn file_merges_match_the_in_memory_formulas() {

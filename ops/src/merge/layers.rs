@@ -186,6 +186,28 @@ pub fn assemble(
     Ok(StateDict { tensors })
 }
 
+/// Keep a model's `config.json` in step with merged weights whose depth may have changed
+/// (frankenmerge): `model.layers` and `model.memory_layers` follow the tensor names.
+pub fn sync_config<'a>(
+    config: &mut serde_json::Value,
+    names: impl Iterator<Item = &'a str> + Clone,
+) {
+    let depth = depth_of(names.clone());
+    if let Some(m) = config
+        .get_mut("model")
+        .and_then(serde_json::Value::as_object_mut)
+        && m.contains_key("layers")
+    {
+        let memory: std::collections::BTreeSet<usize> = names
+            .filter_map(split_layer)
+            .filter(|(_, _, rest)| rest.starts_with("memory."))
+            .map(|(_, layer, _)| layer)
+            .collect();
+        m.insert("layers".into(), serde_json::json!(depth));
+        m.insert("memory_layers".into(), serde_json::json!(memory));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,7 @@
 //!   entry's *expected value* equal to τ; mergekit's L1 matching (‖τ‖₁/‖m⊙τ‖₁ per tensor) is
 //!   available as `rescale: l1`, and `none` turns rescaling off.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -129,14 +128,18 @@ fn ordered(x: f32) -> u32 {
 }
 
 /// DARE's random drop: keep each entry with probability `density`, then rescale.
-pub fn dare_drop(delta: &mut [f32], density: f64, rescale: Rescale, seed: u64, salt: &str) {
+pub fn dare_drop(
+    delta: &mut [f32],
+    density: f64,
+    rescale: Rescale,
+    seed: u64,
+    tensor: &str,
+    model: usize,
+) {
     if density >= 1.0 {
         return;
     }
-    let mut h = blake3::Hasher::new();
-    h.update(&seed.to_le_bytes());
-    h.update(salt.as_bytes());
-    let mut rng = ChaCha8Rng::from_seed(*h.finalize().as_bytes());
+    let mut rng = crate::rng::stream(seed, crate::rng::Stream::DareMask { tensor, model });
     let l1_before: f64 = delta.iter().map(|x| x.abs() as f64).sum();
     for d in delta.iter_mut() {
         if rng.random::<f64>() >= density {
@@ -188,7 +191,7 @@ pub fn task_arithmetic(
             match how {
                 Sparsify::Ties => magnitude_trim(&mut d, density),
                 Sparsify::Dare { rescale, seed } => {
-                    dare_drop(&mut d, density, rescale, seed, &format!("{name}#{i}"))
+                    dare_drop(&mut d, density, rescale, seed, name, i)
                 }
             }
             d
@@ -349,7 +352,7 @@ mod tests {
         );
         // L1 matching keeps the tensor's L1 norm exactly.
         let mut d = vec![0.5f32; 1000];
-        dare_drop(&mut d, 0.3, Rescale::L1, 1, "x");
+        dare_drop(&mut d, 0.3, Rescale::L1, 1, "x", 0);
         let l1: f32 = d.iter().map(|x| x.abs()).sum();
         assert!((l1 - 500.0).abs() < 1e-2, "{l1}");
     }

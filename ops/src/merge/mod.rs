@@ -1,6 +1,7 @@
 //! Model merging (Phase 2, EvoMerge), on safetensors state dicts and without burn: the six
-//! techniques, the eight three-stage combos and the evolution loop. The `merge` op
-//! (`builtin/merge.rs`) adds what needs the model: fitness by running candidates.
+//! techniques, the eight three-stage combos and the evolution loop. What needs the model —
+//! fitness by running candidates — is in `eval::fitness`; the `merge` op (`builtin/merge.rs`)
+//! wires the two together.
 //!
 //! | module | owns |
 //! |---|---|
@@ -9,11 +10,15 @@
 //! | [`layers`] | frankenmerge slices and dfs routing (per layer) |
 //! | [`combo`] | the eight combos, degenerate-model detection |
 //! | [`evolve`] | the genetic loop, diversity, lineage, resumable state |
+//! | [`evomerge`] | the evolution as a step runs it: generation checkpoints, metrics, lineage files |
+//! | [`technique`] | the techniques a step names and the shared task-arithmetic settings |
 //! | [`files`] | streaming file-to-file merges (what the benchmark times) |
 
 pub mod combo;
 pub mod evolve;
+pub mod evomerge;
 pub mod files;
 pub mod layers;
 pub mod methods;
+pub mod technique;
 pub mod tensors;

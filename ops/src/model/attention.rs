@@ -50,9 +50,11 @@ impl CausalAttention {
         }
     }
 
-    /// `x`: `[batch, seq, d]`; `bias`: from [`causal_window_bias`]. Returns the output and the
-    /// maximum attention logit of each head (`[heads]`, detached).
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, bias: &Tensor<4>) -> (Tensor<3>, Tensor<1>) {
+    /// `x`: `[batch, seq, d]`; `mask`: an additive mask `[1 or batch, 1, seq, seq]` (0 where a
+    /// position may attend, -1e9 where not), e.g. [`causal_window_bias`] cut to `seq`, or a
+    /// per-batch mask built for the batch. Returns the output and the maximum attention logit of
+    /// each head (`[heads]`, detached).
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> (Tensor<3>, Tensor<1>) {
         let [b, s, d] = x.dims();
         let h = self.n_heads;
         let dh = d / h;
@@ -61,7 +63,7 @@ impl CausalAttention {
         let k = rope.apply(split(self.wk.forward(x.clone())));
         let v = split(self.wv.forward(x));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
-        let masked = scores.add(bias.clone().narrow(2, 0, s).narrow(3, 0, s));
+        let masked = scores.add(mask.clone());
         // Max over allowed positions only (masked scores sit near -1e9); detached.
         let max_logit = max_keeping(masked.clone(), 1);
         let weights = softmax(masked, 3);

@@ -63,10 +63,10 @@ impl MagBlock {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, bias: &Tensor<4>) -> (Tensor<3>, BlockStats) {
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> (Tensor<3>, BlockStats) {
         let d = x.dims()[2];
         let h = self.norm_attn.forward(x.clone());
-        let (att, max_logit) = self.attn.forward(h.clone(), rope, bias);
+        let (att, max_logit) = self.attn.forward(h.clone(), rope, mask);
         let (mixed, memory) = match (&self.memory, &self.gate, &self.gate_bias) {
             (Some(mem), Some(gate), Some(gb)) => {
                 let (m, stats) = mem.forward(h.clone());

@@ -7,7 +7,6 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -20,7 +19,7 @@ pub struct Init {
 impl Init {
     pub fn new(seed: u64, device: &Device) -> Self {
         Self {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: crate::rng::stream(seed, crate::rng::Stream::ModelInit),
             device: device.clone(),
         }
     }

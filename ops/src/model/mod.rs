@@ -11,12 +11,16 @@
 //! | [`block`] | the MAG block |
 //! | [`trm`] | recursion, deep supervision, ACT |
 //! | [`config`] | `ModelConfig` and presets |
-//! | [`weights`] | byte-stable safetensors files |
+//! | [`weights`] | weight I/O: byte-stable safetensors, exact, partial and renamed loading |
+//! | [`inputs`] | token rows into input ids and shifted labels |
+//! | [`files`] | the files of a `model` artifact |
 
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod files;
 pub mod fused;
+pub mod inputs;
 pub mod layers;
 pub mod memory;
 pub mod trm;
@@ -26,5 +30,6 @@ pub mod weights;
 mod tests;
 
 pub use config::{ModelConfig, size_category};
+pub use inputs::to_tensors;
 pub use trm::{InferOutput, Tables, TrainOutput, TrmTitansMag, kl_divergence};
-pub use weights::canonical_safetensors;
+pub use weights::{LoadReport, WeightsError, canonical_safetensors};

@@ -41,18 +41,25 @@ pub struct TrmTitansMag {
     pub pad_id: usize,
 }
 
-/// Shared per-forward tensors (rotary tables, attention mask).
+/// Tensors shared by every forward pass of one config: the rotary tables and the causal
+/// sliding-window mask for `max_seq` positions, which each batch cuts to its length
+/// ([`Tables::causal_mask`]) unless it brings a mask of its own (the `*_masked` forwards).
 pub struct Tables {
     rope: Rope,
-    bias: Tensor<4>,
+    causal: Tensor<4>,
 }
 
 impl Tables {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
         Self {
             rope: Rope::new(cfg.max_seq, cfg.d_model / cfg.heads, cfg.rope_theta, device),
-            bias: causal_window_bias(cfg.max_seq, cfg.window, device),
+            causal: causal_window_bias(cfg.max_seq, cfg.window, device),
         }
+    }
+
+    /// The additive causal mask of a batch of `seq` positions, `[1, 1, seq, seq]`.
+    pub fn causal_mask(&self, seq: usize) -> Tensor<4> {
+        self.causal.clone().narrow(2, 0, seq).narrow(3, 0, seq)
     }
 }
 
@@ -161,11 +168,12 @@ impl TrmTitansMag {
         &self,
         x: Tensor<3>,
         t: &Tables,
+        mask: &Tensor<4>,
         stats: &mut Vec<super::block::BlockStats>,
     ) -> Tensor<3> {
         let mut h = x;
         for block in &self.blocks {
-            let (out, st) = block.forward(h, &t.rope, &t.bias);
+            let (out, st) = block.forward(h, &t.rope, mask);
             h = out;
             stats.push(st);
         }
@@ -180,6 +188,7 @@ impl TrmTitansMag {
         y: Tensor<3>,
         z: Tensor<3>,
         t: &Tables,
+        mask: &Tensor<4>,
         stats: &mut Vec<super::block::BlockStats>,
     ) -> (Tensor<3>, Tensor<3>) {
         let (mut y, mut z) = (y, z);
@@ -198,9 +207,9 @@ impl TrmTitansMag {
                 _ => (self, &mut *stats, e.clone()),
             };
             for _ in 0..self.n_inner {
-                z = model.net(e.clone().add(y.clone()).add(z), t, st);
+                z = model.net(e.clone().add(y.clone()).add(z), t, mask, st);
             }
-            y = model.net(y.add(z.clone()), t, st);
+            y = model.net(y.add(z.clone()), t, mask, st);
             if !last {
                 y = y.detach();
                 z = z.detach();
@@ -240,12 +249,24 @@ impl TrmTitansMag {
 
     /// Logits after `steps` full recursions (no halting), for tests and evaluation.
     pub fn forward_logits(&self, tokens: Tensor<2, Int>, steps: usize, t: &Tables) -> Tensor<3> {
+        let mask = t.causal_mask(tokens.dims()[1]);
+        self.forward_logits_masked(tokens, steps, t, &mask)
+    }
+
+    /// [`Self::forward_logits`] with the batch's own additive attention mask `[1|b, 1, s, s]`.
+    pub fn forward_logits_masked(
+        &self,
+        tokens: Tensor<2, Int>,
+        steps: usize,
+        t: &Tables,
+        mask: &Tensor<4>,
+    ) -> Tensor<3> {
         let [b, s] = tokens.dims();
         let e = self.embed_tokens(tokens);
         let (mut y, mut z) = self.initial_state(b, s);
         for _ in 0..steps.max(1) {
             let mut stats = Vec::new();
-            (y, z) = self.recurse(&e, y, z, t, &mut stats);
+            (y, z) = self.recurse(&e, y, z, t, mask, &mut stats);
         }
         self.readout(y).0
     }
@@ -260,6 +281,20 @@ impl TrmTitansMag {
         act_weight: f64,
         t: &Tables,
     ) -> TrainOutput {
+        let mask = t.causal_mask(inputs.dims()[1]);
+        self.forward_train_masked(inputs, targets, sup_steps, act_weight, t, &mask)
+    }
+
+    /// [`Self::forward_train`] with the batch's own additive attention mask `[1|b, 1, s, s]`.
+    pub fn forward_train_masked(
+        &self,
+        inputs: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        sup_steps: usize,
+        act_weight: f64,
+        t: &Tables,
+        mask: &Tensor<4>,
+    ) -> TrainOutput {
         let [b, s] = inputs.dims();
         let e = self.embed_tokens(inputs);
         let (mut y, mut z) = self.initial_state(b, s);
@@ -270,7 +305,7 @@ impl TrmTitansMag {
         let mut stats = Vec::new();
         for step in 0..sup_steps.max(1) {
             stats.clear();
-            (y, z) = self.recurse(&e, y, z, t, &mut stats);
+            (y, z) = self.recurse(&e, y, z, t, mask, &mut stats);
             let (logits, q) = self.readout(y.clone());
             let logp = log_softmax(logits.clone(), 2);
             logp_last = Some(logp.clone());
@@ -350,6 +385,7 @@ impl TrmTitansMag {
     ) -> InferOutput {
         let [b, s] = tokens.dims();
         let device = tokens.device();
+        let mask = t.causal_mask(s);
         let e = self.embed_tokens(tokens).detach();
         let (y0, z0) = self.initial_state(b, s);
         let (mut y, mut z) = (y0.detach(), z0.detach());
@@ -360,7 +396,7 @@ impl TrmTitansMag {
         let mut logits = None;
         for _ in 0..max_steps.max(1) {
             let mut stats = Vec::new();
-            let (y_new, z_new) = self.recurse(&e, y.clone(), z.clone(), t, &mut stats);
+            let (y_new, z_new) = self.recurse(&e, y.clone(), z.clone(), t, &mask, &mut stats);
             let frozen: Tensor<3, Bool> =
                 Tensor::<2, Bool>::from_data(TensorData::new(halted.clone(), [b, s]), &device)
                     .reshape([b, s, 1])

@@ -1,9 +1,136 @@
-//! Byte-stable safetensors files. burn-store writes the header's `__metadata__` from a HashMap,
-//! so two saves of identical weights differ in header key order; forge's artifacts must be the
-//! same bytes for the same inputs, so headers are rewritten canonically (keys sorted, padded to 8
-//! bytes as the format requires). Tensor data and offsets are untouched.
+//! Weight I/O of the model: serialising it to byte-stable safetensors and loading safetensors
+//! into it, with three explicit ways in —
+//!
+//! - [`load_exact`]: every tensor of the file fills one of the model and nothing is left over (a
+//!   checkpoint, a merge candidate, an `init` model of the same config);
+//! - [`load_into`]: the file fills part of a *larger* model — one with new heads — and the
+//!   tensors it lacks keep their fresh initialisation and are reported ([`LoadReport::initialized`]);
+//!   a tensor the model has no place for is still an error;
+//! - [`load_remapped`]: file names are rewritten first (regex → replacement), for wrappers that
+//!   keep a weight under another name, such as latent full-precision weights behind a quantizer.
+//!
+//! burn-store writes the header's `__metadata__` from a HashMap, so two saves of identical
+//! weights differ in header key order; forge's artifacts must be the same bytes for the same
+//! inputs, so headers are rewritten canonically (keys sorted, padded to 8 bytes as the format
+//! requires). Tensor data and offsets are untouched.
 
 use std::collections::BTreeMap;
+
+use burn::store::{KeyRemapper, ModuleSnapshot, SafetensorsStore};
+
+use super::TrmTitansMag;
+
+/// Loading or saving weights failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("serialising the model: {0}")]
+    Save(String),
+    #[error("loading {what}: {message}")]
+    Unreadable { what: String, message: String },
+    #[error(
+        "{what} does not fit this model config (missing {missing:?}, unused {unused:?}, errors {errors:?})"
+    )]
+    Mismatch {
+        what: String,
+        missing: Vec<String>,
+        unused: Vec<String>,
+        errors: Vec<String>,
+    },
+}
+
+/// What [`load_into`] filled and what it left at its initial values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub loaded: Vec<String>,
+    /// Tensors of the model the file does not have: they keep their fresh initialisation.
+    pub initialized: Vec<String>,
+}
+
+/// The model as canonical safetensors bytes.
+pub fn to_bytes(model: &TrmTitansMag) -> Result<Vec<u8>, WeightsError> {
+    let mut store = SafetensorsStore::from_bytes(None);
+    model
+        .save_into(&mut store)
+        .map_err(|e| WeightsError::Save(e.to_string()))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| WeightsError::Save(e.to_string()))?;
+    canonical_safetensors(&bytes).map_err(WeightsError::Save)
+}
+
+fn apply(
+    model: &mut TrmTitansMag,
+    store: SafetensorsStore,
+    what: &str,
+    partial: bool,
+) -> Result<LoadReport, WeightsError> {
+    let mut store = store.allow_partial(partial);
+    let r = model
+        .load_from(&mut store)
+        .map_err(|e| WeightsError::Unreadable {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
+    let missing: Vec<String> = r.missing.iter().map(|(p, _)| p.clone()).collect();
+    if (!partial && !missing.is_empty()) || !r.errors.is_empty() || !r.unused.is_empty() {
+        return Err(WeightsError::Mismatch {
+            what: what.into(),
+            missing,
+            unused: r.unused.clone(),
+            errors: r.errors.iter().map(|e| format!("{e:?}")).collect(),
+        });
+    }
+    Ok(LoadReport {
+        loaded: r.applied.clone(),
+        initialized: missing,
+    })
+}
+
+/// Load `bytes` (safetensors) into `model`; every tensor must match one-to-one. `what` names the
+/// weights in messages ("the init model from cognate.init").
+pub fn load_exact(
+    model: &mut TrmTitansMag,
+    bytes: Vec<u8>,
+    what: &str,
+) -> Result<(), WeightsError> {
+    apply(
+        model,
+        SafetensorsStore::from_bytes(Some(bytes)),
+        what,
+        false,
+    )
+    .map(|_| ())
+}
+
+/// Load `bytes` into a model that may have more tensors than the file (new heads): those keep
+/// their initial values and are listed in the report. A file tensor without a place is an error.
+pub fn load_into(
+    model: &mut TrmTitansMag,
+    bytes: Vec<u8>,
+    what: &str,
+) -> Result<LoadReport, WeightsError> {
+    apply(model, SafetensorsStore::from_bytes(Some(bytes)), what, true)
+}
+
+/// [`load_into`] after renaming the file's tensors by `(regex, replacement)` pairs, in order.
+pub fn load_remapped(
+    model: &mut TrmTitansMag,
+    bytes: Vec<u8>,
+    what: &str,
+    renames: &[(&str, &str)],
+) -> Result<LoadReport, WeightsError> {
+    let remapper =
+        KeyRemapper::from_patterns(renames.to_vec()).map_err(|e| WeightsError::Unreadable {
+            what: what.into(),
+            message: format!("bad rename pattern: {e}"),
+        })?;
+    apply(
+        model,
+        SafetensorsStore::from_bytes(Some(bytes)).remap(remapper),
+        what,
+        true,
+    )
+}
 
 /// Rewrite a safetensors buffer with a canonical header.
 pub fn canonical_safetensors(bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -64,6 +191,98 @@ fn canonical_json(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ModelConfig;
+
+    fn small(tie: bool) -> ModelConfig {
+        ModelConfig {
+            vocab_size: 40,
+            d_model: 16,
+            heads: 2,
+            layers: 1,
+            d_ff: 32,
+            max_seq: 16,
+            window: 16,
+            memory_layers: vec![],
+            tie_embeddings: tie,
+            ..ModelConfig::tiny()
+        }
+    }
+
+    fn tensor(model: &TrmTitansMag, path: &str) -> Vec<u8> {
+        let bytes = to_bytes(model).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensor(path)
+            .unwrap_or_else(|_| panic!("no tensor {path}"))
+            .data()
+            .to_vec()
+    }
+
+    #[test]
+    fn exact_loads_round_trip_and_refuse_a_different_shape_of_model() {
+        let dev = crate::device::test_device();
+        let a = TrmTitansMag::new(&small(true), 1, &dev);
+        let bytes = to_bytes(&a).unwrap();
+        let mut b = TrmTitansMag::new(&small(true), 2, &dev);
+        load_exact(&mut b, bytes.clone(), "a").unwrap();
+        assert_eq!(
+            to_bytes(&b).unwrap(),
+            bytes,
+            "same bytes after a round trip"
+        );
+        // An untied model has an output head the file lacks: exact loading refuses it.
+        let mut untied = TrmTitansMag::new(&small(false), 3, &dev);
+        let err = load_exact(&mut untied, bytes, "a").unwrap_err().to_string();
+        assert!(err.contains("head"), "{err}");
+    }
+
+    #[test]
+    fn a_smaller_model_loads_into_a_larger_one_and_new_heads_are_reported() {
+        let dev = crate::device::test_device();
+        let tied = TrmTitansMag::new(&small(true), 1, &dev);
+        let mut untied = TrmTitansMag::new(&small(false), 3, &dev);
+        let head_before = tensor(&untied, "head.weight");
+        let report = load_into(&mut untied, to_bytes(&tied).unwrap(), "tied").unwrap();
+        assert_eq!(report.initialized, vec!["head.weight".to_string()]);
+        assert!(report.loaded.contains(&"embed".to_string()));
+        assert_eq!(tensor(&untied, "embed"), tensor(&tied, "embed"));
+        assert_eq!(
+            tensor(&untied, "head.weight"),
+            head_before,
+            "new head keeps its init"
+        );
+        // The other way a tensor has no place, which stays an error.
+        let mut tied2 = TrmTitansMag::new(&small(true), 4, &dev);
+        assert!(load_into(&mut tied2, to_bytes(&untied).unwrap(), "untied").is_err());
+    }
+
+    #[test]
+    fn renamed_weights_load_under_their_new_names() {
+        let dev = crate::device::test_device();
+        let a = TrmTitansMag::new(&small(true), 1, &dev);
+        let mut renamed = safetensors::SafeTensors::deserialize(&to_bytes(&a).unwrap())
+            .unwrap()
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (format!("latent.{n}"), v.data().to_vec(), v.shape().to_vec()))
+            .collect::<Vec<_>>();
+        renamed.sort();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = renamed
+            .iter()
+            .map(|(n, d, s)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None).unwrap();
+        let mut b = TrmTitansMag::new(&small(true), 2, &dev);
+        assert!(load_exact(&mut b, bytes.clone(), "renamed").is_err());
+        let r = load_remapped(&mut b, bytes, "renamed", &[(r"^latent\.", "")]).unwrap();
+        assert!(r.initialized.is_empty());
+        assert_eq!(tensor(&b, "embed"), tensor(&a, "embed"));
+    }
 
     #[test]
     fn header_order_no_longer_matters() {

@@ -8,13 +8,15 @@
 //! - [`muon_update`]: Nesterov momentum (β), orthogonalised, scaled by √max(1, rows/cols).
 //!
 //! Muon applies to 2-D hidden weights only ([`is_muon_param`]); embeddings, the output and
-//! halting heads, norms and biases use AdamW.
+//! halting heads, norms and biases use AdamW. [`qk_clip`] bounds attention logits (MuonClip).
 
 use burn::tensor::Tensor;
 
 pub mod muon_grokfast;
+pub mod qk_clip;
 
 pub use muon_grokfast::{MuonGrokfast, OptimizerConfig, StepStats};
+pub use qk_clip::qk_clip;
 
 pub const NS_COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 pub const NS_STEPS: usize = 5;

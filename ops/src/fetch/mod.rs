@@ -7,6 +7,8 @@
 //! checked against its pinned digest before it is used; a mismatch deletes it and fails for good.
 //! A bearer token, when given, is sent as a header and never logged or put in an error.
 
+pub mod archive;
+
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest as _;
 
 use crate::context::StepContext;
-use crate::op::OpError;
+use crate::error::OpError;
 
 /// A pinned content digest: `blake3:<hex>` or `sha256:<hex>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +84,7 @@ pub struct FetchRequest<'a> {
 }
 
 fn transient(url: &str, what: impl std::fmt::Display) -> OpError {
-    OpError::Transient(format!("downloading {url}: {what}"))
+    OpError::transient(format!("downloading {url}: {what}"))
 }
 
 /// Download `req.url` into `part` (resuming what is there) and verify it.
@@ -93,7 +95,7 @@ pub fn fetch(ctx: &StepContext, req: &FetchRequest<'_>, part: &Path) -> Result<u
         .timeout(None)
         .user_agent(concat!("forge/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| OpError::Failed(format!("HTTP client: {e}")))?;
+        .map_err(|e| OpError::infra(format!("HTTP client: {e}")))?;
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut rb = client.get(url);
     if let Some(t) = &req.bearer_token {
@@ -122,12 +124,12 @@ pub fn fetch(ctx: &StepContext, req: &FetchRequest<'_>, part: &Path) -> Result<u
         }
         408 | 429 | 500..=599 => return Err(transient(url, format!("server answered {status}"))),
         401 | 403 => {
-            return Err(OpError::Failed(format!(
+            return Err(OpError::user(format!(
                 "downloading {url}: server answered {status}; check access rights (for hf: sources, set HF_TOKEN)"
             )));
         }
         _ => {
-            return Err(OpError::Failed(format!(
+            return Err(OpError::user(format!(
                 "downloading {url}: server answered {status}"
             )));
         }
@@ -136,7 +138,7 @@ pub fn fetch(ctx: &StepContext, req: &FetchRequest<'_>, part: &Path) -> Result<u
     if let Some(t) = total
         && t > req.max_bytes
     {
-        return Err(OpError::Failed(format!(
+        return Err(OpError::user(format!(
             "downloading {url}: {t} bytes exceeds the size limit of {} bytes (`max_bytes`)",
             req.max_bytes
         )));
@@ -165,7 +167,7 @@ pub fn fetch(ctx: &StepContext, req: &FetchRequest<'_>, part: &Path) -> Result<u
         if done > req.max_bytes {
             drop(file);
             let _ = fs::remove_file(part);
-            return Err(OpError::Failed(format!(
+            return Err(OpError::user(format!(
                 "downloading {url}: more than the size limit of {} bytes (`max_bytes`)",
                 req.max_bytes
             )));
@@ -196,7 +198,7 @@ fn verify(req: &FetchRequest<'_>, part: &Path) -> Result<(), OpError> {
     let actual = pin.hash_file(part)?;
     if actual != pin.expected() {
         let _ = fs::remove_file(part);
-        return Err(OpError::Failed(format!(
+        return Err(OpError::user(format!(
             "downloading {}: content does not match the pinned digest\n  expected {}:{}\n  got      {}:{actual}",
             req.url,
             pin.algorithm(),

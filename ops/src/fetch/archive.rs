@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
-use crate::op::OpError;
+use crate::error::OpError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveFormat {
@@ -39,7 +39,7 @@ fn safe_relative(name: &str, raw: &Path) -> Result<PathBuf, OpError> {
             Component::Normal(p) => out.push(p),
             Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(OpError::Failed(format!(
+                return Err(OpError::user(format!(
                     "archive `{name}` contains the unsafe path `{}` (absolute or with `..`); refusing to extract",
                     raw.display()
                 )));
@@ -50,7 +50,7 @@ fn safe_relative(name: &str, raw: &Path) -> Result<PathBuf, OpError> {
 }
 
 fn link_error(name: &str, entry: &Path) -> OpError {
-    OpError::Failed(format!(
+    OpError::user(format!(
         "archive `{name}` contains a link `{}`; links are not extracted",
         entry.display()
     ))
@@ -83,7 +83,7 @@ fn write_entry(dest: &Path, rel: &Path, mut r: impl Read) -> Result<(), OpError>
 
 fn extract_tar(name: &str, r: impl Read, dest: &Path) -> Result<u64, OpError> {
     let bad =
-        |e: io::Error| OpError::Failed(format!("archive `{name}` is not a valid tar file: {e}"));
+        |e: io::Error| OpError::user(format!("archive `{name}` is not a valid tar file: {e}"));
     let mut ar = tar::Archive::new(r);
     let mut n = 0;
     for entry in ar.entries().map_err(bad)? {
@@ -106,7 +106,7 @@ fn extract_tar(name: &str, r: impl Read, dest: &Path) -> Result<u64, OpError> {
 
 fn extract_zip(name: &str, file: fs::File, dest: &Path) -> Result<u64, OpError> {
     let bad = |e: zip::result::ZipError| {
-        OpError::Failed(format!("archive `{name}` is not a valid zip file: {e}"))
+        OpError::user(format!("archive `{name}` is not a valid zip file: {e}"))
     };
     let mut z = zip::ZipArchive::new(file).map_err(bad)?;
     let mut n = 0;

@@ -1,0 +1,36 @@
+//! Loading a pipeline file into a [`Plan`] for the commands that need one: every problem is
+//! printed as a located diagnostic and the caller gets exit code 2, with nothing written.
+
+use std::io::Write;
+use std::path::Path;
+
+use forge_ops::OpRegistry;
+
+use crate::diag::render;
+use crate::exit;
+use crate::plan::Plan;
+use crate::report::fancy_terminal;
+
+/// Load and plan a pipeline; on any problem print every diagnostic and return exit code 2.
+pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
+    let result = crate::pipeline::load(path).and_then(|mut p| {
+        // Absolute, so ops (e.g. `exec`'s working directory) see the same dir wherever they run.
+        if let Ok(d) = std::fs::canonicalize(&p.dir) {
+            p.dir = d;
+        }
+        crate::plan::build(p, registry)
+    });
+    result.map_err(|invalid| {
+        let n = invalid.diagnostics.len();
+        let text = render(&invalid.file, &invalid.diagnostics, fancy_terminal());
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(text.as_bytes());
+        let _ = writeln!(
+            e,
+            "error: `{}` is not a valid pipeline ({n} error{}); nothing was run",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        );
+        exit::INVALID
+    })
+}
