@@ -435,6 +435,13 @@ fn params_diagnostic(
                 Value::String(v) if !allowed.values.is_empty() && !allowed.values.contains(v) => {
                     suggest(v, &allowed.values, "values")
                 }
+                Value::Object(m)
+                    if m.keys()
+                        .any(|k| !allowed.keys.is_empty() && !allowed.keys.contains(k)) =>
+                {
+                    let k = m.keys().find(|k| !allowed.keys.contains(k))?;
+                    suggest(k, &allowed.keys, "keys")
+                }
                 Value::Object(m) => m.iter().find_map(|(k, v)| {
                     let mut inner = e.path.clone();
                     inner.push(k.clone());
