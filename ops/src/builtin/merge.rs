@@ -19,13 +19,12 @@ use std::time::Instant;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, json};
+use serde_json::{Map, Value, json};
 
 use crate::artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,
 };
 use crate::context::{AlertLevel, StepContext};
-use crate::data::{Split, load_all_records};
 use crate::device;
 use crate::error::{OpError, ParamsError};
 use crate::eval::fitness::{EvalData, Fitness, FitnessConfig};
@@ -38,7 +37,6 @@ use crate::merge::technique::{TaskArithmetic, Technique, defaults};
 use crate::merge::tensors::{StateDict, TensorFile};
 use crate::model::files::{self, ModelFiles};
 use crate::op::{Resources, StepOutcome, TypedOp};
-use crate::text::TextCodec;
 
 /// How `merge` combines its models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -184,100 +182,125 @@ impl TypedOp for Merge {
         let first = &models[0];
         let mut config = files::read_config(&first.path)?;
         let out = ctx.output_dir("model")?;
-        let out_weights = out.join("model.safetensors");
-        let (mut metrics, extra, record) = match p.strategy {
-            Strategy::Merge => {
-                let t = p.technique.as_ref().expect("checked at plan time");
-                let paths: Vec<PathBuf> = models.iter().map(weights_of).collect();
-                let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-                let t0 = Instant::now();
-                let stats = merge_files(
-                    t,
-                    &refs,
-                    base.map(weights_of).as_deref(),
-                    &out_weights,
-                    seed,
-                )
-                .map_err(OpError::user)?;
-                ctx.log(format!(
-                    "{}: {} tensors, {} parameters in {:.2}s",
-                    t.name(),
-                    stats.tensors,
-                    stats.parameters,
-                    t0.elapsed().as_secs_f64()
-                ));
-                let metrics = Map::from_iter([
-                    ("merge/technique".to_string(), json!(t.name())),
-                    ("merge/parameters".to_string(), json!(stats.parameters)),
-                ]);
-                (
-                    metrics,
-                    vec![],
-                    json!({ "strategy": "merge", "technique": t }),
-                )
-            }
-            Strategy::Combo => {
-                let k = parse_combo(p.combo.as_deref().expect("checked")).expect("checked");
-                let ms = three(models, "a combo")?;
-                let base = load(base.expect("required at plan time"))?;
-                let refs = [&ms[0], &ms[1], &ms[2]];
-                let fallback = || combo::linear_merge(&refs);
-                let (w, outcome) =
-                    combo::apply_or_fallback(k, refs, &base, seed, &p.task(), &fallback)
-                        .map_err(OpError::user)?;
-                let recipe = outcome
-                    .map_err(|note| ctx.alert(AlertLevel::Warn, note))
-                    .ok();
-                let metrics = Map::from_iter([("merge/combo".to_string(), json!(combo::bits(k)))]);
-                let record = json!({ "strategy": "combo", "combo": combo::bits(k), "techniques": combo::describe(k), "recipe": recipe });
-                files::write_file(&out_weights, &w.to_bytes())?;
-                (metrics, vec![], record)
-            }
-            Strategy::Evolve => {
-                let parents = three(models, "evolution")?;
-                let base = load(base.expect("required at plan time"))?;
-                let cfg = files::model_config(&config, &first.path)?;
-                let tk_path = first.path.join("tokenizer.json");
-                let tk_bytes = std::fs::read(&tk_path).map_err(|e| OpError::io(&tk_path, e))?;
-                let codec = TextCodec::from_bytes(&tk_bytes, &tk_path)?;
-                let data = &inputs["data"];
-                let mut records = load_all_records(data, Split::Val)?;
-                if records.is_empty() {
-                    records = load_all_records(data, Split::Train)?;
-                }
-                let eval_data = EvalData {
-                    records: &records,
-                    codec: &codec,
-                    data_digests: data.iter().map(|d| d.digest.to_hex()).collect(),
-                    tokenizer_digest: blake3::hash(&tk_bytes).to_hex().to_string(),
-                };
-                let fitness = Fitness::prepare(ctx, &p.fitness, &cfg, &eval_data, seed)?;
-                let o = evomerge::run(ctx, &p.evolve, &parents, &base, seed, p.task(), &fitness)?;
-                files::write_file(&out_weights, &o.champion.to_bytes())?;
-                (o.metrics, o.files, o.record)
-            }
+        let weights = out.join("model.safetensors");
+        let mut merged = match p.strategy {
+            Strategy::Merge => technique(ctx, p, models, base, &weights, seed)?,
+            Strategy::Combo => combo(ctx, p, models, base, &weights, seed)?,
+            Strategy::Evolve => evolve(ctx, p, inputs, &config, &weights, seed)?,
         };
         // Depth may have changed (frankenmerge): keep the model config in step with the weights.
-        let merged =
-            TensorFile::open(&out_weights).map_err(|e| OpError::internal(e.to_string()))?;
-        crate::merge::layers::sync_config(&mut config, merged.tensors().keys().map(String::as_str));
-        let params: usize = merged.tensors().values().map(|t| t.numel()).sum();
+        let file = TensorFile::open(&weights).map_err(|e| OpError::internal(e.to_string()))?;
+        crate::merge::layers::sync_config(&mut config, file.tensors().keys().map(String::as_str));
+        let params: usize = file.tensors().values().map(|t| t.numel()).sum();
         config["num_parameters"] = json!(params);
-        config["merge"] = record;
-        metrics.insert("final/total_params".into(), json!(params));
+        config["merge"] = merged.record;
+        merged
+            .metrics
+            .insert("final/total_params".into(), json!(params));
         let tk = first.path.join("tokenizer.json");
-        files::write(
-            &out,
-            &ModelFiles {
-                weights: None,
-                config: &config,
-                tokenizer: tk.exists().then_some(tk.as_path()),
-                metrics: &metrics,
-                extra: &extra,
-            },
-        )?;
-        Ok(StepOutcome { metrics })
+        let files = ModelFiles {
+            weights: None,
+            config: &config,
+            tokenizer: tk.exists().then_some(tk.as_path()),
+            metrics: &merged.metrics,
+            extra: &merged.files,
+        };
+        files::write(&out, &files)?;
+        Ok(StepOutcome {
+            metrics: merged.metrics,
+        })
     }
+}
+
+/// What a strategy wrote besides the weights.
+struct Merged {
+    metrics: Map<String, Value>,
+    files: Vec<(&'static str, Vec<u8>)>,
+    /// What `config.json` records under `merge`.
+    record: Value,
+}
+
+/// `strategy: merge`: one technique, streamed file to file into `out`.
+fn technique(
+    ctx: &StepContext,
+    p: &MergeParams,
+    models: &[InputArtifact],
+    base: Option<&InputArtifact>,
+    out: &Path,
+    seed: u64,
+) -> Result<Merged, OpError> {
+    let t = p.technique.as_ref().expect("checked at plan time");
+    let paths: Vec<PathBuf> = models.iter().map(weights_of).collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let t0 = Instant::now();
+    let base = base.map(weights_of);
+    let stats = merge_files(t, &refs, base.as_deref(), out, seed).map_err(OpError::user)?;
+    ctx.log(format!(
+        "{}: {} tensors, {} parameters in {:.2}s",
+        t.name(),
+        stats.tensors,
+        stats.parameters,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(Merged {
+        metrics: Map::from_iter([
+            ("merge/technique".to_string(), json!(t.name())),
+            ("merge/parameters".to_string(), json!(stats.parameters)),
+        ]),
+        files: vec![],
+        record: json!({ "strategy": "merge", "technique": t }),
+    })
+}
+
+/// `strategy: combo`: one of the eight combos of three models over the base.
+fn combo(
+    ctx: &StepContext,
+    p: &MergeParams,
+    models: &[InputArtifact],
+    base: Option<&InputArtifact>,
+    out: &Path,
+    seed: u64,
+) -> Result<Merged, OpError> {
+    let k = parse_combo(p.combo.as_deref().expect("checked")).expect("checked at plan time");
+    let ms = three(models, "a combo")?;
+    let base = load(base.expect("required at plan time"))?;
+    let refs = [&ms[0], &ms[1], &ms[2]];
+    let fallback = || combo::linear_merge(&refs);
+    let (w, outcome) = combo::apply_or_fallback(k, refs, &base, seed, &p.task(), &fallback)
+        .map_err(OpError::user)?;
+    let recipe = outcome
+        .map_err(|note| ctx.alert(AlertLevel::Warn, note))
+        .ok();
+    files::write_file(out, &w.to_bytes())?;
+    Ok(Merged {
+        metrics: Map::from_iter([("merge/combo".to_string(), json!(combo::bits(k)))]),
+        files: vec![],
+        record: json!({ "strategy": "combo", "combo": combo::bits(k), "techniques": combo::describe(k), "recipe": recipe }),
+    })
+}
+
+/// `strategy: evolve`: the evolution with fitness measured on the `data` inputs.
+fn evolve(
+    ctx: &StepContext,
+    p: &MergeParams,
+    inputs: &StepInputs,
+    config: &Value,
+    out: &Path,
+    seed: u64,
+) -> Result<Merged, OpError> {
+    let models = &inputs["models"];
+    let parents = three(models, "evolution")?;
+    let base = load(inputs["base"].first().expect("required at plan time"))?;
+    let cfg = files::model_config(config, &models[0].path)?;
+    let data = EvalData::load(&models[0].path.join("tokenizer.json"), &inputs["data"])?;
+    let fitness = Fitness::prepare(ctx, &p.fitness, &cfg, &data, seed)?;
+    let o = evomerge::run(ctx, &p.evolve, &parents, &base, seed, p.task(), &fitness)?;
+    files::write_file(out, &o.champion.to_bytes())?;
+    Ok(Merged {
+        metrics: o.metrics,
+        files: o.files,
+        record: o.record,
+    })
 }
 
 impl MergeParams {

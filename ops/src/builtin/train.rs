@@ -18,17 +18,17 @@ use crate::artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,
 };
 use crate::context::StepContext;
-use crate::data::{Category, Curriculum, Sampler, Split, Stage, TokenPool, load_all_records};
+use crate::data::{Category, Corpus, Curriculum, Sampler, Stage};
 use crate::device;
 use crate::error::{OpError, ParamsError};
-use crate::eval::{self, LmEvalSet};
+use crate::eval::{self, LmEvalSet, LmReport};
 use crate::model::files::{self, ModelFiles};
 use crate::model::{ModelConfig, Tables, TrmTitansMag, weights};
 use crate::op::{StepOutcome, TypedOp};
 use crate::optim::OptimizerConfig;
 use crate::rng::{Stream, stream};
 use crate::text::TextCodec;
-use crate::train::{Lm, LoopConfig, Reference, Run};
+use crate::train::{Lm, LoopConfig, Reference, Run, Trained};
 
 /// Parameters of `train`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -263,24 +263,16 @@ impl TypedOp for Train {
         p: &TrainParams,
     ) -> Result<StepOutcome, OpError> {
         let backend = device::resolve(ctx.device()).map_err(|e| OpError::user(e.to_string()))?;
+        ctx.log(format!("backend {}", backend.class));
         let (cfg, dev) = (&p.model, &backend.device);
         let tk_path = inputs["tokenizer"][0].path.join("tokenizer.json");
         let codec = TextCodec::load(&tk_path)?;
         check_vocab(&codec, cfg)?;
-        let train_recs = load_all_records(&inputs["data"], Split::Train)?;
-        let val_recs = load_all_records(&inputs["data"], Split::Val)?;
-        if train_recs.is_empty() {
-            return Err(OpError::user("the dataset has no train.jsonl records"));
-        }
+        let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
+        let curriculum = corpus.curriculum(&p.curriculum, p.mix.as_ref(), p.steps)?;
         let seed = p.data_seed.unwrap_or(ctx.seed());
-        let pool = TokenPool::new(&train_recs, |t| codec.encode(t));
-        let curriculum =
-            Curriculum::new(&p.curriculum, p.mix.as_ref(), &pool.categories(), p.steps);
-        if let Some(problem) = curriculum.problem(&train_recs, &pool.categories()) {
-            return Err(OpError::user(problem));
-        }
         let sampler = Sampler {
-            pool: &pool,
+            pool: &corpus.pool,
             curriculum: &curriculum,
             seed,
             rows: p.batch_size,
@@ -307,7 +299,6 @@ impl TypedOp for Train {
             Some(i) => input_model(cfg, init_seed, i, "init", dev),
             None => Ok(TrmTitansMag::new(cfg, init_seed, dev)),
         };
-        ctx.log(format!("backend {}", backend.class));
         let settings = p.loop_config();
         let run = Run {
             ctx,
@@ -318,71 +309,89 @@ impl TypedOp for Train {
         };
         let trained = run.train(&start, &sampler, &objective)?;
 
-        // Evaluation on held-out data (the train split when a dataset has no val split).
-        let eval_dev = dev.clone().inner();
-        let val_pool = TokenPool::new(
-            if val_recs.is_empty() {
-                &train_recs
-            } else {
-                &val_recs
-            },
-            |t| codec.encode(t),
-        );
-        let batches =
-            val_pool.even_batches(p.val_batches.max(1), p.batch_size, p.seq_len, |index| {
+        let report = evaluate(ctx, p, &trained, &corpus, &curriculum, &codec, seed, dev)?;
+        write_model(ctx, p, &trained, &report, &codec, &tk_path, backend.class)
+    }
+}
+
+/// The trained model on held-out data: fixed batches of the val split's stream, math problems as
+/// hard as the curriculum got.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    ctx: &StepContext,
+    p: &TrainParams,
+    trained: &Trained,
+    corpus: &Corpus,
+    curriculum: &Curriculum,
+    codec: &TextCodec,
+    seed: u64,
+    dev: &burn::tensor::Device,
+) -> Result<LmReport, OpError> {
+    let batches =
+        corpus
+            .val_pool
+            .even_batches(p.val_batches.max(1), p.batch_size, p.seq_len, |index| {
                 stream(seed, Stream::ValBatch { index })
             });
-        let set = LmEvalSet {
-            batches: &batches,
-            records: &val_recs,
-            math_limit: p.math_eval,
-            // Only problems as hard as the curriculum got.
-            math_max_difficulty: curriculum.max_difficulty(),
-            act_max_steps: p.act_max_steps,
-        };
-        let report = eval::lm_report(
-            &trained.eval_model(),
-            cfg,
-            &set,
-            &codec,
-            &eval_dev,
-            &mut |i, n| {
-                ctx.progress(i as u64, Some(n as u64), "math problems");
-                ctx.check_cancelled()
-            },
-        )?;
+    let set = LmEvalSet {
+        batches: &batches,
+        records: &corpus.val,
+        math_limit: p.math_eval,
+        math_max_difficulty: curriculum.max_difficulty(),
+        act_max_steps: p.act_max_steps,
+    };
+    let model = trained.eval_model();
+    eval::lm_report(
+        &model,
+        &p.model,
+        &set,
+        codec,
+        &dev.clone().inner(),
+        &mut |i, n| {
+            ctx.progress(i as u64, Some(n as u64), "math problems");
+            ctx.check_cancelled()
+        },
+    )
+}
 
-        let params = trained.model.num_params();
-        let mut metrics: Map<String, Value> = trained
-            .metrics()
-            .into_iter()
-            .chain(report.metrics(cfg, params))
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
-        let weights =
-            weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
-        files::write(
-            &ctx.output_dir("model")?,
-            &ModelFiles {
-                weights: Some(&weights),
-                config: &files::trained_config(cfg, params, backend.class, codec.bos, codec.eos),
-                tokenizer: Some(&tk_path),
-                metrics: &metrics,
-                extra: &[("history.jsonl", history.into_bytes())],
-            },
-        )?;
-        // Timings go to the step's recorded metrics (forge show), not into the artifact.
-        metrics.insert(
-            "diversity/inference_time_ms".into(),
-            json!(report.inference_ms),
-        );
-        metrics.insert(
-            "system/tokens_per_second".into(),
-            json!(trained.tokens_per_second),
-        );
-        Ok(StepOutcome { metrics })
-    }
+/// The `model` artifact: weights, config, tokenizer, metrics and the loss history.
+fn write_model(
+    ctx: &StepContext,
+    p: &TrainParams,
+    trained: &Trained,
+    report: &LmReport,
+    codec: &TextCodec,
+    tokenizer: &std::path::Path,
+    backend: &str,
+) -> Result<StepOutcome, OpError> {
+    let (cfg, params) = (&p.model, trained.model.num_params());
+    let config = files::trained_config(cfg, params, backend, codec.bos, codec.eos);
+    let metrics = trained
+        .metrics()
+        .into_iter()
+        .chain(report.metrics(cfg, params));
+    let mut metrics: Map<String, Value> = metrics.map(|(k, v)| (k.to_string(), v)).collect();
+    let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
+    let weights =
+        weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
+    let files = ModelFiles {
+        weights: Some(&weights),
+        config: &config,
+        tokenizer: Some(tokenizer),
+        metrics: &metrics,
+        extra: &[("history.jsonl", history.into_bytes())],
+    };
+    files::write(&ctx.output_dir("model")?, &files)?;
+    // Timings go to the step's recorded metrics (forge show), not into the artifact.
+    metrics.insert(
+        "diversity/inference_time_ms".into(),
+        json!(report.inference_ms),
+    );
+    metrics.insert(
+        "system/tokens_per_second".into(),
+        json!(trained.tokens_per_second),
+    );
+    Ok(StepOutcome { metrics })
 }
 
 impl TrainParams {

@@ -133,6 +133,58 @@ impl TokenPool {
     }
 }
 
+/// The records a model trains and is checked on, from one or more datasets, tokenized.
+pub struct Corpus {
+    pub train: Vec<Record>,
+    /// Held-out records (the `val` splits).
+    pub val: Vec<Record>,
+    pub pool: TokenPool,
+    /// The held-out records' pool; the training records' when the datasets have no `val` split.
+    pub val_pool: TokenPool,
+}
+
+impl Corpus {
+    /// Load the `train` and `val` splits of `data` and tokenize them with `encode`.
+    pub fn load(
+        data: &[crate::artifact::InputArtifact],
+        encode: impl Fn(&str) -> Vec<i64>,
+    ) -> Result<Self, crate::error::OpError> {
+        use super::{Split, load_all_records};
+        let train = load_all_records(data, Split::Train)?;
+        let val = load_all_records(data, Split::Val)?;
+        if train.is_empty() {
+            return Err(crate::error::OpError::user(
+                "the dataset has no train.jsonl records",
+            ));
+        }
+        let pool = TokenPool::new(&train, &encode);
+        let held_out = if val.is_empty() { &train } else { &val };
+        let val_pool = TokenPool::new(held_out, &encode);
+        Ok(Self {
+            train,
+            val,
+            pool,
+            val_pool,
+        })
+    }
+
+    /// The curriculum of a run of `steps` steps over this corpus; an error when a stage would
+    /// have nothing to train on.
+    pub fn curriculum(
+        &self,
+        stages: &[Stage],
+        mix: Option<&BTreeMap<Category, f64>>,
+        steps: u64,
+    ) -> Result<Curriculum, crate::error::OpError> {
+        let categories = self.pool.categories();
+        let c = Curriculum::new(stages, mix, &categories, steps);
+        match c.problem(&self.train, &categories) {
+            Some(problem) => Err(crate::error::OpError::user(problem)),
+            None => Ok(c),
+        }
+    }
+}
+
 /// Draws a run's training rows: micro-batch `micro` of step `step` comes from the curriculum
 /// stage of `step`, through the stream `TrainBatch { step, micro }` of `seed`.
 pub struct Sampler<'a> {

@@ -20,7 +20,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::context::{AlertLevel, StepContext};
-use crate::data::{Record, TokenPool};
+use std::path::Path;
+
+use crate::artifact::InputArtifact;
+use crate::data::{Record, Split, TokenPool, load_all_records};
 use crate::error::OpError;
 use crate::merge::evolve::{self, FitnessReport};
 use crate::merge::tensors::StateDict;
@@ -203,13 +206,32 @@ struct CandidateKey<'a> {
 }
 
 /// Where a candidate is evaluated: the held-out records and how their text is tokenized.
-pub struct EvalData<'a> {
+pub struct EvalData {
     /// Held-out records (the `val` split; `train` when a dataset has none).
-    pub records: &'a [Record],
-    pub codec: &'a TextCodec,
+    pub records: Vec<Record>,
+    pub codec: TextCodec,
     /// Content digests of the datasets and the tokenizer, for the memo key.
     pub data_digests: Vec<String>,
     pub tokenizer_digest: String,
+}
+
+impl EvalData {
+    /// The held-out records of the datasets `data`, tokenized by the `tokenizer.json` at
+    /// `tokenizer`.
+    pub fn load(tokenizer: &Path, data: &[InputArtifact]) -> Result<Self, OpError> {
+        let tk_bytes = std::fs::read(tokenizer).map_err(|e| OpError::io(tokenizer, e))?;
+        let codec = TextCodec::from_bytes(&tk_bytes, tokenizer)?;
+        let mut records = load_all_records(data, Split::Val)?;
+        if records.is_empty() {
+            records = load_all_records(data, Split::Train)?;
+        }
+        Ok(Self {
+            records,
+            codec,
+            data_digests: data.iter().map(|d| d.digest.to_hex()).collect(),
+            tokenizer_digest: blake3::hash(&tk_bytes).to_hex().to_string(),
+        })
+    }
 }
 
 impl<'a> Fitness<'a> {
@@ -218,10 +240,10 @@ impl<'a> Fitness<'a> {
         ctx: &'a StepContext,
         fc: &FitnessConfig,
         cfg: &ModelConfig,
-        data: &EvalData<'_>,
+        data: &EvalData,
         seed: u64,
     ) -> Result<Self, OpError> {
-        let (recs, codec) = (data.records, data.codec);
+        let (recs, codec) = (&data.records, &data.codec);
         if recs.is_empty() {
             return Err(OpError::user("the dataset has no records to evaluate on"));
         }
