@@ -365,7 +365,7 @@ phases:
     );
 }
 
-const RESUMABLE: &str = r#"
+const RESUMABLE: &str = r"
 version: 1
 name: resumable
 phases:
@@ -376,7 +376,7 @@ phases:
         with:
           deps: [count.py]
           run: python3 count.py
-"#;
+";
 
 /// A long step that checkpoints into FORGE_WORK_DIR; it notes in `resumed.log` (outside the
 /// store) when it starts from a checkpoint.
@@ -524,4 +524,78 @@ fn gc_keeps_recent_results() {
         steps_with(&evs, "started").is_empty(),
         "gc removed live results"
     );
+}
+
+#[test]
+fn exit_codes_say_who_can_fix_a_failure() {
+    let p = Project::new();
+    p.write(
+        "x.yaml",
+        "version: 1\nname: x\nphases:\n  p:\n    steps:\n      s: { op: exec, with: { run: \"exit 3\" } }\n",
+    );
+    let out = p.run(&["--log-format", "json", "apply", "x.yaml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failing command is the user's to fix"
+    );
+    let f = events(&out)
+        .into_iter()
+        .find(|e| e["event"] == "failed")
+        .unwrap();
+    assert_eq!(f["tier"], "user");
+    // A transient failure (EX_TEMPFAIL) with no retries left is the environment's.
+    p.write(
+        "t.yaml",
+        "version: 1\nname: t\nphases:\n  p:\n    steps:\n      s: { op: exec, with: { run: \"exit 75\" } }\n",
+    );
+    let out = p.run(&["--log-format", "json", "apply", "t.yaml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let f = events(&out)
+        .into_iter()
+        .find(|e| e["event"] == "failed")
+        .unwrap();
+    assert_eq!(f["tier"], "infra");
+    assert!(f["hint"].as_str().unwrap().contains("again"), "{f}");
+}
+
+#[test]
+fn a_step_seed_is_the_seed_of_its_key_and_its_op() {
+    let p = Project::new();
+    p.write(
+        "s.yaml",
+        r#"
+version: 1
+name: s
+defaults: { seed: 5 }
+phases:
+  p:
+    steps:
+      plain: { op: exec, with: { run: "echo $FORGE_SEED > $FORGE_OUTPUT/seed" } }
+      own:
+        op: exec
+        matrix: { v: [{ name: a, seed: 11 }, { name: b, seed: 12 }] }
+        seed: "${matrix.v.seed}"
+        with: { run: "echo $FORGE_SEED > $FORGE_OUTPUT/seed" }
+"#,
+    );
+    p.apply_ok("s.yaml", &[]);
+    for (step, want) in [("p.plain", "5"), ("p.own[v=a]", "11"), ("p.own[v=b]", "12")] {
+        let out = p.run(&["show", step, "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let path = doc["outputs"]["out"]["path"].as_str().unwrap();
+        let seed = std::fs::read_to_string(std::path::Path::new(path).join("seed")).unwrap();
+        assert_eq!(seed.trim(), want, "{step}");
+    }
+    // The seed is in the key: changing it re-runs exactly that instance, and says so.
+    p.write(
+        "s.yaml",
+        &std::fs::read_to_string(p.path().join("s.yaml"))
+            .unwrap()
+            .replace("seed: 12", "seed: 13"),
+    );
+    let out = p.run(&["plan", "s.yaml"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("seed: 12 → 13"), "{text}");
+    assert_eq!(text.matches("  run ").count(), 1, "{text}");
 }

@@ -11,7 +11,11 @@ use common::{Project, stderr, steps_with};
 
 fn sigint(child: &std::process::Child) {
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
 }
 
 #[test]

@@ -78,6 +78,15 @@ fn a_panicking_op_fails_its_step_not_the_run() {
             .unwrap()
             .contains("op `panicky` panicked: index out of bounds")
     );
+    assert_eq!(
+        report.results[0].tier,
+        Some(forge::ops::Tier::Internal),
+        "a panic is a bug, not the user's input"
+    );
+    assert_eq!(
+        forge::exit::for_failures(report.results.iter().filter_map(|r| r.tier)),
+        forge::exit::INTERNAL
+    );
     assert_eq!(report.results[1].status, Status::Ran);
     let events: Vec<_> = rx.try_iter().map(|e| e.event).collect();
     assert!(events.iter().any(|e| matches!(

@@ -29,12 +29,12 @@ phases:
         op: train
         inputs: {{ data: corpus, tokenizer: tok, init: init }}
         matrix: {{ seed: [1, 2, 3] }}
+        seed: "${{matrix.seed}}"
         with:
           model: {MODEL}
           steps: 6
           batch_size: 4
           seq_len: 32
-          data_seed: "${{matrix.seed}}"
           math_eval: 0
           val_batches: 1
 {merge}
@@ -44,13 +44,13 @@ phases:
 
 fn evolve(generations: u32) -> String {
     format!(
-        r#"      champion:
+        r"      champion:
         op: merge
         inputs: {{ models: model, base: init, data: corpus }}
         with:
           strategy: evolve
           evolve: {{ generations: {generations}, patience: 10, mutation_rate: 0.1, mutation_sigma: 0.1 }}
-          fitness: {{ eval_batches: 1, batch_size: 4, seq_len: 32, answers: 8 }}"#
+          fitness: {{ eval_batches: 1, batch_size: 4, seq_len: 32, answers: 8 }}"
     )
 }
 

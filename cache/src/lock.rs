@@ -102,9 +102,9 @@ pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid as i32, 0) };
-    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // Signal 0 only checks for existence and permission.
+    let r = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None);
+    let exists = matches!(r, Ok(()) | Err(nix::errno::Errno::EPERM));
     // A zombie (exited, not yet reaped by its parent) still exists but holds nothing.
     exists && !is_zombie(pid)
 }

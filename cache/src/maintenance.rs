@@ -295,4 +295,47 @@ mod tests {
         assert!(s.get_action(&new_key).unwrap().is_some());
         assert!(s.read_action(&old_key).unwrap().is_none());
     }
+
+    #[test]
+    fn verify_removes_corrupt_memo_entries_and_gc_keeps_what_kept_runs_used() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join("s")).unwrap();
+        let m = s.memos().bucket("fitness", 1).unwrap();
+        let (good, bad) = (m.key(&"good"), m.key(&"bad"));
+        m.put(&good, b"1").unwrap();
+        m.put(&bad, b"2").unwrap();
+        // Corrupt one entry's value.
+        let bad_path = crate::memo::entries(&s.root().join("memo"))
+            .unwrap()
+            .into_iter()
+            .find(|p| fs::read(p).unwrap().ends_with(b"2"))
+            .unwrap();
+        let mut bytes = fs::read(&bad_path).unwrap();
+        *bytes.last_mut().unwrap() = b'3';
+        fs::write(&bad_path, bytes).unwrap();
+        let r = s.verify(&mut |_, _| {}).unwrap();
+        assert_eq!((r.memo_entries_checked, r.memo_entries_corrupt), (2, 1));
+        assert_eq!(m.get(&good).unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(m.get(&bad).unwrap(), None);
+        // No kept run: nothing used the entry since, so gc removes it.
+        let r = s.gc(0).unwrap();
+        assert_eq!(r.memo_entries_removed, 1);
+        assert_eq!(m.get(&good).unwrap(), None);
+        // An entry used after the oldest kept run began survives.
+        let run = s.new_run().unwrap();
+        run.write_summary(&crate::runs::RunSummary {
+            id: run.id.clone(),
+            pipeline: "p".into(),
+            pipeline_path: "p.yaml".into(),
+            started_unix_ms: now_ms() - 10_000,
+            finished_unix_ms: None,
+            status: "succeeded".into(),
+            steps: vec![],
+        })
+        .unwrap();
+        m.put(&good, b"1").unwrap();
+        let r = s.gc(1).unwrap();
+        assert_eq!(r.memo_entries_removed, 0);
+        assert_eq!(m.get(&good).unwrap().as_deref(), Some(&b"1"[..]));
+    }
 }

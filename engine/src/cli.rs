@@ -380,7 +380,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
                     std::process::exit(EXIT_INTERRUPTED as i32);
                 }
                 eprintln!("\nInterrupted: stopping running steps (they keep their checkpoints); Ctrl-C again to exit now");
-                current.lock().unwrap_or_else(|e| e.into_inner()).cancel("interrupted (Ctrl-C)");
+                current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).cancel("interrupted (Ctrl-C)");
             }
         });
     }
@@ -398,7 +398,9 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
             },
         )?;
         let token = CancelToken::new();
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
+        *current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token.clone();
         run_apply(cli, plan, opts, token, &rt)
     };
     if !a.watch {
@@ -560,7 +562,7 @@ fn cmd_show(
                     "digest": d.to_hex(),
                     "path": path,
                     "files": tree.as_ref().map(|t| t.entries.len()),
-                    "bytes": tree.as_ref().map(|t| t.total_size()),
+                    "bytes": tree.as_ref().map(forge_cache::Tree::total_size),
                 }),
             );
         }

@@ -52,7 +52,7 @@ impl Default for ApplyOptions {
     fn default() -> Self {
         Self {
             jobs: std::thread::available_parallelism()
-                .map(|n| n.get())
+                .map(std::num::NonZero::get)
                 .unwrap_or(1),
             gpus: 1,
             keep_going: false,
@@ -524,7 +524,7 @@ fn run_step_isolated(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
         .unwrap_or_else(|panic| {
             let msg = panic
                 .downcast_ref::<&str>()
-                .map(|s| s.to_string())
+                .map(std::string::ToString::to_string)
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             let step = StepRun { sh, i, t0: t };

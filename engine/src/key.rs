@@ -15,7 +15,7 @@
 //! | `with:` params | yes | after `${…}` substitution, with defaults filled in, keys sorted |
 //! | input artifacts | yes | the **content digests of upstream outputs**, not upstream keys (early cutoff) |
 //! | op extras | yes | e.g. content digest of a `file:` source, an `exec` step's `deps` and hashed `env` values |
-//! | seed | yes | `defaults.seed` |
+//! | seed | yes | the step's effective seed: its `seed:`, else `defaults.seed` (resolved once, at plan time; the op draws every random stream from it) |
 //! | numeric backend class | yes | `cpu-flex`, `libtorch-cpu`, `libtorch-cuda` for compute ops (numerics differ); absent otherwise |
 //! | step id / name | **no** | renaming a step, or two identical steps, share one result |
 //! | `resources`, `--jobs`, device index | **no** | where and how wide it runs does not change bytes |

@@ -35,6 +35,7 @@ pub const STEP_KEYS: &[&str] = &[
     "resources",
     "retries",
     "timeout",
+    "seed",
 ];
 pub const RESOURCE_KEYS: &[&str] = &["cpus", "gpus"];
 
@@ -80,6 +81,8 @@ pub struct StepDecl {
     pub resources: Option<Resources>,
     pub retries: Option<u32>,
     pub timeout: Option<Duration>,
+    /// The step's own seed, as written (it may be `${…}`); `defaults.seed` when absent.
+    pub seed: Option<Node>,
 }
 
 impl StepDecl {
@@ -186,12 +189,11 @@ fn expect_map<'a>(
     what: &str,
     errs: &mut Vec<Diagnostic>,
 ) -> Option<&'a [(Node, Node)]> {
-    match node.as_map() {
-        Some(m) => Some(m),
-        None => {
-            errs.push(type_error(node, what, "a mapping"));
-            None
-        }
+    if let Some(m) = node.as_map() {
+        Some(m)
+    } else {
+        errs.push(type_error(node, what, "a mapping"));
+        None
     }
 }
 
@@ -219,12 +221,11 @@ fn get<'a>(map: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
 }
 
 fn string(node: &Node, what: &str, errs: &mut Vec<Diagnostic>) -> Option<String> {
-    match &node.kind {
-        NodeKind::Str(s) => Some(s.clone()),
-        _ => {
-            errs.push(type_error(node, what, "a string"));
-            None
-        }
+    if let NodeKind::Str(s) = &node.kind {
+        Some(s.clone())
+    } else {
+        errs.push(type_error(node, what, "a string"));
+        None
     }
 }
 
@@ -572,6 +573,7 @@ fn parse_step(
         resources,
         retries,
         timeout,
+        seed: get(map, "seed").cloned(),
     })
 }
 
@@ -730,17 +732,16 @@ fn lookup(
         return fail(errs, format!("unknown {what} `{name}`"), hint);
     };
     for field in parts {
-        match cur.get(field) {
-            Some(n) => cur = n,
-            None => {
-                let fields: Vec<String> = cur
-                    .as_map()
-                    .map(|m| m.iter().map(|(k, _)| key_string(k)).collect())
-                    .unwrap_or_default();
-                let hint = did_you_mean(field, fields.iter().map(String::as_str))
-                    .unwrap_or_else(|| format!("available fields: {}", fields.join(", ")));
-                return fail(errs, format!("`{name}` has no field `{field}`"), hint);
-            }
+        if let Some(n) = cur.get(field) {
+            cur = n;
+        } else {
+            let fields: Vec<String> = cur
+                .as_map()
+                .map(|m| m.iter().map(|(k, _)| key_string(k)).collect())
+                .unwrap_or_default();
+            let hint = did_you_mean(field, fields.iter().map(String::as_str))
+                .unwrap_or_else(|| format!("available fields: {}", fields.join(", ")));
+            return fail(errs, format!("`{name}` has no field `{field}`"), hint);
         }
     }
     if root == "matrix" {

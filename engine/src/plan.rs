@@ -158,6 +158,7 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                 .as_ref()
                 .map(|w| interpolate(w, &scope, &mut ierrs))
                 .unwrap_or(Value::Null);
+            let seed = step_seed(decl, &scope, pipeline.defaults.seed, &mut ierrs);
             let params = if ierrs.is_empty() {
                 match op.parse_params(&raw) {
                     Ok(p) => Some(p),
@@ -189,7 +190,7 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                 resources,
                 retries,
                 timeout: decl.timeout,
-                seed: pipeline.defaults.seed,
+                seed,
             });
         }
         instances_of.push(mine);
@@ -351,6 +352,31 @@ fn instance_id(
         })
         .collect();
     (format!("{}[{}]", decl.qualified(), parts.join(",")), label)
+}
+
+/// A step's effective seed: its own `seed:` (interpolated for this instance) or the pipeline's.
+fn step_seed(decl: &StepDecl, scope: &Scope<'_>, default: u64, errs: &mut Vec<Diagnostic>) -> u64 {
+    let Some(node) = &decl.seed else {
+        return default;
+    };
+    let mut ierrs = Vec::new();
+    let v = interpolate(node, scope, &mut ierrs);
+    if !ierrs.is_empty() {
+        errs.extend(ierrs);
+        return default;
+    }
+    v.as_u64().unwrap_or_else(|| {
+        errs.push(
+            Diagnostic::error(format!(
+                "`seed` of step `{}` must be a non-negative integer, not {v}",
+                decl.qualified()
+            ))
+            .label(node.span, "not a seed")
+            .help("write e.g. `seed: 7`, or `seed: \"${matrix.variant.seed}\"`")
+            .code("plan::seed"),
+        );
+        default
+    })
 }
 
 /// Map a params error path back into the `with:` block's spans, with a hint from the op's schema:
@@ -623,9 +649,10 @@ impl Resolver<'_> {
         for i in insts {
             let outs = &self.steps[i].outputs;
             let spec = match output {
-                Some(o) => match outs.iter().find(|x| x.name == o) {
-                    Some(s) => s,
-                    None => {
+                Some(o) => {
+                    if let Some(s) = outs.iter().find(|x| x.name == o) {
+                        s
+                    } else {
                         let names: Vec<&str> = outs.iter().map(|o| o.name.as_str()).collect();
                         return Err(ref_error(
                             r,
@@ -637,10 +664,11 @@ impl Resolver<'_> {
                                 .unwrap_or_else(|| format!("its outputs: {}", names.join(", "))),
                         ));
                     }
-                },
-                None => match outs.as_slice() {
-                    [one] => one,
-                    _ => {
+                }
+                None => {
+                    if let [one] = outs.as_slice() {
+                        one
+                    } else {
                         let names: Vec<&str> = outs.iter().map(|o| o.name.as_str()).collect();
                         return Err(ref_error(
                             r,
@@ -651,7 +679,7 @@ impl Resolver<'_> {
                             format!("write `{path}.<output>` with one of: {}", names.join(", ")),
                         ));
                     }
-                },
+                }
             };
             out.push(Upstream {
                 step: i,
@@ -714,7 +742,11 @@ fn check_signature(
         }
         for (u, r) in ups.iter().zip(input.refs.iter().cycle()) {
             if !spec.accepts(u.kind) {
-                let want: Vec<String> = spec.accepts.iter().map(|k| k.to_string()).collect();
+                let want: Vec<String> = spec
+                    .accepts
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect();
                 errs.push(
                     Diagnostic::error(format!(
                         "input `{}` of step `{}` expects {}, but `{}` produces a {}",

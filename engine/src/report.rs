@@ -81,7 +81,7 @@ impl Console {
             } => self.line("Applying", &format!("{pipeline} ({steps} steps)")),
             Event::Queued { .. } | Event::Metric { .. } => {}
             Event::CacheHit { step, key } => {
-                self.line("Cached", &format!("{step} ({})", &key[..12]))
+                self.line("Cached", &format!("{step} ({})", &key[..12]));
             }
             Event::Started { step, attempt, .. } => {
                 let extra = if *attempt > 0 {
@@ -150,7 +150,7 @@ impl Console {
                 ),
             ),
             Event::LockWait { step, holder } => {
-                self.line("Waiting", &format!("{step}: locked by pid {holder}"))
+                self.line("Waiting", &format!("{step}: locked by pid {holder}"));
             }
             Event::LockReclaimed { step, dead_pid } => self.line(
                 "Reclaimed",

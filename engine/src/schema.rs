@@ -38,7 +38,7 @@ struct PipelineDoc {
 struct DefaultsDoc {
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     device: Option<String>,
-    /// Seed for every step; part of every key.
+    /// Seed of every step without its own `seed:`; part of every key.
     seed: Option<u64>,
 }
 
@@ -89,6 +89,18 @@ struct StepDoc {
     retries: Option<u32>,
     /// Cancel the step after this long.
     timeout: Option<Timeout>,
+    /// This step's seed (default: `defaults.seed`): every random stream of the step is drawn from
+    /// it, and it is part of the step's key. May be `${…}`, e.g. one per matrix instance.
+    seed: Option<Seed>,
+}
+
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum Seed {
+    Value(u64),
+    /// `${vars.<name>}` or `${matrix.<axis>[.<field>]}`.
+    Interpolated(String),
 }
 
 /// Make numbers/booleans also accept `${…}` strings.
@@ -184,7 +196,7 @@ mod tests {
     }
 
     fn sorted(keys: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> = keys.iter().map(std::string::ToString::to_string).collect();
         v.sort();
         v
     }

@@ -79,7 +79,11 @@ impl CancelToken {
         }
     }
     pub fn cancel(&self, reason: impl Into<String>) {
-        let mut r = self.inner.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self
+            .inner
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if r.is_none() {
             *r = Some(reason.into());
         }
@@ -87,7 +91,11 @@ impl CancelToken {
     }
     pub fn is_cancelled(&self) -> bool {
         self.inner.flag.load(Ordering::SeqCst)
-            || self.inner.parent.as_ref().is_some_and(|p| p.is_cancelled())
+            || self
+                .inner
+                .parent
+                .as_ref()
+                .is_some_and(CancelToken::is_cancelled)
     }
     pub fn reason(&self) -> Option<String> {
         if self.inner.flag.load(Ordering::SeqCst) {
@@ -95,10 +103,10 @@ impl CancelToken {
                 .inner
                 .reason
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
         }
-        self.inner.parent.as_ref().and_then(|p| p.reason())
+        self.inner.parent.as_ref().and_then(CancelToken::reason)
     }
 }
 
@@ -277,32 +285,32 @@ impl StepContext {
     }
 
     pub fn emit(&self, e: StepEvent) {
-        (self.events)(e)
+        (self.events)(e);
     }
     pub fn progress(&self, done: u64, total: Option<u64>, unit: &str) {
         self.emit(StepEvent::Progress {
             done,
             total,
             unit: unit.into(),
-        })
+        });
     }
     pub fn metric(&self, name: &str, value: f64, step: Option<u64>) {
         self.emit(StepEvent::Metric {
             name: name.into(),
             value,
             step,
-        })
+        });
     }
     pub fn alert(&self, level: AlertLevel, message: impl Into<String>) {
         self.emit(StepEvent::Alert {
             level,
             message: message.into(),
-        })
+        });
     }
     pub fn log(&self, message: impl Into<String>) {
         self.emit(StepEvent::Log {
             message: message.into(),
-        })
+        });
     }
 
     pub fn cancel_token(&self) -> &CancelToken {

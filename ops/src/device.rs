@@ -72,7 +72,7 @@ fn flex() -> Backend {
 #[cfg(not(feature = "tch"))]
 fn cpu() -> Result<Backend, DeviceError> {
     match std::env::var(CPU_BACKEND_ENV).ok().as_deref() {
-        None | Some("") | Some("flex") => Ok(flex()),
+        None | Some("" | "flex") => Ok(flex()),
         Some(other) => Err(DeviceError::BadCpuBackend(other.to_string(), "`flex`")),
     }
 }
@@ -136,12 +136,7 @@ pub fn tune_allocator() {
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator parameters; it is called before the tensor
-            // work it tunes and is thread-safe in glibc.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-            }
+            crate::sys::raise_malloc_thresholds(256 << 20, 1 << 30);
         });
     }
 }

@@ -171,7 +171,7 @@ pub struct ParamsError {
 impl ParamsError {
     pub fn at(path: &[&str], message: impl Into<String>) -> Self {
         Self {
-            path: path.iter().map(|s| s.to_string()).collect(),
+            path: path.iter().map(std::string::ToString::to_string).collect(),
             message: message.into(),
             hint: None,
         }

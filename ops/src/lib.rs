@@ -19,6 +19,7 @@
 //! | [`fetch`] | HTTP(S)/hub downloads and archive extraction |
 //! | [`rng`] | the named random streams |
 //! | [`device`] | which burn backend a `device:` runs on |
+//! | [`sys`] | the OS calls that need `unsafe` (the only module allowed it) |
 
 pub mod artifact;
 pub mod builtin;
@@ -33,6 +34,7 @@ pub mod model;
 pub mod op;
 pub mod optim;
 pub mod rng;
+pub mod sys;
 pub mod text;
 pub mod train;
 

@@ -229,60 +229,56 @@ impl TypedOp for Download {
             ("test_fraction", p.test_fraction.is_some() && !records),
             ("records", false),
         ];
-        match &src {
-            Source::Builtin(name) => {
-                if p.samples.is_none_or(|n| n == 0) {
-                    return Err(ParamsError::at(
-                        &["samples"],
-                        "built-in datasets need `samples` (a positive count)",
-                    )
-                    .with_hint("e.g. `samples: 20000`"));
-                }
-                if p.mix.is_some() && name != "mixed" {
-                    return Err(ParamsError::at(
-                        &["mix"],
-                        "`mix` applies only to `builtin:mixed`",
-                    ));
-                }
-                if let Some(m) = &p.mix
-                    && (m.is_empty()
-                        || m.values().any(|w| !w.is_finite() || *w < 0.0)
-                        || m.values().sum::<f64>() <= 0.0)
-                {
-                    return Err(ParamsError::at(
-                        &["mix"],
-                        "mix weights must be non-negative and not all zero",
-                    ));
-                }
-                if p.records.is_some() {
-                    return Err(ParamsError::at(
-                        &["records"],
-                        "built-in datasets are records already",
-                    )
-                    .with_hint("`records:` converts a downloaded table; drop it here"));
-                }
-                check_fractions(p)?;
+        if let Source::Builtin(name) = &src {
+            if p.samples.is_none_or(|n| n == 0) {
+                return Err(ParamsError::at(
+                    &["samples"],
+                    "built-in datasets need `samples` (a positive count)",
+                )
+                .with_hint("e.g. `samples: 20000`"));
             }
-            _ => {
-                if let Some((name, _)) = builtin_only.iter().find(|(_, set)| *set) {
-                    let hint = if name.ends_with("_fraction") {
-                        " and to `records:`"
-                    } else {
-                        ""
-                    };
-                    return Err(ParamsError::at(
-                        &[name],
-                        format!("`{name}` applies only to `builtin:` sources{hint}"),
-                    ));
-                }
-                if let Some(r) = &p.records {
-                    r.check().map_err(|e| {
-                        ParamsError::at(&["records", e.field], e.message).with_hint(
-                            "templates are Jinja over the table's columns, e.g. `{{ question }}`",
-                        )
-                    })?;
-                    check_fractions(p)?;
-                }
+            if p.mix.is_some() && name != "mixed" {
+                return Err(ParamsError::at(
+                    &["mix"],
+                    "`mix` applies only to `builtin:mixed`",
+                ));
+            }
+            if let Some(m) = &p.mix
+                && (m.is_empty()
+                    || m.values().any(|w| !w.is_finite() || *w < 0.0)
+                    || m.values().sum::<f64>() <= 0.0)
+            {
+                return Err(ParamsError::at(
+                    &["mix"],
+                    "mix weights must be non-negative and not all zero",
+                ));
+            }
+            if p.records.is_some() {
+                return Err(
+                    ParamsError::at(&["records"], "built-in datasets are records already")
+                        .with_hint("`records:` converts a downloaded table; drop it here"),
+                );
+            }
+            check_fractions(p)?;
+        } else {
+            if let Some((name, _)) = builtin_only.iter().find(|(_, set)| *set) {
+                let hint = if name.ends_with("_fraction") {
+                    " and to `records:`"
+                } else {
+                    ""
+                };
+                return Err(ParamsError::at(
+                    &[name],
+                    format!("`{name}` applies only to `builtin:` sources{hint}"),
+                ));
+            }
+            if let Some(r) = &p.records {
+                r.check().map_err(|e| {
+                    ParamsError::at(&["records", e.field], e.message).with_hint(
+                        "templates are Jinja over the table's columns, e.g. `{{ question }}`",
+                    )
+                })?;
+                check_fractions(p)?;
             }
         }
         if let Some(d) = &p.digest {
@@ -444,15 +440,12 @@ impl TypedOp for Download {
             };
             return convert_tables(ctx, p, r, &source, &tables, &name, &out);
         }
-        match format {
-            Some(f) => {
-                let n = extract(&local, f, &out)?;
-                ctx.log(format!("extracted {n} files from {name}"));
-            }
-            None => {
-                let dest = out.join(&name);
-                std::fs::copy(&local, &dest).map_err(|e| OpError::io(&dest, e))?;
-            }
+        if let Some(f) = format {
+            let n = extract(&local, f, &out)?;
+            ctx.log(format!("extracted {n} files from {name}"));
+        } else {
+            let dest = out.join(&name);
+            std::fs::copy(&local, &dest).map_err(|e| OpError::io(&dest, e))?;
         }
         Ok(outcome(&out))
     }
@@ -480,15 +473,14 @@ fn generate_builtin(
     out: &Path,
 ) -> Result<StepOutcome, OpError> {
     let samples = p.samples.expect("checked: builtin sources have samples");
-    let counts = match Category::parse(name) {
-        Some(c) => BTreeMap::from([(c, samples)]),
-        None => {
-            let weights = p
-                .mix
-                .clone()
-                .unwrap_or_else(|| Category::ALL.iter().map(|&c| (c, 1.0)).collect());
-            data::apportion(samples, &weights)
-        }
+    let counts = if let Some(c) = Category::parse(name) {
+        BTreeMap::from([(c, samples)])
+    } else {
+        let weights = p
+            .mix
+            .clone()
+            .unwrap_or_else(|| Category::ALL.iter().map(|&c| (c, 1.0)).collect());
+        data::apportion(samples, &weights)
     };
     let spec = data::Spec {
         counts: counts.clone(),

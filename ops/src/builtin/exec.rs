@@ -25,6 +25,8 @@ use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepI
 use crate::context::StepContext;
 use crate::error::{OpError, ParamsError};
 use crate::op::{KeyContext, StepOutcome, TypedOp, resolve_path};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 /// Parameters of `exec`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -171,15 +173,8 @@ impl TypedOp for Exec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // If forge dies (even by SIGKILL) the command dies with it, instead of running on as an
-        // orphan that writes into the scratch dir of the next, resumed attempt.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // If forge dies (even by SIGKILL) the command dies with it.
+        crate::sys::die_with_parent(&mut cmd);
         let pgid_file = ctx.work_dir().join("exec.pgid");
         kill_leftover_group(ctx, &pgid_file);
         let mut child = cmd
@@ -273,14 +268,14 @@ fn kill_leftover_group(ctx: &StepContext, pgid_file: &Path) {
     else {
         return;
     };
-    // SAFETY: signal 0 probes; SIGKILL ends a process group this step started earlier.
-    if pgid > 1 && unsafe { libc::kill(-pgid, 0) } == 0 {
+    // Signal 0 probes; SIGKILL ends a process group this step started earlier.
+    if pgid > 1 && signal_group(pgid, None) {
         ctx.log(format!(
             "stopping process group {pgid} left over from an interrupted attempt"
         ));
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        signal_group(pgid, Some(Signal::SIGKILL));
         for _ in 0..100 {
-            if unsafe { libc::kill(-pgid, 0) } != 0 {
+            if !signal_group(pgid, None) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -289,16 +284,20 @@ fn kill_leftover_group(ctx: &StepContext, pgid_file: &Path) {
     let _ = std::fs::remove_file(pgid_file);
 }
 
+/// Send `signal` (`None`: only probe) to process group `pgid`; whether it exists.
+fn signal_group(pgid: i32, signal: Option<Signal>) -> bool {
+    nix::sys::signal::killpg(Pid::from_raw(pgid), signal).is_ok()
+}
+
 fn kill_group(pgid: i32, child: &mut std::process::Child) {
-    // SAFETY: signalling our own child's process group.
-    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    signal_group(pgid, Some(Signal::SIGTERM));
     for _ in 0..100 {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    signal_group(pgid, Some(Signal::SIGKILL));
     let _ = child.wait();
 }
 

@@ -77,9 +77,6 @@ pub struct MergeParams {
     pub evolve: EvolveConfig,
     #[serde(default)]
     pub fitness: FitnessConfig,
-    /// Seed of DARE masks, DFS routings, mutations (default: the pipeline seed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
 }
 
 pub struct Merge;
@@ -88,7 +85,8 @@ impl TypedOp for Merge {
     type Params = MergeParams;
     const NAME: &'static str = "merge";
     /// 2: the model's fused ops change fitness rounding on libtorch (at::silu).
-    const VERSION: u32 = 2;
+    /// 3: masks, routings, mutations and fitness batches from the `rng` streams of the step's seed.
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str = "Merge models: one technique, one of the eight EvoMerge combos, or an evolution with real fitness";
 
     fn check(&self, p: &MergeParams) -> Result<(), ParamsError> {
@@ -178,7 +176,8 @@ impl TypedOp for Merge {
     ) -> Result<StepOutcome, OpError> {
         let models = &inputs["models"];
         let base = inputs.get("base").and_then(|v| v.first());
-        let seed = p.seed.unwrap_or(ctx.seed());
+        // DARE masks, DFS routings, mutations: streams of the step's seed.
+        let seed = ctx.seed();
         let first = &models[0];
         let mut config = files::read_config(&first.path)?;
         let out = ctx.output_dir("model")?;
@@ -191,7 +190,11 @@ impl TypedOp for Merge {
         // Depth may have changed (frankenmerge): keep the model config in step with the weights.
         let file = TensorFile::open(&weights).map_err(|e| OpError::internal(e.to_string()))?;
         crate::merge::layers::sync_config(&mut config, file.tensors().keys().map(String::as_str));
-        let params: usize = file.tensors().values().map(|t| t.numel()).sum();
+        let params: usize = file
+            .tensors()
+            .values()
+            .map(super::super::merge::tensors::TensorInfo::numel)
+            .sum();
         config["num_parameters"] = json!(params);
         config["merge"] = merged.record;
         merged
@@ -332,4 +335,61 @@ fn three(models: &[InputArtifact], what: &str) -> Result<[StateDict; 3], OpError
         )));
     }
     Ok([load(&models[0])?, load(&models[1])?, load(&models[2])?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Op;
+
+    #[test]
+    fn each_strategy_names_what_it_needs() {
+        let e = Merge
+            .parse_params(&json!({ "strategy": "merge" }))
+            .unwrap_err();
+        assert_eq!(e.path, ["technique"]);
+        let e = Merge
+            .parse_params(&json!({ "strategy": "combo", "combo": "12" }))
+            .unwrap_err();
+        assert_eq!(e.path, ["combo"]);
+        let e = Merge
+            .parse_params(&json!({ "strategy": "combo", "combo": "101", "density": 1.5 }))
+            .unwrap_err();
+        assert_eq!(e.path, ["density"]);
+        // Task arithmetic needs a base; linear does not; the evolution needs data too.
+        let needs = |params: Value| {
+            let p = Merge.parse_params(&params).unwrap();
+            let InputSignature::Fixed(specs) = Op::inputs(&Merge, &p) else {
+                panic!("fixed inputs")
+            };
+            specs
+                .into_iter()
+                .filter(|s| s.required)
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            needs(json!({ "strategy": "merge", "technique": { "method": "linear" } })),
+            ["models"]
+        );
+        assert_eq!(
+            needs(json!({ "strategy": "merge", "technique": { "method": "ties" } })),
+            ["models", "base"]
+        );
+        assert_eq!(needs(json!({})), ["models", "base", "data"]);
+    }
+
+    #[test]
+    fn the_combos_task_arithmetic_has_the_techniques_defaults() {
+        let p = Merge
+            .parse_params(&json!({ "strategy": "combo", "combo": "000" }))
+            .unwrap();
+        let p = p.typed::<MergeParams>().unwrap();
+        assert_eq!(p.task(), TaskArithmetic::default());
+        let ties: Technique = serde_json::from_value(json!({ "method": "ties" })).unwrap();
+        assert_eq!(
+            ties.task().unwrap().density,
+            TaskArithmetic::default().density
+        );
+    }
 }

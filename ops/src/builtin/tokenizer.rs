@@ -140,3 +140,21 @@ fn write_metrics(
     )
     .map_err(|e| OpError::io(&path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Op;
+    use serde_json::json;
+
+    #[test]
+    fn a_vocabulary_without_room_for_the_bytes_and_special_tokens_is_refused() {
+        let e = Tokenizer
+            .parse_params(&json!({ "vocab_size": 200 }))
+            .unwrap_err();
+        assert_eq!(e.path, ["vocab_size"]);
+        assert!(e.message.contains("271"), "{}", e.message);
+        let ok = Tokenizer.parse_params(&json!({})).unwrap();
+        assert_eq!(ok["vocab_size"], json!(4096));
+    }
+}

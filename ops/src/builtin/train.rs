@@ -72,12 +72,6 @@ pub struct TrainParams {
     /// Curriculum stages (default: foundation → reasoning → advanced by difficulty).
     #[serde(default = "crate::data::default_curriculum")]
     pub curriculum: Vec<Stage>,
-    /// Seed of the data order (default: the pipeline seed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_seed: Option<u64>,
-    /// Seed of the initial weights when there is no `init` input (default: the pipeline seed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_seed: Option<u64>,
     /// Validation batches for `val/loss`.
     #[serde(default = "d::val_batches")]
     pub val_batches: usize,
@@ -161,7 +155,8 @@ impl TypedOp for Train {
     type Params = TrainParams;
     const NAME: &'static str = "train";
     /// 2: fused softmax, log-softmax and SiLU (different float rounding in the backward pass).
-    const VERSION: u32 = 2;
+    /// 3: weights and batches from the `rng` streams of the step's seed.
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "Train a trm-titans-mag language model (Muon × Grokfast, deep supervision, ACT)";
 
@@ -270,7 +265,7 @@ impl TypedOp for Train {
         check_vocab(&codec, cfg)?;
         let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
         let curriculum = corpus.curriculum(&p.curriculum, p.mix.as_ref(), p.steps)?;
-        let seed = p.data_seed.unwrap_or(ctx.seed());
+        let seed = ctx.seed();
         let sampler = Sampler {
             pool: &corpus.pool,
             curriculum: &curriculum,
@@ -294,10 +289,9 @@ impl TypedOp for Train {
             }),
         };
         let init = inputs.get("init").and_then(|v| v.first());
-        let init_seed = p.init_seed.unwrap_or(ctx.seed());
         let start = || match init {
-            Some(i) => input_model(cfg, init_seed, i, "init", dev),
-            None => Ok(TrmTitansMag::new(cfg, init_seed, dev)),
+            Some(i) => input_model(cfg, seed, i, "init", dev),
+            None => Ok(TrmTitansMag::new(cfg, seed, dev)),
         };
         let settings = p.loop_config();
         let run = Run {
@@ -442,4 +436,53 @@ fn input_model(
     )
     .map_err(|e| OpError::user(e.to_string()))?;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Op;
+
+    #[test]
+    fn presets_expand_and_explicit_keys_win() {
+        let p = Train
+            .parse_params(&json!({ "model": { "preset": "tiny", "d_model": 64 }, "optimizer": { "preset": "phase1" } }))
+            .unwrap();
+        let typed = p.typed::<TrainParams>().unwrap();
+        assert_eq!(typed.model.d_model, 64);
+        assert_eq!(typed.model.layers, ModelConfig::tiny().layers);
+        assert_eq!(
+            typed.optimizer.lr,
+            OptimizerConfig::preset("phase1").unwrap().lr
+        );
+        let e = Train
+            .parse_params(&json!({ "model": { "preset": "huge" } }))
+            .unwrap_err();
+        assert_eq!(e.path, ["model", "preset"]);
+        assert!(e.hint.unwrap().contains("tiny"));
+    }
+
+    #[test]
+    fn the_kl_term_needs_a_reference_input_and_bad_settings_fail_at_plan_time() {
+        let with_kl = Train
+            .parse_params(&json!({ "optimizer": { "preset": "phase3-baking" } }))
+            .unwrap();
+        let InputSignature::Fixed(specs) = Op::inputs(&Train, &with_kl) else {
+            panic!("fixed inputs")
+        };
+        let reference = specs.iter().find(|s| s.name == "reference").unwrap();
+        assert_eq!(
+            reference.required,
+            with_kl["optimizer"]["kl_coef"].as_f64().unwrap() > 0.0
+        );
+        for (bad, at) in [
+            (json!({ "seq_len": 100_000 }), "seq_len"),
+            (json!({ "memory_budget_mib": 0 }), "memory_budget_mib"),
+            (json!({ "curriculum": [{ "until": 0.5 }] }), "curriculum"),
+            (json!({ "objective": "rl" }), "objective"),
+        ] {
+            let e = Train.parse_params(&bad).unwrap_err();
+            assert_eq!(e.path[0], at, "{bad}: {}", e.message);
+        }
+    }
 }

@@ -222,11 +222,11 @@ impl TypedOp for Validate {
                 continue;
             }
             let values: Vec<f64> = found.iter().map(|(_, v)| *v).collect();
-            let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
             match c.aggregate {
                 Aggregate::Each => {
-                    results.extend(found.iter().map(|(s, v)| mk(s.to_string(), Some(*v))))
+                    results.extend(found.iter().map(|(s, v)| mk(s.to_string(), Some(*v))));
                 }
                 Aggregate::Min => results.push(mk("min over inputs".into(), Some(min))),
                 Aggregate::Max => results.push(mk("max over inputs".into(), Some(max))),
@@ -235,7 +235,7 @@ impl TypedOp for Validate {
                     Some(values.iter().sum::<f64>() / values.len() as f64),
                 )),
                 Aggregate::Spread => {
-                    results.push(mk("spread (max - min) over inputs".into(), Some(max - min)))
+                    results.push(mk("spread (max - min) over inputs".into(), Some(max - min)));
                 }
             }
         }

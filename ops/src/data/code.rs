@@ -106,7 +106,7 @@ mod tests {
                 .nth(1)
                 .unwrap()
                 .trim_end_matches("\n```");
-            script.push_str(&format!("programs.append({:?})\n", program));
+            script.push_str(&format!("programs.append({program:?})\n"));
         }
         script.push_str(
             "for p in programs:\n    buf = io.StringIO()\n    with contextlib.redirect_stdout(buf):\n        exec(p, {})\n    print(buf.getvalue().strip())\n",

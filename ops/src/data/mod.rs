@@ -1,6 +1,6 @@
 //! Built-in datasets: deterministic generators for the `builtin:<name>` sources of `download`.
 //!
-//! Every record is generated from its own RNG, seeded by blake3(seed, category, index), so a
+//! Every record is generated from its own RNG (the `rng` stream `Data { category, index }`), so a
 //! dataset is a pure function of (generator version, seed, sizes) and any record can be rebuilt
 //! alone. Records are de-duplicated by prompt, and the split (train/val/test) of a record is a
 //! function of its prompt's hash: the same problem can never land in two splits, whatever the
@@ -37,7 +37,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever any generator's output changes; part of every `builtin:` download's key.
-pub const GENERATOR_VERSION: u32 = 2;
+/// (3: every draw from the `data` stream of `rng`.)
+pub const GENERATOR_VERSION: u32 = 3;
 
 /// What a generator returns for one draw.
 #[derive(Debug, Clone)]
@@ -196,6 +197,7 @@ pub fn generate(
     Ok(out)
 }
 
+/// Helpers shared by the generators.
 pub(crate) mod pick {
     use rand::Rng;
     use rand::seq::IndexedRandom;

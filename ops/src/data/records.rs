@@ -113,8 +113,6 @@ pub fn read_texts(dir: &Path, split: Split) -> Result<Vec<String>, OpError> {
     Ok(out)
 }
 
-/// Helpers shared by the generators.
-
 /// The records of `split` of every dataset in `data`, in input order.
 pub fn load_all_records(data: &[InputArtifact], split: Split) -> Result<Vec<Record>, OpError> {
     let mut out = Vec::new();

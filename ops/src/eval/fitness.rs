@@ -33,7 +33,7 @@ use crate::text::TextCodec;
 
 /// Version of the `fitness` memo bucket: bump when the same candidate and settings would score
 /// differently (the forward pass's numerics, the composite, the evaluation data).
-pub const MEMO_VERSION: u32 = 2;
+pub const MEMO_VERSION: u32 = 3;
 
 /// How `evolve` measures a candidate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

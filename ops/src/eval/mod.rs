@@ -121,8 +121,8 @@ pub fn halting(
     let avg = steps.iter().sum::<f64>() / n;
     HaltingStats {
         avg,
-        min: steps.iter().cloned().fold(f64::INFINITY, f64::min),
-        max: steps.iter().cloned().fold(0.0, f64::max),
+        min: steps.iter().copied().fold(f64::INFINITY, f64::min),
+        max: steps.iter().copied().fold(0.0, f64::max),
         variance: steps.iter().map(|h| (h - avg).powi(2)).sum::<f64>() / n,
     }
 }

@@ -264,70 +264,67 @@ pub fn evolve(
 ) -> Result<(EvolveState, StateDict), String> {
     let parents = inp.parents;
     let fallback = || combo::linear_merge(&parents);
-    let (mut st, mut pop) = match resume {
-        Some((st, weights)) => {
-            let pop = Pop {
-                ids: st.population.clone(),
-                weights,
-            };
-            (st, pop)
-        }
-        None => {
-            let mut st = EvolveState {
-                generation: 0,
-                population: Vec::new(),
-                nodes: (0..3)
-                    .map(|i| Node {
-                        id: i,
-                        generation: 0,
-                        kind: "input".into(),
-                        combo: None,
-                        parents: vec![],
-                        recipe: None,
-                        fitness: None,
-                        note: None,
-                    })
-                    .collect(),
-                history: Vec::new(),
-                next_id: 3,
-                best_fitness: f64::NEG_INFINITY,
-                stale: 0,
-                stop_reason: None,
-            };
-            let mut pop = Pop {
-                ids: vec![],
-                weights: vec![],
-            };
-            for k in 0..POPULATION as u8 {
-                let seed = inp.seed ^ (u64::from(k) << 32);
-                let (w, node) = make_combo(
-                    k,
-                    parents,
-                    [0, 1, 2],
-                    inp,
-                    seed,
-                    0,
-                    "combo",
-                    &mut st,
-                    &fallback,
-                )?;
-                pop.ids.push(node);
-                pop.weights.push(w);
-            }
-            let rate = cfg.mutation_rate;
-            finish_generation(
-                cfg,
-                evaluator,
-                &mut st,
-                &mut pop,
-                &fallback,
+    let (mut st, mut pop) = if let Some((st, weights)) = resume {
+        let pop = Pop {
+            ids: st.population.clone(),
+            weights,
+        };
+        (st, pop)
+    } else {
+        let mut st = EvolveState {
+            generation: 0,
+            population: Vec::new(),
+            nodes: (0..3)
+                .map(|i| Node {
+                    id: i,
+                    generation: 0,
+                    kind: "input".into(),
+                    combo: None,
+                    parents: vec![],
+                    recipe: None,
+                    fitness: None,
+                    note: None,
+                })
+                .collect(),
+            history: Vec::new(),
+            next_id: 3,
+            best_fitness: f64::NEG_INFINITY,
+            stale: 0,
+            stop_reason: None,
+        };
+        let mut pop = Pop {
+            ids: vec![],
+            weights: vec![],
+        };
+        for k in 0..POPULATION as u8 {
+            let seed = inp.seed ^ (u64::from(k) << 32);
+            let (w, node) = make_combo(
+                k,
+                parents,
+                [0, 1, 2],
+                inp,
+                seed,
                 0,
-                rate,
-                vec![],
+                "combo",
+                &mut st,
+                &fallback,
             )?;
-            hooks.generation_done(&st, &pop.weights)?;
-            (st, pop)
+            pop.ids.push(node);
+            pop.weights.push(w);
         }
+        let rate = cfg.mutation_rate;
+        finish_generation(
+            cfg,
+            evaluator,
+            &mut st,
+            &mut pop,
+            &fallback,
+            0,
+            rate,
+            vec![],
+        )?;
+        hooks.generation_done(&st, &pop.weights)?;
+        (st, pop)
     };
     while st.stop_reason.is_none() {
         if st.generation >= cfg.generations {

@@ -191,7 +191,7 @@ pub fn task_arithmetic(
             match how {
                 Sparsify::Ties => magnitude_trim(&mut d, density),
                 Sparsify::Dare { rescale, seed } => {
-                    dare_drop(&mut d, density, rescale, seed, name, i)
+                    dare_drop(&mut d, density, rescale, seed, name, i);
                 }
             }
             d

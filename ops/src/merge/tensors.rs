@@ -191,8 +191,7 @@ impl TensorFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        // SAFETY: the file is only read; forge's store never rewrites a published object in place.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = crate::sys::map_readonly(&file).map_err(io)?;
         let (data_start, tensors) = parse_header(&map, path)?;
         Ok(Self {
             path: path.to_owned(),
@@ -218,17 +217,8 @@ impl TensorFile {
         let values = info.dtype.decode(&self.map[start..end]);
         // The bytes are copied out: let the kernel drop their pages from this process's resident
         // set, so a streaming merge holds about one tensor per input, not whole files.
-        #[cfg(unix)]
         if end > start {
-            // SAFETY: a read-only file mapping; dropped pages are re-read from the file if touched
-            // again, and no reference into this range outlives the decode above.
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
+            crate::sys::drop_pages(&self.map, start, end - start);
         }
         Some(values)
     }

@@ -398,3 +398,40 @@ fn kl_to_a_reference_is_zero_for_itself_positive_otherwise_and_has_gradient() {
         "KL term has no gradient"
     );
 }
+
+#[test]
+fn a_batch_can_bring_its_own_attention_mask() {
+    // Row 0 keeps the causal mask; row 1 also hides position 0 from every later position. The
+    // per-batch mask must change row 1's later logits and nothing of row 0.
+    let cfg = small();
+    let dev = device();
+    let model = TrmTitansMag::new(&cfg, 5, &dev);
+    let t = Tables::new(&cfg, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let rows = random_rows(&mut rng, 2, 12, 64);
+    let s = 12;
+    let causal = to_vec(model.forward_logits(tokens(&rows, &dev), 2, &t));
+    let mut bias = vec![0f32; 2 * s * s];
+    for r in 0..2 {
+        for i in 0..s {
+            for j in 0..s {
+                let hidden = j > i || i - j >= cfg.window || (r == 1 && j == 0 && i > 0);
+                if hidden {
+                    bias[(r * s + i) * s + j] = -1e9;
+                }
+            }
+        }
+    }
+    let mask = Tensor::<4>::from_data(TensorData::new(bias, [2, 1, s, s]), &dev);
+    let masked = to_vec(model.forward_logits_masked(tokens(&rows, &dev), 2, &t, &mask));
+    let v = 64;
+    let row = |x: &[f32], r: usize| x[r * s * v..(r + 1) * s * v].to_vec();
+    assert_eq!(
+        row(&causal, 0),
+        row(&masked, 0),
+        "row 0 has the causal mask"
+    );
+    // Row 1, position 0 sees only itself either way; later positions lost token 0.
+    assert_eq!(row(&causal, 1)[..v], row(&masked, 1)[..v]);
+    assert_ne!(row(&causal, 1)[v..], row(&masked, 1)[v..]);
+}

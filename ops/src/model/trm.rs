@@ -220,17 +220,16 @@ impl TrmTitansMag {
 
     fn readout(&self, y: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let h = self.norm_out.forward(y);
-        let logits = match &self.head {
-            Some(head) => head.forward(h.clone()),
-            None => {
-                let [b, s, d] = h.dims();
-                let w = self.embed.val();
-                let v = w.dims()[0];
-                h.clone()
-                    .reshape([b * s, d])
-                    .matmul(w.transpose())
-                    .reshape([b, s, v])
-            }
+        let logits = if let Some(head) = &self.head {
+            head.forward(h.clone())
+        } else {
+            let [b, s, d] = h.dims();
+            let w = self.embed.val();
+            let v = w.dims()[0];
+            h.clone()
+                .reshape([b * s, d])
+                .matmul(w.transpose())
+                .reshape([b, s, v])
         };
         let q = sigmoid(
             self.halt
@@ -424,7 +423,7 @@ impl TrmTitansMag {
                 break;
             }
         }
-        let halting_steps = steps.chunks(s).map(|c| c.to_vec()).collect();
+        let halting_steps = steps.chunks(s).map(<[u32]>::to_vec).collect();
         InferOutput {
             logits: logits.expect("one step ran"),
             halting_steps,

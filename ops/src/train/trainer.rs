@@ -172,7 +172,7 @@ impl Run<'_> {
                     ctx.alert(
                         AlertLevel::Warn,
                         format!("out of memory at step {step} with micro-batches of {from} rows: retrying with {to}"),
-                    )
+                    );
                 },
                 |mb| self.accumulate(&st.model, batches, objective, step, mb),
             )
