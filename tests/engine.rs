@@ -588,12 +588,7 @@ phases:
         assert_eq!(seed.trim(), want, "{step}");
     }
     // The seed is in the key: changing it re-runs exactly that instance, and says so.
-    p.write(
-        "s.yaml",
-        &std::fs::read_to_string(p.path().join("s.yaml"))
-            .unwrap()
-            .replace("seed: 12", "seed: 13"),
-    );
+    p.edit("s.yaml", "seed: 12", "seed: 13");
     let out = p.run(&["plan", "s.yaml"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("seed: 12 → 13"), "{text}");

@@ -140,12 +140,7 @@ fn human_output_snapshots() {
     insta::assert_snapshot!("apply_fresh", redact(&stderr(&run)));
     let again = p.run(&["apply", "s.yaml"]);
     insta::assert_snapshot!("apply_cached", redact(&stderr(&again)));
-    p.write(
-        "s.yaml",
-        &std::fs::read_to_string(p.path().join("s.yaml"))
-            .unwrap()
-            .replace("n: 3", "n: 4"),
-    );
+    p.edit("s.yaml", "n: 3", "n: 4");
     let plan = p.run(&["plan", "s.yaml"]);
     insta::assert_snapshot!(
         "plan_changed",

@@ -32,9 +32,8 @@ use crate::merge::combo;
 use crate::merge::evolve::EvolveConfig;
 use crate::merge::evomerge::{self, parse_combo};
 use crate::merge::files::merge_files;
-use crate::merge::methods::Rescale;
-use crate::merge::technique::{TaskArithmetic, Technique, defaults};
-use crate::merge::tensors::{StateDict, TensorFile};
+use crate::merge::technique::{TaskArithmetic, Technique};
+use crate::merge::tensors::{StateDict, TensorFile, TensorInfo};
 use crate::model::files::{self, ModelFiles};
 use crate::op::{Resources, StepOutcome, TypedOp};
 
@@ -64,15 +63,9 @@ pub struct MergeParams {
     /// arithmetic (0 dare, 1 ties), selection (0 frankenmerge, 1 dfs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub combo: Option<String>,
-    /// Combo stage 2: fraction of each task vector kept (TIES trim, DARE keep probability).
-    #[serde(default = "defaults::density")]
-    pub density: f64,
-    /// Combo stage 2: scale of the merged task vector.
-    #[serde(default = "defaults::lambda")]
-    pub lambda: f64,
-    /// Combo stage 2: DARE rescaling.
+    /// The combos' second stage (and the evolution's): task arithmetic over the base.
     #[serde(default)]
-    pub rescale: Rescale,
+    pub task: TaskArithmetic,
     #[serde(default)]
     pub evolve: EvolveConfig,
     #[serde(default)]
@@ -130,8 +123,8 @@ impl TypedOp for Merge {
                 }
             }
         }
-        if let Some(problem) = p.task().problem() {
-            return Err(ParamsError::at(&["density"], problem));
+        if let Some(problem) = p.task.problem() {
+            return Err(ParamsError::at(&["task"], problem));
         }
         Ok(())
     }
@@ -174,27 +167,26 @@ impl TypedOp for Merge {
         inputs: &StepInputs,
         p: &MergeParams,
     ) -> Result<StepOutcome, OpError> {
-        let models = &inputs["models"];
-        let base = inputs.get("base").and_then(|v| v.first());
-        // DARE masks, DFS routings, mutations: streams of the step's seed.
-        let seed = ctx.seed();
-        let first = &models[0];
+        let first = &inputs["models"][0];
         let mut config = files::read_config(&first.path)?;
         let out = ctx.output_dir("model")?;
-        let weights = out.join("model.safetensors");
+        let merge = Strategies {
+            ctx,
+            p,
+            inputs,
+            // DARE masks, DFS routings, mutations: streams of the step's seed.
+            seed: ctx.seed(),
+            out: out.join("model.safetensors"),
+        };
         let mut merged = match p.strategy {
-            Strategy::Merge => technique(ctx, p, models, base, &weights, seed)?,
-            Strategy::Combo => combo(ctx, p, models, base, &weights, seed)?,
-            Strategy::Evolve => evolve(ctx, p, inputs, &config, &weights, seed)?,
+            Strategy::Merge => merge.technique()?,
+            Strategy::Combo => merge.combo()?,
+            Strategy::Evolve => merge.evolve(&config)?,
         };
         // Depth may have changed (frankenmerge): keep the model config in step with the weights.
-        let file = TensorFile::open(&weights).map_err(|e| OpError::internal(e.to_string()))?;
+        let file = TensorFile::open(&merge.out).map_err(|e| OpError::internal(e.to_string()))?;
         crate::merge::layers::sync_config(&mut config, file.tensors().keys().map(String::as_str));
-        let params: usize = file
-            .tensors()
-            .values()
-            .map(super::super::merge::tensors::TensorInfo::numel)
-            .sum();
+        let params: usize = file.tensors().values().map(TensorInfo::numel).sum();
         config["num_parameters"] = json!(params);
         config["merge"] = merged.record;
         merged
@@ -223,97 +215,90 @@ struct Merged {
     record: Value,
 }
 
-/// `strategy: merge`: one technique, streamed file to file into `out`.
-fn technique(
-    ctx: &StepContext,
-    p: &MergeParams,
-    models: &[InputArtifact],
-    base: Option<&InputArtifact>,
-    out: &Path,
+/// The three strategies, each writing the merged weights to `out`.
+struct Strategies<'a> {
+    ctx: &'a StepContext,
+    p: &'a MergeParams,
+    inputs: &'a StepInputs,
     seed: u64,
-) -> Result<Merged, OpError> {
-    let t = p.technique.as_ref().expect("checked at plan time");
-    let paths: Vec<PathBuf> = models.iter().map(weights_of).collect();
-    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    let t0 = Instant::now();
-    let base = base.map(weights_of);
-    let stats = merge_files(t, &refs, base.as_deref(), out, seed).map_err(OpError::user)?;
-    ctx.log(format!(
-        "{}: {} tensors, {} parameters in {:.2}s",
-        t.name(),
-        stats.tensors,
-        stats.parameters,
-        t0.elapsed().as_secs_f64()
-    ));
-    Ok(Merged {
-        metrics: Map::from_iter([
-            ("merge/technique".to_string(), json!(t.name())),
-            ("merge/parameters".to_string(), json!(stats.parameters)),
-        ]),
-        files: vec![],
-        record: json!({ "strategy": "merge", "technique": t }),
-    })
+    out: PathBuf,
 }
 
-/// `strategy: combo`: one of the eight combos of three models over the base.
-fn combo(
-    ctx: &StepContext,
-    p: &MergeParams,
-    models: &[InputArtifact],
-    base: Option<&InputArtifact>,
-    out: &Path,
-    seed: u64,
-) -> Result<Merged, OpError> {
-    let k = parse_combo(p.combo.as_deref().expect("checked")).expect("checked at plan time");
-    let ms = three(models, "a combo")?;
-    let base = load(base.expect("required at plan time"))?;
-    let refs = [&ms[0], &ms[1], &ms[2]];
-    let fallback = || combo::linear_merge(&refs);
-    let (w, outcome) = combo::apply_or_fallback(k, refs, &base, seed, &p.task(), &fallback)
-        .map_err(OpError::user)?;
-    let recipe = outcome
-        .map_err(|note| ctx.alert(AlertLevel::Warn, note))
-        .ok();
-    files::write_file(out, &w.to_bytes())?;
-    Ok(Merged {
-        metrics: Map::from_iter([("merge/combo".to_string(), json!(combo::bits(k)))]),
-        files: vec![],
-        record: json!({ "strategy": "combo", "combo": combo::bits(k), "techniques": combo::describe(k), "recipe": recipe }),
-    })
-}
+impl Strategies<'_> {
+    fn models(&self) -> &[InputArtifact] {
+        &self.inputs["models"]
+    }
+    fn base(&self) -> Result<StateDict, OpError> {
+        load(self.inputs["base"].first().expect("required at plan time"))
+    }
 
-/// `strategy: evolve`: the evolution with fitness measured on the `data` inputs.
-fn evolve(
-    ctx: &StepContext,
-    p: &MergeParams,
-    inputs: &StepInputs,
-    config: &Value,
-    out: &Path,
-    seed: u64,
-) -> Result<Merged, OpError> {
-    let models = &inputs["models"];
-    let parents = three(models, "evolution")?;
-    let base = load(inputs["base"].first().expect("required at plan time"))?;
-    let cfg = files::model_config(config, &models[0].path)?;
-    let data = EvalData::load(&models[0].path.join("tokenizer.json"), &inputs["data"])?;
-    let fitness = Fitness::prepare(ctx, &p.fitness, &cfg, &data, seed)?;
-    let o = evomerge::run(ctx, &p.evolve, &parents, &base, seed, p.task(), &fitness)?;
-    files::write_file(out, &o.champion.to_bytes())?;
-    Ok(Merged {
-        metrics: o.metrics,
-        files: o.files,
-        record: o.record,
-    })
-}
+    /// `strategy: merge`: one technique, streamed file to file.
+    fn technique(&self) -> Result<Merged, OpError> {
+        let t = self.p.technique.as_ref().expect("checked at plan time");
+        let paths: Vec<PathBuf> = self.models().iter().map(weights_of).collect();
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let base = self
+            .inputs
+            .get("base")
+            .and_then(|b| b.first())
+            .map(weights_of);
+        let t0 = Instant::now();
+        let stats =
+            merge_files(t, &refs, base.as_deref(), &self.out, self.seed).map_err(OpError::user)?;
+        self.ctx.log(format!(
+            "{}: {} tensors, {} parameters in {:.2}s",
+            t.name(),
+            stats.tensors,
+            stats.parameters,
+            t0.elapsed().as_secs_f64()
+        ));
+        Ok(Merged {
+            metrics: Map::from_iter([
+                ("merge/technique".to_string(), json!(t.name())),
+                ("merge/parameters".to_string(), json!(stats.parameters)),
+            ]),
+            files: vec![],
+            record: json!({ "strategy": "merge", "technique": t }),
+        })
+    }
 
-impl MergeParams {
-    /// The task-arithmetic settings of the combos' second stage.
-    pub fn task(&self) -> TaskArithmetic {
-        TaskArithmetic {
-            density: self.density,
-            lambda: self.lambda,
-            rescale: self.rescale,
-        }
+    /// `strategy: combo`: one of the eight combos of three models over the base.
+    fn combo(&self) -> Result<Merged, OpError> {
+        let k = parse_combo(self.p.combo.as_deref().expect("checked")).expect("checked");
+        let ms = three(self.models(), "a combo")?;
+        let base = self.base()?;
+        let refs = [&ms[0], &ms[1], &ms[2]];
+        let fallback = || combo::linear_merge(&refs);
+        let (w, outcome) =
+            combo::apply_or_fallback(k, refs, &base, self.seed, &self.p.task, &fallback)
+                .map_err(OpError::user)?;
+        let recipe = outcome
+            .map_err(|note| self.ctx.alert(AlertLevel::Warn, note))
+            .ok();
+        files::write_file(&self.out, &w.to_bytes())?;
+        Ok(Merged {
+            metrics: Map::from_iter([("merge/combo".to_string(), json!(combo::bits(k)))]),
+            files: vec![],
+            record: json!({ "strategy": "combo", "combo": combo::bits(k), "techniques": combo::describe(k), "recipe": recipe }),
+        })
+    }
+
+    /// `strategy: evolve`: the evolution, with fitness measured on the `data` inputs.
+    fn evolve(&self, config: &Value) -> Result<Merged, OpError> {
+        let (ctx, p) = (self.ctx, self.p);
+        let models = self.models();
+        let parents = three(models, "evolution")?;
+        let cfg = files::model_config(config, &models[0].path)?;
+        let data = EvalData::load(&models[0].path.join("tokenizer.json"), &self.inputs["data"])?;
+        let fitness = Fitness::prepare(ctx, &p.fitness, &cfg, &data, self.seed)?;
+        let (base, task) = (self.base()?, p.task);
+        let o = evomerge::run(ctx, &p.evolve, &parents, &base, self.seed, task, &fitness)?;
+        files::write_file(&self.out, &o.champion.to_bytes())?;
+        Ok(Merged {
+            metrics: o.metrics,
+            files: o.files,
+            record: o.record,
+        })
     }
 }
 
@@ -353,9 +338,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.path, ["combo"]);
         let e = Merge
-            .parse_params(&json!({ "strategy": "combo", "combo": "101", "density": 1.5 }))
+            .parse_params(
+                &json!({ "strategy": "combo", "combo": "101", "task": { "density": 1.5 } }),
+            )
             .unwrap_err();
-        assert_eq!(e.path, ["density"]);
+        assert_eq!(e.path, ["task"]);
         // Task arithmetic needs a base; linear does not; the evolution needs data too.
         let needs = |params: Value| {
             let p = Merge.parse_params(&params).unwrap();
@@ -385,7 +372,7 @@ mod tests {
             .parse_params(&json!({ "strategy": "combo", "combo": "000" }))
             .unwrap();
         let p = p.typed::<MergeParams>().unwrap();
-        assert_eq!(p.task(), TaskArithmetic::default());
+        assert_eq!(p.task, TaskArithmetic::default());
         let ties: Technique = serde_json::from_value(json!({ "method": "ties" })).unwrap();
         assert_eq!(
             ties.task().unwrap().density,

@@ -88,14 +88,15 @@ pub enum Technique {
     },
     /// DARE over the `base`: keep entries with probability `density`, rescale, average.
     Dare {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        weights: Option<Vec<f64>>,
         #[serde(default = "defaults::density")]
         density: f64,
-        #[serde(default = "defaults::lambda")]
-        lambda: f64,
+        /// How the kept entries are rescaled.
         #[serde(default)]
         rescale: Rescale,
+        #[serde(default = "defaults::lambda")]
+        lambda: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights: Option<Vec<f64>>,
         #[serde(default = "yes")]
         normalize: bool,
     },

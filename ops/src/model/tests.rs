@@ -151,8 +151,6 @@ fn lower_act_threshold_halts_earlier_and_runs_fewer_recursions() {
     assert_eq!(immediately.recursions, 1);
     assert!(immediately.halting_steps.iter().flatten().all(|s| *s == 1));
     // In between, the halting probability decides per token; a lower threshold never runs longer.
-    let q = model.infer(x.clone(), 0.0, 1, &t);
-    let _ = q;
     let mean = |o: &super::InferOutput| {
         let v: Vec<u32> = o.halting_steps.iter().flatten().copied().collect();
         v.iter().sum::<u32>() as f64 / v.len() as f64
@@ -403,13 +401,10 @@ fn kl_to_a_reference_is_zero_for_itself_positive_otherwise_and_has_gradient() {
 fn a_batch_can_bring_its_own_attention_mask() {
     // Row 0 keeps the causal mask; row 1 also hides position 0 from every later position. The
     // per-batch mask must change row 1's later logits and nothing of row 0.
-    let cfg = small();
-    let dev = device();
+    let (cfg, dev, s) = (small(), device(), 12);
     let model = TrmTitansMag::new(&cfg, 5, &dev);
+    let rows = random_rows(&mut ChaCha8Rng::seed_from_u64(21), 2, s, 64);
     let t = Tables::new(&cfg, &dev);
-    let mut rng = ChaCha8Rng::seed_from_u64(21);
-    let rows = random_rows(&mut rng, 2, 12, 64);
-    let s = 12;
     let causal = to_vec(model.forward_logits(tokens(&rows, &dev), 2, &t));
     let mut bias = vec![0f32; 2 * s * s];
     for r in 0..2 {

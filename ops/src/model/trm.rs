@@ -281,7 +281,7 @@ impl TrmTitansMag {
         t: &Tables,
     ) -> TrainOutput {
         let mask = t.causal_mask(inputs.dims()[1]);
-        self.forward_train_masked(inputs, targets, sup_steps, act_weight, t, &mask)
+        self.forward_train_masked(inputs, targets, &mask, t, sup_steps, act_weight)
     }
 
     /// [`Self::forward_train`] with the batch's own additive attention mask `[1|b, 1, s, s]`.
@@ -289,10 +289,10 @@ impl TrmTitansMag {
         &self,
         inputs: Tensor<2, Int>,
         targets: Tensor<2, Int>,
+        mask: &Tensor<4>,
+        t: &Tables,
         sup_steps: usize,
         act_weight: f64,
-        t: &Tables,
-        mask: &Tensor<4>,
     ) -> TrainOutput {
         let [b, s] = inputs.dims();
         let e = self.embed_tokens(inputs);
