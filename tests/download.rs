@@ -475,7 +475,7 @@ phases:
           batch_size: 4
           seq_len: 32
           math_eval: 4
-          val_batches: 1
+          eval_records: 4
 "#;
 
 /// Two hub tables in parquet (one under the `refs/convert/parquet` revision) become records by
@@ -563,7 +563,7 @@ fn hub_parquet_tables_become_records_that_train_on() {
         serde_json::from_slice(&std::fs::read(p.path().join("model/model/metrics.json")).unwrap())
             .unwrap();
     let text = metrics.to_string();
-    assert!(text.contains("val/math_accuracy"), "{text}");
+    assert!(text.contains("test/math_accuracy"), "{text}");
 
     // A template naming a column the table lacks fails the step and names the columns.
     let q = Project::new();

@@ -24,7 +24,7 @@ phases:
       init:
         op: train
         inputs: {{ data: corpus, tokenizer: tok }}
-        with: {{ model: {MODEL}, steps: 4, batch_size: 4, seq_len: 32, math_eval: 0, val_batches: 1 }}
+        with: {{ model: {MODEL}, steps: 4, batch_size: 4, seq_len: 32, math_eval: 0, eval_records: 4 }}
       model:
         op: train
         inputs: {{ data: corpus, tokenizer: tok, init: init }}
@@ -36,7 +36,7 @@ phases:
           batch_size: 4
           seq_len: 32
           math_eval: 0
-          val_batches: 1
+          eval_records: 4
 {merge}
 "#
     )
@@ -46,11 +46,11 @@ fn evolve(generations: u32) -> String {
     format!(
         r"      champion:
         op: merge
-        inputs: {{ models: model, base: init, data: corpus }}
+        inputs: {{ models: model, base: init, data: corpus, control: init }}
         with:
           strategy: evolve
-          evolve: {{ generations: {generations}, patience: 10, mutation_rate: 0.1, mutation_sigma: 0.1 }}
-          fitness: {{ eval_batches: 1, batch_size: 4, seq_len: 32, answers: 8 }}"
+          evolve: {{ generations: {generations}, population: 4, patience: 10 }}
+          fitness: {{ eval_records: 8, answers: 8, batch_size: 4, seq_len: 32, math_eval: 2 }}"
     )
 }
 
@@ -84,7 +84,7 @@ fn all_eight_combos_of_real_models_differ() {
 fn evolution_reports_and_its_champion_trains_on() {
     let p = Project::new();
     let yaml = pipeline(&format!(
-        "{}\n      tuned:\n        op: train\n        inputs: {{ data: corpus, tokenizer: tok, init: champion }}\n        with: {{ model: {MODEL}, steps: 2, batch_size: 4, seq_len: 32, math_eval: 0, val_batches: 1 }}",
+        "{}\n      tuned:\n        op: train\n        inputs: {{ data: corpus, tokenizer: tok, init: champion }}\n        with: {{ model: {MODEL}, steps: 2, batch_size: 4, seq_len: 32, math_eval: 0, eval_records: 4 }}",
         evolve(3)
     ));
     p.write("m.yaml", &yaml);
@@ -108,24 +108,40 @@ fn evolution_reports_and_its_champion_trains_on() {
         "parents/avg_fitness",
         "evolution/improvement_over_parents",
         "final/perplexity",
-        "evolution/combo_000_count",
+        "lmc/max_barrier",
+        "base/perplexity",
+        // Once on the test split, beside the parents, the base and the control, with intervals.
+        "final/test_perplexity",
+        "final/test_perplexity_lo",
+        "final/test_perplexity_hi",
+        "parents/2/test_perplexity",
+        "control/test_perplexity",
+        "final/test_vs/control",
+        "final/test_vs/control_lo",
+        "final/test_vs/parents/0_hi",
+        "final/test_math_accuracy",
+        "final/test_rows",
     ] {
         assert!(m[k].is_number(), "{k} missing in {m}");
     }
+    let (lo, v, hi) = (
+        m["final/test_perplexity_lo"].as_f64().unwrap(),
+        m["final/test_perplexity"].as_f64().unwrap(),
+        m["final/test_perplexity_hi"].as_f64().unwrap(),
+    );
+    assert!(lo <= v && v <= hi, "{lo} {v} {hi}");
     let log: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("evolution_log.json")).unwrap()).unwrap();
     let gens = log["generations"].as_array().unwrap();
     assert_eq!(gens.len(), 4, "generation 0 and three more");
-    assert_eq!(gens[0]["combo_counts"].as_object().unwrap().len(), 8);
+    assert_eq!(gens[0]["candidates"], 18, "the generation-0 pool");
     for g in gens {
         assert!(g["best_fitness"].as_f64().unwrap() >= g["worst_fitness"].as_f64().unwrap());
     }
-    let lineage: Vec<serde_json::Value> =
+    let lineage: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("lineage.json")).unwrap()).unwrap();
-    assert!(
-        lineage.iter().any(|n| n["kind"] == "input"),
-        "lineage reaches the inputs"
-    );
+    assert!(lineage["champion"]["recipe"].is_object(), "{lineage}");
+    assert_eq!(lineage["inputs"].as_array().unwrap().len(), 3);
 }
 
 #[test]
@@ -142,8 +158,8 @@ fn fitness_is_cached_by_weight_digest_across_runs() {
         .map(|e| e["value"].as_f64().unwrap())
         .sum();
     assert!(
-        hits >= 11.0,
-        "3 parents + 8 combos should hit the cache, got {hits}"
+        hits >= 18.0,
+        "the 18 candidates of generation 0 should hit the cache, got {hits}"
     );
 }
 
@@ -154,6 +170,7 @@ fn killed_evolution_resumes_bit_identically() {
     whole.apply_ok("m.yaml", &["--jobs", "2"]);
     let expected =
         std::fs::read(export(&whole, "p.champion", "ch").join("model/model.safetensors")).unwrap();
+    let expected_artifact = artifact(&whole, "p.champion");
 
     let p = Project::new();
     p.write("m.yaml", &pipeline(&evolve(4)));
@@ -191,4 +208,13 @@ fn killed_evolution_resumes_bit_identically() {
         got == expected,
         "resumed champion differs from an uninterrupted run"
     );
+    // The whole artifact: metrics, evolution log and lineage included.
+    assert_eq!(artifact(&p, "p.champion"), expected_artifact);
+}
+
+/// The digest of the whole `model` artifact of step `step`.
+fn artifact(p: &Project, step: &str) -> String {
+    let out = p.run(&["show", step, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["outputs"]["model"]["digest"].as_str().unwrap().to_owned()
 }

@@ -1,5 +1,6 @@
 //! The `train` op end to end through the CLI: the loss falls, a killed run resumes from its
-//! checkpoint to byte-identical weights, and bad configurations fail at plan time.
+//! checkpoint to a byte-identical artifact, variants' settings survive a shared initialisation,
+//! and bad configurations fail at plan time.
 
 mod common;
 
@@ -28,9 +29,16 @@ phases:
           log_every: 2
           checkpoint_every: 4
           math_eval: 2
-          val_batches: 1
+          eval_records: 8
 "#
     )
+}
+
+/// The digest of the whole `model` artifact of step `step`.
+fn artifact(p: &Project, step: &str) -> String {
+    let out = p.run(&["show", step, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["outputs"]["model"]["digest"].as_str().unwrap().to_owned()
 }
 
 fn weights(p: &Project) -> Vec<u8> {
@@ -79,9 +87,10 @@ fn loss_falls_and_outputs_are_complete() {
     .unwrap();
     for k in [
         "val/loss",
+        "test/perplexity",
         "act/avg_halting_steps",
         "ltm/memory_usage",
-        "val/math_accuracy",
+        "test/math_accuracy",
         "diversity/inference_passes",
     ] {
         assert!(metrics[k].is_number(), "{k} missing from {metrics}");
@@ -113,7 +122,7 @@ phases:
           seq_len: 96
           curriculum: [ { until: 1.0, max_difficulty: 1 } ]
           math_eval: 60
-          val_batches: 1
+          eval_records: 8
 "#,
     );
     p.apply_ok("m.yaml", &[]);
@@ -121,11 +130,11 @@ phases:
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = &v["metrics"];
     let (acc, base) = (
-        m["val/math_accuracy"].as_f64().unwrap(),
-        m["val/math_majority_baseline"].as_f64().unwrap(),
+        m["test/math_accuracy"].as_f64().unwrap(),
+        m["test/math_majority_baseline"].as_f64().unwrap(),
     );
-    assert_eq!(m["val/math_evaluated"].as_u64(), Some(60), "{m}");
-    assert_eq!(m["val/math_max_difficulty"].as_u64(), Some(1), "{m}");
+    assert_eq!(m["test/math_evaluated"].as_u64(), Some(60), "{m}");
+    assert_eq!(m["test/math_max_difficulty"].as_u64(), Some(1), "{m}");
     assert!(
         acc > base + 0.1,
         "math accuracy {acc:.3} does not beat the majority baseline {base:.3}"
@@ -187,6 +196,7 @@ fn killed_training_resumes_bit_identically() {
     whole.write("t.yaml", &pipeline(24));
     whole.apply_ok("t.yaml", &[]);
     let expected = weights(&whole);
+    let expected_artifact = artifact(&whole, "p.model");
 
     let p = Project::new();
     p.write("t.yaml", &pipeline(24));
@@ -215,6 +225,54 @@ fn killed_training_resumes_bit_identically() {
         weights(&p) == expected,
         "resumed weights differ from an uninterrupted run"
     );
+    // The whole artifact, the loss history logged before the checkpoint included.
+    assert_eq!(
+        artifact(&p, "p.model"),
+        expected_artifact,
+        "the resumed artifact differs from an uninterrupted run's"
+    );
+    assert_eq!(
+        history(&p, "step").len(),
+        12,
+        "every logged step is in the history"
+    );
+}
+
+#[test]
+fn a_variants_memory_gates_replace_those_of_its_shared_initialisation() {
+    let p = Project::new();
+    let yaml = pipeline(2).replace(
+        "      model:\n        op: train\n        inputs: { data: corpus, tokenizer: tok }",
+        "      base:\n        op: train\n        inputs: { data: corpus, tokenizer: tok }\n        with: { model: { preset: tiny, vocab_size: 320, d_model: 32, heads: 2, layers: 2, d_ff: 64, ltm_slots: 8, max_seq: 64, window: 32 }, steps: 0, math_eval: 0, eval_records: 4, seq_len: 32 }\n      model:\n        op: train\n        inputs: { data: corpus, tokenizer: tok, init: base }\n        matrix: { gates: [[0.9, 0.1, 0.05], [0.5, 0.6, 0.3]] }",
+    ).replace(
+        "window: 32 }\n          steps: 2",
+        "window: 32, mem_gates: \"${matrix.gates}\" }\n          steps: 2",
+    );
+    p.write("t.yaml", &yaml);
+    p.apply_ok("t.yaml", &[]);
+    // Read the memory gate bias of each instance's weights: σ(bias) starts at its own gates (and
+    // 2 steps of training move it only a little).
+    let gates = |step: &str| -> Vec<f64> {
+        let dir = p.path().join(format!("exp-{step}"));
+        let out = p.run(&["export", step, dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let bytes = std::fs::read(dir.join("model/model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("blocks.1.memory.gate_bias").unwrap();
+        t.data()
+            .chunks(4)
+            .map(|b| 1.0 / (1.0 + (-f64::from(f32::from_le_bytes(b.try_into().unwrap()))).exp()))
+            .collect()
+    };
+    let a = gates("p.model[gates=0]");
+    let b = gates("p.model[gates=1]");
+    for (got, want) in a
+        .iter()
+        .zip([0.9, 0.1, 0.05])
+        .chain(b.iter().zip([0.5, 0.6, 0.3]))
+    {
+        assert!((got - want).abs() < 0.05, "gates {a:?} and {b:?}");
+    }
 }
 
 #[test]
@@ -222,7 +280,7 @@ fn kl_term_to_a_reference_model_is_trained_and_reported() {
     let p = Project::new();
     let yaml = pipeline(6).replace(
         "      model:\n        op: train\n        inputs: { data: corpus, tokenizer: tok }",
-        "      base:\n        op: train\n        inputs: { data: corpus, tokenizer: tok }\n        with: { model: { preset: tiny, vocab_size: 320, d_model: 32, heads: 2, layers: 2, d_ff: 64, ltm_slots: 8, max_seq: 64, window: 32 }, steps: 0, math_eval: 0, val_batches: 1, seq_len: 32 }\n      model:\n        op: train\n        inputs: { data: corpus, tokenizer: tok, init: base, reference: base }",
+        "      base:\n        op: train\n        inputs: { data: corpus, tokenizer: tok }\n        with: { model: { preset: tiny, vocab_size: 320, d_model: 32, heads: 2, layers: 2, d_ff: 64, ltm_slots: 8, max_seq: 64, window: 32 }, steps: 0, math_eval: 0, eval_records: 8, seq_len: 32 }\n      model:\n        op: train\n        inputs: { data: corpus, tokenizer: tok, init: base, reference: base }",
     ).replace("          steps: 6\n", "          steps: 6\n          optimizer: { kl_coef: 0.5 }\n");
     p.write("t.yaml", &yaml);
     p.apply_ok("t.yaml", &[]);

@@ -2,7 +2,6 @@
 //! pipeline (reporting every problem, exit code 2, nothing written), then run, inspect or clean
 //! the store. Exit codes are in [`crate::exit`].
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,6 +22,7 @@ use crate::exit::{
     FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, INVALID as EXIT_INVALID,
 };
 use crate::load::load_plan;
+use crate::lookup::{eprint_error, find_refs, store_error};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,6 +77,9 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         keep_last: usize,
     },
+    /// Evaluate a model on held-out data as it is deployed (ACT): perplexity with a 95%
+    /// interval, answer accuracy by greedy decoding, halting.
+    Eval(crate::eval::EvalArgs),
     /// Print the pipeline JSON Schema.
     Schema,
 }
@@ -177,6 +180,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         } => cmd_export(&cli, step, dir, pipeline.as_deref(), &registry),
         Command::Verify => cmd_verify(&cli),
         Command::Gc { keep_last } => cmd_gc(&cli, *keep_last),
+        Command::Eval(a) => crate::eval::run(&cli.store, a, &registry),
         Command::Schema => {
             print!("{}", crate::schema::pipeline_schema_text(&registry));
             Ok(0)
@@ -186,14 +190,6 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
 }
 
 type CmdResult = Result<u8, u8>;
-
-fn eprint_error(msg: &str, hint: Option<&str>) {
-    let mut e = std::io::stderr().lock();
-    let _ = writeln!(e, "error: {msg}");
-    if let Some(h) = hint {
-        let _ = writeln!(e, "\nhint: {h}");
-    }
-}
 
 fn pipeline_path(p: &Option<PathBuf>) -> Result<PathBuf, u8> {
     match p {
@@ -262,17 +258,6 @@ fn store_for_reading(root: &Path) -> Result<(Store, Option<tempfile::TempDir>), 
         }
         Err(e) => Err(store_error(&e)),
     }
-}
-
-fn store_error(e: &dyn std::error::Error) -> u8 {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    eprint_error(&msg, None);
-    crate::exit::INFRA
 }
 
 fn print_plan(cli: &Cli, plan: &Plan, opts: &ApplyOptions, format: DryRunFormat) -> CmdResult {
@@ -477,60 +462,6 @@ fn run_apply(
     Ok(0)
 }
 
-/// Find the latest results for a step selector among the store's step refs.
-fn find_refs(
-    cli: &Cli,
-    sel: &str,
-    pipeline: Option<&Path>,
-    registry: &OpRegistry,
-) -> Result<(Store, Vec<forge_cache::StepRef>), u8> {
-    let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
-        eprint_error(
-            &format!("no store at `{}`", cli.store.display()),
-            Some("run `forge apply <pipeline>` first"),
-        );
-        return Err(EXIT_FAILED);
-    };
-    let pipeline_name = match pipeline {
-        Some(p) => Some(load_plan(p, registry)?.pipeline.name),
-        None => None,
-    };
-    let matches = |id: &str| {
-        id == sel
-            || id.split('[').next() == Some(sel)
-            || id.split('[').next().and_then(|b| b.split('.').nth(1)) == Some(sel)
-    };
-    let refs: Vec<forge_cache::StepRef> = store
-        .step_refs()
-        .map_err(|e| store_error(&e))?
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| matches(&r.step) && pipeline_name.as_ref().is_none_or(|n| *n == r.pipeline))
-        .collect();
-    let pipelines: BTreeSet<&str> = refs.iter().map(|r| r.pipeline.as_str()).collect();
-    if refs.is_empty() {
-        eprint_error(
-            &format!("no results for step `{sel}` in `{}`", cli.store.display()),
-            Some("run `forge status <pipeline>` to see its steps"),
-        );
-        return Err(EXIT_FAILED);
-    }
-    if pipelines.len() > 1 {
-        let names: Vec<&str> = pipelines.into_iter().collect();
-        eprint_error(
-            &format!(
-                "step `{sel}` exists in several pipelines: {}",
-                names.join(", ")
-            ),
-            Some("pick one with `--pipeline <file>`"),
-        );
-        return Err(EXIT_INVALID);
-    }
-    let mut refs = refs;
-    refs.sort_by(|a, b| a.step.cmp(&b.step));
-    Ok((store, refs))
-}
-
 fn cmd_show(
     cli: &Cli,
     sel: &str,
@@ -538,7 +469,7 @@ fn cmd_show(
     json: bool,
     registry: &OpRegistry,
 ) -> CmdResult {
-    let (store, refs) = find_refs(cli, sel, pipeline, registry)?;
+    let (store, refs) = find_refs(&cli.store, sel, pipeline, registry)?;
     let mut docs = Vec::new();
     for r in &refs {
         let Some(rec) = store.read_action(&r.key).map_err(|e| store_error(&e))? else {
@@ -637,7 +568,7 @@ fn cmd_export(
     pipeline: Option<&Path>,
     registry: &OpRegistry,
 ) -> CmdResult {
-    let (store, refs) = find_refs(cli, sel, pipeline, registry)?;
+    let (store, refs) = find_refs(&cli.store, sel, pipeline, registry)?;
     let several = refs.len() > 1;
     for r in &refs {
         let Some(rec) = store.get_action(&r.key).map_err(|e| store_error(&e))? else {

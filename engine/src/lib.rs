@@ -7,11 +7,13 @@
 
 pub mod cli;
 pub mod diag;
+pub mod eval;
 pub mod events;
 pub mod executor;
 pub mod exit;
 pub mod key;
 pub mod load;
+pub mod lookup;
 pub mod params_schema;
 pub mod pipeline;
 pub mod plan;

@@ -225,6 +225,7 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
             }
         }
         errs.extend(check_signature(s, decl, &inputs));
+        errs.extend(check_metrics(s, decl, &inputs, &steps));
         wiring.push((si, inputs, needs));
     }
     // Steps that produced no instance (bad op or params) still get their references checked.
@@ -777,6 +778,65 @@ fn check_signature(
         }
     }
     errs
+}
+
+/// The metrics a step checks (a `validate` step's) against what its inputs' ops write.
+fn check_metrics(
+    s: &StepInstance,
+    decl: &StepDecl,
+    inputs: &BTreeMap<String, Vec<Upstream>>,
+    steps: &[StepInstance],
+) -> Vec<Diagnostic> {
+    let checked = s.op.checked_metrics(&s.params);
+    let mut errs = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for u in inputs.values().flatten() {
+        let up = &steps[u.step];
+        let Some(provided) = up.op.metrics(&up.params) else {
+            continue;
+        };
+        for m in &checked {
+            let known = provided.iter().any(|p| forge_ops::op::metric_matches(p, m));
+            if known || !seen.insert((m.clone(), up.op.name())) {
+                continue;
+            }
+            let span = find_string(decl.with.as_ref(), m).unwrap_or(decl.name_span);
+            let hint = did_you_mean(m, provided.iter().map(String::as_str)).unwrap_or_else(|| {
+                format!(
+                    "`{}` writes: {}",
+                    up.op.name(),
+                    if provided.is_empty() {
+                        "no metrics".to_string()
+                    } else {
+                        provided.join(", ")
+                    }
+                )
+            });
+            errs.push(
+                Diagnostic::error(format!(
+                    "step `{}` checks `{m}`, which `{}` (op `{}`) never writes into its `metrics.json`",
+                    s.id,
+                    up.id,
+                    up.op.name()
+                ))
+                .label(span, "a metric no input has")
+                .help(hint)
+                .code("plan::metric"),
+            );
+        }
+    }
+    errs
+}
+
+/// The span of the first string equal to `text` inside `node`.
+fn find_string(node: Option<&Node>, text: &str) -> Option<crate::diag::Span> {
+    let node = node?;
+    match &node.kind {
+        NodeKind::Str(s) if s == text => Some(node.span),
+        NodeKind::Map(m) => m.iter().find_map(|(_, v)| find_string(Some(v), text)),
+        NodeKind::Seq(items) => items.iter().find_map(|v| find_string(Some(v), text)),
+        _ => None,
+    }
 }
 
 fn find_cycle(g: &DiGraph<usize, ()>) -> Option<Vec<usize>> {

@@ -110,6 +110,16 @@ pub trait Op: Send + Sync {
     fn parse_params(&self, raw: &Value) -> Result<Params, ParamsError>;
     fn inputs(&self, params: &Params) -> InputSignature;
     fn outputs(&self, params: &Params) -> Vec<OutputSpec>;
+    /// The metric names its outputs' `metrics.json` will hold (`*` stands for one `/`-separated
+    /// segment, e.g. `parents/*/fitness`); `None` when they cannot be known before it runs.
+    fn metrics(&self, _params: &Params) -> Option<Vec<String>> {
+        None
+    }
+    /// The metric names it reads from its inputs' `metrics.json` (a `validate` step's checks):
+    /// the plan refuses one that an input's op does not write.
+    fn checked_metrics(&self, _params: &Params) -> Vec<String> {
+        Vec::new()
+    }
     /// Key material besides params and input digests, e.g. the content digest of a `file:` path.
     fn key_extras(&self, _params: &Params, _cx: &KeyContext<'_>) -> Result<Value, OpError> {
         Ok(Value::Null)
@@ -155,6 +165,12 @@ pub trait TypedOp: Send + Sync {
     }
     fn inputs(&self, params: &Self::Params) -> InputSignature;
     fn outputs(&self, params: &Self::Params) -> Vec<OutputSpec>;
+    fn metrics(&self, _params: &Self::Params) -> Option<Vec<String>> {
+        None
+    }
+    fn checked_metrics(&self, _params: &Self::Params) -> Vec<String> {
+        Vec::new()
+    }
     fn key_extras(&self, _params: &Self::Params, _cx: &KeyContext<'_>) -> Result<Value, OpError> {
         Ok(Value::Null)
     }
@@ -237,6 +253,12 @@ impl<T: TypedOp> Op for T {
     fn outputs(&self, params: &Params) -> Vec<OutputSpec> {
         TypedOp::outputs(self, typed::<T>(params))
     }
+    fn metrics(&self, params: &Params) -> Option<Vec<String>> {
+        TypedOp::metrics(self, typed::<T>(params))
+    }
+    fn checked_metrics(&self, params: &Params) -> Vec<String> {
+        TypedOp::checked_metrics(self, typed::<T>(params))
+    }
     fn key_extras(&self, params: &Params, cx: &KeyContext<'_>) -> Result<Value, OpError> {
         TypedOp::key_extras(self, typed::<T>(params), cx)
     }
@@ -290,6 +312,40 @@ impl OpRegistry {
 
     pub fn iter(&self) -> impl Iterator<Item = &std::sync::Arc<dyn Op>> + '_ {
         self.ops.values()
+    }
+}
+
+/// Whether metric `name` matches a declared `pattern`: segment by segment (`/`), where a `*` in a
+/// pattern segment stands for any text inside one segment (`parents/*_lo` matches `parents/0_lo`).
+pub fn metric_matches(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), name.split('/').collect());
+    p.len() == n.len()
+        && p.iter().zip(&n).all(|(p, n)| match p.split_once('*') {
+            None => p == n,
+            Some((pre, post)) => {
+                n.len() >= pre.len() + post.len() && n.starts_with(pre) && n.ends_with(post)
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_matches;
+
+    #[test]
+    fn metric_patterns_match_within_one_segment() {
+        assert!(metric_matches("val/loss", "val/loss"));
+        assert!(metric_matches("parents/*/fitness", "parents/2/fitness"));
+        assert!(metric_matches(
+            "final/test_vs/*_lo",
+            "final/test_vs/control_lo"
+        ));
+        assert!(!metric_matches(
+            "final/test_vs/*_lo",
+            "final/test_vs/control"
+        ));
+        assert!(!metric_matches("parents/*/fitness", "parents/2/3/fitness"));
+        assert!(!metric_matches("val/loss", "val/perplexity"));
     }
 }
 

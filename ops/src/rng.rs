@@ -30,6 +30,10 @@ pub enum Stream<'a> {
     DareMask { tensor: &'a str, model: usize },
     /// A combo's layer routing.
     ComboRouting,
+    /// Resampling rows for confidence intervals.
+    Bootstrap,
+    /// An evolution strategy's samples of generation `generation`.
+    Search { generation: u32 },
 }
 
 impl Stream<'_> {
@@ -44,6 +48,8 @@ impl Stream<'_> {
             Self::Evolve { .. } => "evolve",
             Self::DareMask { .. } => "dare-mask",
             Self::ComboRouting => "combo-routing",
+            Self::Bootstrap => "bootstrap",
+            Self::Search { .. } => "search",
         }
     }
 }
@@ -74,14 +80,14 @@ pub fn stream(seed: u64, stream: Stream<'_>) -> ChaCha8Rng {
         Stream::ValBatch { index } | Stream::FitnessBatch { index } => {
             h.update(&index.to_le_bytes());
         }
-        Stream::Evolve { generation } => {
+        Stream::Evolve { generation } | Stream::Search { generation } => {
             h.update(&generation.to_le_bytes());
         }
         Stream::DareMask { tensor, model } => {
             text(&mut h, tensor);
             h.update(&(model as u64).to_le_bytes());
         }
-        Stream::ModelInit | Stream::ComboRouting => {}
+        Stream::ModelInit | Stream::ComboRouting | Stream::Bootstrap => {}
     }
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
 }
@@ -112,6 +118,8 @@ mod tests {
                 model: 0,
             },
             Stream::ComboRouting,
+            Stream::Bootstrap,
+            Stream::Search { generation: 0 },
         ];
         let mut seen = std::collections::HashSet::new();
         for s in all {

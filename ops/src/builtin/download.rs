@@ -297,6 +297,11 @@ impl TypedOp for Download {
         InputSignature::Fixed(vec![])
     }
 
+    /// A dataset carries no `metrics.json` (its record counts are the step's recorded metrics).
+    fn metrics(&self, _p: &DownloadParams) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+
     fn outputs(&self, p: &DownloadParams) -> Vec<OutputSpec> {
         vec![OutputSpec {
             name: "data".into(),

@@ -27,7 +27,7 @@ use crate::artifact::{
 use crate::context::{AlertLevel, StepContext};
 use crate::device;
 use crate::error::{OpError, ParamsError};
-use crate::eval::fitness::{EvalData, Fitness, FitnessConfig};
+use crate::eval::fitness::{Contender, EvalData, Fitness, FitnessConfig};
 use crate::merge::combo;
 use crate::merge::evolve::EvolveConfig;
 use crate::merge::evomerge::{self, parse_combo};
@@ -107,19 +107,11 @@ impl TypedOp for Merge {
                 }
             }
             Strategy::Evolve => {
-                let e = &p.evolve;
-                if !(0.0..=1.0).contains(&e.mutation_rate) || e.mutation_sigma < 0.0 {
-                    return Err(ParamsError::at(
-                        &["evolve"],
-                        "mutation_rate must be in [0, 1] and mutation_sigma ≥ 0",
-                    ));
+                if let Some(problem) = p.evolve.problem() {
+                    return Err(ParamsError::at(&["evolve"], problem));
                 }
-                let f = &p.fitness;
-                if f.eval_batches == 0 || f.batch_size == 0 || f.seq_len == 0 {
-                    return Err(ParamsError::at(
-                        &["fitness"],
-                        "eval_batches, batch_size and seq_len must be positive",
-                    ));
+                if let Some(problem) = p.fitness.problem() {
+                    return Err(ParamsError::at(&["fitness"], problem));
                 }
             }
         }
@@ -139,7 +131,23 @@ impl TypedOp for Merge {
             InputSpec::one("base", &[ArtifactKind::Model]).required(needs_base),
             InputSpec::many("data", &[ArtifactKind::Dataset])
                 .required(p.strategy == Strategy::Evolve),
+            // The compute-matched control the champion is reported against (evolve).
+            InputSpec::one("control", &[ArtifactKind::Model]).required(false),
         ])
+    }
+
+    fn metrics(&self, p: &MergeParams) -> Option<Vec<String>> {
+        let names: &[&str] = match p.strategy {
+            Strategy::Merge => &["merge/technique", "merge/parameters"],
+            Strategy::Combo => &["merge/combo"],
+            Strategy::Evolve => evomerge::METRICS,
+        };
+        let test: &[&str] = match p.strategy {
+            Strategy::Evolve => crate::eval::fitness::TEST_REPORT_METRICS,
+            _ => &[],
+        };
+        let all = names.iter().chain(test).chain(&["final/total_params"]);
+        Some(all.map(|m| (*m).to_string()).collect())
     }
 
     fn outputs(&self, _p: &MergeParams) -> Vec<OutputSpec> {
@@ -290,10 +298,34 @@ impl Strategies<'_> {
         let parents = three(models, "evolution")?;
         let cfg = files::model_config(config, &models[0].path)?;
         let data = EvalData::load(&models[0].path.join("tokenizer.json"), &self.inputs["data"])?;
-        let fitness = Fitness::prepare(ctx, &p.fitness, &cfg, &data, self.seed)?;
+        let fitness = Fitness::prepare(ctx, &p.fitness, &cfg, &data, parents[0].numel())?;
         let (base, task) = (self.base()?, p.task);
-        let o = evomerge::run(ctx, &p.evolve, &parents, &base, self.seed, task, &fitness)?;
-        files::write_file(&self.out, &o.champion.to_bytes())?;
+        let mut o = evomerge::run(ctx, &p.evolve, &parents, &base, self.seed, task, &fitness)?;
+        let champion = o.champion.to_bytes();
+        files::write_file(&self.out, &champion)?;
+        // The champion once on the test split, beside everything it should beat.
+        let mut contenders = vec![Contender {
+            prefix: "final".into(),
+            weights: champion,
+        }];
+        for (i, parent) in parents.iter().enumerate() {
+            contenders.push(Contender {
+                prefix: format!("parents/{i}"),
+                weights: parent.to_bytes(),
+            });
+        }
+        contenders.push(Contender {
+            prefix: "base".into(),
+            weights: base.to_bytes(),
+        });
+        if let Some(control) = self.inputs.get("control").and_then(|c| c.first()) {
+            contenders.push(Contender {
+                prefix: "control".into(),
+                weights: load(control)?.to_bytes(),
+            });
+        }
+        o.metrics
+            .extend(fitness.test_report(&contenders, self.seed)?);
         Ok(Merged {
             metrics: o.metrics,
             files: o.files,

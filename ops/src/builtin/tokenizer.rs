@@ -63,6 +63,13 @@ impl TypedOp for Tokenizer {
         InputSignature::Fixed(vec![InputSpec::many("data", &[ArtifactKind::Dataset])])
     }
 
+    fn metrics(&self, _p: &TokenizerParams) -> Option<Vec<String>> {
+        Some(vec![
+            "tokenizer/vocab_size".into(),
+            "tokenizer/chars_per_token".into(),
+        ])
+    }
+
     fn outputs(&self, _p: &TokenizerParams) -> Vec<OutputSpec> {
         vec![OutputSpec {
             name: "tokenizer".into(),

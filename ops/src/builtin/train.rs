@@ -18,7 +18,7 @@ use crate::artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,
 };
 use crate::context::StepContext;
-use crate::data::{Category, Corpus, Curriculum, Sampler, Stage};
+use crate::data::{Category, Corpus, Curriculum, Sampler, Stage, record_rows};
 use crate::device;
 use crate::error::{OpError, ParamsError};
 use crate::eval::{self, LmEvalSet, LmReport};
@@ -26,7 +26,6 @@ use crate::model::files::{self, ModelFiles};
 use crate::model::{ModelConfig, Tables, TrmTitansMag, weights};
 use crate::op::{StepOutcome, TypedOp};
 use crate::optim::OptimizerConfig;
-use crate::rng::{Stream, stream};
 use crate::text::TextCodec;
 use crate::train::{Lm, LoopConfig, Reference, Run, Trained};
 
@@ -72,15 +71,13 @@ pub struct TrainParams {
     /// Curriculum stages (default: foundation → reasoning → advanced by difficulty).
     #[serde(default = "crate::data::default_curriculum")]
     pub curriculum: Vec<Stage>,
-    /// Validation batches for `val/loss`.
-    #[serde(default = "d::val_batches")]
-    pub val_batches: usize,
-    /// Math validation problems answered by greedy decoding for `val/math_accuracy`.
+    /// Held-out records scored for `val/*` and, as many again from the test split, `test/*`
+    /// perplexity (round-robin over categories; the same records for every model).
+    #[serde(default = "d::eval_records")]
+    pub eval_records: usize,
+    /// Test-split math problems answered by greedy decoding for `test/math_accuracy`.
     #[serde(default = "d::math_eval")]
     pub math_eval: usize,
-    /// Most ACT recursions at inference when measuring halting.
-    #[serde(default = "d::act_max_steps")]
-    pub act_max_steps: usize,
 }
 
 mod d {
@@ -108,14 +105,11 @@ mod d {
     pub fn log_every() -> u64 {
         10
     }
-    pub fn val_batches() -> usize {
-        4
+    pub fn eval_records() -> usize {
+        128
     }
     pub fn math_eval() -> usize {
         24
-    }
-    pub fn act_max_steps() -> usize {
-        4
     }
 }
 
@@ -187,6 +181,19 @@ impl TypedOp for Train {
         if let Some(problem) = p.model.problems().into_iter().next() {
             return Err(ParamsError::at(&["model"], problem));
         }
+        // The untrained halting head says σ(−2) ≈ 0.12 for every token: a threshold at or below
+        // it halts everything at the first recursion whatever the model learns.
+        let untrained = crate::model::trm::INITIAL_HALT_PROBABILITY;
+        if p.model.act_threshold <= untrained {
+            return Err(ParamsError::at(
+                &["model", "act_threshold"],
+                format!(
+                    "act_threshold {} is at or below the untrained halting head's output ({untrained:.3}): every token would halt at the first recursion whatever the model learns",
+                    p.model.act_threshold
+                ),
+            )
+            .with_hint("use a threshold the head must learn to reach, e.g. 0.5"));
+        }
         if let Some(problem) = p.optimizer.problems().into_iter().next() {
             return Err(ParamsError::at(&["optimizer"], problem));
         }
@@ -247,6 +254,15 @@ impl TypedOp for Train {
         }]
     }
 
+    fn metrics(&self, _p: &TrainParams) -> Option<Vec<String>> {
+        let own = crate::train::trainer::TRAINED_METRICS.iter();
+        Some(
+            own.chain(eval::LM_REPORT_METRICS)
+                .map(|m| (*m).to_string())
+                .collect(),
+        )
+    }
+
     fn backend_class(&self, _p: &TrainParams, device: &str) -> Option<String> {
         Some(device::key_class(device))
     }
@@ -290,7 +306,14 @@ impl TypedOp for Train {
         };
         let init = inputs.get("init").and_then(|v| v.first());
         let start = || match init {
-            Some(i) => input_model(cfg, seed, i, "init", dev),
+            Some(i) => {
+                let mut model = input_model(cfg, seed, i, "init", dev)?;
+                // A variant's own memory gates replace the shared initialisation's.
+                if let Some(gates) = cfg.mem_gates {
+                    model.set_memory_gates(gates);
+                }
+                Ok(model)
+            }
             None => Ok(TrmTitansMag::new(cfg, seed, dev)),
         };
         let settings = p.loop_config();
@@ -303,14 +326,13 @@ impl TypedOp for Train {
         };
         let trained = run.train(&start, &sampler, &objective)?;
 
-        let report = evaluate(ctx, p, &trained, &corpus, &curriculum, &codec, seed, dev)?;
+        let report = evaluate(ctx, p, &trained, &corpus, &curriculum, &codec, dev)?;
         write_model(ctx, p, &trained, &report, &codec, &tk_path, backend.class)
     }
 }
 
-/// The trained model on held-out data: fixed batches of the val split's stream, math problems as
-/// hard as the curriculum got.
-#[allow(clippy::too_many_arguments)]
+/// The trained model on held-out data: the same records for every model, math problems as hard
+/// as the curriculum got.
 fn evaluate(
     ctx: &StepContext,
     p: &TrainParams,
@@ -318,21 +340,28 @@ fn evaluate(
     corpus: &Corpus,
     curriculum: &Curriculum,
     codec: &TextCodec,
-    seed: u64,
     dev: &burn::tensor::Device,
 ) -> Result<LmReport, OpError> {
-    let batches =
-        corpus
-            .val_pool
-            .even_batches(p.val_batches.max(1), p.batch_size, p.seq_len, |index| {
-                stream(seed, Stream::ValBatch { index })
-            });
+    let rows = |records| {
+        record_rows(
+            records,
+            |t| codec.encode(t),
+            p.eval_records,
+            p.seq_len,
+            p.batch_size,
+        )
+    };
+    let (val, test) = (rows(&corpus.val), rows(&corpus.test));
     let set = LmEvalSet {
-        batches: &batches,
-        records: &corpus.val,
+        val: &val,
+        test: &test,
+        test_records: &corpus.test,
         math_limit: p.math_eval,
         math_max_difficulty: curriculum.max_difficulty(),
-        act_max_steps: p.act_max_steps,
+    };
+    let progress = &mut |i: usize, n: usize| {
+        ctx.progress(i as u64, Some(n as u64), "math problems");
+        ctx.check_cancelled()
     };
     let model = trained.eval_model();
     eval::lm_report(
@@ -341,10 +370,7 @@ fn evaluate(
         &set,
         codec,
         &dev.clone().inner(),
-        &mut |i, n| {
-            ctx.progress(i as u64, Some(n as u64), "math problems");
-            ctx.check_cancelled()
-        },
+        progress,
     )
 }
 
@@ -379,7 +405,7 @@ fn write_model(
     // Timings go to the step's recorded metrics (forge show), not into the artifact.
     metrics.insert(
         "diversity/inference_time_ms".into(),
-        json!(report.inference_ms),
+        json!(report.inference_ms_per_token()),
     );
     metrics.insert(
         "system/tokens_per_second".into(),

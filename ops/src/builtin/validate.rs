@@ -168,6 +168,18 @@ impl TypedOp for Validate {
         InputSignature::Open
     }
 
+    fn metrics(&self, _p: &ValidateParams) -> Option<Vec<String>> {
+        Some(
+            ["validate/checks", "validate/passed", "validate/failed"]
+                .map(String::from)
+                .to_vec(),
+        )
+    }
+
+    fn checked_metrics(&self, p: &ValidateParams) -> Vec<String> {
+        p.checks.iter().map(|c| c.metric.clone()).collect()
+    }
+
     fn outputs(&self, _p: &ValidateParams) -> Vec<OutputSpec> {
         vec![OutputSpec {
             name: "report".into(),

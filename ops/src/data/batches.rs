@@ -133,38 +133,39 @@ impl TokenPool {
     }
 }
 
-/// The records a model trains and is checked on, from one or more datasets, tokenized.
+/// The records a model trains and is checked on, from one or more datasets.
 pub struct Corpus {
     pub train: Vec<Record>,
-    /// Held-out records (the `val` splits).
+    /// Held-out records for checking during development (the `val` splits).
     pub val: Vec<Record>,
+    /// Held-out records for reporting (the `test` splits).
+    pub test: Vec<Record>,
     pub pool: TokenPool,
-    /// The held-out records' pool; the training records' when the datasets have no `val` split.
-    pub val_pool: TokenPool,
 }
 
 impl Corpus {
-    /// Load the `train` and `val` splits of `data` and tokenize them with `encode`.
+    /// Load the splits of `data` and tokenize the training records with `encode`. Datasets without
+    /// held-out splits (a `file:` corpus) are checked on their training records.
     pub fn load(
         data: &[crate::artifact::InputArtifact],
         encode: impl Fn(&str) -> Vec<i64>,
     ) -> Result<Self, crate::error::OpError> {
         use super::{Split, load_all_records};
         let train = load_all_records(data, Split::Train)?;
-        let val = load_all_records(data, Split::Val)?;
         if train.is_empty() {
             return Err(crate::error::OpError::user(
                 "the dataset has no train.jsonl records",
             ));
         }
+        let or_train = |v: Vec<Record>| if v.is_empty() { train.clone() } else { v };
+        let val = or_train(load_all_records(data, Split::Val)?);
+        let test = or_train(load_all_records(data, Split::Test)?);
         let pool = TokenPool::new(&train, &encode);
-        let held_out = if val.is_empty() { &train } else { &val };
-        let val_pool = TokenPool::new(held_out, &encode);
         Ok(Self {
             train,
             val,
+            test,
             pool,
-            val_pool,
         })
     }
 
@@ -183,6 +184,62 @@ impl Corpus {
             None => Ok(c),
         }
     }
+}
+
+/// Up to `n` records taken round-robin over their categories (each in file order), so a sample
+/// of a split covers every category evenly.
+pub fn round_robin(records: &[Record], n: usize) -> Vec<&Record> {
+    let mut by_cat: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        by_cat.entry(r.category.as_str()).or_default().push(r);
+    }
+    let mut picked = Vec::new();
+    let mut round = 0;
+    while picked.len() < n && by_cat.values().any(|v| v.len() > round) {
+        for v in by_cat.values() {
+            if let Some(r) = v.get(round)
+                && picked.len() < n
+            {
+                picked.push(*r);
+            }
+        }
+        round += 1;
+    }
+    picked
+}
+
+/// Held-out evaluation rows: up to `n` records (round-robin over categories), one row each —
+/// `<s>`, the text, `</s>`, cut to `seq + 1` ids — in batches of `batch` rows padded with id 0
+/// (padding is never a target, and a causal model cannot see it from earlier positions). The
+/// same records give the same rows for every model, whatever its seed, so models compare.
+pub fn record_rows(
+    records: &[Record],
+    encode: impl Fn(&str) -> Vec<i64>,
+    n: usize,
+    seq: usize,
+    batch: usize,
+) -> Vec<Vec<Vec<i64>>> {
+    let rows: Vec<Vec<i64>> = round_robin(records, n)
+        .into_iter()
+        .map(|r| {
+            let mut t = encode(&r.text);
+            t.truncate(seq + 1);
+            t
+        })
+        .filter(|t| t.len() >= 2)
+        .collect();
+    rows.chunks(batch.max(1))
+        .map(|c| {
+            let len = c.iter().map(Vec::len).max().unwrap_or(2);
+            c.iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.resize(len, 0);
+                    r
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Draws a run's training rows: micro-batch `micro` of step `step` comes from the curriculum

@@ -1,61 +1,78 @@
-//! Fitness of merge candidates: every candidate is loaded into the model and run on held-out
-//! data. The score is the seed plan's composite with its size-adaptive weights,
-//! `w_p / perplexity + w_a · accuracy + w_s / latency + w_m / size_MB`, where perplexity is
-//! exp(cross-entropy) on fixed validation batches, accuracy the fraction of held-out records
-//! whose whole answer span the model predicts token for token (argmax, teacher-forced — what
-//! greedy decoding of the answer would produce), latency the block passes per token the model
-//! spends under ACT at inference (measured by running it; a deterministic cost, so fitness and
-//! hence the champion are reproducible — wall-clock times go to events only), and size the
-//! weights in MB.
+//! Fitness of merge candidates, and the test-split report of an evolution's champion.
+//!
+//! Every candidate is loaded into the model and run as deployed — ACT inference, the same path
+//! as every other evaluation ([`super::act`]) — on held-out *validation* records, the same ones
+//! for every candidate:
+//!
+//! ```text
+//! fitness = w_p / perplexity + w_a · accuracy + w_s / latency + w_m · (size_ref / size − 1)
+//! ```
+//!
+//! with the seed plan's size-adaptive weights: perplexity over `eval_records` records,
+//! accuracy the fraction of `answers` records whose whole answer span the model predicts token
+//! for token (argmax under ACT, teacher-forced — what greedy decoding of the answer would
+//! produce), latency the block passes per token under ACT, and the size term zero for a
+//! candidate as large as its parents (it rewards a smaller one; it is never a constant). The
+//! evaluation is deterministic, so fitness and the champion are reproducible; wall-clock times
+//! go to events only. With the defaults one answer moves fitness by at most `w_a / answers`.
 //!
 //! Results are memoised in the store's `fitness` memo bucket under a typed key (the candidate's
-//! weight digest and everything the evaluation depends on), so a candidate seen again — in a later
-//! generation or another run — is not re-evaluated. Candidates are evaluated on up to the step's
-//! `resources.cpus` threads.
+//! weight digest and everything the evaluation depends on), so a candidate seen again — in a
+//! later generation or another run — is not re-evaluated. Candidates are evaluated on up to the
+//! step's `resources.cpus` threads.
+//!
+//! [`Fitness::test_report`] measures the champion once on the *test* split, never used for
+//! selection, beside each parent, the base and a compute-matched control, with paired-bootstrap
+//! 95% intervals ([`super::bootstrap`]).
 
-use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
-use crate::context::{AlertLevel, StepContext};
-use std::path::Path;
-
+use super::bootstrap::{perplexity, relative_perplexity};
+use super::{Decoding, Scores, block_passes, math_accuracy, score};
 use crate::artifact::InputArtifact;
-use crate::data::{Record, Split, TokenPool, load_all_records};
+use crate::context::{AlertLevel, StepContext};
+use crate::data::{Record, Split, load_all_records, record_rows, round_robin};
 use crate::error::OpError;
 use crate::merge::evolve::{self, FitnessReport};
 use crate::merge::tensors::StateDict;
 use crate::model::{ModelConfig, Tables, TrmTitansMag};
-use crate::rng::{Stream, stream};
 use crate::text::TextCodec;
 
 /// Version of the `fitness` memo bucket: bump when the same candidate and settings would score
 /// differently (the forward pass's numerics, the composite, the evaluation data).
-pub const MEMO_VERSION: u32 = 3;
+pub const MEMO_VERSION: u32 = 4;
+
+/// Bootstrap resamples behind every interval.
+const RESAMPLES: usize = 1000;
 
 /// How `evolve` measures a candidate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FitnessConfig {
-    /// Validation batches for perplexity.
-    #[serde(default = "d::eval_batches")]
-    pub eval_batches: usize,
-    #[serde(default = "d::batch_size")]
-    pub batch_size: usize,
-    #[serde(default = "d::seq_len")]
-    pub seq_len: usize,
-    /// Held-out records whose answers are checked for accuracy.
+    /// Validation records scored for perplexity (round-robin over categories).
+    #[serde(default = "d::eval_records")]
+    pub eval_records: usize,
+    /// Validation records whose answers are checked for accuracy.
     #[serde(default = "d::answers")]
     pub answers: usize,
-    /// Most ACT recursions when measuring latency.
-    #[serde(default = "d::act_max_steps")]
-    pub act_max_steps: usize,
-    /// Weights of perplexity, accuracy, speed and memory (default: by model size, as in the
-    /// seed plan: < 100 MB 0.5/0.3/0.1/0.1, < 1 GB 0.4/0.3/0.2/0.1, else 0.4/0.3/0.15/0.15).
+    /// Rows per inference batch.
+    #[serde(default = "d::batch_size")]
+    pub batch_size: usize,
+    /// Longest row, in tokens.
+    #[serde(default = "d::seq_len")]
+    pub seq_len: usize,
+    /// Weights of perplexity, accuracy, speed and size (default: by model size, as in the seed
+    /// plan: < 100 MB 0.5/0.3/0.1/0.1, < 1 GB 0.4/0.3/0.2/0.1, else 0.4/0.3/0.15/0.15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<[f64; 4]>,
+    /// Test-split math problems the champion answers by greedy decoding.
+    #[serde(default = "d::math_eval")]
+    pub math_eval: usize,
 }
 
 impl Default for FitnessConfig {
@@ -65,20 +82,28 @@ impl Default for FitnessConfig {
 }
 
 mod d {
-    pub fn eval_batches() -> usize {
-        2
+    pub fn eval_records() -> usize {
+        256
+    }
+    pub fn answers() -> usize {
+        400
     }
     pub fn batch_size() -> usize {
-        8
+        16
     }
     pub fn seq_len() -> usize {
         128
     }
-    pub fn answers() -> usize {
-        48
+    pub fn math_eval() -> usize {
+        60
     }
-    pub fn act_max_steps() -> usize {
-        4
+}
+
+impl FitnessConfig {
+    /// Why these settings cannot measure anything, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        (self.eval_records == 0 || self.batch_size == 0 || self.seq_len < 2)
+            .then(|| "eval_records and batch_size must be positive and seq_len at least 2".into())
     }
 }
 
@@ -93,9 +118,20 @@ pub fn fitness_weights(size_mb: f64) -> [f64; 4] {
     }
 }
 
-/// The composite fitness.
-pub fn composite(w: [f64; 4], perplexity: f64, accuracy: f64, latency: f64, size_mb: f64) -> f64 {
-    w[0] / perplexity + w[1] * accuracy + w[2] / latency.max(1e-9) + w[3] / size_mb.max(1e-9)
+/// The composite fitness; `reference_mb` is the parents' size, so the size term is zero for a
+/// candidate of the same size.
+pub fn composite(
+    w: [f64; 4],
+    perplexity: f64,
+    accuracy: f64,
+    latency: f64,
+    size_mb: f64,
+    reference_mb: f64,
+) -> f64 {
+    w[0] / perplexity
+        + w[1] * accuracy
+        + w[2] / latency.max(1e-9)
+        + w[3] * (reference_mb / size_mb.max(1e-9) - 1.0)
 }
 
 /// Rows of token ids with, per row, the positions whose next-token prediction must be right.
@@ -104,8 +140,8 @@ struct AnswerBatch {
     targets: Vec<Vec<(usize, i64)>>,
 }
 
-/// Up to `n` records, taken round-robin over categories in file order, as batches of inputs with
-/// the positions of their answer tokens.
+/// Up to `n` records (round-robin over categories) as batches of inputs with the positions of
+/// their answer tokens.
 fn answer_batches(
     recs: &[Record],
     codec: &TextCodec,
@@ -113,24 +149,8 @@ fn answer_batches(
     batch_size: usize,
     seq: usize,
 ) -> Vec<AnswerBatch> {
-    let mut by_cat: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
-    for r in recs {
-        by_cat.entry(r.category.as_str()).or_default().push(r);
-    }
-    let mut picked = Vec::new();
-    let mut round = 0;
-    while picked.len() < n && by_cat.values().any(|v| v.len() > round) {
-        for v in by_cat.values() {
-            if let Some(r) = v.get(round)
-                && picked.len() < n
-            {
-                picked.push(*r);
-            }
-        }
-        round += 1;
-    }
     let mut rows = Vec::new();
-    for r in picked {
+    for r in round_robin(recs, n) {
         let Some(start) = r.text.rfind(r.answer.as_str()) else {
             continue;
         };
@@ -153,7 +173,7 @@ fn answer_batches(
         }
         rows.push((tokens, targets));
     }
-    rows.chunks(batch_size)
+    rows.chunks(batch_size.max(1))
         .map(|c| {
             let len = c.iter().map(|(t, _)| t.len() - 1).max().unwrap_or(1);
             AnswerBatch {
@@ -173,15 +193,78 @@ fn answer_batches(
         .collect()
 }
 
-/// The evaluator: fixed validation batches, answer spans, the model config, the memo.
+/// One split's evaluation rows: records to score for perplexity and answers to check.
+struct EvalRows {
+    ppl: Vec<Vec<Vec<i64>>>,
+    answers: Vec<AnswerBatch>,
+}
+
+impl EvalRows {
+    fn build(records: &[Record], codec: &TextCodec, fc: &FitnessConfig, seq: usize) -> Self {
+        Self {
+            ppl: record_rows(
+                records,
+                |t| codec.encode(t),
+                fc.eval_records,
+                seq,
+                fc.batch_size,
+            ),
+            answers: answer_batches(records, codec, fc.answers, fc.batch_size, seq),
+        }
+    }
+}
+
+/// What one candidate did on one split.
+struct Measured {
+    scores: Scores,
+    /// Per checked answer: whether every token of it was predicted.
+    answers: Vec<bool>,
+}
+
+impl Measured {
+    fn accuracy(&self) -> f64 {
+        self.answers.iter().filter(|r| **r).count() as f64 / self.answers.len().max(1) as f64
+    }
+}
+
+/// Run `model` on `rows` under ACT.
+fn measure(
+    model: &TrmTitansMag,
+    cfg: &ModelConfig,
+    rows: &EvalRows,
+    device: &burn::tensor::Device,
+) -> Measured {
+    let tables = Tables::new(cfg, device);
+    let scores = score(model, cfg, &rows.ppl, &tables, device);
+    let mut answers = Vec::new();
+    for b in &rows.answers {
+        let n = b.rows[0].len();
+        let x = crate::model::inputs::ids_tensor(&b.rows, device);
+        let pred: Vec<i64> = super::act(model, cfg, x, &tables)
+            .logits
+            .argmax(2)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("i64 predictions");
+        for (r, targets) in b.targets.iter().enumerate() {
+            answers.push(targets.iter().all(|&(pos, tok)| pred[r * n + pos] == tok));
+        }
+    }
+    Measured { scores, answers }
+}
+
+/// The evaluator: fixed validation rows and answer spans, the model config, the memo.
 pub struct Fitness<'a> {
     ctx: &'a StepContext,
     /// The inference device candidates run on.
     device: burn::tensor::Device,
     cfg: ModelConfig,
     fc: FitnessConfig,
-    ppl_batches: Vec<Vec<Vec<i64>>>,
-    answers: Vec<AnswerBatch>,
+    data: &'a EvalData,
+    val: EvalRows,
+    /// The parents' size in MB (the size term's reference).
+    reference_mb: f64,
     memo: forge_cache::Memo,
     key: KeyBase,
 }
@@ -194,7 +277,7 @@ struct KeyBase {
     /// Content digests of the evaluation datasets, in input order.
     data: Vec<String>,
     tokenizer: String,
-    seed: u64,
+    reference_mb: f64,
     backend: String,
 }
 
@@ -205,10 +288,12 @@ struct CandidateKey<'a> {
     weights: String,
 }
 
-/// Where a candidate is evaluated: the held-out records and how their text is tokenized.
+/// Where candidates are evaluated: the held-out records and how their text is tokenized.
 pub struct EvalData {
-    /// Held-out records (the `val` split; `train` when a dataset has none).
-    pub records: Vec<Record>,
+    /// Validation records (the `val` split; `train` when a dataset has none): selection.
+    pub val: Vec<Record>,
+    /// Test records (the `test` split): the champion's report, never selection.
+    pub test: Vec<Record>,
     pub codec: TextCodec,
     /// Content digests of the datasets and the tokenizer, for the memo key.
     pub data_digests: Vec<String>,
@@ -221,12 +306,14 @@ impl EvalData {
     pub fn load(tokenizer: &Path, data: &[InputArtifact]) -> Result<Self, OpError> {
         let tk_bytes = std::fs::read(tokenizer).map_err(|e| OpError::io(tokenizer, e))?;
         let codec = TextCodec::from_bytes(&tk_bytes, tokenizer)?;
-        let mut records = load_all_records(data, Split::Val)?;
-        if records.is_empty() {
-            records = load_all_records(data, Split::Train)?;
+        let mut val = load_all_records(data, Split::Val)?;
+        if val.is_empty() {
+            val = load_all_records(data, Split::Train)?;
         }
+        let test = load_all_records(data, Split::Test)?;
         Ok(Self {
-            records,
+            val,
+            test,
             codec,
             data_digests: data.iter().map(|d| d.digest.to_hex()).collect(),
             tokenizer_digest: blake3::hash(&tk_bytes).to_hex().to_string(),
@@ -234,96 +321,198 @@ impl EvalData {
     }
 }
 
+/// A model in the champion's test report: its metric prefix (`final`, `parents/0`, `base`,
+/// `control`) and its weights.
+pub struct Contender {
+    pub prefix: String,
+    pub weights: Vec<u8>,
+}
+
 impl<'a> Fitness<'a> {
-    /// Fix the evaluation batches and answer spans for candidates of `cfg`.
+    /// Fix the evaluation rows for candidates of `cfg` whose parents have `reference_numel`
+    /// parameters.
     pub fn prepare(
         ctx: &'a StepContext,
         fc: &FitnessConfig,
         cfg: &ModelConfig,
-        data: &EvalData,
-        seed: u64,
+        data: &'a EvalData,
+        reference_numel: usize,
     ) -> Result<Self, OpError> {
-        let (recs, codec) = (&data.records, &data.codec);
-        if recs.is_empty() {
+        if data.val.is_empty() {
             return Err(OpError::user("the dataset has no records to evaluate on"));
         }
-        let fc = fc.clone();
         let seq = fc.seq_len.min(cfg.max_seq);
-        let pool = TokenPool::new(recs, |t| codec.encode(t));
-        let ppl_batches = pool.even_batches(fc.eval_batches, fc.batch_size, seq, |index| {
-            stream(seed, Stream::FitnessBatch { index })
-        });
-        let answers = answer_batches(recs, codec, fc.answers, fc.batch_size, seq);
+        let val = EvalRows::build(&data.val, &data.codec, fc, seq);
         let backend =
             crate::device::resolve(ctx.device()).map_err(|e| OpError::user(e.to_string()))?;
+        let reference_mb = size_mb(reference_numel);
         let key = KeyBase {
             fitness: fc.clone(),
             model: cfg.clone(),
             data: data.data_digests.clone(),
             tokenizer: data.tokenizer_digest.clone(),
-            seed,
+            reference_mb,
             backend: backend.class.to_string(),
         };
         Ok(Self {
             ctx,
             device: backend.device.inner(),
             cfg: cfg.clone(),
-            fc,
-            ppl_batches,
-            answers,
+            fc: fc.clone(),
+            data,
+            val,
+            reference_mb,
             memo: ctx.memo("fitness", MEMO_VERSION)?,
             key,
         })
     }
 
+    fn load(&self, bytes: Vec<u8>, what: &str) -> Result<TrmTitansMag, String> {
+        let mut model = TrmTitansMag::new(&self.cfg, 0, &self.device);
+        crate::model::weights::load_exact(&mut model, bytes, what).map_err(|e| e.to_string())?;
+        Ok(model)
+    }
+
     /// Run one candidate, given as safetensors bytes with `numel` parameters.
-    fn measure(&self, bytes: Vec<u8>, numel: usize) -> Result<FitnessReport, String> {
-        let device = &self.device;
-        let cfg = &self.cfg;
-        let mut model = TrmTitansMag::new(cfg, 0, device);
-        crate::model::weights::load_exact(&mut model, bytes, "the candidate")
-            .map_err(|e| e.to_string())?;
-        let tables = Tables::new(cfg, device);
-        let loss = super::eval_loss(&model, &self.ppl_batches, cfg.sup_steps, &tables, device);
-        let perplexity = loss.exp();
-        let (mut right, mut total) = (0usize, 0usize);
-        for b in &self.answers {
-            let n = b.rows[0].len();
-            let x = crate::model::inputs::ids_tensor(&b.rows, device);
-            let pred: Vec<i64> = model
-                .forward_logits(x, cfg.sup_steps, &tables)
-                .argmax(2)
-                .into_data()
-                .convert::<i64>()
-                .try_to_vec::<i64>()
-                .map_err(|e| format!("{e:?}"))?;
-            for (r, targets) in b.targets.iter().enumerate() {
-                total += 1;
-                if targets.iter().all(|&(pos, tok)| pred[r * n + pos] == tok) {
-                    right += 1;
-                }
-            }
-        }
-        let accuracy = right as f64 / total.max(1) as f64;
-        let halting = super::halting(
-            &model,
-            &self.ppl_batches[0],
-            cfg.act_threshold,
-            self.fc.act_max_steps,
-            &tables,
-            device,
-        );
-        let latency = super::block_passes(cfg, halting.avg);
-        let size_mb = numel as f64 * 4.0 / f64::from(1u32 << 20);
+    fn fitness_of(&self, bytes: Vec<u8>, numel: usize) -> Result<FitnessReport, String> {
+        let model = self.load(bytes, "the candidate")?;
+        let m = measure(&model, &self.cfg, &self.val, &self.device);
+        let perplexity = m.scores.perplexity();
+        let accuracy = m.accuracy();
+        let latency = block_passes(&self.cfg, m.scores.halting_stats().avg);
+        let size_mb = size_mb(numel);
         let w = self.fc.weights.unwrap_or_else(|| fitness_weights(size_mb));
         Ok(FitnessReport {
-            fitness: composite(w, perplexity, accuracy, latency, size_mb),
+            fitness: composite(w, perplexity, accuracy, latency, size_mb, self.reference_mb),
             perplexity,
             accuracy,
             latency,
             size_mb,
         })
     }
+
+    /// The champion (`contenders[0]`, prefix `final`) measured once on the test split beside the
+    /// other contenders, with 95% intervals (`_lo`, `_hi`): each one's perplexity, the champion's
+    /// perplexity relative to each (`final/test_vs/<prefix>`: `ppl_champion / ppl_other − 1`,
+    /// negative when the champion is better), answer accuracy, and the champion's greedy math
+    /// accuracy beside the majority-answer baseline. See [`TEST_REPORT_METRICS`].
+    pub fn test_report(
+        &self,
+        contenders: &[Contender],
+        seed: u64,
+    ) -> Result<Map<String, Value>, OpError> {
+        if self.data.test.is_empty() {
+            return Err(OpError::user(
+                "the evaluation data has no test split to report the champion on",
+            ));
+        }
+        let seq = self.fc.seq_len.min(self.cfg.max_seq);
+        let test = EvalRows::build(&self.data.test, &self.data.codec, &self.fc, seq);
+        let mut out = Map::new();
+        let mut measured = Vec::new();
+        for (i, c) in contenders.iter().enumerate() {
+            self.ctx
+                .progress(i as u64, Some(contenders.len() as u64), "test evaluations");
+            self.ctx.check_cancelled()?;
+            let model = self
+                .load(c.weights.clone(), &c.prefix)
+                .map_err(OpError::internal)?;
+            measured.push(measure(&model, &self.cfg, &test, &self.device));
+        }
+        let champion = &measured[0];
+        for (c, m) in contenders.iter().zip(&measured) {
+            let p = perplexity(&m.scores, RESAMPLES, seed);
+            out.insert(format!("{}/test_perplexity", c.prefix), json!(p.value));
+            out.insert(format!("{}/test_perplexity_lo", c.prefix), json!(p.lo));
+            out.insert(format!("{}/test_perplexity_hi", c.prefix), json!(p.hi));
+            out.insert(format!("{}/test_accuracy", c.prefix), json!(m.accuracy()));
+            if c.prefix != "final" {
+                let r = relative_perplexity(&champion.scores, &m.scores, RESAMPLES, seed);
+                out.insert(format!("final/test_vs/{}", c.prefix), json!(r.value));
+                out.insert(format!("final/test_vs/{}_lo", c.prefix), json!(r.lo));
+                out.insert(format!("final/test_vs/{}_hi", c.prefix), json!(r.hi));
+            }
+        }
+        out.insert("final/test_rows".into(), json!(champion.scores.nll.len()));
+        out.insert(
+            "final/test_tokens".into(),
+            json!(champion.scores.token_count()),
+        );
+        out.insert("final/test_answers".into(), json!(champion.answers.len()));
+        let math = self.greedy_math(&contenders[0].weights)?;
+        out.insert("final/test_math_accuracy".into(), json!(math.accuracy()));
+        out.insert(
+            "final/test_math_majority_baseline".into(),
+            json!(math.majority_baseline()),
+        );
+        out.insert("final/test_math_evaluated".into(), json!(math.evaluated));
+        Ok(out)
+    }
+
+    fn greedy_math(&self, weights: &[u8]) -> Result<super::MathScore, OpError> {
+        let model = self
+            .load(weights.to_vec(), "the champion")
+            .map_err(OpError::internal)?;
+        let tables = Tables::new(&self.cfg, &self.device);
+        let codec = &self.data.codec;
+        let decode = |ids: &[i64]| {
+            codec
+                .tokenizer
+                .decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), true)
+                .unwrap_or_default()
+        };
+        let d = Decoding {
+            cfg: &self.cfg,
+            eos: codec.eos,
+            tables: &tables,
+            device: &self.device,
+            decode: &decode,
+        };
+        math_accuracy(
+            &model,
+            &self.data.test,
+            3,
+            self.fc.math_eval,
+            codec,
+            &d,
+            &mut |i, n| {
+                self.ctx.progress(i as u64, Some(n as u64), "math problems");
+                self.ctx.check_cancelled()
+            },
+        )
+    }
+}
+
+/// The metrics [`Fitness::test_report`] writes, as patterns (`*` is one name segment).
+pub const TEST_REPORT_METRICS: &[&str] = &[
+    "final/test_perplexity",
+    "final/test_perplexity_lo",
+    "final/test_perplexity_hi",
+    "final/test_accuracy",
+    "parents/*/test_perplexity",
+    "parents/*/test_perplexity_lo",
+    "parents/*/test_perplexity_hi",
+    "parents/*/test_accuracy",
+    "*/test_perplexity",
+    "*/test_perplexity_lo",
+    "*/test_perplexity_hi",
+    "*/test_accuracy",
+    "final/test_vs/parents/*",
+    "final/test_vs/parents/*_lo",
+    "final/test_vs/parents/*_hi",
+    "final/test_vs/*",
+    "final/test_vs/*_lo",
+    "final/test_vs/*_hi",
+    "final/test_rows",
+    "final/test_tokens",
+    "final/test_answers",
+    "final/test_math_accuracy",
+    "final/test_math_majority_baseline",
+    "final/test_math_evaluated",
+];
+
+fn size_mb(numel: usize) -> f64 {
+    numel as f64 * 4.0 / f64::from(1u32 << 20)
 }
 
 impl evolve::Evaluator for Fitness<'_> {
@@ -370,7 +559,7 @@ impl evolve::Evaluator for Fitness<'_> {
                             .map(|i| {
                                 let r =
                                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                        self.measure(bytes[i].clone(), models[i].numel())
+                                        self.fitness_of(bytes[i].clone(), models[i].numel())
                                     }))
                                     .unwrap_or_else(|_| Err("the forward pass panicked".into()));
                                 (i, r)
@@ -412,5 +601,26 @@ impl evolve::Evaluator for Fitness<'_> {
         out.into_iter()
             .map(|r| r.expect("every candidate evaluated"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_term_is_zero_at_the_parents_size_and_nothing_is_constant() {
+        let w = [0.5, 0.3, 0.1, 0.1];
+        let f = |ppl, acc, lat, size| composite(w, ppl, acc, lat, size, 4.0);
+        // Same everything but size: the parents' size adds nothing, a smaller model gains.
+        assert!((f(20.0, 0.1, 10.0, 4.0) - (0.5 / 20.0 + 0.03 + 0.01)).abs() < 1e-12);
+        assert!(f(20.0, 0.1, 10.0, 2.0) > f(20.0, 0.1, 10.0, 4.0));
+        // Each remaining term moves fitness when its measure moves.
+        assert!(f(10.0, 0.1, 10.0, 4.0) > f(20.0, 0.1, 10.0, 4.0));
+        assert!(f(20.0, 0.2, 10.0, 4.0) > f(20.0, 0.1, 10.0, 4.0));
+        assert!(f(20.0, 0.1, 5.0, 4.0) > f(20.0, 0.1, 10.0, 4.0));
+        // One answer of the default 400 moves fitness by w_a / 400 = 0.00075.
+        let one = FitnessConfig::default();
+        assert!(w[1] / one.answers as f64 <= 0.00075 + 1e-12);
     }
 }

@@ -1,8 +1,16 @@
-//! Measuring a model, one home for every evaluation: validation loss over fixed batches, ACT
-//! halting statistics, greedy decoding and answer accuracy, and the report a trained model's
-//! artifact carries ([`lm_report`]). [`fitness`] scores merge candidates for the evolution.
-//! `train` and `merge` call these; nothing else computes a model's quality.
+//! Measuring a model, one home for every evaluation. Everything runs the model as it is deployed:
+//! ACT inference ([`TrmTitansMag::infer`]) at the config's `act_threshold`, at most `sup_steps`
+//! recursions (the same limit training supervises), each token stopping once its halting head
+//! says so. Perplexity, answer accuracy, greedy decoding, halting statistics and latency all come
+//! from that one path, so a model cannot look better on one measure because another ran it
+//! differently.
+//!
+//! [`score`] gives per-row negative log-likelihoods (for perplexity and for paired bootstraps,
+//! [`bootstrap`]), [`greedy_answer`] and [`math_accuracy`] decode, [`lm_report`] is what a trained
+//! model's artifact carries, [`fitness`] scores merge candidates, and [`file`] is `forge eval`.
 
+pub mod bootstrap;
+pub mod file;
 pub mod fitness;
 
 use std::collections::BTreeMap;
@@ -13,26 +21,96 @@ use serde_json::{Value, json};
 
 use crate::data::Record;
 use crate::error::OpError;
-use crate::model::{ModelConfig, Tables, TrmTitansMag, to_tensors};
+use crate::model::{InferOutput, ModelConfig, Tables, TrmTitansMag, fused, to_tensors};
 use crate::text::TextCodec;
 
-/// Mean cross-entropy (last supervision step) over the given batches.
-pub fn eval_loss(
+/// ACT inference of `tokens` as deployed: the config's threshold and recursion limit.
+pub fn act(
     model: &TrmTitansMag,
+    cfg: &ModelConfig,
+    tokens: Tensor<2, Int>,
+    t: &Tables,
+) -> InferOutput {
+    model.infer(tokens, cfg.act_threshold, cfg.sup_steps, t)
+}
+
+/// What [`score`] measured on a set of rows.
+#[derive(Debug, Clone, Default)]
+pub struct Scores {
+    /// Per row: summed negative log-likelihood of its next-token targets (nats).
+    pub nll: Vec<f64>,
+    /// Per row: how many targets it has.
+    pub tokens: Vec<usize>,
+    /// Per token: recursions run before halting.
+    pub halting: Vec<f64>,
+    /// Mean slot usage of the memory blocks (`None` without memory blocks).
+    pub memory_usage: Option<f64>,
+    /// Wall-clock seconds of inference (events only, never an artifact).
+    pub seconds: f64,
+}
+
+impl Scores {
+    /// Mean negative log-likelihood per token.
+    pub fn loss(&self) -> f64 {
+        self.nll.iter().sum::<f64>() / self.tokens.iter().sum::<usize>().max(1) as f64
+    }
+    pub fn perplexity(&self) -> f64 {
+        self.loss().exp()
+    }
+    pub fn token_count(&self) -> usize {
+        self.tokens.iter().sum()
+    }
+    pub fn halting_stats(&self) -> HaltingStats {
+        HaltingStats::of(&self.halting)
+    }
+}
+
+/// Score packed rows (`seq + 1` ids; target id 0 is padding and is not scored) under ACT.
+pub fn score(
+    model: &TrmTitansMag,
+    cfg: &ModelConfig,
     batches: &[Vec<Vec<i64>>],
-    sup_steps: usize,
     t: &Tables,
     device: &Device,
-) -> f64 {
-    let mut total = 0.0;
+) -> Scores {
+    let mut out = Scores::default();
+    let mut usage = Vec::new();
+    let t0 = Instant::now();
     for rows in batches {
         let (x, y) = to_tensors(rows, device);
-        total += model
-            .forward_train(x, y, sup_steps, 0.0, t)
-            .ce
-            .into_scalar::<f32>() as f64;
+        let [b, s] = x.dims();
+        let inf = act(model, cfg, x, t);
+        let picked = fused::log_softmax(inf.logits, 2)
+            .gather(2, y.clone().reshape([b, s, 1]))
+            .reshape([b, s]);
+        let real = y.not_equal_elem(0).float();
+        let nll: Vec<f32> = picked
+            .mul(real.clone())
+            .neg()
+            .sum_dim(1)
+            .into_data()
+            .try_to_vec()
+            .expect("f32 losses");
+        let counts: Vec<f32> = real
+            .sum_dim(1)
+            .into_data()
+            .try_to_vec()
+            .expect("f32 counts");
+        out.nll.extend(nll.iter().map(|v| f64::from(*v)));
+        out.tokens.extend(counts.iter().map(|c| *c as usize));
+        for (row, steps) in inf.halting_steps.iter().enumerate() {
+            let real_len = counts[row] as usize;
+            out.halting.extend(
+                steps[..real_len.min(steps.len())]
+                    .iter()
+                    .map(|s| f64::from(*s)),
+            );
+        }
+        usage.extend(inf.memory_usage);
     }
-    total / batches.len().max(1) as f64
+    out.memory_usage = (!usage.is_empty()).then(|| usage.iter().sum::<f64>() / usage.len() as f64);
+    out.seconds = t0.elapsed().as_secs_f64();
+    out
 }
 
 /// The integer after `####` in generated text.
@@ -48,16 +126,15 @@ pub fn parse_answer(text: &str) -> Option<String> {
 
 /// What greedy decoding needs besides the model and the prompt.
 pub struct Decoding<'a> {
+    pub cfg: &'a ModelConfig,
     pub eos: i64,
-    pub sup_steps: usize,
-    pub max_seq: usize,
     pub tables: &'a Tables,
     pub device: &'a Device,
     pub decode: &'a dyn Fn(&[i64]) -> String,
 }
 
-/// Greedy-decode the answer of a math prompt (stopping at eos or after the `#### n` line);
-/// returns the generated text.
+/// Greedy-decode the answer of a math prompt under ACT (stopping at eos or after the `#### n`
+/// line); returns the generated text.
 pub fn greedy_answer(
     model: &TrmTitansMag,
     prompt_tokens: Vec<i64>,
@@ -67,10 +144,10 @@ pub fn greedy_answer(
     let mut tokens = prompt_tokens;
     let start = tokens.len();
     for _ in 0..max_new {
-        let window: Vec<i64> = tokens[tokens.len().saturating_sub(d.max_seq)..].to_vec();
+        let window: Vec<i64> = tokens[tokens.len().saturating_sub(d.cfg.max_seq)..].to_vec();
         let n = window.len();
         let x = Tensor::<2, Int>::from_data(TensorData::new(window, [1, n]), d.device);
-        let logits = model.forward_logits(x, d.sup_steps, d.tables);
+        let logits = act(model, d.cfg, x, d.tables).logits;
         let v = logits.dims()[2];
         let last = logits
             .narrow(1, n - 1, 1)
@@ -98,32 +175,21 @@ pub struct HaltingStats {
     pub min: f64,
     pub max: f64,
     pub variance: f64,
+    /// Fraction of tokens that halted after the first recursion.
+    pub first_step: f64,
 }
 
-/// Run ACT inference on `rows`' inputs and summarise the tokens' halting steps.
-pub fn halting(
-    model: &TrmTitansMag,
-    rows: &[Vec<i64>],
-    threshold: f64,
-    max_steps: usize,
-    t: &Tables,
-    device: &Device,
-) -> HaltingStats {
-    let (x, _) = to_tensors(rows, device);
-    let infer = model.infer(x, threshold, max_steps, t);
-    let steps: Vec<f64> = infer
-        .halting_steps
-        .iter()
-        .flatten()
-        .map(|s| f64::from(*s))
-        .collect();
-    let n = steps.len().max(1) as f64;
-    let avg = steps.iter().sum::<f64>() / n;
-    HaltingStats {
-        avg,
-        min: steps.iter().copied().fold(f64::INFINITY, f64::min),
-        max: steps.iter().copied().fold(0.0, f64::max),
-        variance: steps.iter().map(|h| (h - avg).powi(2)).sum::<f64>() / n,
+impl HaltingStats {
+    pub fn of(steps: &[f64]) -> Self {
+        let n = steps.len().max(1) as f64;
+        let avg = steps.iter().sum::<f64>() / n;
+        Self {
+            avg,
+            min: steps.iter().copied().fold(f64::INFINITY, f64::min),
+            max: steps.iter().copied().fold(0.0, f64::max),
+            variance: steps.iter().map(|h| (h - avg).powi(2)).sum::<f64>() / n,
+            first_step: steps.iter().filter(|s| **s <= 1.0).count() as f64 / n,
+        }
     }
 }
 
@@ -172,7 +238,7 @@ pub fn math_accuracy(
     let majority = counts
         .iter()
         .max_by_key(|(a, n)| (**n, std::cmp::Reverse(*a)))
-        .map(|(a, _)| a.to_string());
+        .map(|(a, _)| (*a).to_string());
     let evaluated: Vec<&&Record> = math.iter().take(limit).collect();
     let mut correct = 0usize;
     for (i, r) in evaluated.iter().enumerate() {
@@ -196,29 +262,28 @@ pub fn math_accuracy(
     })
 }
 
-/// What a trained language model's artifact reports about it.
+/// What a trained language model's artifact reports about it: perplexity and halting on the
+/// validation batches, perplexity and greedy math accuracy on the test split.
 #[derive(Debug, Clone)]
 pub struct LmReport {
-    pub val_loss: f64,
-    pub halting: HaltingStats,
-    pub memory_usage: f64,
+    pub val: Scores,
+    pub test: Scores,
     pub math: MathScore,
-    /// Wall-clock ACT inference per row: an event, never part of an artifact.
-    pub inference_ms: f64,
 }
 
 /// What [`lm_report`] evaluates on.
 pub struct LmEvalSet<'a> {
     /// Fixed validation batches (rows of `seq + 1` ids).
-    pub batches: &'a [Vec<Vec<i64>>],
-    /// Held-out records for answer accuracy.
-    pub records: &'a [Record],
+    pub val: &'a [Vec<Vec<i64>>],
+    /// Fixed test batches.
+    pub test: &'a [Vec<Vec<i64>>],
+    /// Test records for answer accuracy.
+    pub test_records: &'a [Record],
     pub math_limit: usize,
     pub math_max_difficulty: u8,
-    pub act_max_steps: usize,
 }
 
-/// Validation loss, halting, memory usage and math accuracy of `model`.
+/// Validation and test perplexity, halting, memory usage and test math accuracy of `model`.
 pub fn lm_report(
     model: &TrmTitansMag,
     cfg: &ModelConfig,
@@ -228,23 +293,8 @@ pub fn lm_report(
     each: &mut dyn FnMut(usize, usize) -> Result<(), OpError>,
 ) -> Result<LmReport, OpError> {
     let tables = Tables::new(cfg, device);
-    let val_loss = eval_loss(model, set.batches, cfg.sup_steps, &tables, device);
-    let t = Instant::now();
-    let halting = halting(
-        model,
-        &set.batches[0],
-        cfg.act_threshold,
-        set.act_max_steps,
-        &tables,
-        device,
-    );
-    let inference_ms = t.elapsed().as_secs_f64() * 1000.0 / set.batches[0].len() as f64;
-    let (vx, vy) = to_tensors(&set.batches[0], device);
-    let memory_usage = model
-        .forward_train(vx, vy, cfg.sup_steps, 0.0, &tables)
-        .memory_usage
-        .map(|u| u.into_scalar::<f32>() as f64)
-        .unwrap_or(0.0);
+    let val = score(model, cfg, set.val, &tables, device);
+    let test = score(model, cfg, set.test, &tables, device);
     let decode = |ids: &[i64]| {
         codec
             .tokenizer
@@ -252,52 +302,51 @@ pub fn lm_report(
             .unwrap_or_default()
     };
     let decoding = Decoding {
+        cfg,
         eos: codec.eos,
-        sup_steps: cfg.sup_steps,
-        max_seq: cfg.max_seq,
         tables: &tables,
         device,
         decode: &decode,
     };
     let math = math_accuracy(
         model,
-        set.records,
+        set.test_records,
         set.math_max_difficulty,
         set.math_limit,
         codec,
         &decoding,
         each,
     )?;
-    Ok(LmReport {
-        val_loss,
-        halting,
-        memory_usage,
-        math,
-        inference_ms,
-    })
+    Ok(LmReport { val, test, math })
 }
 
 impl LmReport {
     /// The report under the seed's metric names, in a fixed order.
     pub fn metrics(&self, cfg: &ModelConfig, params: usize) -> Vec<(&'static str, Value)> {
-        let h = &self.halting;
+        let h = self.val.halting_stats();
+        let usage = self.val.memory_usage.unwrap_or(0.0);
         vec![
-            ("val/loss", json!(self.val_loss)),
-            ("val/perplexity", json!(self.val_loss.exp())),
-            ("val/math_accuracy", json!(self.math.accuracy())),
+            ("val/loss", json!(self.val.loss())),
+            ("val/perplexity", json!(self.val.perplexity())),
+            ("val/tokens", json!(self.val.token_count())),
+            ("test/loss", json!(self.test.loss())),
+            ("test/perplexity", json!(self.test.perplexity())),
+            ("test/tokens", json!(self.test.token_count())),
+            ("test/math_accuracy", json!(self.math.accuracy())),
             (
-                "val/math_majority_baseline",
+                "test/math_majority_baseline",
                 json!(self.math.majority_baseline()),
             ),
-            ("val/math_evaluated", json!(self.math.evaluated)),
-            ("val/math_max_difficulty", json!(self.math.max_difficulty)),
+            ("test/math_evaluated", json!(self.math.evaluated)),
+            ("test/math_max_difficulty", json!(self.math.max_difficulty)),
             ("act/avg_halting_steps", json!(h.avg)),
             ("act/min_halting_steps", json!(h.min)),
             ("act/max_halting_steps", json!(h.max)),
             ("act/halting_variance", json!(h.variance)),
-            ("ltm/memory_usage", json!(self.memory_usage)),
+            ("act/halted_at_first_step", json!(h.first_step)),
+            ("ltm/memory_usage", json!(usage)),
             ("diversity/avg_halting_steps", json!(h.avg)),
-            ("diversity/ltm_usage", json!(self.memory_usage)),
+            ("diversity/ltm_usage", json!(usage)),
             // Deterministic stand-in for inference time: block passes per token under ACT.
             (
                 "diversity/inference_passes",
@@ -306,11 +355,41 @@ impl LmReport {
             ("final/total_params", json!(params)),
             (
                 "final/model_size_mb",
-                json!(params as f64 * 4.0 / (1u64 << 20) as f64),
+                json!(params as f64 * 4.0 / f64::from(1u32 << 20)),
             ),
         ]
     }
+
+    /// Wall-clock ACT inference per token in milliseconds (an event, never an artifact).
+    pub fn inference_ms_per_token(&self) -> f64 {
+        self.val.seconds * 1000.0 / self.val.token_count().max(1) as f64
+    }
 }
+
+/// Every metric name [`LmReport::metrics`] writes (for plan-time checks of `validate` steps).
+pub const LM_REPORT_METRICS: &[&str] = &[
+    "val/loss",
+    "val/perplexity",
+    "val/tokens",
+    "test/loss",
+    "test/perplexity",
+    "test/tokens",
+    "test/math_accuracy",
+    "test/math_majority_baseline",
+    "test/math_evaluated",
+    "test/math_max_difficulty",
+    "act/avg_halting_steps",
+    "act/min_halting_steps",
+    "act/max_halting_steps",
+    "act/halting_variance",
+    "act/halted_at_first_step",
+    "ltm/memory_usage",
+    "diversity/avg_halting_steps",
+    "diversity/ltm_usage",
+    "diversity/inference_passes",
+    "final/total_params",
+    "final/model_size_mb",
+];
 
 #[cfg(test)]
 mod tests {

@@ -1,58 +1,52 @@
-//! `strategy: evolve`: the EvoMerge genetic loop over merged candidates.
+//! `strategy: evolve`: EvoMerge's search for a champion among merges of three models over their
+//! shared base.
 //!
-//! Generation 0 is the eight combos of the three input models (each checked, and replaced by the
-//! equal-weight linear merge when degenerate). Every later generation, with the population ranked
-//! by fitness (ties by id):
+//! **Generation 0** is a pool of every merge worth trying first, each built and evaluated:
+//! the three parents themselves, the base, the single-technique merges (linear, TIES and DARE
+//! with the step's task-arithmetic settings), the midpoint of every pair of parents (which also
+//! measures their linear mode connectivity), and the seed plan's eight three-stage combos (each
+//! checked, and replaced by the linear merge when degenerate).
 //!
-//! - the champion is kept as is, with 2 mutants of it and 3 mutants of the runner-up (the top 2
-//!   become 6); a mutant adds Gaussian noise to a `mutation_rate` fraction of the entries of
-//!   every tensor, with standard deviation `mutation_sigma` × that tensor's RMS;
-//! - ranks 3–5 and 6–8 (the bottom 6) are merged in two groups of three, each with a random combo
-//!   over the shared base.
+//! **Later generations** search the continuous parameters of a task-arithmetic merge — each
+//! parent's weight, λ and (for TIES and DARE) the density, in `search` — with CMA-ES
+//! ([`super::cmaes`]), as mergekit-evolve does: every generation samples `population`
+//! parameter sets, merges and evaluates them, and moves the search distribution toward the
+//! fitter ones. The champion is the fittest candidate of the whole run. The evolution stops
+//! after `generations`, or early when the best fitness has not improved by a relative
+//! `min_improvement` for `patience` generations.
 //!
-//! Diversity is the mean pairwise cosine distance of the flattened weights. Below
-//! `diversity_threshold` the mutation rate doubles for the generation, and every
-//! `inject_every`-th generation the last slot is replaced by a random combo of the original three
-//! models. Evolution stops after `generations`, or early when the best fitness has not improved by
-//! a relative `min_improvement` for `patience` generations.
-//!
-//! All randomness is drawn from the seed and the generation number, and the whole state is
-//! handed to a hook after each generation, so a killed run resumes at its last finished
-//! generation and ends with the same champion, bytes included.
+//! Every candidate is a [`Recipe`], so the state that is checkpointed after each generation is
+//! small (no weights): a killed run resumes at its last finished generation, rebuilds what it
+//! needs from recipes, and ends with the same champion, bytes included.
 
 use std::collections::BTreeMap;
 
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cmaes::{CmaEs, Sample};
 use super::combo::{self, ComboRecipe, bits};
+use super::methods::{Rescale, Sparsify, linear, task_arithmetic};
 use super::technique::TaskArithmetic;
-use super::tensors::StateDict;
+use super::tensors::{StateDict, Tensor};
+use crate::rng::{Stream, stream};
 
-/// The population size the loop's structure (1 + 2 + 3 + 2) is built for.
-pub const POPULATION: usize = 8;
-
-/// Settings of the evolution (the seed plan's defaults).
+/// Settings of the evolution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvolveConfig {
+    /// Generations of the search after the generation-0 pool.
     #[serde(default = "d::generations")]
     pub generations: u32,
-    /// Fraction of entries a mutation touches.
-    #[serde(default = "d::mutation_rate")]
-    pub mutation_rate: f64,
-    /// Noise standard deviation, relative to each tensor's RMS.
-    #[serde(default = "d::mutation_sigma")]
-    pub mutation_sigma: f64,
-    /// Below this mean pairwise cosine distance, the diversity interventions start.
-    #[serde(default = "d::diversity_threshold")]
-    pub diversity_threshold: f64,
-    /// Inject a random combo every this many generations while diversity is low.
-    #[serde(default = "d::inject_every")]
-    pub inject_every: u32,
+    /// Candidates the search samples per generation (CMA-ES's λ, at least 2).
+    #[serde(default = "d::population")]
+    pub population: usize,
+    /// Initial step size of the search, in its logit coordinates.
+    #[serde(default = "d::sigma")]
+    pub sigma: f64,
+    /// The task arithmetic the search tunes.
+    #[serde(default)]
+    pub search: SearchMethod,
     /// Stop after this many generations without a relative improvement of `min_improvement`.
     #[serde(default = "d::patience")]
     pub patience: u32,
@@ -60,21 +54,28 @@ pub struct EvolveConfig {
     pub min_improvement: f64,
 }
 
+/// Which task arithmetic the search tunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMethod {
+    /// Plain task arithmetic: base + λ · Σ wᵢτᵢ / Σ wᵢ (no sparsification; density unused).
+    #[default]
+    Linear,
+    /// TIES: magnitude trim and sign election (deterministic).
+    Ties,
+    /// DARE: random drop with 1/density rescaling.
+    Dare,
+}
+
 mod d {
     pub fn generations() -> u32 {
         50
     }
-    pub fn mutation_rate() -> f64 {
-        0.01
+    pub fn population() -> usize {
+        8
     }
-    pub fn mutation_sigma() -> f64 {
-        0.01
-    }
-    pub fn diversity_threshold() -> f64 {
-        0.3
-    }
-    pub fn inject_every() -> u32 {
-        10
+    pub fn sigma() -> f64 {
+        1.0
     }
     pub fn patience() -> u32 {
         5
@@ -87,6 +88,16 @@ mod d {
 impl Default for EvolveConfig {
     fn default() -> Self {
         serde_json::from_str("{}").expect("defaults")
+    }
+}
+
+impl EvolveConfig {
+    /// Why these settings cannot run, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.population < 2 {
+            return Some("population must be at least 2".into());
+        }
+        (!(self.sigma > 0.0 && self.sigma.is_finite())).then(|| "sigma must be positive".into())
     }
 }
 
@@ -106,53 +117,94 @@ pub trait Evaluator {
     fn evaluate(&self, models: &[&StateDict]) -> Vec<Result<FitnessReport, String>>;
 }
 
-/// One candidate ever made, for the lineage. Ids 0–2 are the input models.
+/// How a candidate's weights are made from the inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Recipe {
+    /// Input model `index` (0–2) as it is.
+    Input { index: usize },
+    /// The shared base.
+    Base,
+    /// Σ wᵢθᵢ / Σ wᵢ of input models `models`.
+    Linear {
+        models: Vec<usize>,
+        weights: Vec<f64>,
+    },
+    /// Task arithmetic over the base: TIES or DARE with these weights, density and λ.
+    Task {
+        method: SearchMethod,
+        weights: [f64; 3],
+        density: f64,
+        lambda: f64,
+        seed: u64,
+    },
+    /// A three-stage combo of the input models.
+    Combo {
+        combo: String,
+        seed: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layers: Option<ComboRecipe>,
+    },
+}
+
+/// One candidate ever made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub id: u64,
     pub generation: u32,
-    /// `input`, `combo`, `mutant`, `merge`, `inject` or `fallback`.
+    /// `input`, `base`, `technique`, `midpoint`, `combo`, `search` or `fallback`.
     pub kind: String,
-    /// The combo its weights descend from (a mutant inherits its parent's).
-    pub combo: Option<String>,
-    pub parents: Vec<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recipe: Option<ComboRecipe>,
+    pub recipe: Recipe,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fitness: Option<FitnessReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
+impl Node {
+    pub fn fitness_value(&self) -> f64 {
+        self.fitness
+            .as_ref()
+            .map(|f| f.fitness)
+            .filter(|f| f.is_finite())
+            .unwrap_or(f64::NEG_INFINITY)
+    }
+    /// The combo this node is, if it is one.
+    pub fn combo(&self) -> Option<&str> {
+        match &self.recipe {
+            Recipe::Combo { combo, .. } if self.kind == "combo" => Some(combo),
+            _ => None,
+        }
+    }
+}
+
 /// One generation of the evolution log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
     pub generation: u32,
+    /// The best fitness so far, over every generation.
     pub best_fitness: f64,
+    /// This generation's candidates.
     pub avg_fitness: f64,
     pub worst_fitness: f64,
     pub fitness_std: f64,
+    pub generation_best: f64,
+    /// Mean pairwise cosine distance of this generation's candidates.
     pub diversity: f64,
-    pub unique_models: usize,
-    pub elite1_fitness: f64,
-    pub elite2_fitness: f64,
-    /// Population members per combo (by descent).
-    pub combo_counts: BTreeMap<String, u32>,
+    pub candidates: usize,
     pub champion_id: u64,
-    pub champion_combo: Option<String>,
-    pub mutation_rate: f64,
-    pub interventions: Vec<String>,
+    pub champion_kind: String,
+    /// The search's step size after this generation.
+    pub sigma: f64,
 }
 
-/// Everything needed to continue after a generation (the weights travel beside it).
+/// Everything needed to continue after a generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvolveState {
     pub generation: u32,
-    /// Node ids of the population, in slot order.
-    pub population: Vec<u64>,
     pub nodes: Vec<Node>,
     pub history: Vec<Generation>,
-    pub next_id: u64,
+    pub search: CmaEs,
     pub best_fitness: f64,
     pub stale: u32,
     pub stop_reason: Option<String>,
@@ -162,34 +214,28 @@ impl EvolveState {
     pub fn node(&self, id: u64) -> &Node {
         &self.nodes[id as usize]
     }
-    /// The champion's ancestry, champion first.
-    pub fn lineage(&self, id: u64) -> Vec<Node> {
-        let mut out = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut todo = vec![id];
-        while let Some(i) = todo.pop() {
-            if !seen.insert(i) {
-                continue;
-            }
-            let n = self.node(i).clone();
-            todo.extend(n.parents.iter().rev().copied());
-            out.push(n);
-        }
-        out
-    }
+    /// The fittest candidate so far (ties: the earlier one).
     pub fn champion(&self) -> u64 {
-        self.history.last().map(|g| g.champion_id).unwrap_or(0)
+        self.nodes
+            .iter()
+            .fold(None::<&Node>, |best, n| match best {
+                Some(b) if b.fitness_value() >= n.fitness_value() => Some(b),
+                _ => Some(n),
+            })
+            .map(|n| n.id)
+            .unwrap_or(0)
+    }
+    /// The nodes of generation 0 of `kind`.
+    pub fn pool(&self, kind: &str) -> impl Iterator<Item = &Node> {
+        self.nodes
+            .iter()
+            .filter(move |n| n.generation == 0 && n.kind == kind)
     }
 }
 
-/// Called after each generation with the state and the population's weights (checkpoint,
-/// metrics, cancellation).
+/// Called after each generation with the state (checkpoint, metrics, cancellation).
 pub trait Hooks {
-    fn generation_done(
-        &mut self,
-        state: &EvolveState,
-        population: &[StateDict],
-    ) -> Result<(), String>;
+    fn generation_done(&mut self, state: &EvolveState) -> Result<(), String>;
 }
 
 /// The inputs an evolution runs on.
@@ -197,374 +243,242 @@ pub struct Inputs<'a> {
     pub parents: [&'a StateDict; 3],
     pub base: &'a StateDict,
     pub seed: u64,
-    pub combo: TaskArithmetic,
+    /// The task-arithmetic settings of the generation-0 merges and combos.
+    pub task: TaskArithmetic,
 }
 
-/// Add noise to a `rate` fraction of every tensor's entries.
-pub fn mutate(model: &StateDict, rate: f64, sigma: f64, rng: &mut ChaCha8Rng) -> StateDict {
-    let mut out = model.clone();
-    for t in out.tensors.values_mut() {
-        let n = t.data.len().max(1) as f64;
-        let rms = (t.data.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / n).sqrt();
-        let Ok(normal) = Normal::new(0.0, (sigma * rms).max(1e-12)) else {
-            continue;
-        };
-        for x in &mut t.data {
-            if rng.random::<f64>() < rate {
-                *x = (*x as f64 + normal.sample(rng)) as f32;
-            }
+/// The search's coordinates → a task-arithmetic recipe: weights and density through a logistic,
+/// λ in (0, 3) (`linear` has no density: it keeps every entry).
+fn genome(method: SearchMethod, x: &[f64], seed: u64) -> Recipe {
+    let s = |v: f64| 1.0 / (1.0 + (-v).exp());
+    Recipe::Task {
+        method,
+        weights: [s(x[0]), s(x[1]), s(x[2])],
+        density: match method {
+            SearchMethod::Linear => 1.0,
+            _ => 0.1 + 0.9 * s(x[3]),
+        },
+        lambda: 3.0 * s(x[4]),
+        seed,
+    }
+}
+
+/// The search's starting point: equal weights, density 0.5, λ 1.
+fn genome_start() -> Vec<f64> {
+    let logit = |p: f64| (p / (1.0 - p)).ln();
+    vec![0.0, 0.0, 0.0, logit(0.4 / 0.9), logit(1.0 / 3.0)]
+}
+
+/// The weights of `recipe`.
+pub fn build(recipe: &Recipe, inp: &Inputs<'_>) -> Result<StateDict, String> {
+    let p = inp.parents;
+    match recipe {
+        Recipe::Input { index } => Ok(p[*index].clone()),
+        Recipe::Base => Ok(inp.base.clone()),
+        Recipe::Linear { models, weights } => {
+            let ms: Vec<&StateDict> = models.iter().map(|&i| p[i]).collect();
+            per_tensor(&ms, |_, xs| linear(xs, weights, true))
+        }
+        Recipe::Task {
+            method,
+            weights,
+            density,
+            lambda,
+            seed,
+        } => {
+            let (how, density) = match method {
+                SearchMethod::Ties => (Sparsify::Ties, *density),
+                SearchMethod::Dare => (
+                    Sparsify::Dare {
+                        rescale: Rescale::Inverse,
+                        seed: *seed,
+                    },
+                    *density,
+                ),
+                // DARE at density 1 drops nothing: the plain weighted mean of the task vectors.
+                SearchMethod::Linear => (
+                    Sparsify::Dare {
+                        rescale: Rescale::None,
+                        seed: *seed,
+                    },
+                    1.0,
+                ),
+            };
+            let all = [inp.base, p[0], p[1], p[2]];
+            per_tensor(&all, |name, xs| {
+                task_arithmetic(name, xs[0], &xs[1..], weights, density, *lambda, true, how)
+            })
+        }
+        Recipe::Combo { combo, seed, .. } => {
+            let k = u8::from_str_radix(combo, 2).map_err(|e| e.to_string())?;
+            combo::apply(k, p, inp.base, *seed, &inp.task).map(|(w, _)| w)
         }
     }
-    out
 }
 
-/// Mean pairwise cosine distance (1 − cos) of the flattened weights.
-pub fn diversity(models: &[&StateDict]) -> f64 {
-    let flat: Vec<Vec<f32>> = models
+fn per_tensor(
+    models: &[&StateDict],
+    f: impl Fn(&str, &[&[f32]]) -> Vec<f32>,
+) -> Result<StateDict, String> {
+    let first = models[0];
+    if let Some(i) = models.iter().position(|m| !m.same_layout(first)) {
+        return Err(format!(
+            "model {i} does not have the same tensor names and shapes as model 0"
+        ));
+    }
+    let tensors = first
+        .tensors
         .iter()
-        .map(|m| {
-            m.tensors
-                .values()
-                .flat_map(|t| t.data.iter().copied())
-                .collect()
+        .map(|(name, t)| {
+            let xs: Vec<&[f32]> = models
+                .iter()
+                .map(|m| m.tensors[name].data.as_slice())
+                .collect();
+            let data = f(name, &xs);
+            (
+                name.clone(),
+                Tensor {
+                    shape: t.shape.clone(),
+                    data,
+                },
+            )
         })
         .collect();
-    let norms: Vec<f64> = flat
-        .iter()
-        .map(|v| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt())
+    Ok(StateDict { tensors })
+}
+
+/// The generation-0 pool's recipes, in id order.
+fn pool(inp: &Inputs<'_>) -> Vec<(String, Recipe)> {
+    let t = &inp.task;
+    let mut v: Vec<(String, Recipe)> = (0..3)
+        .map(|index| ("input".into(), Recipe::Input { index }))
         .collect();
-    let (mut sum, mut pairs) = (0.0, 0usize);
-    for i in 0..flat.len() {
-        for j in 0..i {
-            let dot: f64 = flat[i]
-                .iter()
-                .zip(&flat[j])
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum();
-            let cos = dot / (norms[i] * norms[j]).max(1e-30);
-            sum += 1.0 - cos;
-            pairs += 1;
-        }
+    v.push(("base".into(), Recipe::Base));
+    v.push((
+        "technique".into(),
+        Recipe::Linear {
+            models: vec![0, 1, 2],
+            weights: vec![1.0; 3],
+        },
+    ));
+    for method in [SearchMethod::Ties, SearchMethod::Dare] {
+        v.push((
+            "technique".into(),
+            Recipe::Task {
+                method,
+                weights: [1.0; 3],
+                density: t.density,
+                lambda: t.lambda,
+                seed: inp.seed,
+            },
+        ));
     }
-    if pairs == 0 { 0.0 } else { sum / pairs as f64 }
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        v.push((
+            "midpoint".into(),
+            Recipe::Linear {
+                models: vec![a, b],
+                weights: vec![1.0, 1.0],
+            },
+        ));
+    }
+    for k in 0..8u8 {
+        v.push((
+            "combo".into(),
+            Recipe::Combo {
+                combo: bits(k),
+                seed: inp.seed ^ (u64::from(k) << 32),
+                layers: None,
+            },
+        ));
+    }
+    v
 }
 
-struct Pop {
-    ids: Vec<u64>,
-    weights: Vec<StateDict>,
-}
-
-/// Run (or resume) an evolution. Returns the final state and the champion's weights.
-pub fn evolve(
-    cfg: &EvolveConfig,
+/// Build candidates (a combo that fails or is degenerate becomes the linear merge, noted) and
+/// evaluate them; returns their ids.
+fn add_generation(
+    st: &mut EvolveState,
     inp: &Inputs<'_>,
     evaluator: &dyn Evaluator,
-    hooks: &mut dyn Hooks,
-    resume: Option<(EvolveState, Vec<StateDict>)>,
-) -> Result<(EvolveState, StateDict), String> {
-    let parents = inp.parents;
-    let fallback = || combo::linear_merge(&parents);
-    let (mut st, mut pop) = if let Some((st, weights)) = resume {
-        let pop = Pop {
-            ids: st.population.clone(),
-            weights,
-        };
-        (st, pop)
-    } else {
-        let mut st = EvolveState {
-            generation: 0,
-            population: Vec::new(),
-            nodes: (0..3)
-                .map(|i| Node {
-                    id: i,
-                    generation: 0,
-                    kind: "input".into(),
-                    combo: None,
-                    parents: vec![],
-                    recipe: None,
-                    fitness: None,
-                    note: None,
-                })
-                .collect(),
-            history: Vec::new(),
-            next_id: 3,
-            best_fitness: f64::NEG_INFINITY,
-            stale: 0,
-            stop_reason: None,
-        };
-        let mut pop = Pop {
-            ids: vec![],
-            weights: vec![],
-        };
-        for k in 0..POPULATION as u8 {
-            let seed = inp.seed ^ (u64::from(k) << 32);
-            let (w, node) = make_combo(
-                k,
-                parents,
-                [0, 1, 2],
-                inp,
-                seed,
-                0,
-                "combo",
-                &mut st,
-                &fallback,
-            )?;
-            pop.ids.push(node);
-            pop.weights.push(w);
-        }
-        let rate = cfg.mutation_rate;
-        finish_generation(
-            cfg,
-            evaluator,
-            &mut st,
-            &mut pop,
-            &fallback,
-            0,
-            rate,
-            vec![],
-        )?;
-        hooks.generation_done(&st, &pop.weights)?;
-        (st, pop)
-    };
-    while st.stop_reason.is_none() {
-        if st.generation >= cfg.generations {
-            st.stop_reason = Some("max_gen".into());
-            break;
-        }
-        let g = st.generation + 1;
-        let mut rng = crate::rng::stream(inp.seed, crate::rng::Stream::Evolve { generation: g });
-        let div = st.history.last().map(|h| h.diversity).unwrap_or(1.0);
-        let mut interventions = Vec::new();
-        let mut rate = cfg.mutation_rate;
-        if div < cfg.diversity_threshold {
-            rate *= 2.0;
-            interventions.push(format!(
-                "diversity {div:.4} < {}: mutation rate × 2",
-                cfg.diversity_threshold
-            ));
-        }
-        // Rank: fitness descending, ids ascending.
-        let mut order: Vec<usize> = (0..pop.ids.len()).collect();
-        let fit = |i: usize| {
-            st.node(pop.ids[i])
-                .fitness
-                .as_ref()
-                .map(|f| f.fitness)
-                .unwrap_or(f64::NEG_INFINITY)
-        };
-        order.sort_by(|&a, &b| {
-            fit(b)
-                .partial_cmp(&fit(a))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(pop.ids[a].cmp(&pop.ids[b]))
-        });
-        let mut next = Pop {
-            ids: vec![],
-            weights: vec![],
-        };
-        let (top, second) = (order[0], order[1]);
-        next.ids.push(pop.ids[top]);
-        next.weights.push(pop.weights[top].clone());
-        for (src, copies) in [(top, 2), (second, 3)] {
-            for _ in 0..copies {
-                let w = mutate(&pop.weights[src], rate, cfg.mutation_sigma, &mut rng);
-                let parent = pop.ids[src];
-                let combo = st.node(parent).combo.clone();
-                let id = add_node(
-                    &mut st,
-                    Node {
-                        id: 0,
-                        generation: g,
-                        kind: "mutant".into(),
-                        combo,
-                        parents: vec![parent],
-                        recipe: None,
-                        fitness: None,
-                        note: Some(format!("rate {rate}, sigma {}", cfg.mutation_sigma)),
-                    },
-                );
-                next.ids.push(id);
-                next.weights.push(w);
-            }
-        }
-        for group in [&order[2..5], &order[5..8]] {
-            let k = rng.random_range(0..8u8);
-            let seed = rng.random::<u64>();
-            let models = [
-                &pop.weights[group[0]],
-                &pop.weights[group[1]],
-                &pop.weights[group[2]],
-            ];
-            let ids = [pop.ids[group[0]], pop.ids[group[1]], pop.ids[group[2]]];
-            let (w, id) = make_combo(k, models, ids, inp, seed, g, "merge", &mut st, &fallback)?;
-            next.ids.push(id);
-            next.weights.push(w);
-        }
-        if div < cfg.diversity_threshold
-            && cfg.inject_every > 0
-            && g.is_multiple_of(cfg.inject_every)
-        {
-            let k = rng.random_range(0..8u8);
-            let seed = rng.random::<u64>();
-            let (w, id) = make_combo(
-                k,
-                parents,
-                [0, 1, 2],
-                inp,
-                seed,
-                g,
-                "inject",
-                &mut st,
-                &fallback,
-            )?;
-            *next.ids.last_mut().expect("slot") = id;
-            *next.weights.last_mut().expect("slot") = w;
-            interventions.push(format!("injected combo {} of the input models", bits(k)));
-        }
-        pop = next;
-        finish_generation(
-            cfg,
-            evaluator,
-            &mut st,
-            &mut pop,
-            &fallback,
-            g,
-            rate,
-            interventions,
-        )?;
-        hooks.generation_done(&st, &pop.weights)?;
-    }
-    let champion = st.champion();
-    let slot = pop
-        .ids
-        .iter()
-        .position(|&i| i == champion)
-        .ok_or("the champion is not in the population")?;
-    Ok((st, pop.weights[slot].clone()))
-}
-
-fn add_node(st: &mut EvolveState, mut node: Node) -> u64 {
-    node.id = st.next_id;
-    st.next_id += 1;
-    st.nodes.push(node);
-    st.next_id - 1
-}
-
-#[allow(clippy::too_many_arguments)]
-fn make_combo(
-    k: u8,
-    models: [&StateDict; 3],
-    ids: [u64; 3],
-    inp: &Inputs<'_>,
-    seed: u64,
     generation: u32,
-    kind: &str,
-    st: &mut EvolveState,
-    fallback: &dyn Fn() -> Result<StateDict, String>,
-) -> Result<(StateDict, u64), String> {
-    let (w, outcome) = combo::apply_or_fallback(k, models, inp.base, seed, &inp.combo, fallback)?;
-    let (kind, combo, recipe, note) = match outcome {
-        Ok(recipe) => (kind.to_string(), Some(bits(k)), Some(recipe), None),
-        Err(note) => ("fallback".to_string(), None, None, Some(note)),
-    };
-    let id = add_node(
-        st,
-        Node {
-            id: 0,
+    candidates: Vec<(String, Recipe)>,
+) -> Result<(Vec<u64>, f64), String> {
+    let mut built = Vec::new();
+    let mut ids = Vec::new();
+    for (kind, recipe) in candidates {
+        let (kind, recipe, note, w) = match &recipe {
+            Recipe::Combo { combo, seed, .. } => {
+                let k = u8::from_str_radix(combo, 2).map_err(|e| e.to_string())?;
+                let fallback = || combo::linear_merge(&inp.parents);
+                let (w, outcome) = combo::apply_or_fallback(
+                    k,
+                    inp.parents,
+                    inp.base,
+                    *seed,
+                    &inp.task,
+                    &fallback,
+                )?;
+                match outcome {
+                    Ok(layers) => (
+                        kind,
+                        Recipe::Combo {
+                            combo: combo.clone(),
+                            seed: *seed,
+                            layers: Some(layers),
+                        },
+                        None,
+                        w,
+                    ),
+                    Err(note) => (
+                        "fallback".to_string(),
+                        Recipe::Linear {
+                            models: vec![0, 1, 2],
+                            weights: vec![1.0; 3],
+                        },
+                        Some(note),
+                        w,
+                    ),
+                }
+            }
+            _ => {
+                let w = build(&recipe, inp)?;
+                let note = combo::degenerate(&w, &inp.parents);
+                (kind, recipe, note, w)
+            }
+        };
+        let id = st.nodes.len() as u64;
+        st.nodes.push(Node {
+            id,
             generation,
             kind,
-            combo,
-            parents: ids.to_vec(),
             recipe,
             fitness: None,
             note,
-        },
-    );
-    Ok((w, id))
+        });
+        ids.push(id);
+        built.push(w);
+    }
+    let reports = evaluator.evaluate(&built.iter().collect::<Vec<_>>());
+    for (&id, r) in ids.iter().zip(reports) {
+        let node = &mut st.nodes[id as usize];
+        match r {
+            Ok(r) => node.fitness = Some(r),
+            Err(e) => node.note = Some(format!("unusable: {e}")),
+        }
+    }
+    Ok((ids, diversity(&built.iter().collect::<Vec<_>>())))
 }
 
-/// Evaluate the members without a fitness (replacing any whose forward pass fails), then log the
-/// generation.
-#[allow(clippy::too_many_arguments)]
-fn finish_generation(
-    cfg: &EvolveConfig,
-    evaluator: &dyn Evaluator,
-    st: &mut EvolveState,
-    pop: &mut Pop,
-    fallback: &dyn Fn() -> Result<StateDict, String>,
-    g: u32,
-    mutation_rate: f64,
-    interventions: Vec<String>,
-) -> Result<(), String> {
-    let todo: Vec<usize> = (0..pop.ids.len())
-        .filter(|&i| st.node(pop.ids[i]).fitness.is_none())
-        .collect();
-    let reports = evaluator.evaluate(&todo.iter().map(|&i| &pop.weights[i]).collect::<Vec<_>>());
-    for (&i, r) in todo.iter().zip(reports) {
-        let report = match r {
-            Ok(r) if r.fitness.is_finite() && r.perplexity.is_finite() => r,
-            bad => {
-                let why = match bad {
-                    Err(e) => e,
-                    Ok(r) => format!("non-finite forward output (perplexity {})", r.perplexity),
-                };
-                let w = fallback()?;
-                let r = evaluator.evaluate(&[&w]).pop().ok_or("no evaluation")??;
-                let id = add_node(
-                    st,
-                    Node {
-                        id: 0,
-                        generation: g,
-                        kind: "fallback".into(),
-                        combo: None,
-                        parents: vec![0, 1, 2],
-                        recipe: None,
-                        fitness: None,
-                        note: Some(format!(
-                            "candidate {} unusable ({why}): linear merge of the inputs",
-                            pop.ids[i]
-                        )),
-                    },
-                );
-                pop.ids[i] = id;
-                pop.weights[i] = w;
-                r
-            }
-        };
-        st.nodes[pop.ids[i] as usize].fitness = Some(report);
-    }
-    let fits: Vec<f64> = pop
-        .ids
-        .iter()
-        .map(|&i| {
-            st.node(i)
-                .fitness
-                .as_ref()
-                .map(|f| f.fitness)
-                .unwrap_or(f64::NAN)
-        })
-        .collect();
-    let n = fits.len() as f64;
-    let avg = fits.iter().sum::<f64>() / n;
-    let std = (fits.iter().map(|f| (f - avg).powi(2)).sum::<f64>() / n).sqrt();
-    let mut sorted: Vec<(f64, u64)> = fits.iter().copied().zip(pop.ids.iter().copied()).collect();
-    sorted.sort_by(|a, b| {
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.1.cmp(&b.1))
-    });
-    let mut combo_counts = BTreeMap::new();
-    for &i in &pop.ids {
-        let c = st.node(i).combo.clone().unwrap_or_else(|| "linear".into());
-        *combo_counts.entry(c).or_insert(0) += 1;
-    }
-    let unique: std::collections::BTreeSet<[u8; 32]> = pop
-        .weights
-        .iter()
-        .map(|w| *blake3::hash(&w.to_bytes()).as_bytes())
-        .collect();
-    let best = sorted[0].0;
-    // Improved: by a relative `min_improvement` over the best so far (or the first generation).
+/// Log generation `g` (its candidates `ids`) and decide whether to stop.
+fn log_generation(st: &mut EvolveState, cfg: &EvolveConfig, g: u32, ids: &[u64], diversity: f64) {
+    let fits: Vec<f64> = ids.iter().map(|&i| st.node(i).fitness_value()).collect();
+    let finite: Vec<f64> = fits.iter().copied().filter(|f| f.is_finite()).collect();
+    let n = finite.len().max(1) as f64;
+    let avg = finite.iter().sum::<f64>() / n;
+    let std = (finite.iter().map(|f| (f - avg).powi(2)).sum::<f64>() / n).sqrt();
+    let champion = st.champion();
+    let best = st.node(champion).fitness_value();
     if !st.best_fitness.is_finite()
         || best > st.best_fitness + cfg.min_improvement * st.best_fitness.abs()
     {
@@ -577,24 +491,125 @@ fn finish_generation(
         generation: g,
         best_fitness: best,
         avg_fitness: avg,
-        worst_fitness: sorted[sorted.len() - 1].0,
+        worst_fitness: finite.iter().copied().fold(f64::INFINITY, f64::min),
         fitness_std: std,
-        diversity: diversity(&pop.weights.iter().collect::<Vec<_>>()),
-        unique_models: unique.len(),
-        elite1_fitness: sorted[0].0,
-        elite2_fitness: sorted[1].0,
-        combo_counts,
-        champion_id: sorted[0].1,
-        champion_combo: st.node(sorted[0].1).combo.clone(),
-        mutation_rate,
-        interventions,
+        generation_best: finite.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        diversity,
+        candidates: ids.len(),
+        champion_id: champion,
+        champion_kind: st.node(champion).kind.clone(),
+        sigma: st.search.sigma,
     });
     st.generation = g;
-    st.population = pop.ids.clone();
     if st.stale >= cfg.patience && g > 0 {
         st.stop_reason = Some("early_stop".into());
     }
-    Ok(())
+}
+
+/// Run (or resume) an evolution. Returns the final state and the champion's weights.
+pub fn evolve(
+    cfg: &EvolveConfig,
+    inp: &Inputs<'_>,
+    evaluator: &dyn Evaluator,
+    hooks: &mut dyn Hooks,
+    resume: Option<EvolveState>,
+) -> Result<(EvolveState, StateDict), String> {
+    let mut st = match resume {
+        Some(st) => st,
+        None => {
+            let mut st = EvolveState {
+                generation: 0,
+                nodes: Vec::new(),
+                history: Vec::new(),
+                search: CmaEs::new(genome_start(), cfg.sigma, cfg.population),
+                best_fitness: f64::NEG_INFINITY,
+                stale: 0,
+                stop_reason: None,
+            };
+            let (ids, div) = add_generation(&mut st, inp, evaluator, 0, pool(inp))?;
+            log_generation(&mut st, cfg, 0, &ids, div);
+            hooks.generation_done(&st)?;
+            st
+        }
+    };
+    while st.stop_reason.is_none() {
+        if st.generation >= cfg.generations {
+            st.stop_reason = Some("max_gen".into());
+            break;
+        }
+        let g = st.generation + 1;
+        let samples: Vec<Sample> = st
+            .search
+            .ask(&mut stream(inp.seed, Stream::Search { generation: g }));
+        let recipes = samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let seed = inp.seed ^ (u64::from(g) << 32) ^ i as u64;
+                ("search".to_string(), genome(cfg.search, &s.x, seed))
+            })
+            .collect();
+        let (ids, div) = add_generation(&mut st, inp, evaluator, g, recipes)?;
+        let fitness: Vec<f64> = ids.iter().map(|&i| st.node(i).fitness_value()).collect();
+        st.search.tell(&samples, &fitness);
+        log_generation(&mut st, cfg, g, &ids, div);
+        hooks.generation_done(&st)?;
+    }
+    let champion = st.node(st.champion()).clone();
+    let weights = match &champion.recipe {
+        Recipe::Combo { combo, seed, .. } => {
+            let k = u8::from_str_radix(combo, 2).map_err(|e| e.to_string())?;
+            combo::apply(k, inp.parents, inp.base, *seed, &inp.task)?.0
+        }
+        r => build(r, inp)?,
+    };
+    Ok((st, weights))
+}
+
+/// Mean pairwise cosine distance of the flattened weights.
+pub fn diversity(models: &[&StateDict]) -> f64 {
+    let flat = |m: &StateDict| -> Vec<f64> {
+        m.tensors
+            .values()
+            .flat_map(|t| t.data.iter().map(|x| f64::from(*x)))
+            .collect()
+    };
+    let v: Vec<Vec<f64>> = models.iter().map(|m| flat(m)).collect();
+    let norm = |a: &[f64]| a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut total = 0.0;
+    let mut pairs = 0;
+    for i in 0..v.len() {
+        for j in i + 1..v.len() {
+            let dot: f64 = v[i].iter().zip(&v[j]).map(|(a, b)| a * b).sum();
+            total += 1.0 - dot / (norm(&v[i]) * norm(&v[j])).max(1e-12);
+            pairs += 1;
+        }
+    }
+    if pairs == 0 {
+        0.0
+    } else {
+        total / pairs as f64
+    }
+}
+
+/// Linear mode connectivity of the parents: per pair, how much worse (in nats per token) their
+/// midpoint is than the mean of their losses; ≤ 0 means the pair is connected.
+pub fn lmc_barriers(st: &EvolveState) -> BTreeMap<String, f64> {
+    let loss = |n: &Node| n.fitness.as_ref().map(|f| f.perplexity.ln());
+    let inputs: Vec<Option<f64>> = st.pool("input").map(loss).collect();
+    st.pool("midpoint")
+        .filter_map(|n| match &n.recipe {
+            Recipe::Linear { models, .. } if models.len() == 2 => {
+                let (a, b) = (models[0], models[1]);
+                let mid = loss(n)?;
+                Some((
+                    format!("{a}{b}"),
+                    mid - (inputs.get(a)?.as_ref()? + inputs.get(b)?.as_ref()?) / 2.0,
+                ))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -622,12 +637,12 @@ mod tests {
                             t.data
                                 .iter()
                                 .zip(&self.target.tensors[k].data)
-                                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
                         })
                         .sum();
                     Ok(FitnessReport {
                         fitness: 1.0 / (1.0 + d),
-                        perplexity: d.exp().min(1e30),
+                        perplexity: (1.0 + d).exp().min(1e30),
                         accuracy: 0.0,
                         latency: 1.0,
                         size_mb: 1.0,
@@ -639,13 +654,13 @@ mod tests {
 
     #[derive(Default)]
     struct Record {
-        states: Vec<(EvolveState, Vec<StateDict>)>,
+        states: Vec<EvolveState>,
         stop_after: Option<u32>,
     }
 
     impl Hooks for Record {
-        fn generation_done(&mut self, st: &EvolveState, pop: &[StateDict]) -> Result<(), String> {
-            self.states.push((st.clone(), pop.to_vec()));
+        fn generation_done(&mut self, st: &EvolveState) -> Result<(), String> {
+            self.states.push(st.clone());
             if self.stop_after == Some(st.generation) {
                 return Err("killed".into());
             }
@@ -653,25 +668,81 @@ mod tests {
         }
     }
 
+    /// A base, three models around it, and a target that a task-arithmetic merge of them with
+    /// λ > 1 approaches better than any pool member: the search has something to find.
     fn setup() -> (StateDict, [StateDict; 3], StateDict) {
         let (base, ps) = family();
-        let target = toy(9, Some(&base));
+        let mut target = base.clone();
+        for (name, t) in &mut target.tensors {
+            for (j, x) in t.data.iter_mut().enumerate() {
+                let mean: f32 = ps.iter().map(|p| p.tensors[name].data[j]).sum::<f32>() / 3.0;
+                *x += 1.8 * (mean - *x);
+            }
+        }
         (base, ps, target)
     }
 
-    #[test]
-    fn evolution_improves_and_resumes_bit_identically() {
-        let (base, ps, target) = setup();
-        let inp = Inputs {
+    fn inputs<'a>(base: &'a StateDict, ps: &'a [StateDict; 3]) -> Inputs<'a> {
+        Inputs {
             parents: [&ps[0], &ps[1], &ps[2]],
-            base: &base,
+            base,
             seed: 5,
-            combo: TaskArithmetic::default(),
+            task: TaskArithmetic::default(),
+        }
+    }
+
+    #[test]
+    fn the_pool_holds_the_parents_the_base_single_techniques_midpoints_and_all_eight_combos() {
+        let (base, ps, target) = setup();
+        let eval = Closeness {
+            target,
+            calls: Cell::new(0),
         };
         let cfg = EvolveConfig {
-            generations: 6,
-            mutation_rate: 0.3,
-            mutation_sigma: 0.3,
+            generations: 0,
+            ..EvolveConfig::default()
+        };
+        let (st, _) = evolve(
+            &cfg,
+            &inputs(&base, &ps),
+            &eval,
+            &mut Record::default(),
+            None,
+        )
+        .unwrap();
+        let count = |k: &str| st.pool(k).count();
+        assert_eq!(count("input"), 3);
+        assert_eq!(count("base"), 1);
+        assert_eq!(count("technique"), 3);
+        assert_eq!(count("midpoint"), 3);
+        assert_eq!(count("combo") + count("fallback"), 8);
+        let combos: std::collections::BTreeSet<&str> =
+            st.nodes.iter().filter_map(Node::combo).collect();
+        assert_eq!(combos.len(), 8);
+        assert_eq!(eval.calls.get(), 18);
+        // The parents are candidates: on a fitness that prefers a parent, it can win.
+        let prefers_parent = Closeness {
+            target: ps[1].clone(),
+            calls: Cell::new(0),
+        };
+        let (st, w) = evolve(
+            &cfg,
+            &inputs(&base, &ps),
+            &prefers_parent,
+            &mut Record::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(st.node(st.champion()).recipe, Recipe::Input { index: 1 });
+        assert_eq!(w, ps[1]);
+    }
+
+    #[test]
+    fn the_search_beats_the_pool_and_resumes_bit_identically() {
+        let (base, ps, target) = setup();
+        let inp = inputs(&base, &ps);
+        let cfg = EvolveConfig {
+            generations: 12,
             patience: 100,
             ..EvolveConfig::default()
         };
@@ -679,31 +750,34 @@ mod tests {
             target,
             calls: Cell::new(0),
         };
-        let mut rec = Record::default();
-        let (st, champ) = evolve(&cfg, &inp, &eval, &mut rec, None).unwrap();
-        assert_eq!(st.history.len(), 7);
+        let (st, champ) = evolve(&cfg, &inp, &eval, &mut Record::default(), None).unwrap();
+        assert_eq!(st.history.len(), 13);
         assert_eq!(st.stop_reason.as_deref(), Some("max_gen"));
-        // Elitism: the best never gets worse; the champion is kept between generations.
         for w in st.history.windows(2) {
-            assert!(w[1].best_fitness >= w[0].best_fitness);
+            assert!(
+                w[1].best_fitness >= w[0].best_fitness,
+                "the best never gets worse"
+            );
         }
-        assert_eq!(
-            st.history[0].combo_counts.len(),
-            8,
-            "all eight combos in generation 0"
+        let pool_best = st.history[0].best_fitness;
+        assert!(
+            st.history.last().unwrap().best_fitness > pool_best * 1.05,
+            "the search found nothing better than the pool ({pool_best})"
         );
-        // Lineage reaches back to the inputs.
-        let lineage = st.lineage(st.champion());
-        assert!(lineage.iter().any(|n| n.kind == "input"));
-        // Kill after generation 3, resume from what the hook saw: same champion, same log.
+        assert_eq!(st.node(st.champion()).kind, "search");
+        // Kill after generation 4, resume from what the hook saw: same state, same champion.
         let mut killed = Record {
-            stop_after: Some(3),
+            stop_after: Some(4),
             ..Record::default()
         };
         assert!(evolve(&cfg, &inp, &eval, &mut killed, None).is_err());
         let saved = killed.states.pop().unwrap();
-        assert_eq!(saved.0.generation, 3);
+        let saved: EvolveState =
+            serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
         let (st2, champ2) = evolve(&cfg, &inp, &eval, &mut Record::default(), Some(saved)).unwrap();
+        assert_eq!(st2.search, st.search);
+        assert_eq!(st2.history, st.history);
+        assert_eq!(st2.nodes, st.nodes);
         assert_eq!(st2, st);
         assert_eq!(champ2.to_bytes(), champ.to_bytes());
     }
@@ -711,43 +785,60 @@ mod tests {
     #[test]
     fn a_degenerate_combo_falls_back_to_the_linear_merge() {
         let (base, ps, target) = setup();
-        // A NaN in one input: SLERP's norm turns the whole tensor NaN and DARE keeps it, so
-        // combo 100 is degenerate and is replaced by the fallback.
-        let mut bad = ps[0].clone();
-        bad.tensors.get_mut("embed").unwrap().data[0] = f32::NAN;
-        let inp = Inputs {
-            parents: [&bad, &ps[1], &ps[2]],
-            base: &base,
-            seed: 5,
-            combo: TaskArithmetic::default(),
+        // A NaN in one input: SLERP's norm turns the whole tensor NaN and DARE keeps it, so the
+        // slerp combos are degenerate and are replaced by the fallback.
+        let mut bad = ps.clone();
+        bad[0].tensors.get_mut("embed").unwrap().data[0] = f32::NAN;
+        let eval = Closeness {
+            target,
+            calls: Cell::new(0),
         };
-        let mut st = EvolveState {
-            generation: 0,
-            population: vec![],
-            nodes: vec![],
-            history: vec![],
-            next_id: 0,
-            best_fitness: 0.0,
-            stale: 0,
-            stop_reason: None,
+        let cfg = EvolveConfig {
+            generations: 0,
+            ..EvolveConfig::default()
         };
-        let fallback = || Ok(toy(7, None));
-        let (w, id) = make_combo(
-            4,
-            inp.parents,
-            [0, 1, 2],
-            &inp,
-            1,
-            0,
-            "combo",
-            &mut st,
-            &fallback,
+        let (st, _) = evolve(
+            &cfg,
+            &inputs(&base, &bad),
+            &eval,
+            &mut Record::default(),
+            None,
         )
         .unwrap();
-        assert_eq!(w, toy(7, None));
-        assert_eq!(st.node(id).kind, "fallback");
-        assert!(st.node(id).note.as_ref().unwrap().contains("NaN"));
-        let _ = target;
+        let fallback = st.pool("fallback").next().expect("a fallback");
+        assert!(
+            fallback.note.as_ref().unwrap().contains("NaN"),
+            "{fallback:?}"
+        );
+    }
+
+    #[test]
+    fn midpoint_barriers_measure_linear_mode_connectivity() {
+        let (base, ps, target) = setup();
+        let eval = Closeness {
+            target,
+            calls: Cell::new(0),
+        };
+        let cfg = EvolveConfig {
+            generations: 0,
+            ..EvolveConfig::default()
+        };
+        let (st, _) = evolve(
+            &cfg,
+            &inputs(&base, &ps),
+            &eval,
+            &mut Record::default(),
+            None,
+        )
+        .unwrap();
+        let b = lmc_barriers(&st);
+        assert_eq!(b.keys().cloned().collect::<Vec<_>>(), ["01", "02", "12"]);
+        // By hand for pair 01: ln ppl is 1 + d here, so the barrier is d(mid) − (d0 + d1)/2.
+        let d = |n: &Node| n.fitness.as_ref().unwrap().perplexity.ln();
+        let mid = st.pool("midpoint").next().unwrap();
+        let inputs: Vec<&Node> = st.pool("input").collect();
+        let want = d(mid) - (d(inputs[0]) + d(inputs[1])) / 2.0;
+        assert!((b["01"] - want).abs() < 1e-9);
     }
 
     #[test]
@@ -762,5 +853,6 @@ mod tests {
         }
         assert!((diversity(&[&base, &neg]) - 2.0).abs() < 1e-9);
         assert!(diversity(&[&ps[0], &ps[1], &ps[2]]) > 0.0);
+        let _ = toy(1, None);
     }
 }

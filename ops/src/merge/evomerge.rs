@@ -1,20 +1,45 @@
 //! The `evolve` strategy as a step runs it: the evolution of [`super::evolve`] with a checkpoint
-//! after every generation (population weights + state, replaced atomically, so a killed step
-//! resumes at its last finished generation and ends with the same champion), its metrics under
-//! the seed's `evolution/*`, `final/*` and `parents/*` names, and the champion's
-//! `evolution_log.json` and `lineage.json`. Fitness comes from the caller's
-//! [`super::evolve::Evaluator`] (running candidates needs the model; this module does not).
-
-use std::collections::BTreeMap;
+//! after every generation (its state, replaced atomically, so a killed step resumes at its last
+//! finished generation and ends with the same champion), its metrics under the seed's
+//! `evolution/*`, `final/*` and `parents/*` names plus `base/*` and the parents' linear mode
+//! connectivity (`lmc/*`), and the champion's `evolution_log.json` and `lineage.json`. Fitness
+//! comes from the caller's [`super::evolve::Evaluator`] (running candidates needs the model;
+//! this module does not).
 
 use serde_json::{Map, Value, json};
 
-use super::combo;
 use super::evolve::{self, EvolveConfig, EvolveState, FitnessReport};
 use super::technique::TaskArithmetic;
 use super::tensors::StateDict;
 use crate::context::{AlertLevel, StepContext};
 use crate::error::OpError;
+
+/// The metrics [`run`] writes, as patterns (`*` is one name segment).
+pub const METRICS: &[&str] = &[
+    "parents/*/fitness",
+    "parents/*/perplexity",
+    "parents/*/accuracy",
+    "parents/*/latency",
+    "parents/avg_fitness",
+    "parents/best_fitness",
+    "base/fitness",
+    "base/perplexity",
+    "lmc/barrier_*",
+    "lmc/max_barrier",
+    "final/best_fitness",
+    "final/perplexity",
+    "final/accuracy",
+    "final/latency",
+    "final/fitness_improvement",
+    "final/generations_completed",
+    "final/candidates_evaluated",
+    "final/champion_combo_id",
+    "final/best_combo",
+    "final/convergence_reason",
+    "evolution/fitness_improvement",
+    "evolution/improvement_over_parents",
+    "evolution/improvement_over_pool",
+];
 
 /// What the evolution hands back to the op.
 pub struct Outcome {
@@ -36,13 +61,8 @@ pub fn run(
     task: TaskArithmetic,
     evaluator: &dyn evolve::Evaluator,
 ) -> Result<Outcome, OpError> {
-    let parent_reports = evaluator
-        .evaluate(&parents.iter().collect::<Vec<_>>())
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(OpError::user)?;
-    let resume = load_checkpoint(ctx)?;
-    if let Some((st, _)) = &resume {
+    let resume = ctx.load_checkpoint_json::<EvolveState>("evolve.json")?;
+    if let Some(st) = &resume {
         ctx.log(format!(
             "resuming the evolution after generation {}",
             st.generation
@@ -52,7 +72,7 @@ pub fn run(
         parents: [&parents[0], &parents[1], &parents[2]],
         base,
         seed,
-        combo: task,
+        task,
     };
     let (st, champion) = evolve::evolve(cfg, &inp, evaluator, &mut Checkpoints { ctx }, resume)
         .map_err(|e| {
@@ -63,17 +83,12 @@ pub fn run(
             }
         })?;
     let champ = st.node(st.champion()).clone();
-    let fit = champ.fitness.clone().expect("the champion was evaluated");
-    let metrics = metrics(&st, &champ, &fit, &parent_reports);
+    let metrics = metrics(&st, &champ);
     ctx.log(format!(
         "champion #{} ({}) fitness {:.5} vs parents' average {:.5}: {:+.1}%",
         champ.id,
-        champ
-            .combo
-            .as_deref()
-            .map(|c| format!("combo {c}"))
-            .unwrap_or_else(|| "linear".into()),
-        fit.fitness,
+        champ.kind,
+        champ.fitness_value(),
         metrics["parents/avg_fitness"].as_f64().unwrap_or(0.0),
         metrics["evolution/improvement_over_parents"]
             .as_f64()
@@ -83,7 +98,7 @@ pub fn run(
     let log = json!({
         "generations": st.history,
         "stop_reason": st.stop_reason,
-        "parents": parent_reports,
+        "candidates": st.nodes,
     });
     let files = vec![
         (
@@ -92,14 +107,14 @@ pub fn run(
         ),
         (
             "lineage.json",
-            serde_json::to_vec_pretty(&st.lineage(champ.id)).expect("json"),
+            serde_json::to_vec_pretty(&json!({ "champion": champ, "inputs": st.pool("input").collect::<Vec<_>>(), "base": st.pool("base").collect::<Vec<_>>() })).expect("json"),
         ),
     ];
     Ok(Outcome {
         champion,
         metrics,
         files,
-        record: json!({ "strategy": "evolve", "champion": champ.id, "combo": champ.combo }),
+        record: json!({ "strategy": "evolve", "champion": champ.id, "kind": champ.kind, "recipe": champ.recipe }),
     })
 }
 
@@ -111,19 +126,24 @@ pub fn parse_combo(s: &str) -> Option<u8> {
 }
 
 /// The evolution's metrics, in a fixed order.
-fn metrics(
-    st: &EvolveState,
-    champ: &evolve::Node,
-    fit: &FitnessReport,
-    parents: &[FitnessReport],
-) -> Map<String, Value> {
+fn metrics(st: &EvolveState, champ: &evolve::Node) -> Map<String, Value> {
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
         m.insert(k.to_string(), v);
     };
+    let report = |n: &evolve::Node| {
+        n.fitness.clone().unwrap_or(FitnessReport {
+            fitness: f64::NAN,
+            perplexity: f64::NAN,
+            accuracy: f64::NAN,
+            latency: f64::NAN,
+            size_mb: f64::NAN,
+        })
+    };
+    let parents: Vec<FitnessReport> = st.pool("input").map(report).collect();
+    let fit = report(champ);
     let parent_avg = parents.iter().map(|r| r.fitness).sum::<f64>() / parents.len() as f64;
     let improvement = (fit.fitness - parent_avg) / parent_avg;
-    let initial = st.history[0].best_fitness;
     for (i, r) in parents.iter().enumerate() {
         put(&format!("parents/{i}/fitness"), json!(r.fitness));
         put(&format!("parents/{i}/perplexity"), json!(r.perplexity));
@@ -133,56 +153,55 @@ fn metrics(
     put("parents/avg_fitness", json!(parent_avg));
     let best = parents.iter().map(|r| r.fitness).fold(f64::MIN, f64::max);
     put("parents/best_fitness", json!(best));
+    if let Some(b) = st.pool("base").next().map(report) {
+        put("base/fitness", json!(b.fitness));
+        put("base/perplexity", json!(b.perplexity));
+    }
+    let barriers = evolve::lmc_barriers(st);
+    for (pair, b) in &barriers {
+        put(&format!("lmc/barrier_{pair}"), json!(b));
+    }
+    put(
+        "lmc/max_barrier",
+        json!(barriers.values().copied().fold(f64::MIN, f64::max)),
+    );
     put("final/best_fitness", json!(fit.fitness));
     put("final/perplexity", json!(fit.perplexity));
     put("final/accuracy", json!(fit.accuracy));
     put("final/latency", json!(fit.latency));
     put("final/fitness_improvement", json!(improvement));
     put("final/generations_completed", json!(st.generation));
+    put("final/candidates_evaluated", json!(st.nodes.len()));
     put(
         "final/champion_combo_id",
-        json!(champ.combo.as_deref().and_then(parse_combo)),
+        json!(champ.combo().and_then(parse_combo)),
     );
-    put("final/best_combo", json!(champ.combo));
+    put("final/best_combo", json!(champ.combo()));
     put("final/convergence_reason", json!(st.stop_reason));
+    let pool_best = st.history[0].best_fitness;
     put(
         "evolution/fitness_improvement",
-        json!((fit.fitness - initial) / initial),
+        json!((fit.fitness - pool_best) / pool_best),
     );
     put("evolution/improvement_over_parents", json!(improvement));
-    let mut usage: BTreeMap<String, u32> = BTreeMap::new();
-    for n in st
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.kind.as_str(), "combo" | "merge" | "inject"))
-    {
-        *usage
-            .entry(n.combo.clone().unwrap_or_default())
-            .or_default() += 1;
-    }
-    for k in 0..8u8 {
-        put(
-            &format!("evolution/combo_{}_count", combo::bits(k)),
-            json!(usage.get(&combo::bits(k)).copied().unwrap_or(0)),
-        );
-    }
+    put(
+        "evolution/improvement_over_pool",
+        json!((fit.fitness - pool_best) / pool_best),
+    );
     m
 }
 
-/// Generation checkpoints: population weights + state, replaced atomically.
+/// Generation checkpoints: the evolution's state (candidates are rebuilt from their recipes).
 struct Checkpoints<'a> {
     ctx: &'a StepContext,
 }
 
 impl evolve::Hooks for Checkpoints<'_> {
-    fn generation_done(
-        &mut self,
-        st: &EvolveState,
-        population: &[StateDict],
-    ) -> Result<(), String> {
+    fn generation_done(&mut self, st: &EvolveState) -> Result<(), String> {
         let g = st.history.last().expect("a generation");
         let ctx = self.ctx;
         let step = Some(u64::from(st.generation));
+        let first = st.history[0].best_fitness;
         for (k, v) in [
             ("evolution/generation", f64::from(st.generation)),
             ("evolution/best_fitness", g.best_fitness),
@@ -190,52 +209,25 @@ impl evolve::Hooks for Checkpoints<'_> {
             ("evolution/worst_fitness", g.worst_fitness),
             ("evolution/fitness_std", g.fitness_std),
             ("evolution/diversity", g.diversity),
-            ("evolution/unique_models", g.unique_models as f64),
-            ("evolution/elite1_fitness", g.elite1_fitness),
-            ("evolution/elite2_fitness", g.elite2_fitness),
+            ("evolution/sigma", g.sigma),
             (
                 "evolution/fitness_improvement",
-                (g.best_fitness - st.history[0].best_fitness) / st.history[0].best_fitness,
+                (g.best_fitness - first) / first,
             ),
         ] {
             ctx.metric(k, v, step);
         }
-        for note in &g.interventions {
-            ctx.alert(
-                AlertLevel::Info,
-                format!("generation {}: {note}", st.generation),
-            );
+        for n in st.nodes.iter().filter(|n| n.generation == st.generation) {
+            if let Some(note) = &n.note {
+                ctx.alert(
+                    AlertLevel::Info,
+                    format!("generation {}: candidate {}: {note}", st.generation, n.id),
+                );
+            }
         }
-        let mut files: Vec<(String, Vec<u8>)> = population
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (format!("pop-{i}.safetensors"), w.to_bytes()))
-            .collect();
-        files.push((
-            "evolve.json".into(),
-            serde_json::to_vec(st).expect("state serializes"),
-        ));
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(n, b)| (n.as_str(), b.as_slice()))
-            .collect();
-        ctx.save_checkpoint(&refs).map_err(|e| e.to_string())?;
+        ctx.save_checkpoint_json("evolve.json", st)
+            .map_err(|e| e.to_string())?;
         ctx.progress(u64::from(st.generation), None, "generations");
         ctx.check_cancelled().map_err(|e| e.to_string())
     }
-}
-
-fn load_checkpoint(ctx: &StepContext) -> Result<Option<(EvolveState, Vec<StateDict>)>, OpError> {
-    let Some(st) = ctx.load_checkpoint_json::<EvolveState>("evolve.json")? else {
-        return Ok(None);
-    };
-    let mut pop = Vec::new();
-    for i in 0..st.population.len() {
-        let name = format!("pop-{i}.safetensors");
-        let bytes = ctx
-            .load_checkpoint(&name)?
-            .ok_or_else(|| OpError::infra(format!("the checkpoint lacks {name}")))?;
-        pop.push(StateDict::from_bytes(&bytes).map_err(|e| OpError::infra(e.to_string()))?);
-    }
-    Ok(Some((st, pop)))
 }

@@ -9,11 +9,13 @@
 //! | [`methods`] | linear, slerp, ties, dare (per tensor, mergekit semantics) |
 //! | [`layers`] | frankenmerge slices and dfs routing (per layer) |
 //! | [`combo`] | the eight combos, degenerate-model detection |
-//! | [`evolve`] | the genetic loop, diversity, lineage, resumable state |
+//! | [`evolve`] | the evolution: the generation-0 pool, the CMA-ES search, recipes, resumable state |
+//! | [`cmaes`] | CMA-ES, ask-and-tell, with a serialisable state |
 //! | [`evomerge`] | the evolution as a step runs it: generation checkpoints, metrics, lineage files |
 //! | [`technique`] | the techniques a step names and the shared task-arithmetic settings |
 //! | [`files`] | streaming file-to-file merges (what the benchmark times) |
 
+pub mod cmaes;
 pub mod combo;
 pub mod evolve;
 pub mod evomerge;

@@ -42,9 +42,11 @@ pub struct ModelConfig {
     /// Tokens per memory update.
     #[serde(default = "d::mem_chunk")]
     pub mem_chunk: usize,
-    /// Initial momentum η, step size θ and forgetting α of the memory, each in (0, 1).
-    #[serde(default = "d::mem_gates")]
-    pub mem_gates: [f64; 3],
+    /// Initial momentum η, step size θ and forgetting α of the memory, each in (0, 1). Set, they
+    /// also replace the gates of an `init` model the step starts from (a variant's own memory
+    /// behaviour); unset, a fresh model starts from 0.9, 0.1, 0.05 and an `init` model keeps its.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_gates: Option<[f64; 3]>,
     /// TRM: latent updates per cycle.
     #[serde(default = "d::n_inner")]
     pub n_inner: usize,
@@ -102,9 +104,7 @@ mod d {
     pub fn mem_chunk() -> usize {
         16
     }
-    pub fn mem_gates() -> [f64; 3] {
-        [0.9, 0.1, 0.05]
-    }
+
     pub fn n_inner() -> usize {
         1
     }
@@ -131,7 +131,15 @@ impl Default for ModelConfig {
     }
 }
 
+/// The memory gates (η, θ, α) of a fresh model whose config sets none.
+pub const DEFAULT_MEM_GATES: [f64; 3] = [0.9, 0.1, 0.05];
+
 impl ModelConfig {
+    /// The memory gates a fresh model of this config starts from.
+    pub fn initial_mem_gates(&self) -> [f64; 3] {
+        self.mem_gates.unwrap_or(DEFAULT_MEM_GATES)
+    }
+
     /// ≈1–3M parameters; trains on two CPU cores in minutes.
     pub fn tiny() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("defaults")
@@ -200,7 +208,12 @@ impl ModelConfig {
                 p.push(format!("{name} must be positive"));
             }
         }
-        if self.mem_gates.iter().any(|g| !(*g > 0.0 && *g < 1.0)) {
+        if self
+            .mem_gates
+            .iter()
+            .flatten()
+            .any(|g| !(*g > 0.0 && *g < 1.0))
+        {
             p.push("mem_gates must each be in (0, 1)".into());
         }
         if !(0.0..=1.0).contains(&self.act_threshold) {

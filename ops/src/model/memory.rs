@@ -40,7 +40,10 @@ pub struct NeuralMemory {
 /// What the memory did, for metrics.
 #[derive(Debug, Clone)]
 pub struct MemoryStats {
-    /// Effective number of slots in use (exp of the entropy of the address mass) / slots.
+    /// The fraction of slots materially written by the end of the sequence: slots whose row of
+    /// `M` holds at least a tenth of what an evenly spread write of a typical value
+    /// (RMS ‖v‖ / √slots) would put there. 0 when the memory writes nothing; the number of
+    /// slots written to, over all slots, when it does.
     pub usage: Tensor<1>,
     /// Mean Frobenius norm of the per-chunk gradient ("surprise").
     pub surprise: Tensor<1>,
@@ -54,6 +57,21 @@ fn l2_normalize(x: Tensor<3>) -> Tensor<3> {
         .add_scalar(1e-6)
         .sqrt();
     x.div(norm)
+}
+
+/// The fraction of slots of `m` (`[b, slots, d]`) materially written, for values `v`
+/// (`[b, seq, d]`); see [`MemoryStats::usage`].
+pub fn slot_usage(m: Tensor<3>, v: Tensor<3>) -> Tensor<1> {
+    let [b, slots, _] = m.dims();
+    // RMS value norm per row: √(mean_t ‖v_t‖²), [b, 1, 1].
+    let v_rms = v.powf_scalar(2.0).sum_dim(2).mean_dim(1).sqrt();
+    let threshold = v_rms.mul_scalar(0.1 / (slots as f64).sqrt());
+    let row_norm = m.powf_scalar(2.0).sum_dim(2).sqrt(); // [b, slots, 1]
+    row_norm
+        .greater_equal(threshold.expand([b, slots, 1]))
+        .float()
+        .mean()
+        .reshape([1])
 }
 
 impl NeuralMemory {
@@ -122,11 +140,7 @@ impl NeuralMemory {
             start += len;
         }
         let out = self.wo.forward(Tensor::cat(reads, 1));
-        // Slot usage: how evenly the write addresses spread over the slots.
-        let mass = a.detach().abs().sum_dim(1).sum_dim(0).reshape([self.slots]);
-        let p = mass.clone().div(mass.sum().add_scalar(1e-12));
-        let entropy = p.clone().mul(p.add_scalar(1e-12).log()).sum().neg();
-        let usage = entropy.exp().div_scalar(self.slots as f64);
+        let usage = slot_usage(m.detach(), v.detach());
         let surprise = Tensor::cat(surprise, 0).mean();
         (out, MemoryStats { usage, surprise })
     }

@@ -5,10 +5,17 @@
 //!
 //! ```text
 //! repeat T cycles (gradient only through the last):
-//!     repeat n times:  z ← net(e + y + z)
-//!     y ← net(y + z)
+//!     repeat n times:  z ← rms(net(e + y + z)) · ‖e‖
+//!     y ← rms(net(y + z)) · ‖e‖
 //! logits = head(norm(y)),   q = σ(halt(norm(y)))   (probability the prediction is already right)
 //! ```
+//!
+//! `rms` is a parameter-free RMS normalisation of the state, as TRM's post-norm blocks give, and
+//! `‖e‖` the RMS of the token's embedding: the state keeps the scale of the embeddings however
+//! many passes run, so a recursion can be repeated (deep supervision, ACT) without the residual
+//! stream growing, and the token signal is never drowned by the state it is added to. `y` and `z` start from fixed random
+//! vectors (`y_init`, `z_init`, TRM's `H_init`/`L_init` buffers): saved with the model, never
+//! trained.
 //!
 //! Training runs `sup_steps` such recursions, carrying `(y, z)` detached from one to the next, with
 //! a cross-entropy loss on the shifted next-token labels at every step plus a BCE loss teaching `q`
@@ -29,7 +36,9 @@ use super::layers::{Dense, Init, RmsNorm, Rope};
 #[derive(Module, Debug)]
 pub struct TrmTitansMag {
     pub embed: Param<Tensor<2>>,
+    /// Fixed (no gradient) initial answer state.
     pub y_init: Param<Tensor<1>>,
+    /// Fixed (no gradient) initial latent state.
     pub z_init: Param<Tensor<1>>,
     pub blocks: Vec<MagBlock>,
     pub norm_out: RmsNorm,
@@ -72,7 +81,8 @@ pub struct TrainOutput {
     pub act_bce: Tensor<1>,
     /// Mean halting probability of the last step.
     pub halt_prob: Tensor<1>,
-    /// Per block with attention: max attention logit per head (for QK-clip).
+    /// Per block: each head's largest attention logit over every pass of the block in the last
+    /// supervision step (for QK-clip), `[heads]`.
     pub max_logits: Vec<Tensor<1>>,
     pub memory_usage: Option<Tensor<1>>,
     pub memory_surprise: Option<Tensor<1>>,
@@ -106,7 +116,45 @@ pub struct InferOutput {
     pub halting_steps: Vec<Vec<u32>>,
     /// Recursions actually executed (each is a full `cycles × (n_inner + 1)` pass).
     pub recursions: usize,
+    /// The memory blocks' slot usage in the last recursion (`None` without memory blocks).
+    pub memory_usage: Option<f64>,
 }
+
+/// Per block, the elementwise max over its passes: `stats` holds one entry per block per pass of
+/// the stack, in order (pass 0 blocks 0..n, pass 1 blocks 0..n, …).
+pub fn per_block_max(stats: &[Tensor<1>], blocks: usize) -> Vec<Tensor<1>> {
+    assert!(
+        blocks > 0 && stats.len().is_multiple_of(blocks),
+        "{} entries are not whole passes of {blocks} blocks",
+        stats.len()
+    );
+    (0..blocks)
+        .map(|b| {
+            stats[b..]
+                .iter()
+                .step_by(blocks)
+                .cloned()
+                .reduce(Tensor::max_pair)
+                .expect("at least one pass")
+        })
+        .collect()
+}
+
+/// Parameter-free RMS normalisation over the last dimension.
+fn rms(x: Tensor<3>) -> Tensor<3> {
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .mean_dim(2)
+        .add_scalar(1e-6)
+        .sqrt();
+    x.div(norm)
+}
+
+/// The halting bias a fresh model starts from: "not yet right".
+pub const INITIAL_HALT_BIAS: f32 = -2.0;
+/// σ([`INITIAL_HALT_BIAS`]): the halting probability of every token before training.
+pub const INITIAL_HALT_PROBABILITY: f64 = 0.119_202_922_022_117_57;
 
 fn logit(p: f64) -> f32 {
     (p / (1.0 - p)).ln() as f32
@@ -118,7 +166,7 @@ impl TrmTitansMag {
         let d = cfg.d_model;
         // GPT-2 style: projections into the residual stream scaled by 1/sqrt(2·layers).
         let out_std = 0.02 / (2.0 * cfg.layers as f64).sqrt();
-        let gates = cfg.mem_gates.map(logit);
+        let gates = cfg.initial_mem_gates().map(logit);
         let blocks = (0..cfg.layers)
             .map(|l| {
                 let spec = BlockSpec {
@@ -138,17 +186,30 @@ impl TrmTitansMag {
             .collect();
         Self {
             embed: init.normal([cfg.vocab_size, d], 0.02),
-            y_init: init.normal([d], 0.02),
-            z_init: init.normal([d], 0.02),
+            y_init: init.normal([d], 0.02).set_require_grad(false),
+            z_init: init.normal([d], 0.02).set_require_grad(false),
             blocks,
             norm_out: RmsNorm::new(&mut init, d),
             head: (!cfg.tie_embeddings).then(|| Dense::new(&mut init, d, cfg.vocab_size, 0.02)),
             halt: Dense::new(&mut init, d, 1, 0.02),
             // Start pessimistic: "not yet right" (p ≈ 0.12).
-            halt_bias: init.constant([1], -2.0),
+            halt_bias: init.constant([1], INITIAL_HALT_BIAS),
             n_inner: cfg.n_inner,
             cycles: cfg.cycles,
             pad_id: 0,
+        }
+    }
+
+    /// Replace the memory gates (η, θ, α) of every memory block, e.g. after loading a shared
+    /// initialisation into a variant that sets its own.
+    pub fn set_memory_gates(&mut self, gates: [f64; 3]) {
+        for block in &mut self.blocks {
+            if let Some(mem) = &mut block.memory {
+                let device = mem.gate_bias.val().device();
+                let logits: Vec<f32> = gates.iter().map(|g| logit(*g)).collect();
+                mem.gate_bias =
+                    Param::from_tensor(Tensor::from_data(TensorData::new(logits, [3]), &device));
+            }
         }
     }
 
@@ -156,6 +217,7 @@ impl TrmTitansMag {
         Module::num_params(self)
     }
 
+    /// The token embeddings injected into every latent update.
     fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [b, s] = tokens.dims();
         let w = self.embed.val();
@@ -192,6 +254,13 @@ impl TrmTitansMag {
         stats: &mut Vec<super::block::BlockStats>,
     ) -> (Tensor<3>, Tensor<3>) {
         let (mut y, mut z) = (y, z);
+        // Each token's state is kept at its embedding's RMS.
+        let scale = e
+            .clone()
+            .powf_scalar(2.0)
+            .mean_dim(2)
+            .add_scalar(1e-12)
+            .sqrt();
         // The cycles before the last carry no gradient: they run on an untracked copy of the
         // weights (a cheap handle clone) with detached inputs, so autodiff records nothing for
         // them. The values are exactly those of a tracked run.
@@ -199,17 +268,17 @@ impl TrmTitansMag {
         for c in 0..self.cycles {
             let last = c + 1 == self.cycles;
             let mut scratch = Vec::new();
-            let (model, st, e) = match (&untracked, last) {
+            let (model, st, e, scale) = match (&untracked, last) {
                 (Some(m), false) => {
                     (y, z) = (y.detach(), z.detach());
-                    (m, &mut scratch, e.clone().detach())
+                    (m, &mut scratch, e.clone().detach(), scale.clone().detach())
                 }
-                _ => (self, &mut *stats, e.clone()),
+                _ => (self, &mut *stats, e.clone(), scale.clone()),
             };
             for _ in 0..self.n_inner {
-                z = model.net(e.clone().add(y.clone()).add(z), t, mask, st);
+                z = rms(model.net(e.clone().add(y.clone()).add(z), t, mask, st)).mul(scale.clone());
             }
-            y = model.net(y.add(z.clone()), t, mask, st);
+            y = rms(model.net(y.add(z.clone()), t, mask, st)).mul(scale);
             if !last {
                 y = y.detach();
                 z = z.detach();
@@ -244,6 +313,23 @@ impl TrmTitansMag {
         let y = self.y_init.val().reshape([1, 1, d]).expand([b, s, d]);
         let z = self.z_init.val().reshape([1, 1, d]).expand([b, s, d]);
         (y, z)
+    }
+
+    /// The RMS of the answer and latent states after each of `steps` recursions (for tests and
+    /// diagnostics: the state must keep its scale).
+    pub fn state_rms(&self, tokens: Tensor<2, Int>, steps: usize, t: &Tables) -> Vec<(f64, f64)> {
+        let [b, s] = tokens.dims();
+        let mask = t.causal_mask(s);
+        let e = self.embed_tokens(tokens).detach();
+        let (mut y, mut z) = self.initial_state(b, s);
+        let rms_of =
+            |x: &Tensor<3>| (x.clone().powf_scalar(2.0).mean().into_scalar::<f32>() as f64).sqrt();
+        (0..steps)
+            .map(|_| {
+                (y, z) = self.recurse(&e, y.clone(), z.clone(), t, &mask, &mut Vec::new());
+                (rms_of(&y), rms_of(&z))
+            })
+            .collect()
     }
 
     /// Logits after `steps` full recursions (no halting), for tests and evaluation.
@@ -346,7 +432,13 @@ impl TrmTitansMag {
         let loss = total
             .expect("at least one step")
             .div_scalar(sup_steps.max(1) as f64);
-        let max_logits = stats.iter().map(|s| s.max_logit.clone()).collect();
+        let max_logits = per_block_max(
+            &stats
+                .iter()
+                .map(|s| s.max_logit.clone())
+                .collect::<Vec<_>>(),
+            self.blocks.len(),
+        );
         let mem: Vec<_> = stats.iter().filter_map(|s| s.memory.clone()).collect();
         let (memory_usage, memory_surprise) = if mem.is_empty() {
             (None, None)
@@ -393,9 +485,18 @@ impl TrmTitansMag {
         let mut steps = vec![0u32; b * s];
         let mut recursions = 0;
         let mut logits = None;
+        let mut memory_usage = None;
         for _ in 0..max_steps.max(1) {
             let mut stats = Vec::new();
             let (y_new, z_new) = self.recurse(&e, y.clone(), z.clone(), t, &mask, &mut stats);
+            let usage: Vec<f64> = stats
+                .iter()
+                .filter_map(|s| s.memory.as_ref())
+                .map(|m| m.usage.clone().into_scalar::<f32>() as f64)
+                .collect();
+            if !usage.is_empty() {
+                memory_usage = Some(usage.iter().sum::<f64>() / usage.len() as f64);
+            }
             let frozen: Tensor<3, Bool> =
                 Tensor::<2, Bool>::from_data(TensorData::new(halted.clone(), [b, s]), &device)
                     .reshape([b, s, 1])
@@ -428,6 +529,7 @@ impl TrmTitansMag {
             logits: logits.expect("one step ran"),
             halting_steps,
             recursions,
+            memory_usage,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! - [`GrokfastEma`]: the EMA gradient filter of Grokfast, `μ_t = α μ_{t−1} + (1−α) g_t`,
 //!   `ĝ_t = g_t + λ μ_t` — the *slow* component is amplified; μ starts at the first gradient
 //!   (so ĝ_1 = (1 + λ) g_1), exactly as `ironjr/grokfast`'s `gradfilter_ema`.
-//! - [`muon_update`]: Nesterov momentum (β), orthogonalised, scaled by √max(1, rows/cols).
+//! - [`muon_update`]: Nesterov momentum (β), orthogonalised, scaled by √max(1, fan_out/fan_in)
+//!   ([`muon_shape_scale`]: the reference's √max(1, rows/cols) on PyTorch's `[out, in]` weights;
+//!   burn's weights are `[in, out]`).
 //!
 //! Muon applies to 2-D hidden weights only ([`is_muon_param`]); embeddings, the output and
 //! halting heads, norms and biases use AdamW. [`qk_clip`] bounds attention logits (MuonClip).
@@ -41,7 +43,15 @@ pub fn newton_schulz5(g: Tensor<2>) -> Tensor<2> {
     if transposed { x.transpose() } else { x }
 }
 
-/// Muon's update direction for gradient `g` and momentum buffer `m` (updated in place).
+/// Muon's scale for a weight with `fan_in` inputs and `fan_out` outputs: √max(1, fan_out/fan_in),
+/// so a matrix that widens its input gets a larger step (KellerJordan/Muon's
+/// `max(1, rows/cols)**0.5` on PyTorch's `[out, in]` layout).
+pub fn muon_shape_scale(fan_in: usize, fan_out: usize) -> f64 {
+    (fan_out as f64 / fan_in as f64).max(1.0).sqrt()
+}
+
+/// Muon's update direction for gradient `g` of a burn weight (`[in, out]`) and its momentum buffer
+/// `m` (updated in place).
 pub fn muon_update(g: Tensor<2>, momentum: &mut Tensor<2>, beta: f64) -> Tensor<2> {
     // momentum.lerp_(g, 1 − β); u = g.lerp(momentum, β)
     *momentum = momentum
@@ -51,8 +61,8 @@ pub fn muon_update(g: Tensor<2>, momentum: &mut Tensor<2>, beta: f64) -> Tensor<
     let u = g
         .mul_scalar(1.0 - beta)
         .add(momentum.clone().mul_scalar(beta));
-    let [rows, cols] = u.dims();
-    let scale = (rows as f64 / cols as f64).max(1.0).sqrt();
+    let [fan_in, fan_out] = u.dims();
+    let scale = muon_shape_scale(fan_in, fan_out);
     newton_schulz5(u).mul_scalar(scale)
 }
 
@@ -241,9 +251,10 @@ mod tests {
     #[test]
     fn muon_update_uses_nesterov_momentum_and_shape_scaling() {
         // First step, β = 0.95: momentum = 0.05 g; u = 0.05 g + 0.95·0.05 g = 0.0975 g, and NS5
-        // normalises the scale away, so the update equals NS5(g) · √max(1, rows/cols).
-        let g = mat(4, 2, vec![1.0, 0.5, -0.25, 2.0, 0.0, 1.0, 3.0, -1.0]);
-        let mut m = Tensor::zeros([4, 2], &dev());
+        // normalises the scale away, so the update equals NS5(g) · √max(1, fan_out/fan_in): a
+        // [2 in, 4 out] weight gets √2.
+        let g = mat(2, 4, vec![1.0, 0.5, -0.25, 2.0, 0.0, 1.0, 3.0, -1.0]);
+        let mut m = Tensor::zeros([2, 4], &dev());
         let u = data(muon_update(g.clone(), &mut m, 0.95));
         let expected: Vec<f64> = data(newton_schulz5(g.clone()))
             .into_iter()
@@ -255,6 +266,27 @@ mod tests {
         let mom = data(m);
         for (a, b) in mom.iter().zip(data(g)) {
             assert!((a - 0.05 * b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn muon_scales_by_fan_out_over_fan_in_on_burns_in_out_layout() {
+        // The reference scales PyTorch's [out, in] weights by √max(1, out/in): the FFN's up and
+        // gate projections (d → d_ff) by √3, its down projection (d_ff → d) by 1. burn stores
+        // the same weights as [in, out].
+        let (d, d_ff) = (128, 384);
+        assert!(
+            (muon_shape_scale(d, d_ff) - 3f64.sqrt()).abs() < 1e-12,
+            "ffn.up [d, d_ff]"
+        );
+        assert_eq!(muon_shape_scale(d_ff, d), 1.0, "ffn.down [d_ff, d]");
+        assert_eq!(muon_shape_scale(d, d), 1.0, "square");
+        // And the update applies it by the tensor's own dims: [in, out] = [4, 2] shrinks → 1.
+        let g = mat(4, 2, vec![1.0, 0.5, -0.25, 2.0, 0.0, 1.0, 3.0, -1.0]);
+        let mut m = Tensor::zeros([4, 2], &dev());
+        let u = data(muon_update(g.clone(), &mut m, 0.95));
+        for (a, b) in u.iter().zip(data(newton_schulz5(g))) {
+            assert!((a - b).abs() < 1e-4);
         }
     }
 

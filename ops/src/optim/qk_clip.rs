@@ -8,7 +8,13 @@ use crate::model::TrmTitansMag;
 
 /// QK-clip (MuonClip): where a head's max attention logit exceeds τ, scale its query and key
 /// columns by √(τ / max) so the logit comes back to τ. Returns how many heads were clipped.
+/// `max_logits` has one entry per block: each head's largest logit over all of the block's passes.
 pub fn qk_clip(model: TrmTitansMag, max_logits: &[Vec<f32>], tau: f64) -> (TrmTitansMag, usize) {
+    assert_eq!(
+        model.blocks.len(),
+        max_logits.len(),
+        "one max-logit entry per block"
+    );
     let mut model = model;
     let mut clipped = 0;
     for (block, logits) in model.blocks.iter_mut().zip(max_logits) {

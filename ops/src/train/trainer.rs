@@ -6,7 +6,8 @@
 //!
 //! A run is a pure function of its start model, its batches (each a pure function of (step,
 //! micro-batch)) and its settings, and a checkpoint holds everything else (weights, optimizer
-//! state, step, learning-rate factor, the micro-batch split), so a killed run resumes bit-exactly.
+//! state, step, learning-rate factor, the micro-batch split, the history logged so far), so a
+//! killed run resumes to the same bytes — weights and history alike.
 
 use std::time::Instant;
 
@@ -71,6 +72,14 @@ pub struct Trained {
     pub tokens_per_second: f64,
 }
 
+/// Every metric [`Trained::metrics`] writes.
+pub const TRAINED_METRICS: &[&str] = &[
+    "train/loss",
+    "train/steps",
+    "train/rollbacks",
+    "train/micro_batch_size",
+];
+
 impl Trained {
     /// The run's own metrics under the seed's names, in a fixed order.
     pub fn metrics(&self) -> Vec<(&'static str, Value)> {
@@ -98,6 +107,9 @@ struct Progress {
     /// Rows per micro-batch once chosen (budget, halvings), so a resumed run splits the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     micro_batch: Option<usize>,
+    /// The rows logged up to this step (they go into the artifact's `history.jsonl`).
+    #[serde(default)]
+    history: Vec<Value>,
 }
 
 impl Progress {
@@ -108,6 +120,7 @@ impl Progress {
             rollbacks: 0,
             losses: Vec::new(),
             micro_batch: None,
+            history: Vec::new(),
         }
     }
 }
@@ -157,7 +170,6 @@ impl Run<'_> {
             objective.name()
         ));
         let first_micro = self.first_micro_batch(params)?;
-        let mut history = Vec::new();
         let mut watch = super::alerts::LossWatch::default();
         let mut tokens_seen = 0u64;
         let t0 = Instant::now();
@@ -224,7 +236,7 @@ impl Run<'_> {
                 if let Some(x) = &last.memory_surprise {
                     rec["ltm/avg_surprise_score"] = json!(x.clone().into_scalar::<f32>());
                 }
-                history.push(log_row(ctx, rec, done));
+                st.prog.history.push(log_row(ctx, rec, done));
                 ctx.progress(done, Some(s.steps), "steps");
                 for (level, message) in watch.observe(&st.prog.losses, done, s.steps) {
                     ctx.alert(level, message);
@@ -241,7 +253,7 @@ impl Run<'_> {
             steps: st.prog.step,
             rollbacks: st.prog.rollbacks,
             model: st.model,
-            history,
+            history: st.prog.history,
             tokens_per_second: tokens_seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
         })
     }
