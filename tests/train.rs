@@ -292,3 +292,63 @@ fn kl_term_to_a_reference_model_is_trained_and_reported() {
         "the model never moved away from its reference: {kls:?}"
     );
 }
+
+#[test]
+fn forge_eval_scores_a_model_on_a_dataset_split_or_a_file_deterministically() {
+    let p = Project::new();
+    p.write("t.yaml", &pipeline(4));
+    p.apply_ok("t.yaml", &[]);
+    let eval = |args: &[&str]| {
+        let out = p.run(&[&["eval", "p.model"][..], args].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    let doc = eval(&[
+        "--data",
+        "p.corpus",
+        "--split",
+        "test",
+        "--limit",
+        "16",
+        "--answers",
+        "3",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+    let r = &v["result"];
+    assert_eq!(r["rows"], 16);
+    assert!(r["tokens"].as_u64().unwrap() > 16, "{r}");
+    let ppl = &r["perplexity"];
+    assert!(
+        ppl["lo"].as_f64() <= ppl["value"].as_f64() && ppl["value"].as_f64() <= ppl["hi"].as_f64()
+    );
+    assert_eq!(r["answers_checked"], 3, "math records carry answers");
+    // The same again, byte for byte.
+    assert_eq!(
+        eval(&[
+            "--data",
+            "p.corpus",
+            "--split",
+            "test",
+            "--limit",
+            "16",
+            "--answers",
+            "3",
+            "--json"
+        ]),
+        doc
+    );
+    // A plain file of records, and the human report.
+    p.write(
+        "r.jsonl",
+        "{\"prompt\": \"Ann has 2 pens and buys 3 more. How many pens?\", \"answer\": \"5\"}\n",
+    );
+    let text = String::from_utf8(eval(&["--data", "r.jsonl"])).unwrap();
+    assert!(
+        text.contains("perplexity") && text.contains("1 rows"),
+        "{text}"
+    );
+    // A split that does not exist is the user's to fix.
+    let out = p.run(&["eval", "p.model", "--data", "p.corpus", "--split", "dev"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

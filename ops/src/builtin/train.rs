@@ -18,7 +18,7 @@ use crate::artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,
 };
 use crate::context::StepContext;
-use crate::data::{Category, Corpus, Curriculum, Sampler, Stage, record_rows};
+use crate::data::{Category, Corpus, Curriculum, Sampler, Stage};
 use crate::device;
 use crate::error::{OpError, ParamsError};
 use crate::eval::{self, LmEvalSet, LmReport};
@@ -150,7 +150,7 @@ impl TypedOp for Train {
     const NAME: &'static str = "train";
     /// 2: fused softmax, log-softmax and SiLU (different float rounding in the backward pass).
     /// 3: weights and batches from the `rng` streams of the step's seed.
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const DESCRIPTION: &'static str =
         "Train a trm-titans-mag language model (Muon × Grokfast, deep supervision, ACT)";
 
@@ -342,15 +342,8 @@ fn evaluate(
     codec: &TextCodec,
     dev: &burn::tensor::Device,
 ) -> Result<LmReport, OpError> {
-    let rows = |records| {
-        record_rows(
-            records,
-            |t| codec.encode(t),
-            p.eval_records,
-            p.seq_len,
-            p.batch_size,
-        )
-    };
+    let rows =
+        |records| eval::eval_batches(records, codec, p.eval_records, p.seq_len, p.batch_size);
     let (val, test) = (rows(&corpus.val), rows(&corpus.test));
     let set = LmEvalSet {
         val: &val,
@@ -506,6 +499,8 @@ mod tests {
             (json!({ "memory_budget_mib": 0 }), "memory_budget_mib"),
             (json!({ "curriculum": [{ "until": 0.5 }] }), "curriculum"),
             (json!({ "objective": "rl" }), "objective"),
+            // Below the untrained halting head's σ(−2): every token would halt at once.
+            (json!({ "model": { "act_threshold": 0.1 } }), "model"),
         ] {
             let e = Train.parse_params(&bad).unwrap_err();
             assert_eq!(e.path[0], at, "{bad}: {}", e.message);

@@ -208,40 +208,6 @@ pub fn round_robin(records: &[Record], n: usize) -> Vec<&Record> {
     picked
 }
 
-/// Held-out evaluation rows: up to `n` records (round-robin over categories), one row each —
-/// `<s>`, the text, `</s>`, cut to `seq + 1` ids — in batches of `batch` rows padded with id 0
-/// (padding is never a target, and a causal model cannot see it from earlier positions). The
-/// same records give the same rows for every model, whatever its seed, so models compare.
-pub fn record_rows(
-    records: &[Record],
-    encode: impl Fn(&str) -> Vec<i64>,
-    n: usize,
-    seq: usize,
-    batch: usize,
-) -> Vec<Vec<Vec<i64>>> {
-    let rows: Vec<Vec<i64>> = round_robin(records, n)
-        .into_iter()
-        .map(|r| {
-            let mut t = encode(&r.text);
-            t.truncate(seq + 1);
-            t
-        })
-        .filter(|t| t.len() >= 2)
-        .collect();
-    rows.chunks(batch.max(1))
-        .map(|c| {
-            let len = c.iter().map(Vec::len).max().unwrap_or(2);
-            c.iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    r.resize(len, 0);
-                    r
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// Draws a run's training rows: micro-batch `micro` of step `step` comes from the curriculum
 /// stage of `step`, through the stream `TrainBatch { step, micro }` of `seed`.
 pub struct Sampler<'a> {

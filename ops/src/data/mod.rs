@@ -28,9 +28,7 @@ pub mod qa;
 pub mod records;
 pub mod table;
 
-pub use batches::{
-    Corpus, Curriculum, Sampler, Stage, TokenPool, default_curriculum, record_rows, round_robin,
-};
+pub use batches::{Corpus, Curriculum, Sampler, Stage, TokenPool, default_curriculum, round_robin};
 pub use records::{Record, Split, load_all_records, load_records, read_texts, split_of};
 
 use std::collections::{BTreeMap, HashSet};

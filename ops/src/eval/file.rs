@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::bootstrap::{Estimate, perplexity};
 use super::{Decoding, HaltingStats, act, score};
-use crate::data::{Record, record_rows, round_robin};
+use crate::data::{Record, round_robin};
 use crate::error::OpError;
 use crate::model::files::{model_config, read_config};
 use crate::model::{ModelConfig, Tables, TrmTitansMag, weights};
@@ -110,7 +110,7 @@ pub fn evaluate(
         .map_err(|e| OpError::user(e.to_string()))?;
     let seq = o.seq_len.min(cfg.max_seq);
     let tables = Tables::new(&cfg, &device);
-    let rows = record_rows(records, |t| codec.encode(t), o.limit, seq, o.batch_size);
+    let rows = super::eval_batches(records, &codec, o.limit, seq, o.batch_size);
     if rows.is_empty() {
         return Err(OpError::user("no records to evaluate"));
     }

@@ -8,13 +8,14 @@
 //! fitness = w_p / perplexity + w_a · accuracy + w_s / latency + w_m · (size_ref / size − 1)
 //! ```
 //!
-//! with the seed plan's size-adaptive weights: perplexity over `eval_records` records,
-//! accuracy the fraction of `answers` records whose whole answer span the model predicts token
-//! for token (argmax under ACT, teacher-forced — what greedy decoding of the answer would
-//! produce), latency the block passes per token under ACT, and the size term zero for a
-//! candidate as large as its parents (it rewards a smaller one; it is never a constant). The
-//! evaluation is deterministic, so fitness and the champion are reproducible; wall-clock times
-//! go to events only. With the defaults one answer moves fitness by at most `w_a / answers`.
+//! with the seed plan's size-adaptive weights, all from one pass over `eval_records` records:
+//! perplexity over all their tokens, accuracy the fraction of those with an answer whose whole
+//! answer span the model predicts token for token (argmax under ACT, teacher-forced — what
+//! greedy decoding of the answer would produce), latency the block passes per token under ACT,
+//! and the size term zero for a candidate as large as its parents (it rewards a smaller one; it
+//! is never a constant). The evaluation is deterministic, so fitness and the champion are
+//! reproducible; wall-clock times go to events only. One answer moves fitness by at most
+//! `w_a / answers` (reported as `fitness/answer_step`).
 //!
 //! Results are memoised in the store's `fitness` memo bucket under a typed key (the candidate's
 //! weight digest and everything the evaluation depends on), so a candidate seen again — in a
@@ -33,10 +34,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::bootstrap::{perplexity, relative_perplexity};
-use super::{Decoding, Scores, block_passes, math_accuracy, score};
+use super::{Decoding, EvalBatch, Scores, block_passes, eval_batches, math_accuracy, score};
 use crate::artifact::InputArtifact;
 use crate::context::{AlertLevel, StepContext};
-use crate::data::{Record, Split, load_all_records, record_rows, round_robin};
+use crate::data::{Record, Split, load_all_records};
 use crate::error::OpError;
 use crate::merge::evolve::{self, FitnessReport};
 use crate::merge::tensors::StateDict;
@@ -54,12 +55,10 @@ const RESAMPLES: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FitnessConfig {
-    /// Validation records scored for perplexity (round-robin over categories).
+    /// Validation records each candidate is scored on (round-robin over categories): all of
+    /// them for perplexity, those with an answer for answer accuracy.
     #[serde(default = "d::eval_records")]
     pub eval_records: usize,
-    /// Validation records whose answers are checked for accuracy.
-    #[serde(default = "d::answers")]
-    pub answers: usize,
     /// Rows per inference batch.
     #[serde(default = "d::batch_size")]
     pub batch_size: usize,
@@ -83,9 +82,6 @@ impl Default for FitnessConfig {
 
 mod d {
     pub fn eval_records() -> usize {
-        256
-    }
-    pub fn answers() -> usize {
         400
     }
     pub fn batch_size() -> usize {
@@ -134,124 +130,14 @@ pub fn composite(
         + w[3] * (reference_mb / size_mb.max(1e-9) - 1.0)
 }
 
-/// Rows of token ids with, per row, the positions whose next-token prediction must be right.
-struct AnswerBatch {
-    rows: Vec<Vec<i64>>,
-    targets: Vec<Vec<(usize, i64)>>,
-}
-
-/// Up to `n` records (round-robin over categories) as batches of inputs with the positions of
-/// their answer tokens.
-fn answer_batches(
-    recs: &[Record],
-    codec: &TextCodec,
-    n: usize,
-    batch_size: usize,
-    seq: usize,
-) -> Vec<AnswerBatch> {
-    let mut rows = Vec::new();
-    for r in round_robin(recs, n) {
-        let Some(start) = r.text.rfind(r.answer.as_str()) else {
-            continue;
-        };
-        let end = start + r.answer.len();
-        let Ok(enc) = codec.tokenizer.encode(r.text.as_str(), false) else {
-            continue;
-        };
-        let mut tokens = vec![codec.bos];
-        tokens.extend(enc.get_ids().iter().map(|&i| i64::from(i)));
-        // Token j of the text is position j + 1; it is predicted from position j.
-        let targets: Vec<(usize, i64)> = enc
-            .get_offsets()
-            .iter()
-            .enumerate()
-            .filter(|(_, (a, b))| *a < end && *b > start)
-            .map(|(j, _)| (j, tokens[j + 1]))
-            .collect();
-        if targets.is_empty() || tokens.len() > seq + 1 {
-            continue;
-        }
-        rows.push((tokens, targets));
-    }
-    rows.chunks(batch_size.max(1))
-        .map(|c| {
-            let len = c.iter().map(|(t, _)| t.len() - 1).max().unwrap_or(1);
-            AnswerBatch {
-                // Inputs only (the last token is never an input); padded at the end, which a
-                // causal model cannot see from earlier positions.
-                rows: c
-                    .iter()
-                    .map(|(t, _)| {
-                        let mut x = t[..t.len() - 1].to_vec();
-                        x.resize(len, 0);
-                        x
-                    })
-                    .collect(),
-                targets: c.iter().map(|(_, g)| g.clone()).collect(),
-            }
-        })
-        .collect()
-}
-
-/// One split's evaluation rows: records to score for perplexity and answers to check.
-struct EvalRows {
-    ppl: Vec<Vec<Vec<i64>>>,
-    answers: Vec<AnswerBatch>,
-}
-
-impl EvalRows {
-    fn build(records: &[Record], codec: &TextCodec, fc: &FitnessConfig, seq: usize) -> Self {
-        Self {
-            ppl: record_rows(
-                records,
-                |t| codec.encode(t),
-                fc.eval_records,
-                seq,
-                fc.batch_size,
-            ),
-            answers: answer_batches(records, codec, fc.answers, fc.batch_size, seq),
-        }
-    }
-}
-
-/// What one candidate did on one split.
-struct Measured {
-    scores: Scores,
-    /// Per checked answer: whether every token of it was predicted.
-    answers: Vec<bool>,
-}
-
-impl Measured {
-    fn accuracy(&self) -> f64 {
-        self.answers.iter().filter(|r| **r).count() as f64 / self.answers.len().max(1) as f64
-    }
-}
-
 /// Run `model` on `rows` under ACT.
 fn measure(
     model: &TrmTitansMag,
     cfg: &ModelConfig,
-    rows: &EvalRows,
+    rows: &[EvalBatch],
     device: &burn::tensor::Device,
-) -> Measured {
-    let tables = Tables::new(cfg, device);
-    let scores = score(model, cfg, &rows.ppl, &tables, device);
-    let mut answers = Vec::new();
-    for b in &rows.answers {
-        let n = b.rows[0].len();
-        let x = crate::model::inputs::ids_tensor(&b.rows, device);
-        let pred: Vec<i64> = super::act(model, cfg, x, &tables)
-            .logits
-            .argmax(2)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .expect("i64 predictions");
-        for (r, targets) in b.targets.iter().enumerate() {
-            answers.push(targets.iter().all(|&(pos, tok)| pred[r * n + pos] == tok));
-        }
-    }
-    Measured { scores, answers }
+) -> Scores {
+    score(model, cfg, rows, &Tables::new(cfg, device), device)
 }
 
 /// The evaluator: fixed validation rows and answer spans, the model config, the memo.
@@ -262,7 +148,7 @@ pub struct Fitness<'a> {
     cfg: ModelConfig,
     fc: FitnessConfig,
     data: &'a EvalData,
-    val: EvalRows,
+    val: Vec<EvalBatch>,
     /// The parents' size in MB (the size term's reference).
     reference_mb: f64,
     memo: forge_cache::Memo,
@@ -342,7 +228,7 @@ impl<'a> Fitness<'a> {
             return Err(OpError::user("the dataset has no records to evaluate on"));
         }
         let seq = fc.seq_len.min(cfg.max_seq);
-        let val = EvalRows::build(&data.val, &data.codec, fc, seq);
+        let val = eval_batches(&data.val, &data.codec, fc.eval_records, seq, fc.batch_size);
         let backend =
             crate::device::resolve(ctx.device()).map_err(|e| OpError::user(e.to_string()))?;
         let reference_mb = size_mb(reference_numel);
@@ -377,9 +263,9 @@ impl<'a> Fitness<'a> {
     fn fitness_of(&self, bytes: Vec<u8>, numel: usize) -> Result<FitnessReport, String> {
         let model = self.load(bytes, "the candidate")?;
         let m = measure(&model, &self.cfg, &self.val, &self.device);
-        let perplexity = m.scores.perplexity();
-        let accuracy = m.accuracy();
-        let latency = block_passes(&self.cfg, m.scores.halting_stats().avg);
+        let perplexity = m.perplexity();
+        let accuracy = m.answer_accuracy();
+        let latency = block_passes(&self.cfg, m.halting_stats().avg);
         let size_mb = size_mb(numel);
         let w = self.fc.weights.unwrap_or_else(|| fitness_weights(size_mb));
         Ok(FitnessReport {
@@ -389,6 +275,32 @@ impl<'a> Fitness<'a> {
             latency,
             size_mb,
         })
+    }
+
+    /// How much data a fitness rests on, and how far one answer moves it: absolutely
+    /// (`fitness/answer_step`) and relative to `reference` (the parents' average fitness).
+    pub fn sensitivity(&self, reference: f64) -> Map<String, Value> {
+        let rows: usize = self.val.iter().map(|b| b.rows.len()).sum();
+        let answers: usize = self
+            .val
+            .iter()
+            .flat_map(|b| &b.answers)
+            .filter(|a| !a.is_empty())
+            .count();
+        let w = self
+            .fc
+            .weights
+            .unwrap_or_else(|| fitness_weights(self.reference_mb));
+        let step = w[1] / answers.max(1) as f64;
+        Map::from_iter([
+            ("fitness/records".to_string(), json!(rows)),
+            ("fitness/answers".to_string(), json!(answers)),
+            ("fitness/answer_step".to_string(), json!(step)),
+            (
+                "fitness/answer_step_relative".to_string(),
+                json!(step / reference.abs().max(1e-12)),
+            ),
+        ])
     }
 
     /// The champion (`contenders[0]`, prefix `final`) measured once on the test split beside the
@@ -407,7 +319,13 @@ impl<'a> Fitness<'a> {
             ));
         }
         let seq = self.fc.seq_len.min(self.cfg.max_seq);
-        let test = EvalRows::build(&self.data.test, &self.data.codec, &self.fc, seq);
+        let test = eval_batches(
+            &self.data.test,
+            &self.data.codec,
+            self.fc.eval_records,
+            seq,
+            self.fc.batch_size,
+        );
         let mut out = Map::new();
         let mut measured = Vec::new();
         for (i, c) in contenders.iter().enumerate() {
@@ -421,23 +339,23 @@ impl<'a> Fitness<'a> {
         }
         let champion = &measured[0];
         for (c, m) in contenders.iter().zip(&measured) {
-            let p = perplexity(&m.scores, RESAMPLES, seed);
+            let p = perplexity(m, RESAMPLES, seed);
             out.insert(format!("{}/test_perplexity", c.prefix), json!(p.value));
             out.insert(format!("{}/test_perplexity_lo", c.prefix), json!(p.lo));
             out.insert(format!("{}/test_perplexity_hi", c.prefix), json!(p.hi));
-            out.insert(format!("{}/test_accuracy", c.prefix), json!(m.accuracy()));
+            out.insert(
+                format!("{}/test_accuracy", c.prefix),
+                json!(m.answer_accuracy()),
+            );
             if c.prefix != "final" {
-                let r = relative_perplexity(&champion.scores, &m.scores, RESAMPLES, seed);
+                let r = relative_perplexity(champion, m, RESAMPLES, seed);
                 out.insert(format!("final/test_vs/{}", c.prefix), json!(r.value));
                 out.insert(format!("final/test_vs/{}_lo", c.prefix), json!(r.lo));
                 out.insert(format!("final/test_vs/{}_hi", c.prefix), json!(r.hi));
             }
         }
-        out.insert("final/test_rows".into(), json!(champion.scores.nll.len()));
-        out.insert(
-            "final/test_tokens".into(),
-            json!(champion.scores.token_count()),
-        );
+        out.insert("final/test_rows".into(), json!(champion.nll.len()));
+        out.insert("final/test_tokens".into(), json!(champion.token_count()));
         out.insert("final/test_answers".into(), json!(champion.answers.len()));
         let math = self.greedy_math(&contenders[0].weights)?;
         out.insert("final/test_math_accuracy".into(), json!(math.accuracy()));
@@ -619,8 +537,8 @@ mod tests {
         assert!(f(10.0, 0.1, 10.0, 4.0) > f(20.0, 0.1, 10.0, 4.0));
         assert!(f(20.0, 0.2, 10.0, 4.0) > f(20.0, 0.1, 10.0, 4.0));
         assert!(f(20.0, 0.1, 5.0, 4.0) > f(20.0, 0.1, 10.0, 4.0));
-        // One answer of the default 400 moves fitness by w_a / 400 = 0.00075.
+        // One answer of the default 400 records moves fitness by at most w_a / 400 = 0.00075.
         let one = FitnessConfig::default();
-        assert!(w[1] / one.answers as f64 <= 0.00075 + 1e-12);
+        assert!(w[1] / one.eval_records as f64 <= 0.00075 + 1e-12);
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::{Value, json};
 
-use crate::data::Record;
+use crate::data::{Record, round_robin};
 use crate::error::OpError;
 use crate::model::{InferOutput, ModelConfig, Tables, TrmTitansMag, fused, to_tensors};
 use crate::text::TextCodec;
@@ -34,6 +34,79 @@ pub fn act(
     model.infer(tokens, cfg.act_threshold, cfg.sup_steps, t)
 }
 
+/// Held-out rows to score: `<s>`, a record's text, `</s>` (cut to `seq + 1` ids), padded with id 0
+/// to the batch's longest row (padding is never a target, and a causal model cannot see it from
+/// earlier positions), and per row the input positions whose argmax must give the record's
+/// answer (empty when the record has none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalBatch {
+    pub rows: Vec<Vec<i64>>,
+    /// Per row: (input position, the token it must predict) over the answer's span.
+    pub answers: Vec<Vec<(usize, i64)>>,
+}
+
+/// One row's token ids and its answer positions (see [`EvalBatch::answers`]).
+type Row = (Vec<i64>, Vec<(usize, i64)>);
+
+/// Up to `n` records (round-robin over categories; the same ones for every model) as batches of
+/// `batch` rows, longest first so rows of a batch are of similar length.
+pub fn eval_batches(
+    records: &[Record],
+    codec: &TextCodec,
+    n: usize,
+    seq: usize,
+    batch: usize,
+) -> Vec<EvalBatch> {
+    let mut rows: Vec<Row> = round_robin(records, n)
+        .into_iter()
+        .filter_map(|r| {
+            let enc = codec.tokenizer.encode(r.text.as_str(), false).ok()?;
+            let mut tokens = vec![codec.bos];
+            tokens.extend(enc.get_ids().iter().map(|&i| i64::from(i)));
+            tokens.push(codec.eos);
+            tokens.truncate(seq + 1);
+            if tokens.len() < 2 {
+                return None;
+            }
+            // Token j of the text is at position j + 1; it is predicted from position j.
+            let answer = r.answer.trim();
+            let span = (!answer.is_empty())
+                .then(|| r.text.rfind(answer).map(|s| (s, s + answer.len())))
+                .flatten();
+            let targets: Vec<(usize, i64)> = span
+                .map(|(start, end)| {
+                    enc.get_offsets()
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (a, b))| *a < end && *b > start)
+                        .map(|(j, _)| (j, i64::from(enc.get_ids()[j])))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // An answer cut off by the row's end is not checked.
+            let whole = targets.iter().all(|(j, _)| j + 1 < tokens.len());
+            Some((tokens, if whole { targets } else { Vec::new() }))
+        })
+        .collect();
+    rows.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
+    rows.chunks(batch.max(1))
+        .map(|c| {
+            let len = c[0].0.len();
+            EvalBatch {
+                rows: c
+                    .iter()
+                    .map(|(t, _)| {
+                        let mut t = t.clone();
+                        t.resize(len, 0);
+                        t
+                    })
+                    .collect(),
+                answers: c.iter().map(|(_, a)| a.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
 /// What [`score`] measured on a set of rows.
 #[derive(Debug, Clone, Default)]
 pub struct Scores {
@@ -41,6 +114,8 @@ pub struct Scores {
     pub nll: Vec<f64>,
     /// Per row: how many targets it has.
     pub tokens: Vec<usize>,
+    /// Per row with an answer: whether every answer token was the argmax prediction.
+    pub answers: Vec<bool>,
     /// Per token: recursions run before halting.
     pub halting: Vec<f64>,
     /// Mean slot usage of the memory blocks (`None` without memory blocks).
@@ -63,23 +138,43 @@ impl Scores {
     pub fn halting_stats(&self) -> HaltingStats {
         HaltingStats::of(&self.halting)
     }
+    /// Fraction of checked answers predicted whole (0 when none were checked).
+    pub fn answer_accuracy(&self) -> f64 {
+        self.answers.iter().filter(|a| **a).count() as f64 / self.answers.len().max(1) as f64
+    }
 }
 
-/// Score packed rows (`seq + 1` ids; target id 0 is padding and is not scored) under ACT.
+/// Score `batches` under ACT: per-row likelihood, halting, memory use, and answers.
 pub fn score(
     model: &TrmTitansMag,
     cfg: &ModelConfig,
-    batches: &[Vec<Vec<i64>>],
+    batches: &[EvalBatch],
     t: &Tables,
     device: &Device,
 ) -> Scores {
     let mut out = Scores::default();
     let mut usage = Vec::new();
     let t0 = Instant::now();
-    for rows in batches {
-        let (x, y) = to_tensors(rows, device);
+    for batch in batches {
+        let (x, y) = to_tensors(&batch.rows, device);
         let [b, s] = x.dims();
         let inf = act(model, cfg, x, t);
+        if batch.answers.iter().any(|a| !a.is_empty()) {
+            let pred: Vec<i64> = inf
+                .logits
+                .clone()
+                .argmax(2)
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .expect("i64 predictions");
+            for (r, targets) in batch.answers.iter().enumerate() {
+                if !targets.is_empty() {
+                    out.answers
+                        .push(targets.iter().all(|&(pos, tok)| pred[r * s + pos] == tok));
+                }
+            }
+        }
         let picked = fused::log_softmax(inf.logits, 2)
             .gather(2, y.clone().reshape([b, s, 1]))
             .reshape([b, s]);
@@ -273,10 +368,10 @@ pub struct LmReport {
 
 /// What [`lm_report`] evaluates on.
 pub struct LmEvalSet<'a> {
-    /// Fixed validation batches (rows of `seq + 1` ids).
-    pub val: &'a [Vec<Vec<i64>>],
-    /// Fixed test batches.
-    pub test: &'a [Vec<Vec<i64>>],
+    /// Validation rows.
+    pub val: &'a [EvalBatch],
+    /// Test rows.
+    pub test: &'a [EvalBatch],
     /// Test records for answer accuracy.
     pub test_records: &'a [Record],
     pub math_limit: usize,
@@ -332,6 +427,8 @@ impl LmReport {
             ("test/loss", json!(self.test.loss())),
             ("test/perplexity", json!(self.test.perplexity())),
             ("test/tokens", json!(self.test.token_count())),
+            ("test/answer_accuracy", json!(self.test.answer_accuracy())),
+            ("test/answers", json!(self.test.answers.len())),
             ("test/math_accuracy", json!(self.math.accuracy())),
             (
                 "test/math_majority_baseline",
@@ -374,6 +471,8 @@ pub const LM_REPORT_METRICS: &[&str] = &[
     "test/loss",
     "test/perplexity",
     "test/tokens",
+    "test/answer_accuracy",
+    "test/answers",
     "test/math_accuracy",
     "test/math_majority_baseline",
     "test/math_evaluated",
@@ -394,6 +493,75 @@ pub const LM_REPORT_METRICS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 40,
+            d_model: 16,
+            heads: 2,
+            layers: 1,
+            d_ff: 32,
+            max_seq: 16,
+            window: 16,
+            memory_layers: vec![],
+            sup_steps: 3,
+            ..ModelConfig::tiny()
+        }
+    }
+
+    /// Mean next-token NLL of `rows` from `steps` fixed recursions (no halting).
+    fn fixed_depth_loss(
+        model: &TrmTitansMag,
+        cfg: &ModelConfig,
+        rows: &[Vec<i64>],
+        steps: usize,
+    ) -> f64 {
+        let dev = crate::device::test_device().inner();
+        let t = Tables::new(cfg, &dev);
+        let (x, y) = to_tensors(rows, &dev);
+        let [b, s] = x.dims();
+        let logp = fused::log_softmax(model.forward_logits(x, steps, &t), 2);
+        let picked = logp.gather(2, y.reshape([b, s, 1]));
+        -(picked.mean().into_scalar::<f32>() as f64)
+    }
+
+    #[test]
+    fn evaluation_runs_the_model_as_deployed_under_act() {
+        // The same model and rows: a threshold every token reaches at once is one recursion, one
+        // none reaches is `sup_steps` of them — and the scores are exactly those depths'.
+        let dev = crate::device::test_device().inner();
+        let rows: Vec<Vec<i64>> = (0..3)
+            .map(|r| (0..12).map(|i| 1 + (i * 7 + r * 3) % 39).collect())
+            .collect();
+        let batches = vec![EvalBatch {
+            answers: vec![Vec::new(); rows.len()],
+            rows: rows.clone(),
+        }];
+        let at = |threshold: f64| {
+            let cfg = ModelConfig {
+                act_threshold: threshold,
+                ..small()
+            };
+            let model = TrmTitansMag::new(&cfg, 3, &dev);
+            let s = score(&model, &cfg, &batches, &Tables::new(&cfg, &dev), &dev);
+            (s, model, cfg)
+        };
+        let (eager, m0, c0) = at(0.0);
+        let (never, m1, c1) = at(1.01);
+        assert_eq!(eager.halting_stats().avg, 1.0);
+        assert_eq!(
+            never.halting_stats().avg,
+            3.0,
+            "at most sup_steps recursions"
+        );
+        assert!((eager.loss() - fixed_depth_loss(&m0, &c0, &rows, 1)).abs() < 1e-5);
+        assert!((never.loss() - fixed_depth_loss(&m1, &c1, &rows, 3)).abs() < 1e-5);
+        assert!(
+            (eager.loss() - never.loss()).abs() > 1e-6,
+            "depth changes the loss"
+        );
+        assert_eq!(eager.token_count(), 3 * 11);
+    }
 
     #[test]
     fn answers_are_parsed_after_the_marker() {

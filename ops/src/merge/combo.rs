@@ -1,13 +1,13 @@
 //! The eight EvoMerge combos: a three-stage merge of three models over a shared base, one
 //! technique from each pair, named by three bits as in the seed plan (bit 1: 0 = linear,
-//! 1 = slerp; bit 2: 0 = dare, 1 = ties; bit 3: 0 = frankenmerge, 1 = dfs):
+//! 1 = slerp; bit 2: 0 = dare, 1 = ties; bit 3: 0 = frankenmerge, 1 = routing — the seed's "DFS"):
 //!
 //! 1. **interpolate** the three models (equal weights; slerp folds pairwise, see
 //!    [`super::methods::slerp_many`]) → M1;
 //! 2. **task arithmetic** over the base on the task vectors of M1 and the three models
 //!    (`density`, `lambda`; TIES elects signs, DARE drops at random) → M2;
 //! 3. **select layers** from [M2, model 0, model 1, model 2], embeddings and heads from M2:
-//!    frankenmerge takes even layers from M2 and odd layers from the models in turn; dfs draws a
+//!    frankenmerge takes even layers from M2 and odd layers from the models in turn; routing draws a
 //!    routing (M2 with probability ½, else one of the models) and per-layer residual scales in
 //!    [0.8, 1.2] from the combo's seed.
 //!
@@ -21,19 +21,19 @@ use super::methods::{Sparsify, linear, slerp_many, task_arithmetic};
 use super::technique::TaskArithmetic;
 use super::tensors::{StateDict, Tensor};
 
-/// A combo id, 0–7, written as three bits (`"101"` = slerp + dare + dfs).
+/// A combo id, 0–7, written as three bits (`"101"` = slerp + dare + routing).
 pub fn bits(combo: u8) -> String {
     format!("{combo:03b}")
 }
 
-/// The techniques of a combo, e.g. `SLERP + DARE + DFS`.
+/// The techniques of a combo, e.g. `SLERP + DARE + Routing`.
 pub fn describe(combo: u8) -> String {
     format!(
         "{} + {} + {}",
         if combo & 4 != 0 { "SLERP" } else { "Linear" },
         if combo & 2 != 0 { "TIES" } else { "DARE" },
         if combo & 1 != 0 {
-            "DFS"
+            "Routing"
         } else {
             "FrankenMerge"
         }
@@ -262,7 +262,7 @@ pub(crate) mod tests {
         }
         // Deterministic from the seed.
         assert_eq!(outs[5], apply(5, [&a, &b, &c], &base, 11, &s).unwrap().0);
-        assert_eq!(describe(5), "SLERP + DARE + DFS");
+        assert_eq!(describe(5), "SLERP + DARE + Routing");
         assert_eq!(bits(3), "011");
     }
 

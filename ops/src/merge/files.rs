@@ -225,11 +225,11 @@ mod tests {
                 scale: 1.0,
             },
         ];
-        let dfs = Technique::Dfs {
+        let routed = Technique::Routing {
             routing: routing.clone(),
             rest_from: 1,
         };
-        merge_files(&dfs, &[&p("a"), &p("b")], None, &p("o4"), 0).unwrap();
+        merge_files(&routed, &[&p("a"), &p("b")], None, &p("o4"), 0).unwrap();
         let want = crate::merge::layers::assemble(&[&a, &b], &routing, 1).unwrap();
         assert_eq!(read("o4"), want);
         assert!(slerp.check_inputs(3).is_some());

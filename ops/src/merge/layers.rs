@@ -1,15 +1,16 @@
 //! Layer-wise techniques: `frankenmerge` (mergekit's passthrough slices: output layers copied
-//! from named layer ranges of named models, so depth may change) and `dfs` (a data-flow-space
-//! merge after Sakana's evolutionary merging: a per-layer routing that says which source model's
-//! block runs at each depth, with a per-layer scale on what that block writes into the residual
-//! stream).
+//! from named layer ranges of named models, so depth may change) and `routing` (a per-layer
+//! choice of which source model's block runs at each depth, with a per-layer scale on what that
+//! block writes into the residual stream). `routing` is what the seed plan calls "DFS"; it is not
+//! Sakana's data-flow-space search (which evolves the path of layers a token takes, and may
+//! repeat or skip layers), so it is not named after it.
 //!
 //! Layers are found by name: the first all-digit segment of a tensor name is its layer index and
 //! what comes before it the layer prefix (`blocks.3.attn.wq.weight` → `blocks`, 3;
 //! `model.layers.7.mlp.up_proj.weight` → `model.layers`, 7). Tensors without one (embeddings,
 //! final norm, heads) are not layers and come from the model named by `rest_from`.
 //!
-//! DFS scaling multiplies the block's residual-writing projections (attention and memory output,
+//! Routing's scaling multiplies the block's residual-writing projections (attention and memory output,
 //! the MLP's down projection; see [`OUT_PROJECTIONS`]), which scales the block's contribution to
 //! the residual stream — the weight-space form of Sakana's per-layer scaling of the data flow.
 
@@ -273,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn dfs_routes_each_layer_and_scales_what_it_writes() {
+    fn routing_picks_each_layer_and_scales_what_it_writes() {
         let (a, b, c) = (model(1.0, 2), model(2.0, 2), model(3.0, 2));
         let picks = [
             LayerPick {

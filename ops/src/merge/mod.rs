@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`tensors`] | memory-mapped reading, streaming writing, in-memory state dicts |
 //! | [`methods`] | linear, slerp, ties, dare (per tensor, mergekit semantics) |
-//! | [`layers`] | frankenmerge slices and dfs routing (per layer) |
+//! | [`layers`] | frankenmerge slices and per-layer routing |
 //! | [`combo`] | the eight combos, degenerate-model detection |
 //! | [`evolve`] | the evolution: the generation-0 pool, the CMA-ES search, recipes, resumable state |
 //! | [`cmaes`] | CMA-ES, ask-and-tell, with a serialisable state |

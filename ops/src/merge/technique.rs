@@ -107,8 +107,9 @@ pub enum Technique {
         #[serde(default)]
         rest_from: usize,
     },
-    /// Per-layer routing: which model's block runs at each depth, with a residual scale.
-    Dfs {
+    /// Per-layer routing: which model's block runs at each depth, with a residual scale (the
+    /// seed plan's "DFS").
+    Routing {
         routing: Vec<LayerPick>,
         #[serde(default)]
         rest_from: usize,
@@ -130,7 +131,7 @@ impl Technique {
             Self::Ties { .. } => "ties",
             Self::Dare { .. } => "dare",
             Self::Frankenmerge { .. } => "frankenmerge",
-            Self::Dfs { .. } => "dfs",
+            Self::Routing { .. } => "routing",
         }
     }
     pub fn needs_base(&self) -> bool {
@@ -171,7 +172,9 @@ impl Technique {
             Self::Frankenmerge { slices, .. } => slices_to_picks(slices)
                 .is_empty()
                 .then(|| "no layers selected".to_string()),
-            Self::Dfs { routing, .. } => routing.is_empty().then(|| "no layers routed".to_string()),
+            Self::Routing { routing, .. } => {
+                routing.is_empty().then(|| "no layers routed".to_string())
+            }
         }
     }
 
@@ -194,7 +197,7 @@ impl Technique {
             Self::Ties { weights, .. } | Self::Dare { weights, .. } => (n < 1)
                 .then(|| "task arithmetic needs at least 1 model".to_string())
                 .or_else(|| weights_ok(weights)),
-            Self::Frankenmerge { .. } | Self::Dfs { .. } => {
+            Self::Frankenmerge { .. } | Self::Routing { .. } => {
                 let (picks, rest_from) = self.picks().expect("layer-wise");
                 picks
                     .iter()
@@ -211,7 +214,7 @@ impl Technique {
     pub(crate) fn picks(&self) -> Option<(Vec<LayerPick>, usize)> {
         match self {
             Self::Frankenmerge { slices, rest_from } => Some((slices_to_picks(slices), *rest_from)),
-            Self::Dfs { routing, rest_from } => Some((routing.clone(), *rest_from)),
+            Self::Routing { routing, rest_from } => Some((routing.clone(), *rest_from)),
             _ => None,
         }
     }
