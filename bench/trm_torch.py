@@ -153,8 +153,9 @@ class TrmTitansMag(nn.Module):
         logit = lambda p: math.log(p / (1 - p))
         gates = [logit(p) for p in COMMON["gates"]]
         self.embed = nn.Parameter(torch.randn(c["vocab"], d) * 0.02)
-        self.y_init = nn.Parameter(torch.randn(d) * 0.02)
-        self.z_init = nn.Parameter(torch.randn(d) * 0.02)
+        # Fixed random initial states (TRM's H_init/L_init buffers), never trained, as in forge.
+        self.register_buffer("y_init", torch.randn(d) * 0.02)
+        self.register_buffer("z_init", torch.randn(d) * 0.02)
         self.blocks = nn.ModuleList(
             Block(d, c["heads"], c["d_ff"],
                   (c["slots"], c["chunk"], gates) if l in c["memory_layers"] else None, out_std)
@@ -173,13 +174,17 @@ class TrmTitansMag(nn.Module):
         return x, logits
 
     def recurse(self, e, y, z):
+        # Post-norm: every pass's output is RMS-normalised and scaled to the embedding's RMS.
+        scale = e.pow(2).mean(2, keepdim=True).add(1e-12).sqrt()
+        post = lambda x: x / x.pow(2).mean(2, keepdim=True).add(1e-6).sqrt() * scale
         max_logits = []
         for c in range(COMMON["cycles"]):
             last = c + 1 == COMMON["cycles"]
             with torch.set_grad_enabled(last and torch.is_grad_enabled()):
                 for _ in range(COMMON["n_inner"]):
-                    z, _ = self.net(e + y + z)
+                    z = post(self.net(e + y + z)[0])
                 y, max_logits = self.net(y + z)
+                y = post(y)
         return y, z, max_logits
 
     def forward_train(self, x, targets):
@@ -251,7 +256,8 @@ class MuonGrokfast:
                 m = self.momentum * m + (1 - self.momentum) * g
                 st["m"] = m
                 u = (1 - self.momentum) * g + self.momentum * m
-                u = newton_schulz5(u) * math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
+                # [in, out] layout: √max(1, fan_out/fan_in), KellerJordan/Muon's rows/cols.
+                u = newton_schulz5(u) * math.sqrt(max(1.0, p.shape[1] / p.shape[0]))
                 p.mul_(1 - self.muon_lr * decay).sub_(self.muon_lr * u)
             else:
                 b1, b2 = self.betas

@@ -50,7 +50,7 @@ fn evolve(generations: u32) -> String {
         with:
           strategy: evolve
           evolve: {{ generations: {generations}, population: 4, patience: 10 }}
-          fitness: {{ eval_records: 8, answers: 8, batch_size: 4, seq_len: 32, math_eval: 2 }}"
+          fitness: {{ eval_records: 12, batch_size: 4, seq_len: 32, math_eval: 2 }}"
     )
 }
 

@@ -39,7 +39,7 @@ pub fn find_refs(
     pipeline: Option<&Path>,
     registry: &OpRegistry,
 ) -> Result<(Store, Vec<forge_cache::StepRef>), u8> {
-    let Some(store) = Store::open_existing(&store_dir).map_err(|e| store_error(&e))? else {
+    let Some(store) = Store::open_existing(store_dir).map_err(|e| store_error(&e))? else {
         eprint_error(
             &format!("no store at `{}`", store_dir.display()),
             Some("run `forge apply <pipeline>` first"),

@@ -328,6 +328,16 @@ pub fn metric_matches(pattern: &str, name: &str) -> bool {
         })
 }
 
+/// Resolve a path from a pipeline relative to the pipeline's directory.
+pub fn resolve_path(pipeline_dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        pipeline_dir.join(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::metric_matches;
@@ -346,15 +356,5 @@ mod tests {
         ));
         assert!(!metric_matches("parents/*/fitness", "parents/2/3/fitness"));
         assert!(!metric_matches("val/loss", "val/perplexity"));
-    }
-}
-
-/// Resolve a path from a pipeline relative to the pipeline's directory.
-pub fn resolve_path(pipeline_dir: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        pipeline_dir.join(p)
     }
 }

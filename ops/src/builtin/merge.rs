@@ -1,7 +1,7 @@
 //! `merge`: Phase 2 (EvoMerge). Three strategies over `models` (forge model artifacts):
 //!
 //! - `merge`: one technique (`technique: { method: linear | slerp | ties | dare | frankenmerge
-//!   | dfs, … }`), streamed file to file (`merge::files`);
+//!   | routing, … }`), streamed file to file (`merge::files`);
 //! - `combo`: one of the eight three-stage combos (`combo: "101"`) of exactly three models over
 //!   the `base` (the Phase-1 shared initialisation; `merge::combo`);
 //! - `evolve`: the genetic loop (`merge::evolve`, run by `merge::evomerge`) seeded with the eight
@@ -60,7 +60,7 @@ pub struct MergeParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub technique: Option<Technique>,
     /// The combo of `strategy: combo`, three bits: interpolation (0 linear, 1 slerp), task
-    /// arithmetic (0 dare, 1 ties), selection (0 frankenmerge, 1 dfs).
+    /// arithmetic (0 dare, 1 ties), selection (0 frankenmerge, 1 routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub combo: Option<String>,
     /// The combos' second stage (and the evolution's): task arithmetic over the base.
@@ -79,7 +79,7 @@ impl TypedOp for Merge {
     const NAME: &'static str = "merge";
     /// 2: the model's fused ops change fitness rounding on libtorch (at::silu).
     /// 3: masks, routings, mutations and fitness batches from the `rng` streams of the step's seed.
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const DESCRIPTION: &'static str = "Merge models: one technique, one of the eight EvoMerge combos, or an evolution with real fitness";
 
     fn check(&self, p: &MergeParams) -> Result<(), ParamsError> {
@@ -103,7 +103,7 @@ impl TypedOp for Merge {
                         &["combo"],
                         "`strategy: combo` needs a `combo` of three bits",
                     )
-                    .with_hint("combo: \"101\" is SLERP + DARE + DFS; 000–111"));
+                    .with_hint("combo: \"101\" is SLERP + DARE + Routing; 000–111"));
                 }
             }
             Strategy::Evolve => {
@@ -146,7 +146,20 @@ impl TypedOp for Merge {
             Strategy::Evolve => crate::eval::fitness::TEST_REPORT_METRICS,
             _ => &[],
         };
-        let all = names.iter().chain(test).chain(&["final/total_params"]);
+        let fitness: &[&str] = match p.strategy {
+            Strategy::Evolve => &[
+                "fitness/records",
+                "fitness/answers",
+                "fitness/answer_step",
+                "fitness/answer_step_relative",
+            ],
+            _ => &[],
+        };
+        let all = names
+            .iter()
+            .chain(test)
+            .chain(fitness)
+            .chain(&["final/total_params"]);
         Some(all.map(|m| (*m).to_string()).collect())
     }
 
@@ -182,7 +195,7 @@ impl TypedOp for Merge {
             ctx,
             p,
             inputs,
-            // DARE masks, DFS routings, mutations: streams of the step's seed.
+            // DARE masks, combo routings, search samples: streams of the step's seed.
             seed: ctx.seed(),
             out: out.join("model.safetensors"),
         };
@@ -301,6 +314,8 @@ impl Strategies<'_> {
         let fitness = Fitness::prepare(ctx, &p.fitness, &cfg, &data, parents[0].numel())?;
         let (base, task) = (self.base()?, p.task);
         let mut o = evomerge::run(ctx, &p.evolve, &parents, &base, self.seed, task, &fitness)?;
+        let parents_avg = o.metrics["parents/avg_fitness"].as_f64().unwrap_or(0.0);
+        o.metrics.extend(fitness.sensitivity(parents_avg));
         let champion = o.champion.to_bytes();
         files::write_file(&self.out, &champion)?;
         // The champion once on the test split, beside everything it should beat.

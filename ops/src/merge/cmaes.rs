@@ -151,8 +151,8 @@ impl CmaEs {
             })
             .collect();
         let cs = (k.c_sigma * (2.0 - k.c_sigma) * k.mu_eff).sqrt();
-        for j in 0..n {
-            self.path_sigma[j] = (1.0 - k.c_sigma) * self.path_sigma[j] + cs * whitened[j];
+        for (p, w) in self.path_sigma.iter_mut().zip(&whitened) {
+            *p = (1.0 - k.c_sigma) * *p + cs * w;
         }
         let ps_norm = self.path_sigma.iter().map(|v| v * v).sum::<f64>().sqrt();
         let g = f64::from(self.generation + 1);
@@ -160,8 +160,8 @@ impl CmaEs {
             < 1.4 + 2.0 / (n as f64 + 1.0);
         let h = if h_sigma { 1.0 } else { 0.0 };
         let cc = (k.c_c * (2.0 - k.c_c) * k.mu_eff).sqrt();
-        for j in 0..n {
-            self.path_cov[j] = (1.0 - k.c_c) * self.path_cov[j] + h * cc * step[j];
+        for (p, s) in self.path_cov.iter_mut().zip(&step) {
+            *p = (1.0 - k.c_c) * *p + h * cc * s;
         }
         let decay = 1.0 - k.c_1 - k.c_mu + (1.0 - h) * k.c_1 * k.c_c * (2.0 - k.c_c);
         for a in 0..n {
