@@ -18,6 +18,7 @@
 //! | [`merge`] | merge techniques, combos, the evolution |
 //! | [`fetch`] | HTTP(S)/hub downloads and archive extraction |
 //! | [`rng`] | the named random streams |
+//! | [`linalg`] | small dense `f64` linear algebra (CMA-ES's eigendecomposition) |
 //! | [`device`] | which burn backend a `device:` runs on |
 //! | [`sys`] | the OS calls that need `unsafe` (the only module allowed it) |
 
@@ -29,6 +30,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fetch;
+pub mod linalg;
 pub mod merge;
 pub mod model;
 pub mod op;

@@ -64,6 +64,12 @@ impl TextCodec {
         v.push(self.eos);
         v
     }
+
+    /// The text of `ids`, special tokens skipped (empty if the ids do not decode).
+    pub fn decode(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.tokenizer.decode(&ids, true).unwrap_or_default()
+    }
 }
 
 /// The special tokens in id order.

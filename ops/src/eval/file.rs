@@ -142,12 +142,7 @@ fn greedy_answers(
     tables: &Tables,
     device: &burn::tensor::Device,
 ) -> (usize, usize) {
-    let decode = |ids: &[i64]| {
-        codec
-            .tokenizer
-            .decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), true)
-            .unwrap_or_default()
-    };
+    let decode = |ids: &[i64]| codec.decode(ids);
     let d = Decoding {
         cfg,
         eos: codec.eos,

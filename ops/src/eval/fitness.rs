@@ -373,12 +373,7 @@ impl<'a> Fitness<'a> {
             .map_err(OpError::internal)?;
         let tables = Tables::new(&self.cfg, &self.device);
         let codec = &self.data.codec;
-        let decode = |ids: &[i64]| {
-            codec
-                .tokenizer
-                .decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), true)
-                .unwrap_or_default()
-        };
+        let decode = |ids: &[i64]| codec.decode(ids);
         let d = Decoding {
             cfg: &self.cfg,
             eos: codec.eos,

@@ -390,12 +390,7 @@ pub fn lm_report(
     let tables = Tables::new(cfg, device);
     let val = score(model, cfg, set.val, &tables, device);
     let test = score(model, cfg, set.test, &tables, device);
-    let decode = |ids: &[i64]| {
-        codec
-            .tokenizer
-            .decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), true)
-            .unwrap_or_default()
-    };
+    let decode = |ids: &[i64]| codec.decode(ids);
     let decoding = Decoding {
         cfg,
         eos: codec.eos,

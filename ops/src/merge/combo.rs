@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::layers::{LayerPick, assemble, depth};
 use super::methods::{Sparsify, linear, slerp_many, task_arithmetic};
 use super::technique::TaskArithmetic;
-use super::tensors::{StateDict, Tensor};
+use super::tensors::StateDict;
 
 /// A combo id, 0–7, written as three bits (`"101"` = slerp + dare + routing).
 pub fn bits(combo: u8) -> String {
@@ -49,40 +49,10 @@ pub struct ComboRecipe {
     pub layers: Vec<LayerPick>,
 }
 
-fn per_tensor(
-    models: &[&StateDict],
-    f: impl Fn(&str, &[&[f32]]) -> Vec<f32>,
-) -> Result<StateDict, String> {
-    let first = models[0];
-    if let Some(i) = models.iter().position(|m| !m.same_layout(first)) {
-        return Err(format!(
-            "model {i} does not have the same tensor names and shapes as model 0"
-        ));
-    }
-    let tensors = first
-        .tensors
-        .iter()
-        .map(|(name, t)| {
-            let inputs: Vec<&[f32]> = models
-                .iter()
-                .map(|m| m.tensors[name].data.as_slice())
-                .collect();
-            (
-                name.clone(),
-                Tensor {
-                    shape: t.shape.clone(),
-                    data: f(name, &inputs),
-                },
-            )
-        })
-        .collect();
-    Ok(StateDict { tensors })
-}
-
 /// Equal-weight linear merge (also the fallback for degenerate combos).
 pub fn linear_merge(models: &[&StateDict]) -> Result<StateDict, String> {
     let w = vec![1.0; models.len()];
-    per_tensor(models, |_, xs| linear(xs, &w, true))
+    StateDict::zip_map(models, |_, xs| linear(xs, &w, true))
 }
 
 /// Apply combo `combo` (0–7) to three models over `base`.
@@ -96,9 +66,9 @@ pub fn apply(
     let three = [1.0; 3];
     // Stage 1: interpolation.
     let m1 = if combo & 4 != 0 {
-        per_tensor(&models, |_, xs| slerp_many(xs, &three))?
+        StateDict::zip_map(&models, |_, xs| slerp_many(xs, &three))?
     } else {
-        per_tensor(&models, |_, xs| linear(xs, &three, true))?
+        StateDict::zip_map(&models, |_, xs| linear(xs, &three, true))?
     };
     // Stage 2: task arithmetic on M1 and the three models over the base.
     let how = if combo & 2 != 0 {
@@ -110,7 +80,7 @@ pub fn apply(
         }
     };
     let four = [1.0; 4];
-    let m2 = per_tensor(&[base, &m1, models[0], models[1], models[2]], |name, xs| {
+    let m2 = StateDict::zip_map(&[base, &m1, models[0], models[1], models[2]], |name, xs| {
         task_arithmetic(name, xs[0], &xs[1..], &four, s.density, s.lambda, true, how)
     })?;
     // Stage 3: layer selection from [M2, models…].
@@ -225,7 +195,7 @@ pub(crate) mod tests {
                 .collect();
             tensors.insert(
                 name,
-                Tensor {
+                crate::merge::tensors::Tensor {
                     shape: vec![3, 4],
                     data,
                 },

@@ -28,7 +28,7 @@ use super::cmaes::{CmaEs, Sample};
 use super::combo::{self, ComboRecipe, bits};
 use super::methods::{Rescale, Sparsify, linear, task_arithmetic};
 use super::technique::TaskArithmetic;
-use super::tensors::{StateDict, Tensor};
+use super::tensors::StateDict;
 use crate::rng::{Stream, stream};
 
 /// Settings of the evolution.
@@ -296,7 +296,7 @@ pub fn build(recipe: &Recipe, inp: &Inputs<'_>) -> Result<StateDict, String> {
         Recipe::Base => Ok(inp.base.clone()),
         Recipe::Linear { models, weights } => {
             let ms: Vec<&StateDict> = models.iter().map(|&i| p[i]).collect();
-            per_tensor(&ms, |_, xs| linear(xs, weights, true))
+            StateDict::zip_map(&ms, |_, xs| linear(xs, weights, true))
         }
         Recipe::Task {
             method,
@@ -325,7 +325,7 @@ pub fn build(recipe: &Recipe, inp: &Inputs<'_>) -> Result<StateDict, String> {
                 ),
             };
             let all = [inp.base, p[0], p[1], p[2]];
-            per_tensor(&all, |name, xs| {
+            StateDict::zip_map(&all, |name, xs| {
                 let lambda = match lambda_rest {
                     Some(rest) if !name.starts_with(BLOCKS) => *rest,
                     _ => *lambda,
@@ -338,37 +338,6 @@ pub fn build(recipe: &Recipe, inp: &Inputs<'_>) -> Result<StateDict, String> {
             combo::apply(k, p, inp.base, *seed, &inp.task).map(|(w, _)| w)
         }
     }
-}
-
-fn per_tensor(
-    models: &[&StateDict],
-    f: impl Fn(&str, &[&[f32]]) -> Vec<f32>,
-) -> Result<StateDict, String> {
-    let first = models[0];
-    if let Some(i) = models.iter().position(|m| !m.same_layout(first)) {
-        return Err(format!(
-            "model {i} does not have the same tensor names and shapes as model 0"
-        ));
-    }
-    let tensors = first
-        .tensors
-        .iter()
-        .map(|(name, t)| {
-            let xs: Vec<&[f32]> = models
-                .iter()
-                .map(|m| m.tensors[name].data.as_slice())
-                .collect();
-            let data = f(name, &xs);
-            (
-                name.clone(),
-                Tensor {
-                    shape: t.shape.clone(),
-                    data,
-                },
-            )
-        })
-        .collect();
-    Ok(StateDict { tensors })
 }
 
 /// The generation-0 pool's recipes, in id order.

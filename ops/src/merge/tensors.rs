@@ -338,6 +338,38 @@ pub struct StateDict {
 }
 
 impl StateDict {
+    /// One model from several of the same layout, tensor by tensor: `f(name, [each model's
+    /// values])` gives the new values.
+    pub fn zip_map(
+        models: &[&StateDict],
+        f: impl Fn(&str, &[&[f32]]) -> Vec<f32>,
+    ) -> Result<StateDict, String> {
+        let first = models[0];
+        if let Some(i) = models.iter().position(|m| !m.same_layout(first)) {
+            return Err(format!(
+                "model {i} does not have the same tensor names and shapes as model 0"
+            ));
+        }
+        let tensors = first
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let inputs: Vec<&[f32]> = models
+                    .iter()
+                    .map(|m| m.tensors[name].data.as_slice())
+                    .collect();
+                (
+                    name.clone(),
+                    Tensor {
+                        shape: t.shape.clone(),
+                        data: f(name, &inputs),
+                    },
+                )
+            })
+            .collect();
+        Ok(StateDict { tensors })
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TensorFileError> {
         let (data_start, infos) = parse_header(bytes, Path::new("<memory>"))?;
         let tensors = infos

@@ -120,36 +120,6 @@ mod tests {
             .collect()
     }
 
-    /// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations (f64, small n).
-    fn sym_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
-        for _ in 0..100 {
-            for p in 0..n {
-                for q in p + 1..n {
-                    let apq = a[p * n + q];
-                    if apq.abs() < 1e-15 {
-                        continue;
-                    }
-                    let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
-                    let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                    let t = if theta == 0.0 { 1.0 } else { t };
-                    let c = 1.0 / (t * t + 1.0).sqrt();
-                    let s = t * c;
-                    for k in 0..n {
-                        let (akp, akq) = (a[k * n + p], a[k * n + q]);
-                        a[k * n + p] = c * akp - s * akq;
-                        a[k * n + q] = s * akp + c * akq;
-                    }
-                    for k in 0..n {
-                        let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                        a[p * n + k] = c * apk - s * aqk;
-                        a[q * n + k] = s * apk + c * aqk;
-                    }
-                }
-            }
-        }
-        (0..n).map(|i| a[i * n + i]).collect()
-    }
-
     /// Singular values of a rows×cols matrix (rows ≤ cols) via eig(X Xᵀ).
     fn singular_values(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
         let mut g = vec![0.0; rows * rows];
@@ -158,7 +128,8 @@ mod tests {
                 g[i * rows + j] = (0..cols).map(|k| x[i * cols + k] * x[j * cols + k]).sum();
             }
         }
-        sym_eigenvalues(g, rows)
+        crate::linalg::jacobi_eigen(&g, rows)
+            .0
             .into_iter()
             .map(|e| e.max(0.0).sqrt())
             .collect()
