@@ -4,15 +4,17 @@
 //!   | routing, … }`), streamed file to file (`merge::files`);
 //! - `combo`: one of the eight three-stage combos (`combo: "101"`) of exactly three models over
 //!   the `base` (the Phase-1 shared initialisation; `merge::combo`);
-//! - `evolve`: the genetic loop (`merge::evolve`, run by `merge::evomerge`) seeded with the eight
-//!   combos, with real fitness from running every candidate on the `val` split of `data`
-//!   (`eval::fitness`).
+//! - `evolve`: CMA-ES over task-arithmetic recipes (`merge::evolve`, run by `merge::evomerge`)
+//!   from a generation-0 pool of the inputs, the base, single-technique merges, midpoints and the
+//!   eight combos, with fitness from running every candidate under ACT on the `val` split of
+//!   `data` (`eval::fitness`); the champion is then reported once on the `test` split beside
+//!   each input, the base and the optional `control` model.
 //!
 //! Output `model`: `model.safetensors` (canonical F32), `config.json` (the first model's, with
 //! the merge recorded; layer counts updated when a frankenmerge changes depth), `tokenizer.json`,
-//! `metrics.json`, and for `evolve` also `evolution_log.json` (per generation: best/avg/worst
-//! fitness, std, diversity, combo counts, champion combo) and `lineage.json` (the champion's
-//! ancestry: which candidates and combos produced it).
+//! `metrics.json`, and for `evolve` also `evolution_log.json` (every candidate with its recipe and
+//! fitness; per generation best/avg/worst fitness, std, diversity, step size, champion) and
+//! `lineage.json` (the champion's ancestry).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,6 +81,7 @@ impl TypedOp for Merge {
     const NAME: &'static str = "merge";
     /// 2: the model's fused ops change fitness rounding on libtorch (at::silu).
     /// 3: masks, routings, mutations and fitness batches from the `rng` streams of the step's seed.
+    /// 4: fitness under ACT without constant terms, CMA-ES evolution, the test-split report.
     const VERSION: u32 = 4;
     const DESCRIPTION: &'static str = "Merge models: one technique, one of the eight EvoMerge combos, or an evolution with real fitness";
 

@@ -491,16 +491,8 @@ mod tests {
 
     fn small() -> ModelConfig {
         ModelConfig {
-            vocab_size: 40,
-            d_model: 16,
-            heads: 2,
-            layers: 1,
-            d_ff: 32,
-            max_seq: 16,
-            window: 16,
-            memory_layers: vec![],
             sup_steps: 3,
-            ..ModelConfig::tiny()
+            ..ModelConfig::micro()
         }
     }
 

@@ -666,6 +666,32 @@ mod tests {
         (base, ps, target)
     }
 
+    /// Generation 0 alone (the pool) on `parents`, scored by closeness to `target`: the state,
+    /// the champion's weights and how many candidates were evaluated.
+    fn generation_zero(
+        base: &StateDict,
+        parents: &[StateDict; 3],
+        target: StateDict,
+    ) -> (EvolveState, StateDict, usize) {
+        let eval = Closeness {
+            target,
+            calls: Cell::new(0),
+        };
+        let cfg = EvolveConfig {
+            generations: 0,
+            ..EvolveConfig::default()
+        };
+        let (st, w) = evolve(
+            &cfg,
+            &inputs(base, parents),
+            &eval,
+            &mut Record::default(),
+            None,
+        )
+        .unwrap();
+        (st, w, eval.calls.get())
+    }
+
     fn inputs<'a>(base: &'a StateDict, ps: &'a [StateDict; 3]) -> Inputs<'a> {
         Inputs {
             parents: [&ps[0], &ps[1], &ps[2]],
@@ -706,22 +732,7 @@ mod tests {
     #[test]
     fn the_pool_holds_the_parents_the_base_single_techniques_midpoints_and_all_eight_combos() {
         let (base, ps, target) = setup();
-        let eval = Closeness {
-            target,
-            calls: Cell::new(0),
-        };
-        let cfg = EvolveConfig {
-            generations: 0,
-            ..EvolveConfig::default()
-        };
-        let (st, _) = evolve(
-            &cfg,
-            &inputs(&base, &ps),
-            &eval,
-            &mut Record::default(),
-            None,
-        )
-        .unwrap();
+        let (st, _, calls) = generation_zero(&base, &ps, target);
         let count = |k: &str| st.pool(k).count();
         assert_eq!(count("input"), 3);
         assert_eq!(count("base"), 1);
@@ -731,20 +742,9 @@ mod tests {
         let combos: std::collections::BTreeSet<&str> =
             st.nodes.iter().filter_map(Node::combo).collect();
         assert_eq!(combos.len(), 8);
-        assert_eq!(eval.calls.get(), 18);
+        assert_eq!(calls, 18);
         // The parents are candidates: on a fitness that prefers a parent, it can win.
-        let prefers_parent = Closeness {
-            target: ps[1].clone(),
-            calls: Cell::new(0),
-        };
-        let (st, w) = evolve(
-            &cfg,
-            &inputs(&base, &ps),
-            &prefers_parent,
-            &mut Record::default(),
-            None,
-        )
-        .unwrap();
+        let (st, w, _) = generation_zero(&base, &ps, ps[1].clone());
         assert_eq!(st.node(st.champion()).recipe, Recipe::Input { index: 1 });
         assert_eq!(w, ps[1]);
     }
@@ -801,22 +801,7 @@ mod tests {
         // slerp combos are degenerate and are replaced by the fallback.
         let mut bad = ps.clone();
         bad[0].tensors.get_mut("embed").unwrap().data[0] = f32::NAN;
-        let eval = Closeness {
-            target,
-            calls: Cell::new(0),
-        };
-        let cfg = EvolveConfig {
-            generations: 0,
-            ..EvolveConfig::default()
-        };
-        let (st, _) = evolve(
-            &cfg,
-            &inputs(&base, &bad),
-            &eval,
-            &mut Record::default(),
-            None,
-        )
-        .unwrap();
+        let (st, _, _) = generation_zero(&base, &bad, target);
         let fallback = st.pool("fallback").next().expect("a fallback");
         assert!(
             fallback.note.as_ref().unwrap().contains("NaN"),
@@ -827,22 +812,7 @@ mod tests {
     #[test]
     fn midpoint_barriers_measure_linear_mode_connectivity() {
         let (base, ps, target) = setup();
-        let eval = Closeness {
-            target,
-            calls: Cell::new(0),
-        };
-        let cfg = EvolveConfig {
-            generations: 0,
-            ..EvolveConfig::default()
-        };
-        let (st, _) = evolve(
-            &cfg,
-            &inputs(&base, &ps),
-            &eval,
-            &mut Record::default(),
-            None,
-        )
-        .unwrap();
+        let (st, _, _) = generation_zero(&base, &ps, target);
         let b = lmc_barriers(&st);
         assert_eq!(b.keys().cloned().collect::<Vec<_>>(), ["01", "02", "12"]);
         // By hand for pair 01: ln ppl is 1 + d here, so the barrier is d(mid) − (d0 + d1)/2.

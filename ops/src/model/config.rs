@@ -232,3 +232,21 @@ pub fn size_category(params: usize) -> &'static str {
         _ => "large",
     }
 }
+
+#[cfg(test)]
+impl ModelConfig {
+    /// One 16-wide layer without memory over a 40-token vocabulary: unit tests' smallest model.
+    pub fn micro() -> Self {
+        ModelConfig {
+            vocab_size: 40,
+            d_model: 16,
+            heads: 2,
+            layers: 1,
+            d_ff: 32,
+            max_seq: 16,
+            window: 16,
+            memory_layers: vec![],
+            ..ModelConfig::tiny()
+        }
+    }
+}
