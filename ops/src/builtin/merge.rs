@@ -82,7 +82,9 @@ impl TypedOp for Merge {
     /// 2: the model's fused ops change fitness rounding on libtorch (at::silu).
     /// 3: masks, routings, mutations and fitness batches from the `rng` streams of the step's seed.
     /// 4: fitness under ACT without constant terms, CMA-ES evolution, the test-split report.
-    const VERSION: u32 = 4;
+    /// 5: the accuracy term is the expected answer accuracy by default (`fitness.accuracy`), and
+    ///    the test report adds it.
+    const VERSION: u32 = 5;
     const DESCRIPTION: &'static str = "Merge models: one technique, one of the eight EvoMerge combos, or an evolution with real fitness";
 
     fn check(&self, p: &MergeParams) -> Result<(), ParamsError> {

@@ -114,8 +114,8 @@ pub struct Scores {
     pub nll: Vec<f64>,
     /// Per row: how many targets it has.
     pub tokens: Vec<usize>,
-    /// Per row with an answer: whether every answer token was the argmax prediction.
-    pub answers: Vec<bool>,
+    /// Per row with an answer: whether the argmax predicted it, and its probability.
+    pub answers: Vec<AnswerScore>,
     /// Per token: recursions run before halting.
     pub halting: Vec<f64>,
     /// Mean slot usage of the memory blocks (`None` without memory blocks).
@@ -140,8 +140,24 @@ impl Scores {
     }
     /// Fraction of checked answers predicted whole (0 when none were checked).
     pub fn answer_accuracy(&self) -> f64 {
-        self.answers.iter().filter(|a| **a).count() as f64 / self.answers.len().max(1) as f64
+        self.answers.iter().filter(|a| a.correct).count() as f64 / self.answers.len().max(1) as f64
     }
+    /// Mean probability the model gives each checked answer, whole (0 when none were checked):
+    /// the expected accuracy of sampling the answer at temperature 1. Every answer moves it
+    /// smoothly, where the argmax accuracy moves only when an answer flips.
+    pub fn expected_answer_accuracy(&self) -> f64 {
+        self.answers.iter().map(|a| a.log_prob.exp()).sum::<f64>()
+            / self.answers.len().max(1) as f64
+    }
+}
+
+/// One answer's teacher-forced check under ACT.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnswerScore {
+    /// Every answer token was the argmax prediction: what greedy decoding would produce.
+    pub correct: bool,
+    /// Log-probability of the whole answer span given what precedes it.
+    pub log_prob: f64,
 }
 
 /// Score `batches` under ACT: per-row likelihood, halting, memory use, and answers.
@@ -159,25 +175,38 @@ pub fn score(
         let (x, y) = to_tensors(&batch.rows, device);
         let [b, s] = x.dims();
         let inf = act(model, cfg, x, t);
+        let logp = fused::log_softmax(inf.logits, 2);
+        let picked = logp
+            .clone()
+            .gather(2, y.clone().reshape([b, s, 1]))
+            .reshape([b, s]);
         if batch.answers.iter().any(|a| !a.is_empty()) {
-            let pred: Vec<i64> = inf
-                .logits
-                .clone()
+            let pred: Vec<i64> = logp
                 .argmax(2)
                 .into_data()
                 .convert::<i64>()
                 .try_to_vec::<i64>()
                 .expect("i64 predictions");
+            let target_logp: Vec<f32> = picked
+                .clone()
+                .into_data()
+                .try_to_vec()
+                .expect("f32 log-probabilities");
             for (r, targets) in batch.answers.iter().enumerate() {
                 if !targets.is_empty() {
-                    out.answers
-                        .push(targets.iter().all(|&(pos, tok)| pred[r * s + pos] == tok));
+                    // An answer token is the row's next token at its position, so its
+                    // log-probability is the one the likelihood uses.
+                    debug_assert!(targets.iter().all(|&(p, t)| batch.rows[r][p + 1] == t));
+                    out.answers.push(AnswerScore {
+                        correct: targets.iter().all(|&(p, t)| pred[r * s + p] == t),
+                        log_prob: targets
+                            .iter()
+                            .map(|&(p, _)| f64::from(target_logp[r * s + p]))
+                            .sum(),
+                    });
                 }
             }
         }
-        let picked = fused::log_softmax(inf.logits, 2)
-            .gather(2, y.clone().reshape([b, s, 1]))
-            .reshape([b, s]);
         let real = y.not_equal_elem(0).float();
         let nll: Vec<f32> = picked
             .mul(real.clone())
@@ -548,6 +577,76 @@ mod tests {
             "depth changes the loss"
         );
         assert_eq!(eager.token_count(), 3 * 11);
+    }
+
+    #[test]
+    fn expected_answer_accuracy_is_the_mean_probability_of_each_whole_answer() {
+        // Answers taken from the model's own argmax are right, others wrong; the expected
+        // accuracy is the mean over answers of the product of their tokens' probabilities,
+        // computed here by hand from the same logits.
+        let dev = crate::device::test_device().inner();
+        let cfg = small();
+        let model = TrmTitansMag::new(&cfg, 5, &dev);
+        let t = Tables::new(&cfg, &dev);
+        let base: Vec<Vec<i64>> = (0..2)
+            .map(|r| (0..10).map(|i| 1 + (i * 5 + r * 7) % 39).collect())
+            .collect();
+        let s = base[0].len() - 1;
+        let v = cfg.vocab_size;
+        let logp_of = |rows: &[Vec<i64>]| -> Vec<f32> {
+            let (x, _) = to_tensors(rows, &dev);
+            fused::log_softmax(act(&model, &cfg, x, &t).logits, 2)
+                .into_data()
+                .try_to_vec()
+                .unwrap()
+        };
+        let argmax = |lp: &[f32], r: usize, p: usize| {
+            let row = &lp[(r * s + p) * v..(r * s + p + 1) * v];
+            (0..v).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as i64
+        };
+        // Answers at positions 5 and 6 (tokens 6 and 7): row 0's is what the model predicts
+        // (built token by token, as greedy decoding would), row 1's second token is not.
+        let mut rows = base.clone();
+        let lp = logp_of(&rows);
+        for (r, row) in rows.iter_mut().enumerate() {
+            row[6] = argmax(&lp, r, 5);
+        }
+        let lp = logp_of(&rows);
+        rows[0][7] = argmax(&lp, 0, 6);
+        rows[1][7] = 1 + argmax(&lp, 1, 6) % 39;
+        // A causal model's predictions at positions ≤ 6 do not see token 7.
+        let logp = logp_of(&rows);
+        let answers = vec![
+            vec![(5, rows[0][6]), (6, rows[0][7])],
+            vec![(5, rows[1][6]), (6, rows[1][7])],
+        ];
+        let scored = |rows: &[Vec<i64>], answers: Vec<Vec<(usize, i64)>>| {
+            let b = vec![EvalBatch {
+                rows: rows.to_vec(),
+                answers,
+            }];
+            score(&model, &cfg, &b, &t, &dev)
+        };
+        let got = scored(&rows, answers.clone());
+        assert!((got.answer_accuracy() - 0.5).abs() < 1e-12);
+        let p = |r: usize, pos: usize, tok: i64| f64::from(logp[(r * s + pos) * v + tok as usize]);
+        let by_hand = answers
+            .iter()
+            .enumerate()
+            .map(|(r, a)| {
+                a.iter()
+                    .map(|&(pos, tok)| p(r, pos, tok))
+                    .sum::<f64>()
+                    .exp()
+            })
+            .sum::<f64>()
+            / 2.0;
+        assert!((got.expected_answer_accuracy() - by_hand).abs() < 1e-5);
+        // It moves with the answers' probability and only then: scoring the same rows without
+        // answer spans leaves the likelihood as it was.
+        let none = scored(&rows, vec![Vec::new(); 2]);
+        assert_eq!(none.nll, got.nll);
+        assert_eq!(none.expected_answer_accuracy(), 0.0);
     }
 
     #[test]
