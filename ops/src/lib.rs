@@ -16,6 +16,7 @@
 //! | [`train`] | the training loop and its objectives |
 //! | [`eval`] | every measurement of a model, and merge fitness |
 //! | [`merge`] | merge techniques, combos, the evolution |
+//! | [`bake`] | Phase 3: the thinking tokens (tokenizer and embedding rows) |
 //! | [`fetch`] | HTTP(S)/hub downloads and archive extraction |
 //! | [`rng`] | the named random streams |
 //! | [`linalg`] | small dense `f64` linear algebra (CMA-ES's eigendecomposition) |
@@ -23,6 +24,7 @@
 //! | [`sys`] | the OS calls that need `unsafe` (the only module allowed it) |
 
 pub mod artifact;
+pub mod bake;
 pub mod builtin;
 pub mod context;
 pub mod data;
