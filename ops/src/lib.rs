@@ -16,7 +16,7 @@
 //! | [`train`] | the training loop and its objectives |
 //! | [`eval`] | every measurement of a model, and merge fitness |
 //! | [`merge`] | merge techniques, combos, the evolution |
-//! | [`bake`] | Phase 3: the thinking tokens (tokenizer and embedding rows) |
+//! | [`bake`] | Phase 3: the thinking tokens (names, tokenizer, embedding rows) |
 //! | [`fetch`] | HTTP(S)/hub downloads and archive extraction |
 //! | [`rng`] | the named random streams |
 //! | [`linalg`] | small dense `f64` linear algebra (CMA-ES's eigendecomposition) |

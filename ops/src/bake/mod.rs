@@ -4,6 +4,7 @@
 //! The `bake` op (supervised and prompt baking) and the `quiet-star` training objective build on
 //! this; they are not in yet (issue 12).
 
+pub mod strategies;
 pub mod tokens;
 
 pub use tokens::{

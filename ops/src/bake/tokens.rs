@@ -19,76 +19,14 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use thiserror::Error;
 
+pub use super::strategies::{END, START, STRATEGIES, Strategy, thinking_tokens};
 use crate::merge::tensors::StateDict;
 use crate::text::{RESERVED, special_tokens};
 
-/// The start-of-thought token.
-pub const START: &str = "[thinking]";
-/// The end-of-thought token.
-pub const END: &str = "[/endthinking]";
 /// The text whose embedding the start and end tokens start from (Quiet-STaR's choice).
 pub const PAUSE_TEXT: &str = "---";
 /// The id of [`START`]; the others follow in [`thinking_tokens`] order.
 pub const FIRST_ID: usize = 3;
-
-/// A reasoning strategy: its token and the seed's name for it in metrics
-/// (`baking/accuracy_<metric>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Strategy {
-    pub token: &'static str,
-    pub metric: &'static str,
-}
-
-/// The ten strategies, in id order (ids 5–14).
-pub const STRATEGIES: [Strategy; 10] = [
-    Strategy {
-        token: "<step>",
-        metric: "chain_of_thought",
-    },
-    Strategy {
-        token: "<mece>",
-        metric: "mece",
-    },
-    Strategy {
-        token: "<falsify>",
-        metric: "falsification",
-    },
-    Strategy {
-        token: "<expert>",
-        metric: "expert",
-    },
-    Strategy {
-        token: "<orthogonal>",
-        metric: "orthogonal",
-    },
-    Strategy {
-        token: "<doubt>",
-        metric: "doubt",
-    },
-    Strategy {
-        token: "<bayesian>",
-        metric: "bayesian",
-    },
-    Strategy {
-        token: "<multidomain>",
-        metric: "multidomain",
-    },
-    Strategy {
-        token: "<correct>",
-        metric: "correction",
-    },
-    Strategy {
-        token: "<uncertain>",
-        metric: "uncertainty",
-    },
-];
-
-/// The twelve tokens in id order: start, end, then the strategies.
-pub fn thinking_tokens() -> Vec<&'static str> {
-    let mut v = vec![START, END];
-    v.extend(STRATEGIES.iter().map(|s| s.token));
-    v
-}
 
 #[derive(Debug, Error)]
 pub enum TokensError {

@@ -2,7 +2,7 @@
 //!
 //! Sources:
 //! - `builtin:<name>` — a generated dataset (`math`, `qa`, `code`, `commonsense`, `language`,
-//!   `mixed`; see [`crate::data`]) of `samples` distinct records, split into `train.jsonl`,
+//!   `mixed`, and Phase 3's `reasoning` traces; see [`crate::data`]) of `samples` distinct records, split into `train.jsonl`,
 //!   `val.jsonl` and `test.jsonl` by `val_fraction`/`test_fraction`, deterministic from the seed;
 //!   `mix` weights the categories of `mixed`. A `manifest.json` gives the counts.
 //! - `file:<path>` — a file or directory (relative to the pipeline file). Its *content digest* is
@@ -117,11 +117,11 @@ impl Source {
     pub fn parse(s: &str) -> Result<Self, ParamsError> {
         let err = |m: String| ParamsError::at(&["source"], m);
         if let Some(name) = s.strip_prefix("builtin:") {
-            if name != "mixed" && Category::parse(name).is_none() {
+            if !["mixed", "reasoning"].contains(&name) && Category::parse(name).is_none() {
                 let names: Vec<&str> = Category::ALL
                     .iter()
                     .map(|c| c.name())
-                    .chain(["mixed"])
+                    .chain(["mixed", "reasoning"])
                     .collect();
                 return Err(err(format!("unknown built-in dataset `{name}`"))
                     .with_hint(format!("built-in datasets: {}", names.join(", "))));
@@ -493,8 +493,13 @@ fn generate_builtin(
         val_fraction: p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         test_fraction: p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
     };
-    let splits = data::generate(&spec, |done| ctx.progress(done, Some(samples), "records"))
-        .map_err(|e| OpError::user(e.to_string()))?;
+    let progress = |done| ctx.progress(done, Some(samples), "records");
+    let splits = if name == "reasoning" {
+        data::generate_reasoning(samples, &spec, progress)
+    } else {
+        data::generate(&spec, progress)
+    }
+    .map_err(|e| OpError::user(e.to_string()))?;
     let manifest = serde_json::Map::from_iter([
         ("source".to_owned(), json!(format!("builtin:{name}"))),
         ("seed".to_owned(), json!(ctx.seed())),

@@ -120,18 +120,66 @@ const SCALES: &[Scale] = &[
 
 const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
-pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
+/// A multiple-choice comparison before it is written out: what [`generate`] renders, and what
+/// Phase 3's reasoning traces ([`super::reasoning`]) reason over.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    /// The property's comparative/superlative word the question uses (`heavier`, `lightest`).
+    pub word: &'static str,
+    /// The scale's things in increasing order of its property.
+    pub scale: &'static [&'static str],
+    /// Each option's position on the scale, in option order (A, B, …).
+    pub options: Vec<usize>,
+    /// Whether the question asks for the larger end of the scale.
+    pub up: bool,
+    pub difficulty: u8,
+}
+
+impl Choice {
+    /// The answer's index among the options.
+    pub fn answer_index(&self) -> usize {
+        let best = if self.up {
+            self.options.iter().max()
+        } else {
+            self.options.iter().min()
+        };
+        let best = *best.expect("options");
+        self.options
+            .iter()
+            .position(|&t| t == best)
+            .expect("present")
+    }
+
+    pub fn letter(i: usize) -> &'static str {
+        LETTERS[i]
+    }
+
+    /// `(A) a coin`, … in option order.
+    pub fn option_texts(&self) -> Vec<String> {
+        self.options
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| format!("({}) {}", LETTERS[i], self.scale[t]))
+            .collect()
+    }
+
+    pub fn prompt(&self) -> String {
+        let question = if self.options.len() == 2 {
+            format!("Which is {}?", self.word)
+        } else {
+            format!("Which is the {}?", self.word)
+        };
+        format!("{question} {}", self.option_texts().join(" "))
+    }
+}
+
+pub fn choice(rng: &mut ChaCha8Rng, difficulty: u8) -> Choice {
     let scale = pick::one(rng, SCALES);
     let n = difficulty.clamp(1, 3) as usize + 1;
     let mut idx: Vec<usize> = (0..scale.things.len()).collect();
     idx.shuffle(rng);
     idx.truncate(n);
     let up = rng.random_bool(0.5);
-    let target = if up {
-        *idx.iter().max().expect("n>0")
-    } else {
-        *idx.iter().min().expect("n>0")
-    };
     let (cu, cd, su, sd) = scale.words;
     let word = match (n == 2, up) {
         (true, true) => cu,
@@ -139,26 +187,26 @@ pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
         (false, true) => su,
         (false, false) => sd,
     };
-    let options: Vec<String> = idx
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| format!("({}) {}", LETTERS[i], scale.things[t]))
-        .collect();
-    let question = if n == 2 {
-        format!("Which is {word}?")
-    } else {
-        format!("Which is the {word}?")
-    };
-    let answer_pos = idx
-        .iter()
-        .position(|&t| t == target)
-        .expect("target is an option");
-    let prompt = format!("{question} {}", options.join(" "));
-    let answer = LETTERS[answer_pos].to_string();
-    let text = format!("Question: {prompt}\nAnswer: {}\n", options[answer_pos]);
+    Choice {
+        word,
+        scale: scale.things,
+        options: idx,
+        up,
+        difficulty,
+    }
+}
+
+pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
+    let c = choice(rng, difficulty);
+    let answer_pos = c.answer_index();
+    let prompt = c.prompt();
+    let text = format!(
+        "Question: {prompt}\nAnswer: {}\n",
+        c.option_texts()[answer_pos]
+    );
     Item {
         prompt,
-        answer,
+        answer: LETTERS[answer_pos].to_string(),
         text,
     }
 }

@@ -34,7 +34,51 @@ enum Op {
     Div(i64),
 }
 
-pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
+/// One step of a worked solution: `a op b = c`, `op` one of `+ - * /`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub a: i64,
+    pub op: char,
+    pub b: i64,
+    pub c: i64,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} = {}", self.a, self.op, self.b, self.c)
+    }
+}
+
+/// A word problem before it is written out: what [`generate`] renders, and what Phase 3's
+/// reasoning traces ([`super::reasoning`]) reason over.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub name: &'static str,
+    pub item: &'static str,
+    pub start: i64,
+    /// The story's sentences after the first, one per step.
+    pub sentences: Vec<String>,
+    pub steps: Vec<Step>,
+    pub difficulty: u8,
+}
+
+impl Problem {
+    pub fn answer(&self) -> i64 {
+        self.steps.last().map_or(self.start, |s| s.c)
+    }
+
+    /// The story and its question.
+    pub fn prompt(&self) -> String {
+        let (name, item) = (self.name, self.item);
+        format!(
+            "{name} has {} {item}. {} How many {item} does {name} have now?",
+            self.start,
+            self.sentences.join(" ")
+        )
+    }
+}
+
+pub fn problem(rng: &mut ChaCha8Rng, difficulty: u8) -> Problem {
     let d = difficulty.clamp(1, 3) as i64;
     let name = *pick::one(rng, NAMES);
     let item = *pick::one(rng, ITEMS);
@@ -44,9 +88,16 @@ pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
         d + rng.random_range(0..=1)
     };
     let max = if d == 1 { 9 } else { 10 * d + 5 };
-    let mut value = pick::range(rng, 2, max);
-    let mut story = vec![format!("{name} has {value} {item}.")];
-    let mut solution = vec![format!("{name} starts with {value} {item}.")];
+    let start = pick::range(rng, 2, max);
+    let mut value = start;
+    let mut p = Problem {
+        name,
+        item,
+        start,
+        sentences: Vec::new(),
+        steps: Vec::new(),
+        difficulty,
+    };
     for _ in 0..steps {
         let op = loop {
             let divisors: Vec<i64> = (2..=5)
@@ -60,20 +111,17 @@ pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
                 _ => continue,
             }
         };
-        let (sentence, line, next) = match op {
+        let (sentence, op, b, next) = match op {
             Op::Add(b) => {
                 let src = *pick::one(rng, SOURCES);
                 (
                     format!("Then {name} gets {b} more from {src}."),
-                    format!("{value} + {b} = {}", value + b),
+                    '+',
+                    b,
                     value + b,
                 )
             }
-            Op::Sub(b) => (
-                format!("Then {name} gives {b} away."),
-                format!("{value} - {b} = {}", value - b),
-                value - b,
-            ),
+            Op::Sub(b) => (format!("Then {name} gives {b} away."), '-', b, value - b),
             Op::Mul(k) => {
                 let word = match k {
                     2 => "doubles".to_string(),
@@ -82,7 +130,8 @@ pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
                 };
                 (
                     format!("Then the number of {item} {name} has {word}."),
-                    format!("{value} * {k} = {}", value * k),
+                    '*',
+                    k,
                     value * k,
                 )
             }
@@ -90,23 +139,36 @@ pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
                 format!(
                     "Then {name} shares them equally among {k} people, {name} included, and keeps one share."
                 ),
-                format!("{value} / {k} = {}", value / k),
+                '/',
+                k,
                 value / k,
             ),
         };
-        story.push(sentence);
-        solution.push(line);
+        p.sentences.push(sentence);
+        p.steps.push(Step {
+            a: value,
+            op,
+            b,
+            c: next,
+        });
         value = next;
     }
-    let question = format!("How many {item} does {name} have now?");
-    let prompt = format!("{} {question}", story.join(" "));
+    p
+}
+
+pub fn generate(rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
+    let p = problem(rng, difficulty);
+    let prompt = p.prompt();
+    let mut solution = vec![format!("{} starts with {} {}.", p.name, p.start, p.item)];
+    solution.extend(p.steps.iter().map(Step::to_string));
     let text = format!(
-        "Question: {prompt}\nAnswer: {}\n#### {value}\n",
-        solution.join("\n")
+        "Question: {prompt}\nAnswer: {}\n#### {}\n",
+        solution.join("\n"),
+        p.answer()
     );
     Item {
         prompt,
-        answer: value.to_string(),
+        answer: p.answer().to_string(),
         text,
     }
 }

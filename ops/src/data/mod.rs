@@ -14,6 +14,7 @@
 //! | `commonsense` | everyday-physics comparisons and superlatives, lettered choices | 2 → 4 options |
 //! | `language` | a grammar-generated story language with subject–verb agreement across clauses | 0 → 3 attractors |
 //! | `mixed` | all five, weighted by `mix` | |
+//! | `reasoning` | Phase 3's strategy-tagged thinking traces, balanced over the ten strategies ([`reasoning`]) | as its problems |
 //!
 //! Downloaded tables (parquet, jsonl, json; e.g. Hugging Face datasets) become records of the same
 //! format through the templates of [`table`]. [`records`] reads a dataset artifact back;
@@ -25,6 +26,7 @@ pub mod commonsense;
 pub mod language;
 pub mod math;
 pub mod qa;
+pub mod reasoning;
 pub mod records;
 pub mod table;
 
@@ -147,18 +149,56 @@ pub fn apportion(total: u64, weights: &BTreeMap<Category, f64>) -> BTreeMap<Cate
 /// Generate the dataset: records per split, in generation order.
 pub fn generate(
     spec: &Spec,
+    progress: impl FnMut(u64),
+) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
+    let counts: Vec<(&'static str, u64)> =
+        spec.counts.iter().map(|(c, &n)| (c.name(), n)).collect();
+    generate_named(&counts, spec, progress, |name, rng, difficulty| {
+        Category::parse(name)
+            .expect("a category's name")
+            .generate(rng, difficulty)
+    })
+}
+
+/// `builtin:reasoning`: `samples` traces, as equal a share per strategy as `samples` allows
+/// (`spec.counts` is not used).
+pub fn generate_reasoning(
+    samples: u64,
+    spec: &Spec,
+    progress: impl FnMut(u64),
+) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
+    let strategies = crate::bake::strategies::STRATEGIES;
+    let n = strategies.len() as u64;
+    let counts: Vec<(&'static str, u64)> = strategies
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.metric, samples / n + u64::from((i as u64) < samples % n)))
+        .collect();
+    generate_named(&counts, spec, progress, |name, rng, difficulty| {
+        let s = reasoning::strategy_of(name).expect("a strategy's name");
+        reasoning::generate(s, rng, difficulty)
+    })
+}
+
+/// Draw `wanted` distinct records per name from `draw(name, rng, difficulty)`: each draw from
+/// its own `Data { name, index }` stream, difficulty cycling 1, 2, 3, repeated prompts skipped,
+/// the split by prompt hash.
+fn generate_named(
+    counts: &[(&'static str, u64)],
+    spec: &Spec,
     mut progress: impl FnMut(u64),
+    draw: impl Fn(&'static str, &mut ChaCha8Rng, u8) -> Item,
 ) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
     let mut out: BTreeMap<Split, Vec<Record>> = BTreeMap::new();
     let mut done = 0;
-    for (&category, &wanted) in &spec.counts {
+    for &(name, wanted) in counts {
         let mut seen = HashSet::new();
         let mut found = 0u64;
         let mut index = 0u64;
         while found < wanted {
             if index >= wanted * 20 + 1000 {
                 return Err(Exhausted {
-                    category: category.name(),
+                    category: name,
                     found,
                     wanted,
                 });
@@ -166,22 +206,22 @@ pub fn generate(
             let mut rng = crate::rng::stream(
                 spec.seed,
                 crate::rng::Stream::Data {
-                    category: category.name(),
+                    category: name,
                     index,
                 },
             );
             // Difficulty cycles 1,2,3 so every level is equally represented.
             let difficulty = (index % 3) as u8 + 1;
             index += 1;
-            let item = category.generate(&mut rng, difficulty);
+            let item = draw(name, &mut rng, difficulty);
             if !seen.insert(blake3::hash(item.prompt.as_bytes())) {
                 continue;
             }
             let split = split_of(&item.prompt, spec.val_fraction, spec.test_fraction);
-            let id = format!("{}-{:07}", category.name(), found);
+            let id = format!("{name}-{found:07}");
             out.entry(split).or_default().push(Record {
                 id,
-                category: category.name().into(),
+                category: name.into(),
                 difficulty,
                 prompt: item.prompt,
                 answer: item.answer,
@@ -263,6 +303,22 @@ mod tests {
             let there: HashSet<&str> = bigger[split].iter().map(|r| r.prompt.as_str()).collect();
             assert!(records.iter().all(|r| there.contains(r.prompt.as_str())));
         }
+    }
+
+    #[test]
+    fn reasoning_traces_are_balanced_over_the_ten_strategies() {
+        let data = generate_reasoning(1003, &spec(0), |_| {}).unwrap();
+        let mut per: BTreeMap<String, u64> = BTreeMap::new();
+        for r in data.values().flatten() {
+            *per.entry(r.category.clone()).or_default() += 1;
+            assert!(r.text.contains("[thinking]<"), "{}", r.text);
+            assert!(r.id.starts_with(&r.category));
+        }
+        assert_eq!(per.len(), 10);
+        assert_eq!(per.values().sum::<u64>(), 1003);
+        assert!(per.values().all(|&n| n == 100 || n == 101), "{per:?}");
+        assert!(data[&Split::Val].len() > 50 && data[&Split::Test].len() > 50);
+        assert_eq!(generate_reasoning(1003, &spec(0), |_| {}).unwrap(), data);
     }
 
     #[test]
