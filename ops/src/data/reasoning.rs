@@ -1,7 +1,9 @@
 //! `builtin:reasoning`: strategy-tagged reasoning traces for Phase 3's baking, balanced over the
 //! ten strategies (a record's `category` is the strategy's metric name, e.g. `chain_of_thought`).
 //!
-//! Every record's text is
+//! A record's prompt is a problem followed by the strategy's request ([`cue`]: "Work it out step
+//! by step.", "Test candidate answers.", …), so the strategy can be read from the prompt; its
+//! text is
 //!
 //! ```text
 //! Question: <prompt>
@@ -55,6 +57,7 @@ pub fn generate(s: Strategy, rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
         "<uncertain>" => uncertain(rng, difficulty),
         other => unreachable!("no strategy {other}"),
     };
+    let prompt = format!("{prompt} {}", cue(s));
     let text = format!(
         "Question: {prompt}\n{START}{}\n{}\n{END}\n#### {answer}\n",
         s.token,
@@ -64,6 +67,23 @@ pub fn generate(s: Strategy, rng: &mut ChaCha8Rng, difficulty: u8) -> Item {
         prompt,
         answer,
         text,
+    }
+}
+
+/// The request that ends a strategy's prompt, so the strategy to think with can be read from
+/// the prompt (six strategies share the math problems).
+pub fn cue(s: Strategy) -> &'static str {
+    match s.token {
+        "<step>" => "Work it out step by step.",
+        "<mece>" => "Consider every option in turn.",
+        "<falsify>" => "Test candidate answers.",
+        "<expert>" => "Answer as an expert would.",
+        "<orthogonal>" => "Check it from another direction.",
+        "<doubt>" => "Double-check yourself.",
+        "<bayesian>" => "Update on the evidence.",
+        "<multidomain>" => "Check it with a program too.",
+        "<correct>" => "Correct any slip you make.",
+        _ => "Say how sure you are.",
     }
 }
 
@@ -369,6 +389,10 @@ mod tests {
             "{t}"
         );
         assert!(t.starts_with(&format!("Question: {}\n", item.prompt)));
+        // The prompt ends with the strategy's request, and no two strategies share one.
+        assert!(item.prompt.ends_with(cue(s)), "{t}");
+        let cues: std::collections::HashSet<&str> = STRATEGIES.iter().map(|&o| cue(o)).collect();
+        assert_eq!(cues.len(), STRATEGIES.len());
         inner[s.token.len()..]
             .trim()
             .lines()
