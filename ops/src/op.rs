@@ -284,6 +284,37 @@ impl<T: TypedOp> Op for T {
     }
 }
 
+/// In an op's raw parameters, overlay the block `raw[key]` on the preset it names with
+/// `preset:` (keys given beside it win); an unknown name is an error listing `names`.
+pub fn expand_preset(
+    raw: &mut Value,
+    key: &str,
+    preset: impl Fn(&str) -> Option<Value>,
+    names: &str,
+) -> Result<(), ParamsError> {
+    let Some(block) = raw.get_mut(key).and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let Some(name) = block
+        .get("preset")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return Ok(());
+    };
+    let Some(Value::Object(mut base)) = preset(&name) else {
+        return Err(
+            ParamsError::at(&[key, "preset"], format!("unknown preset `{name}`"))
+                .with_hint(format!("presets: {names}")),
+        );
+    };
+    for (k, v) in block.iter() {
+        base.insert(k.clone(), v.clone());
+    }
+    *block = base;
+    Ok(())
+}
+
 /// The set of ops a pipeline may name.
 #[derive(Clone, Default)]
 pub struct OpRegistry {

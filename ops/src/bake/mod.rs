@@ -1,9 +1,10 @@
 //! Phase 3's library (Quiet-STaR): the twelve thinking tokens — which ids they take, the
-//! tokenizer that knows them, and how their embedding rows start.
-//!
-//! The `bake` op (supervised and prompt baking) and the `quiet-star` training objective build on
-//! this; they are not in yet (issue 12).
+//! tokenizer that knows them, and how their embedding rows start ([`tokens`]) — and how baking
+//! is measured ([`eval`]). The `bake` op trains with the `lm` objective on trace targets only
+//! ([`crate::train::Targets::FromToken`]); prompt baking and the `quiet-star` objective are not
+//! in yet (issue 12).
 
+pub mod eval;
 pub mod strategies;
 pub mod tokens;
 

@@ -2,6 +2,7 @@
 //! key extras, and a `run` that reads its inputs, calls the library (`data`, `text`, `train`,
 //! `eval`, `merge`, `fetch`) and writes its outputs. No op module uses another op module.
 
+pub mod bake;
 pub mod download;
 pub mod exec;
 pub mod merge;
@@ -15,6 +16,7 @@ impl OpRegistry {
     /// forge's built-in ops.
     pub fn builtin() -> Self {
         let mut r = Self::empty();
+        r.register(bake::Bake);
         r.register(download::Download);
         r.register(exec::Exec);
         r.register(merge::Merge);

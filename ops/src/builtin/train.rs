@@ -24,10 +24,10 @@ use crate::error::{OpError, ParamsError};
 use crate::eval::{self, LmEvalSet, LmReport};
 use crate::model::files::{self, ModelFiles};
 use crate::model::{ModelConfig, Tables, TrmTitansMag, weights};
-use crate::op::{StepOutcome, TypedOp};
+use crate::op::{StepOutcome, TypedOp, expand_preset};
 use crate::optim::OptimizerConfig;
 use crate::text::TextCodec;
-use crate::train::{Lm, LoopConfig, Reference, Run, Trained};
+use crate::train::{Lm, LoopConfig, Reference, Run, Targets, Trained};
 
 /// Parameters of `train`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -114,36 +114,6 @@ mod d {
 }
 
 pub struct Train;
-
-/// Overlay `raw[key]` on the named preset of that block.
-fn expand_preset(
-    raw: &mut Value,
-    key: &str,
-    preset: impl Fn(&str) -> Option<Value>,
-    names: &str,
-) -> Result<(), ParamsError> {
-    let Some(block) = raw.get_mut(key).and_then(Value::as_object_mut) else {
-        return Ok(());
-    };
-    let Some(name) = block
-        .get("preset")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
-        return Ok(());
-    };
-    let Some(Value::Object(mut base)) = preset(&name) else {
-        return Err(
-            ParamsError::at(&[key, "preset"], format!("unknown preset `{name}`"))
-                .with_hint(format!("presets: {names}")),
-        );
-    };
-    for (k, v) in block.iter() {
-        base.insert(k.clone(), v.clone());
-    }
-    *block = base;
-    Ok(())
-}
 
 impl TypedOp for Train {
     type Params = TrainParams;
@@ -297,6 +267,7 @@ impl TypedOp for Train {
             _ => None,
         };
         let objective = Lm {
+            targets: Targets::All,
             sup_steps: cfg.sup_steps,
             act_weight: cfg.act_weight,
             tables: &tables,

@@ -265,6 +265,25 @@ pub fn greedy_answer(
     max_new: usize,
     d: &Decoding<'_>,
 ) -> String {
+    let ids = greedy_ids(model, prompt_tokens, max_new, d, &|new| {
+        (d.decode)(new)
+            .split("####")
+            .nth(1)
+            .is_some_and(|after| after.contains('\n'))
+    });
+    (d.decode)(&ids)
+}
+
+/// Greedy-decode under ACT after `prompt_tokens`, at most `max_new` tokens, until eos (not
+/// included) or until `done(generated so far)`; returns the generated ids. The window is the
+/// last `max_seq` tokens.
+pub fn greedy_ids(
+    model: &TrmTitansMag,
+    prompt_tokens: Vec<i64>,
+    max_new: usize,
+    d: &Decoding<'_>,
+    done: &dyn Fn(&[i64]) -> bool,
+) -> Vec<i64> {
     let mut tokens = prompt_tokens;
     let start = tokens.len();
     for _ in 0..max_new {
@@ -282,14 +301,67 @@ pub fn greedy_answer(
             break;
         }
         tokens.push(last);
-        let text = (d.decode)(&tokens[start..]);
-        if let Some(after) = text.split("####").nth(1)
-            && after.contains('\n')
-        {
+        if done(&tokens[start..]) {
             break;
         }
     }
-    (d.decode)(&tokens[start..])
+    tokens.split_off(start)
+}
+
+/// [`greedy_ids`] for many prompts at once: each step runs every unfinished row in one batch
+/// (each row its own last `max_seq` tokens, left-aligned and padded on the right, which a causal
+/// model cannot see) and appends each row's argmax at its own last position. Gives the same
+/// tokens as decoding each prompt alone, for a fraction of the passes.
+pub fn greedy_batch(
+    model: &TrmTitansMag,
+    prompts: Vec<Vec<i64>>,
+    max_new: usize,
+    d: &Decoding<'_>,
+    done: &dyn Fn(&[i64]) -> bool,
+) -> Vec<Vec<i64>> {
+    let starts: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let mut rows = prompts;
+    let mut open: Vec<usize> = (0..rows.len()).collect();
+    for _ in 0..max_new {
+        if open.is_empty() {
+            break;
+        }
+        let windows: Vec<&[i64]> = open
+            .iter()
+            .map(|&i| &rows[i][rows[i].len().saturating_sub(d.cfg.max_seq)..])
+            .collect();
+        let width = windows.iter().map(|w| w.len()).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(windows.len() * width);
+        for w in &windows {
+            ids.extend_from_slice(w);
+            ids.resize(ids.len() + width - w.len(), 0);
+        }
+        let lens: Vec<usize> = windows.iter().map(|w| w.len()).collect();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [lens.len(), width]), d.device);
+        let pred: Vec<i64> = act(model, d.cfg, x, d.tables)
+            .logits
+            .argmax(2)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("i64 predictions");
+        let mut still = Vec::with_capacity(open.len());
+        for (k, &i) in open.iter().enumerate() {
+            let next = pred[k * width + lens[k] - 1];
+            if next == d.eos {
+                continue;
+            }
+            rows[i].push(next);
+            if !done(&rows[i][starts[i]..]) {
+                still.push(i);
+            }
+        }
+        open = still;
+    }
+    rows.into_iter()
+        .zip(starts)
+        .map(|(mut r, s)| r.split_off(s))
+        .collect()
 }
 
 /// How many recursions tokens ran before halting under ACT.
@@ -647,6 +719,41 @@ mod tests {
         let none = scored(&rows, vec![Vec::new(); 2]);
         assert_eq!(none.nll, got.nll);
         assert_eq!(none.expected_answer_accuracy(), 0.0);
+    }
+
+    #[test]
+    fn batched_greedy_decoding_gives_each_prompts_own_tokens() {
+        let dev = crate::device::test_device().inner();
+        let cfg = ModelConfig {
+            max_seq: 12,
+            ..small()
+        };
+        let model = TrmTitansMag::new(&cfg, 9, &dev);
+        let tables = Tables::new(&cfg, &dev);
+        let decode = |ids: &[i64]| format!("{ids:?}");
+        let d = Decoding {
+            cfg: &cfg,
+            eos: 2,
+            tables: &tables,
+            device: &dev,
+            decode: &decode,
+        };
+        // Prompts of different lengths; 10 new tokens push the longest past max_seq.
+        let prompts: Vec<Vec<i64>> =
+            vec![vec![1, 7], vec![1, 9, 4, 5, 6, 11, 12], vec![1, 30, 31, 32]];
+        let never = |_: &[i64]| false;
+        let alone: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| greedy_ids(&model, p.clone(), 10, &d, &never))
+            .collect();
+        assert_eq!(greedy_batch(&model, prompts.clone(), 10, &d, &never), alone);
+        // A row that is done stops growing; the others go on.
+        let short = |new: &[i64]| new.len() >= 3;
+        let got = greedy_batch(&model, prompts, 10, &d, &short);
+        for (g, a) in got.iter().zip(&alone) {
+            assert_eq!(g[..], a[..g.len()]);
+            assert!(g.len() <= 3);
+        }
     }
 
     #[test]

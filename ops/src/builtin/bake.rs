@@ -1,0 +1,440 @@
+//! `bake`: Phase 3's first step — give a model the twelve thinking tokens and teach it to use
+//! them. The input `model` (e.g. the EvoMerge champion) gets a tokenizer with the tokens
+//! registered as special tokens at their reserved ids 3–14 and embedding rows initialised as
+//! Quiet-STaR does ([`crate::bake::tokens`]); then `method: sft` trains it on reasoning traces
+//! (`data`, e.g. `builtin:reasoning`) with the `lm` objective on the trace and answer tokens only
+//! (the question is context, not a target), with Muon × Grokfast's `phase3-baking` preset by
+//! default. Checkpoints and resume are the training loop's ([`crate::train::trainer`]).
+//!
+//! The step reports the seed's `baking/*` metrics ([`crate::bake::eval`]): structure accuracy per
+//! strategy by greedy decoding on test-split prompts, answer accuracy beside the input model's,
+//! token usage, and the held-out loss. Outputs: a `model` artifact with the extended
+//! `tokenizer.json` and `config.json` listing the thinking tokens.
+//!
+//! Prompt baking (`method: prompt`) is not in yet.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
+use crate::bake::{eval as bake_eval, tokens};
+use crate::context::StepContext;
+use crate::data::{Corpus, Sampler, Stage};
+use crate::device;
+use crate::error::{OpError, ParamsError};
+use crate::eval::{Decoding, eval_batches, score};
+use crate::merge::tensors::StateDict;
+use crate::model::files::{self, ModelFiles};
+use crate::model::{Tables, TrmTitansMag, weights};
+use crate::op::{StepOutcome, TypedOp, expand_preset};
+use crate::optim::OptimizerConfig;
+use crate::text::TextCodec;
+use crate::train::{Lm, LoopConfig, Run, Targets};
+
+/// How `bake` teaches the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BakeMethod {
+    /// Supervised training on the traces (the seed's step 1).
+    #[default]
+    Sft,
+}
+
+/// Parameters of `bake`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BakeParams {
+    #[serde(default)]
+    pub method: BakeMethod,
+    /// Muon × Grokfast settings (default: the seed's `phase3-baking` preset: lr 1e-4, λ 0.2,
+    /// τ 30, KL 0).
+    #[serde(default = "d::optimizer")]
+    pub optimizer: OptimizerConfig,
+    /// Optimizer steps.
+    #[serde(default = "d::steps")]
+    pub steps: u64,
+    /// Rows per optimizer step (packed records).
+    #[serde(default = "d::batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "d::seq_len")]
+    pub seq_len: usize,
+    /// Linear warm-up steps (default: 5% of `steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u64>,
+    #[serde(default = "d::min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "d::checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "d::log_every")]
+    pub log_every: u64,
+    /// Test-split prompts per strategy answered by greedy decoding for the `baking/*` accuracies.
+    #[serde(default = "d::eval_per_strategy")]
+    pub eval_per_strategy: usize,
+    /// Longest generated answer, in tokens.
+    #[serde(default = "d::max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Held-out records scored for `baking/val_loss`.
+    #[serde(default = "d::eval_records")]
+    pub eval_records: usize,
+}
+
+mod d {
+    use crate::optim::OptimizerConfig;
+    pub fn optimizer() -> OptimizerConfig {
+        OptimizerConfig::preset("phase3-baking").expect("a preset")
+    }
+    pub fn steps() -> u64 {
+        200
+    }
+    pub fn batch_size() -> usize {
+        8
+    }
+    pub fn seq_len() -> usize {
+        128
+    }
+    pub fn min_lr_ratio() -> f64 {
+        0.1
+    }
+    pub fn checkpoint_every() -> u64 {
+        25
+    }
+    pub fn log_every() -> u64 {
+        10
+    }
+    pub fn eval_per_strategy() -> usize {
+        20
+    }
+    pub fn max_new_tokens() -> usize {
+        96
+    }
+    pub fn eval_records() -> usize {
+        100
+    }
+}
+
+pub struct Bake;
+
+impl TypedOp for Bake {
+    type Params = BakeParams;
+    const NAME: &'static str = "bake";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "Add the twelve thinking tokens to a model and bake reasoning traces into it (Phase 3)";
+
+    fn prepare_raw(&self, mut raw: Value) -> Result<Value, ParamsError> {
+        expand_preset(
+            &mut raw,
+            "optimizer",
+            |n| OptimizerConfig::preset(n).map(|c| serde_json::to_value(c).expect("config")),
+            "phase1, phase3-baking, phase3-rl",
+        )?;
+        Ok(raw)
+    }
+
+    fn check(&self, p: &BakeParams) -> Result<(), ParamsError> {
+        if let Some(problem) = p.optimizer.problems().into_iter().next() {
+            return Err(ParamsError::at(&["optimizer"], problem));
+        }
+        if p.optimizer.kl_coef > 0.0 {
+            return Err(ParamsError::at(
+                &["optimizer", "kl_coef"],
+                "`method: sft` has no reference model for a KL term",
+            )
+            .with_hint("set kl_coef: 0 (the phase3-baking preset does)"));
+        }
+        let positive = [
+            ("batch_size", p.batch_size as u64),
+            ("seq_len", p.seq_len as u64),
+            ("checkpoint_every", p.checkpoint_every),
+            ("log_every", p.log_every),
+            ("max_new_tokens", p.max_new_tokens as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ParamsError::at(&[name], format!("{name} must be positive")));
+        }
+        Ok(())
+    }
+
+    fn inputs(&self, _p: &BakeParams) -> InputSignature {
+        InputSignature::Fixed(vec![
+            InputSpec::one("model", &[ArtifactKind::Model]),
+            InputSpec::many("data", &[ArtifactKind::Dataset]),
+        ])
+    }
+
+    fn outputs(&self, _p: &BakeParams) -> Vec<OutputSpec> {
+        vec![OutputSpec {
+            name: "model".into(),
+            kind: ArtifactKind::Model,
+        }]
+    }
+
+    fn metrics(&self, _p: &BakeParams) -> Option<Vec<String>> {
+        let own = [
+            "baking/loss",
+            "baking/val_loss",
+            "baking/tokens_added",
+            "baking/params_added",
+            "baking/params_initialised",
+            "final/total_params",
+        ];
+        Some(
+            own.iter()
+                .chain(crate::train::trainer::TRAINED_METRICS)
+                .chain(bake_eval::METRICS)
+                .map(|m| (*m).to_string())
+                .collect(),
+        )
+    }
+
+    fn backend_class(&self, _p: &BakeParams, device: &str) -> Option<String> {
+        Some(device::key_class(device))
+    }
+
+    fn run(
+        &self,
+        ctx: &StepContext,
+        inputs: &StepInputs,
+        p: &BakeParams,
+    ) -> Result<StepOutcome, OpError> {
+        let backend = device::resolve(ctx.device()).map_err(|e| OpError::user(e.to_string()))?;
+        let dev = &backend.device;
+        let input = &inputs["model"][0];
+        let config = files::read_config(&input.path)?;
+        let cfg = files::model_config(&config, &input.path)?;
+        if p.seq_len > cfg.max_seq {
+            return Err(OpError::user(format!(
+                "seq_len {} exceeds the model's max_seq {}",
+                p.seq_len, cfg.max_seq
+            )));
+        }
+        let base = TextCodec::load(&input.path.join("tokenizer.json"))?;
+        let extended = tokens::add_thinking_tokens(&base.tokenizer)
+            .map_err(|e| OpError::user(format!("{}: {e}", input.from_step)))?;
+        let codec = TextCodec {
+            tokenizer: extended,
+            bos: base.bos,
+            eos: base.eos,
+        };
+        let (start_bytes, rows) = start_weights(&input.path, &base)?;
+        ctx.log(format!(
+            "12 thinking tokens at ids 3–14; {} parameters initialised from `{}` (ids {:?}) and the mean embedding",
+            rows.params_initialised,
+            tokens::PAUSE_TEXT,
+            rows.pause_ids
+        ));
+
+        let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
+        let stages = [Stage {
+            until: 1.0,
+            max_difficulty: 3,
+            mix: None,
+        }];
+        let curriculum = corpus.curriculum(&stages, None, p.steps)?;
+        let seed = ctx.seed();
+        let sampler = Sampler {
+            pool: &corpus.pool,
+            curriculum: &curriculum,
+            seed,
+            rows: p.batch_size,
+            seq: p.seq_len,
+        };
+        let tables = Tables::new(&cfg, dev);
+        let objective = Lm {
+            targets: Targets::FromToken {
+                bos: codec.bos,
+                start: tokens::FIRST_ID as i64,
+            },
+            sup_steps: cfg.sup_steps,
+            act_weight: cfg.act_weight,
+            tables: &tables,
+            device: dev,
+            reference: None,
+        };
+        let load = |bytes: Vec<u8>, what: &str, dev: &burn::tensor::Device| {
+            let mut model = TrmTitansMag::new(&cfg, seed, dev);
+            weights::load_exact(&mut model, bytes, what)
+                .map_err(|e| OpError::user(e.to_string()))?;
+            Ok::<_, OpError>(model)
+        };
+        let start = || {
+            load(
+                start_bytes.clone(),
+                &format!("the model from {}", input.from_step),
+                dev,
+            )
+        };
+        let settings = p.loop_config();
+        let run = Run {
+            ctx,
+            model: &cfg,
+            optimizer: &p.optimizer,
+            settings: &settings,
+            device: dev,
+        };
+        let trained = run.train(&start, &sampler, &objective)?;
+
+        // Measured on held-out traces: the baked model, and the input model as it came.
+        let baked = trained.eval_model();
+        let eval_dev = dev.clone().inner();
+        let val = eval_batches(&corpus.val, &codec, p.eval_records, p.seq_len, p.batch_size);
+        let val_loss = score(
+            &baked,
+            &cfg,
+            &val,
+            &Tables::new(&cfg, &dev.clone()),
+            &eval_dev,
+        )
+        .loss();
+        let set = bake_eval::eval_records(&corpus.test, p.eval_per_strategy);
+        let decode = |ids: &[i64]| codec.decode(ids);
+        let eval_tables = Tables::new(&cfg, dev);
+        let d = Decoding {
+            cfg: &cfg,
+            eos: codec.eos,
+            tables: &eval_tables,
+            device: &eval_dev,
+            decode: &decode,
+        };
+        let progress = |what: &'static str| {
+            move |i: usize, n: usize| {
+                ctx.progress(i as u64, Some(n as u64), what);
+                ctx.check_cancelled()
+            }
+        };
+        let judged = bake_eval::run(
+            &baked,
+            &set,
+            &codec,
+            p.max_new_tokens,
+            p.batch_size.max(16),
+            &d,
+            &mut progress("baked answers"),
+        )?;
+        for (s, j) in bake_eval::first_per_strategy(&set, &judged) {
+            ctx.log(format!("{} sample: {:?}", s.token, j.text));
+        }
+        let input_bytes = read(&input.path.join("model.safetensors"))?;
+        let unbaked = load(input_bytes, "the input model", &eval_dev)?;
+        let before = bake_eval::run(
+            &unbaked,
+            &set,
+            &codec,
+            p.max_new_tokens,
+            p.batch_size.max(16),
+            &d,
+            &mut progress("input-model answers"),
+        )?;
+
+        let params = trained.model.num_params();
+        let mut metrics: Map<String, Value> = trained
+            .metrics()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        metrics.extend([
+            ("baking/loss".to_string(), json!(trained.final_loss)),
+            ("baking/val_loss".to_string(), json!(val_loss)),
+            ("baking/tokens_added".to_string(), json!(12)),
+            // The ids were reserved when the tokenizer was trained: no shape changes.
+            ("baking/params_added".to_string(), json!(0)),
+            (
+                "baking/params_initialised".to_string(),
+                json!(rows.params_initialised),
+            ),
+            ("final/total_params".to_string(), json!(params)),
+        ]);
+        metrics.extend(bake_eval::metrics(&set, &judged, &before));
+
+        let mut config = files::trained_config(&cfg, params, backend.class, codec.bos, codec.eos);
+        config["thinking_tokens"] = tokens::thinking_tokens()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((*t).to_string(), json!(tokens::FIRST_ID + i)))
+            .collect::<Map<String, Value>>()
+            .into();
+        let tokenizer = codec
+            .tokenizer
+            .to_string(true)
+            .map_err(|e| OpError::internal(e.to_string()))?;
+        let weights =
+            weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
+        let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
+        files::write(
+            &ctx.output_dir("model")?,
+            &ModelFiles {
+                weights: Some(&weights),
+                config: &config,
+                tokenizer: None,
+                metrics: &metrics,
+                extra: &[
+                    ("tokenizer.json", tokenizer.into_bytes()),
+                    ("history.jsonl", history.into_bytes()),
+                ],
+            },
+        )?;
+        Ok(StepOutcome { metrics })
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, OpError> {
+    std::fs::read(path).map_err(|e| OpError::io(path, e))
+}
+
+/// The input model's weights with the thinking tokens' rows initialised.
+fn start_weights(
+    dir: &std::path::Path,
+    codec: &TextCodec,
+) -> Result<(Vec<u8>, tokens::RowsReport), OpError> {
+    let path = dir.join("model.safetensors");
+    let mut sd = StateDict::from_bytes(&read(&path)?)
+        .map_err(|e| OpError::user(format!("{}: {e}", path.display())))?;
+    let pause = codec
+        .tokenizer
+        .encode(tokens::PAUSE_TEXT, false)
+        .map_err(|e| OpError::internal(e.to_string()))?;
+    let rows = tokens::init_thinking_rows(&mut sd, pause.get_ids())
+        .map_err(|e| OpError::user(e.to_string()))?;
+    Ok((sd.to_bytes(), rows))
+}
+
+impl BakeParams {
+    fn loop_config(&self) -> LoopConfig {
+        LoopConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            seq_len: self.seq_len,
+            grad_accum: 1,
+            warmup_steps: self.warmup_steps.unwrap_or(self.steps / 20),
+            min_lr_ratio: self.min_lr_ratio,
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+            memory_budget_mib: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Op;
+
+    #[test]
+    fn the_baking_preset_is_the_default_and_a_kl_term_is_refused() {
+        let p = Bake.parse_params(&json!({})).unwrap();
+        let typed = p.typed::<BakeParams>().unwrap();
+        assert_eq!(
+            typed.optimizer,
+            OptimizerConfig::preset("phase3-baking").unwrap()
+        );
+        let e = Bake
+            .parse_params(&json!({ "optimizer": { "preset": "phase3-rl" } }))
+            .unwrap_err();
+        assert_eq!(e.path, ["optimizer", "kl_coef"]);
+        let e = Bake
+            .parse_params(&json!({ "method": "prompt" }))
+            .unwrap_err();
+        assert_eq!(e.path, ["method"]);
+    }
+}
