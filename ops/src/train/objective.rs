@@ -130,7 +130,10 @@ mod tests {
         let row = vec![1, 20, 21, 3, 30, 31, 2, 1, 22, 3, 32];
         let labels = Targets::FromToken { bos: 1, start: 3 }.labels(std::slice::from_ref(&row));
         assert_eq!(labels[0], vec![0, 0, 3, 30, 31, 2, 0, 0, 3, 32]);
-        assert_eq!(Targets::All.labels(std::slice::from_ref(&row))[0], row[1..].to_vec());
+        assert_eq!(
+            Targets::All.labels(std::slice::from_ref(&row))[0],
+            row[1..].to_vec()
+        );
         // A row that starts inside a trace (no bos yet) counts nothing until its first start.
         let labels = Targets::FromToken { bos: 1, start: 3 }.labels(&[vec![30, 31, 2, 1, 3, 33]]);
         assert_eq!(labels[0], vec![0, 0, 0, 3, 33]);
