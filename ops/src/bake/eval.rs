@@ -16,9 +16,11 @@ use serde_json::{Value, json};
 
 use super::strategies::{STRATEGIES, Strategy};
 use super::tokens::FIRST_ID;
-use crate::data::Record;
-use crate::eval::{Decoding, greedy_batch};
-use crate::model::TrmTitansMag;
+use crate::context::StepContext;
+use crate::data::{Corpus, Record};
+use crate::error::OpError;
+use crate::eval::{Decoding, eval_batches, greedy_batch, score};
+use crate::model::{ModelConfig, Tables, TrmTitansMag};
 use crate::text::TextCodec;
 
 /// The seed's structure-accuracy gate.
@@ -201,8 +203,78 @@ pub fn metrics(
     out
 }
 
+/// How much [`report`] measures.
+pub struct Settings {
+    pub per_strategy: usize,
+    pub max_new_tokens: usize,
+    /// Prompts decoded together.
+    pub batch: usize,
+    /// Held-out records for `baking/val_loss`, and their longest row.
+    pub val_records: usize,
+    pub seq_len: usize,
+}
+
+/// The baked model and the input model (`unbaked`) on the corpus's held-out records: the
+/// `baking/*` metrics of [`metrics`] plus `baking/val_loss`; one output per strategy goes to the
+/// step's log.
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    ctx: &StepContext,
+    baked: &TrmTitansMag,
+    unbaked: &TrmTitansMag,
+    cfg: &ModelConfig,
+    codec: &TextCodec,
+    corpus: &Corpus,
+    s: &Settings,
+    device: &burn::tensor::Device,
+) -> Result<Vec<(String, Value)>, OpError> {
+    let tables = Tables::new(cfg, device);
+    let val = eval_batches(&corpus.val, codec, s.val_records, s.seq_len, s.batch);
+    let val_loss = score(baked, cfg, &val, &tables, device).loss();
+    let set = eval_records(&corpus.test, s.per_strategy);
+    let decode = |ids: &[i64]| codec.decode(ids);
+    let d = Decoding {
+        cfg,
+        eos: codec.eos,
+        tables: &tables,
+        device,
+        decode: &decode,
+    };
+    let progress = |what: &'static str| {
+        move |i: usize, n: usize| {
+            ctx.progress(i as u64, Some(n as u64), what);
+            ctx.check_cancelled()
+        }
+    };
+    let judged = run(
+        baked,
+        &set,
+        codec,
+        s.max_new_tokens,
+        s.batch,
+        &d,
+        &mut progress("baked answers"),
+    )?;
+    for (strategy, j) in first_per_strategy(&set, &judged) {
+        ctx.log(format!("{} sample: {:?}", strategy.token, j.text));
+    }
+    let before = run(
+        unbaked,
+        &set,
+        codec,
+        s.max_new_tokens,
+        s.batch,
+        &d,
+        &mut progress("input-model answers"),
+    )?;
+    let mut out = vec![("baking/val_loss".to_string(), json!(val_loss))];
+    out.extend(metrics(&set, &judged, &before));
+    Ok(out)
+}
+
 /// Every metric [`metrics`] writes, as patterns.
 pub const METRICS: &[&str] = &[
+    "baking/val_loss",
     "baking/accuracy_*",
     "baking/answer_accuracy_*",
     "baking/input_answer_accuracy_*",

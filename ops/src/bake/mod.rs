@@ -5,6 +5,7 @@
 //! in yet (issue 12).
 
 pub mod eval;
+pub mod model;
 pub mod strategies;
 pub mod tokens;
 

@@ -18,19 +18,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
-use crate::bake::{eval as bake_eval, tokens};
+use crate::bake::{eval as bake_eval, model as bake_model, tokens};
 use crate::context::StepContext;
 use crate::data::{Corpus, Sampler, Stage};
 use crate::device;
 use crate::error::{OpError, ParamsError};
-use crate::eval::{Decoding, eval_batches, score};
-use crate::merge::tensors::StateDict;
 use crate::model::files::{self, ModelFiles};
 use crate::model::{Tables, TrmTitansMag, weights};
 use crate::op::{StepOutcome, TypedOp, expand_preset};
 use crate::optim::OptimizerConfig;
-use crate::text::TextCodec;
-use crate::train::{Lm, LoopConfig, Run, Targets};
+use crate::train::{Lm, LoopConfig, Run, Targets, Trained};
 
 /// How `bake` teaches the tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -173,7 +170,6 @@ impl TypedOp for Bake {
     fn metrics(&self, _p: &BakeParams) -> Option<Vec<String>> {
         let own = [
             "baking/loss",
-            "baking/val_loss",
             "baking/tokens_added",
             "baking/params_added",
             "baking/params_initialised",
@@ -201,30 +197,20 @@ impl TypedOp for Bake {
         let backend = device::resolve(ctx.device()).map_err(|e| OpError::user(e.to_string()))?;
         let dev = &backend.device;
         let input = &inputs["model"][0];
-        let config = files::read_config(&input.path)?;
-        let cfg = files::model_config(&config, &input.path)?;
+        let x = bake_model::extend(&input.path, &input.from_step)?;
+        let (cfg, codec) = (&x.cfg, &x.codec);
         if p.seq_len > cfg.max_seq {
             return Err(OpError::user(format!(
                 "seq_len {} exceeds the model's max_seq {}",
                 p.seq_len, cfg.max_seq
             )));
         }
-        let base = TextCodec::load(&input.path.join("tokenizer.json"))?;
-        let extended = tokens::add_thinking_tokens(&base.tokenizer)
-            .map_err(|e| OpError::user(format!("{}: {e}", input.from_step)))?;
-        let codec = TextCodec {
-            tokenizer: extended,
-            bos: base.bos,
-            eos: base.eos,
-        };
-        let (start_bytes, rows) = start_weights(&input.path, &base)?;
         ctx.log(format!(
             "12 thinking tokens at ids 3–14; {} parameters initialised from `{}` (ids {:?}) and the mean embedding",
-            rows.params_initialised,
+            x.rows.params_initialised,
             tokens::PAUSE_TEXT,
-            rows.pause_ids
+            x.rows.pause_ids
         ));
-
         let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
         let stages = [Stage {
             until: 1.0,
@@ -240,7 +226,7 @@ impl TypedOp for Bake {
             rows: p.batch_size,
             seq: p.seq_len,
         };
-        let tables = Tables::new(&cfg, dev);
+        let tables = Tables::new(cfg, dev);
         let objective = Lm {
             targets: Targets::FromToken {
                 bos: codec.bos,
@@ -252,151 +238,101 @@ impl TypedOp for Bake {
             device: dev,
             reference: None,
         };
-        let load = |bytes: Vec<u8>, what: &str, dev: &burn::tensor::Device| {
-            let mut model = TrmTitansMag::new(&cfg, seed, dev);
-            weights::load_exact(&mut model, bytes, what)
+        let load = |bytes: &[u8], what: &str, dev: &burn::tensor::Device| {
+            let mut model = TrmTitansMag::new(cfg, seed, dev);
+            weights::load_exact(&mut model, bytes.to_vec(), what)
                 .map_err(|e| OpError::user(e.to_string()))?;
             Ok::<_, OpError>(model)
         };
         let start = || {
             load(
-                start_bytes.clone(),
+                &x.start,
                 &format!("the model from {}", input.from_step),
                 dev,
             )
         };
-        let settings = p.loop_config();
         let run = Run {
             ctx,
-            model: &cfg,
+            model: cfg,
             optimizer: &p.optimizer,
-            settings: &settings,
+            settings: &p.loop_config(),
             device: dev,
         };
         let trained = run.train(&start, &sampler, &objective)?;
 
         // Measured on held-out traces: the baked model, and the input model as it came.
-        let baked = trained.eval_model();
         let eval_dev = dev.clone().inner();
-        let val = eval_batches(&corpus.val, &codec, p.eval_records, p.seq_len, p.batch_size);
-        let val_loss = score(
-            &baked,
-            &cfg,
-            &val,
-            &Tables::new(&cfg, &dev.clone()),
-            &eval_dev,
-        )
-        .loss();
-        let set = bake_eval::eval_records(&corpus.test, p.eval_per_strategy);
-        let decode = |ids: &[i64]| codec.decode(ids);
-        let eval_tables = Tables::new(&cfg, dev);
-        let d = Decoding {
-            cfg: &cfg,
-            eos: codec.eos,
-            tables: &eval_tables,
-            device: &eval_dev,
-            decode: &decode,
+        let unbaked = load(&x.original, "the input model", &eval_dev)?;
+        let settings = bake_eval::Settings {
+            per_strategy: p.eval_per_strategy,
+            max_new_tokens: p.max_new_tokens,
+            batch: p.batch_size.max(16),
+            val_records: p.eval_records,
+            seq_len: p.seq_len,
         };
-        let progress = |what: &'static str| {
-            move |i: usize, n: usize| {
-                ctx.progress(i as u64, Some(n as u64), what);
-                ctx.check_cancelled()
-            }
-        };
-        let judged = bake_eval::run(
-            &baked,
-            &set,
-            &codec,
-            p.max_new_tokens,
-            p.batch_size.max(16),
-            &d,
-            &mut progress("baked answers"),
-        )?;
-        for (s, j) in bake_eval::first_per_strategy(&set, &judged) {
-            ctx.log(format!("{} sample: {:?}", s.token, j.text));
-        }
-        let input_bytes = read(&input.path.join("model.safetensors"))?;
-        let unbaked = load(input_bytes, "the input model", &eval_dev)?;
-        let before = bake_eval::run(
+        let measured = bake_eval::report(
+            ctx,
+            &trained.eval_model(),
             &unbaked,
-            &set,
-            &codec,
-            p.max_new_tokens,
-            p.batch_size.max(16),
-            &d,
-            &mut progress("input-model answers"),
+            cfg,
+            codec,
+            &corpus,
+            &settings,
+            &eval_dev,
         )?;
-
-        let params = trained.model.num_params();
-        let mut metrics: Map<String, Value> = trained
-            .metrics()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        metrics.extend([
-            ("baking/loss".to_string(), json!(trained.final_loss)),
-            ("baking/val_loss".to_string(), json!(val_loss)),
-            ("baking/tokens_added".to_string(), json!(12)),
-            // The ids were reserved when the tokenizer was trained: no shape changes.
-            ("baking/params_added".to_string(), json!(0)),
-            (
-                "baking/params_initialised".to_string(),
-                json!(rows.params_initialised),
-            ),
-            ("final/total_params".to_string(), json!(params)),
-        ]);
-        metrics.extend(bake_eval::metrics(&set, &judged, &before));
-
-        let mut config = files::trained_config(&cfg, params, backend.class, codec.bos, codec.eos);
-        config["thinking_tokens"] = tokens::thinking_tokens()
-            .iter()
-            .enumerate()
-            .map(|(i, t)| ((*t).to_string(), json!(tokens::FIRST_ID + i)))
-            .collect::<Map<String, Value>>()
-            .into();
-        let tokenizer = codec
-            .tokenizer
-            .to_string(true)
-            .map_err(|e| OpError::internal(e.to_string()))?;
-        let weights =
-            weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
-        let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
-        files::write(
-            &ctx.output_dir("model")?,
-            &ModelFiles {
-                weights: Some(&weights),
-                config: &config,
-                tokenizer: None,
-                metrics: &metrics,
-                extra: &[
-                    ("tokenizer.json", tokenizer.into_bytes()),
-                    ("history.jsonl", history.into_bytes()),
-                ],
-            },
-        )?;
-        Ok(StepOutcome { metrics })
+        write_model(ctx, &x, &trained, measured, backend.class)
     }
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, OpError> {
-    std::fs::read(path).map_err(|e| OpError::io(path, e))
-}
-
-/// The input model's weights with the thinking tokens' rows initialised.
-fn start_weights(
-    dir: &std::path::Path,
-    codec: &TextCodec,
-) -> Result<(Vec<u8>, tokens::RowsReport), OpError> {
-    let path = dir.join("model.safetensors");
-    let mut sd = StateDict::from_bytes(&read(&path)?)
-        .map_err(|e| OpError::user(format!("{}: {e}", path.display())))?;
-    let pause = codec
+/// The `model` artifact: weights, the extended tokenizer, config, metrics, history.
+fn write_model(
+    ctx: &StepContext,
+    x: &bake_model::Extended,
+    trained: &Trained,
+    measured: Vec<(String, Value)>,
+    backend: &str,
+) -> Result<StepOutcome, OpError> {
+    let params = trained.model.num_params();
+    let mut metrics: Map<String, Value> = trained
+        .metrics()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    metrics.extend([
+        ("baking/loss".to_string(), json!(trained.final_loss)),
+        ("baking/tokens_added".to_string(), json!(12)),
+        // The ids were reserved when the tokenizer was trained: no shape changes.
+        ("baking/params_added".to_string(), json!(0)),
+        (
+            "baking/params_initialised".to_string(),
+            json!(x.rows.params_initialised),
+        ),
+        ("final/total_params".to_string(), json!(params)),
+    ]);
+    metrics.extend(measured);
+    let config = bake_model::config(&x.cfg, params, backend, &x.codec);
+    let tokenizer = x
+        .codec
         .tokenizer
-        .encode(tokens::PAUSE_TEXT, false)
+        .to_string(true)
         .map_err(|e| OpError::internal(e.to_string()))?;
-    let rows = tokens::init_thinking_rows(&mut sd, pause.get_ids())
-        .map_err(|e| OpError::user(e.to_string()))?;
-    Ok((sd.to_bytes(), rows))
+    let weights =
+        weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
+    let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
+    files::write(
+        &ctx.output_dir("model")?,
+        &ModelFiles {
+            weights: Some(&weights),
+            config: &config,
+            tokenizer: None,
+            metrics: &metrics,
+            extra: &[
+                ("tokenizer.json", tokenizer.into_bytes()),
+                ("history.jsonl", history.into_bytes()),
+            ],
+        },
+    )?;
+    Ok(StepOutcome { metrics })
 }
 
 impl BakeParams {
