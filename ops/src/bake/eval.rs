@@ -19,7 +19,7 @@ use super::tokens::FIRST_ID;
 use crate::context::StepContext;
 use crate::data::{Corpus, Record};
 use crate::error::OpError;
-use crate::eval::{Decoding, eval_batches, greedy_batch, score};
+use crate::eval::{Decoding, answer_line_complete, eval_batches, greedy_batch, score};
 use crate::model::{ModelConfig, Tables, TrmTitansMag};
 use crate::text::TextCodec;
 
@@ -102,13 +102,7 @@ pub fn run(
     d: &Decoding<'_>,
     progress: &mut dyn FnMut(usize, usize) -> Result<(), crate::error::OpError>,
 ) -> Result<Vec<Judged>, crate::error::OpError> {
-    let done = |new: &[i64]| {
-        codec
-            .decode(new)
-            .split("####")
-            .nth(1)
-            .is_some_and(|after| after.contains('\n'))
-    };
+    let done = |new: &[i64]| answer_line_complete(&codec.decode(new));
     let mut out = Vec::with_capacity(set.len());
     for chunk in set.chunks(batch.max(1)) {
         progress(out.len(), set.len())?;

@@ -21,6 +21,11 @@ pub struct Extended {
     pub start: Vec<u8>,
     /// The input's weights as they came.
     pub original: Vec<u8>,
+    /// Parameters of the input model.
+    pub input_params: usize,
+    /// Thinking tokens the input's tokenizer did not have at their ids yet (0 for a model baked
+    /// before).
+    pub tokens_added: usize,
     pub rows: RowsReport,
 }
 
@@ -40,7 +45,14 @@ pub fn extend(dir: &Path, from: &str) -> Result<Extended, OpError> {
         .map_err(|e| OpError::internal(e.to_string()))?;
     let rows = tokens::init_thinking_rows(&mut sd, pause.get_ids())
         .map_err(|e| OpError::user(e.to_string()))?;
+    let tokens_added = tokens::thinking_tokens()
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| base.tokenizer.token_to_id(t) != Some((tokens::FIRST_ID + i) as u32))
+        .count();
     Ok(Extended {
+        input_params: sd.numel(),
+        tokens_added,
         cfg,
         codec: TextCodec {
             tokenizer: extended,

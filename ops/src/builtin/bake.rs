@@ -24,7 +24,7 @@ use crate::data::{Corpus, Sampler, Stage};
 use crate::device;
 use crate::error::{OpError, ParamsError};
 use crate::model::files::{self, ModelFiles};
-use crate::model::{Tables, TrmTitansMag, weights};
+use crate::model::{Tables, weights};
 use crate::op::{StepOutcome, TypedOp, expand_preset};
 use crate::optim::OptimizerConfig;
 use crate::train::{Lm, LoopConfig, Run, Targets, Trained};
@@ -239,10 +239,8 @@ impl TypedOp for Bake {
             reference: None,
         };
         let load = |bytes: &[u8], what: &str, dev: &burn::tensor::Device| {
-            let mut model = TrmTitansMag::new(cfg, seed, dev);
-            weights::load_exact(&mut model, bytes.to_vec(), what)
-                .map_err(|e| OpError::user(e.to_string()))?;
-            Ok::<_, OpError>(model)
+            weights::model_from(cfg, seed, bytes.to_vec(), what, dev)
+                .map_err(|e| OpError::user(e.to_string()))
         };
         let start = || {
             load(
@@ -300,9 +298,12 @@ fn write_model(
         .collect();
     metrics.extend([
         ("baking/loss".to_string(), json!(trained.final_loss)),
-        ("baking/tokens_added".to_string(), json!(12)),
-        // The ids were reserved when the tokenizer was trained: no shape changes.
-        ("baking/params_added".to_string(), json!(0)),
+        ("baking/tokens_added".to_string(), json!(x.tokens_added)),
+        // The ids were reserved when the tokenizer was trained, so this is 0 for forge models.
+        (
+            "baking/params_added".to_string(),
+            json!(params as i64 - x.input_params as i64),
+        ),
         (
             "baking/params_initialised".to_string(),
             json!(x.rows.params_initialised),

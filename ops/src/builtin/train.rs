@@ -418,16 +418,10 @@ fn input_model(
     role: &str,
     device: &burn::tensor::Device,
 ) -> Result<TrmTitansMag, OpError> {
-    let mut model = TrmTitansMag::new(cfg, seed, device);
     let path = input.path.join("model.safetensors");
     let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
-    weights::load_exact(
-        &mut model,
-        bytes,
-        &format!("the {role} model from {}", input.from_step),
-    )
-    .map_err(|e| OpError::user(e.to_string()))?;
-    Ok(model)
+    let what = format!("the {role} model from {}", input.from_step);
+    weights::model_from(cfg, seed, bytes, &what, device).map_err(|e| OpError::user(e.to_string()))
 }
 
 #[cfg(test)]

@@ -151,12 +151,11 @@ pub fn generate(
     spec: &Spec,
     progress: impl FnMut(u64),
 ) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
+    let categories: Vec<Category> = spec.counts.keys().copied().collect();
     let counts: Vec<(&'static str, u64)> =
         spec.counts.iter().map(|(c, &n)| (c.name(), n)).collect();
-    generate_named(&counts, spec, progress, |name, rng, difficulty| {
-        Category::parse(name)
-            .expect("a category's name")
-            .generate(rng, difficulty)
+    generate_named(&counts, spec, progress, |i, rng, difficulty| {
+        categories[i].generate(rng, difficulty)
     })
 }
 
@@ -174,24 +173,24 @@ pub fn generate_reasoning(
         .enumerate()
         .map(|(i, s)| (s.metric, samples / n + u64::from((i as u64) < samples % n)))
         .collect();
-    generate_named(&counts, spec, progress, |name, rng, difficulty| {
-        let s = reasoning::strategy_of(name).expect("a strategy's name");
-        reasoning::generate(s, rng, difficulty)
+    generate_named(&counts, spec, progress, |i, rng, difficulty| {
+        reasoning::generate(strategies[i], rng, difficulty)
     })
 }
 
-/// Draw `wanted` distinct records per name from `draw(name, rng, difficulty)`: each draw from
+/// Draw `wanted` distinct records for each `(name, wanted)` of `counts` from
+/// `draw(index in counts, rng, difficulty)`: each draw from
 /// its own `Data { name, index }` stream, difficulty cycling 1, 2, 3, repeated prompts skipped,
 /// the split by prompt hash.
 fn generate_named(
     counts: &[(&'static str, u64)],
     spec: &Spec,
     mut progress: impl FnMut(u64),
-    draw: impl Fn(&'static str, &mut ChaCha8Rng, u8) -> Item,
+    draw: impl Fn(usize, &mut ChaCha8Rng, u8) -> Item,
 ) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
     let mut out: BTreeMap<Split, Vec<Record>> = BTreeMap::new();
     let mut done = 0;
-    for &(name, wanted) in counts {
+    for (which, &(name, wanted)) in counts.iter().enumerate() {
         let mut seen = HashSet::new();
         let mut found = 0u64;
         let mut index = 0u64;
@@ -213,7 +212,7 @@ fn generate_named(
             // Difficulty cycles 1,2,3 so every level is equally represented.
             let difficulty = (index % 3) as u8 + 1;
             index += 1;
-            let item = draw(name, &mut rng, difficulty);
+            let item = draw(which, &mut rng, difficulty);
             if !seen.insert(blake3::hash(item.prompt.as_bytes())) {
                 continue;
             }

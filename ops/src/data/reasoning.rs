@@ -38,7 +38,7 @@ use rand_chacha::ChaCha8Rng;
 use super::commonsense::{self, Choice};
 use super::math::{self, Problem, Step};
 use super::{Item, pick};
-use crate::bake::strategies::{END, START, STRATEGIES, Strategy};
+use crate::bake::strategies::{END, START, Strategy};
 
 const COLOURS: &[&str] = &["red", "blue", "green", "yellow", "white", "black"];
 
@@ -85,11 +85,6 @@ pub fn cue(s: Strategy) -> &'static str {
         "<correct>" => "Correct any slip you make.",
         _ => "Say how sure you are.",
     }
-}
-
-/// The strategy whose metric name is `category` (a record's category).
-pub fn strategy_of(category: &str) -> Option<Strategy> {
-    STRATEGIES.iter().copied().find(|s| s.metric == category)
 }
 
 type Trace = (String, Vec<String>, String);
@@ -365,6 +360,7 @@ fn uncertain(rng: &mut ChaCha8Rng, difficulty: u8) -> Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bake::strategies::STRATEGIES;
     use rand::SeedableRng;
 
     fn traces(s: Strategy) -> Vec<Item> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::bootstrap::{Estimate, perplexity};
-use super::{Decoding, HaltingStats, act, score};
+use super::{Decoding, HaltingStats, score};
 use crate::data::{Record, round_robin};
 use crate::error::OpError;
 use crate::model::files::{model_config, read_config};
@@ -178,24 +178,7 @@ fn continuation(
     max_new: usize,
     d: &Decoding<'_>,
 ) -> String {
-    let mut tokens = prompt;
-    let start = tokens.len();
-    for _ in 0..max_new {
-        let window: Vec<i64> = tokens[tokens.len().saturating_sub(d.cfg.max_seq)..].to_vec();
-        let x = crate::model::inputs::ids_tensor(std::slice::from_ref(&window), d.device);
-        let logits = act(model, d.cfg, x, d.tables).logits;
-        let [_, n, v] = logits.dims();
-        let next = logits
-            .narrow(1, n - 1, 1)
-            .reshape([v])
-            .argmax(0)
-            .into_scalar::<i64>();
-        if next == d.eos {
-            break;
-        }
-        tokens.push(next);
-    }
-    (d.decode)(&tokens[start..])
+    (d.decode)(&super::greedy_ids(model, prompt, max_new, d, &|_| false))
 }
 
 #[cfg(test)]

@@ -290,9 +290,8 @@ impl<'a> Fitness<'a> {
     }
 
     fn load(&self, bytes: Vec<u8>, what: &str) -> Result<TrmTitansMag, String> {
-        let mut model = TrmTitansMag::new(&self.cfg, 0, &self.device);
-        crate::model::weights::load_exact(&mut model, bytes, what).map_err(|e| e.to_string())?;
-        Ok(model)
+        crate::model::weights::model_from(&self.cfg, 0, bytes, what, &self.device)
+            .map_err(|e| e.to_string())
     }
 
     /// Run one candidate, given as safetensors bytes with `numel` parameters.

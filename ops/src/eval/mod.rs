@@ -266,12 +266,16 @@ pub fn greedy_answer(
     d: &Decoding<'_>,
 ) -> String {
     let ids = greedy_ids(model, prompt_tokens, max_new, d, &|new| {
-        (d.decode)(new)
-            .split("####")
-            .nth(1)
-            .is_some_and(|after| after.contains('\n'))
+        answer_line_complete(&(d.decode)(new))
     });
     (d.decode)(&ids)
+}
+
+/// Whether generated `text` has a complete `#### <answer>` line (the point to stop decoding).
+pub fn answer_line_complete(text: &str) -> bool {
+    text.split("####")
+        .nth(1)
+        .is_some_and(|after| after.contains('\n'))
 }
 
 /// Greedy-decode under ACT after `prompt_tokens`, at most `max_new` tokens, until eos (not

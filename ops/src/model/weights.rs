@@ -102,6 +102,20 @@ pub fn load_exact(
     .map(|_| ())
 }
 
+/// A model of `cfg` on `device` with exactly the weights in `bytes` (see [`load_exact`]); `seed`
+/// only shapes tensors the file must then overwrite.
+pub fn model_from(
+    cfg: &crate::model::ModelConfig,
+    seed: u64,
+    bytes: Vec<u8>,
+    what: &str,
+    device: &burn::tensor::Device,
+) -> Result<TrmTitansMag, WeightsError> {
+    let mut model = TrmTitansMag::new(cfg, seed, device);
+    load_exact(&mut model, bytes, what)?;
+    Ok(model)
+}
+
 /// Load `bytes` into a model that may have more tensors than the file (new heads): those keep
 /// their initial values and are listed in the report. A file tensor without a place is an error.
 pub fn load_into(
