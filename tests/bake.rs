@@ -152,3 +152,74 @@ fn killed_baking_resumes_bit_identically() {
         "the resumed artifact differs from an uninterrupted run's"
     );
 }
+
+#[test]
+fn forge_generate_talks_to_any_model_and_hides_thoughts_unless_asked() {
+    let p = Project::new();
+    p.write("b.yaml", &pipeline(4));
+    p.apply_ok("b.yaml", &[]);
+    let gen_json = |args: &[&str]| -> serde_json::Value {
+        let out = p.run(&[&["generate"][..], args, &["--json"]].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let prompt = ["--prompt", "Tom has 3 apples and gets 4 more. How many?"];
+    // What must repeat: the ids and halting steps (not the wall times).
+    let ids = |g: &serde_json::Value| -> Vec<(u64, u64)> {
+        g["result"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_u64().unwrap(),
+                    t["halting_steps"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The baked model (Phase 3) and the model it came from (Phase 1) both talk.
+    for step in ["p.baked", "p.model"] {
+        let args = [&[step][..], &prompt, &["--max-tokens", "12"]].concat();
+        let g = gen_json(&args);
+        let tokens = g["result"]["tokens"].as_array().unwrap();
+        assert!(!tokens.is_empty() && tokens.len() <= 12, "{g}");
+        for t in tokens {
+            let h = t["halting_steps"].as_u64().unwrap();
+            assert!(
+                (1..=2).contains(&h),
+                "ACT runs 1 to sup_steps recursions: {t}"
+            );
+        }
+        assert!(g["result"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+        // Greedy decoding is deterministic; so is sampling with a seed.
+        assert_eq!(ids(&gen_json(&args)), ids(&g));
+        let sampled = [&args[..], &["--temperature", "1.0", "--seed", "5"]].concat();
+        assert_eq!(ids(&gen_json(&sampled)), ids(&gen_json(&sampled)));
+    }
+    // Thoughts are generated but shown only when asked for.
+    let args = [&["p.baked"][..], &prompt, &["--max-tokens", "24"]].concat();
+    let hidden = gen_json(&args);
+    let shown = gen_json(&[&args[..], &["--show-thoughts"]].concat());
+    assert_eq!(ids(&hidden), ids(&shown));
+    let thoughts = hidden["result"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["thought"] == true)
+        .count();
+    let text = |g: &serde_json::Value| g["result"]["text"].as_str().unwrap().to_owned();
+    assert!(!text(&hidden).contains("[thinking]"), "{}", text(&hidden));
+    if thoughts > 0 {
+        assert!(text(&shown).contains("[thinking]"), "{}", text(&shown));
+    }
+    // Plain output streams the text to stdout and a summary to stderr.
+    let out = p.run(&[&["generate"][..], &args].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("tokens/s"), "{}", stderr(&out));
+    // A dataset is not a model; a negative temperature is not a temperature.
+    let out = p.run(&["generate", "p.corpus", "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = p.run(&["generate", "p.baked", "--prompt", "x", "--temperature=-1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -80,6 +80,9 @@ pub enum Command {
     /// Evaluate a model on held-out data as it is deployed (ACT): perplexity with a 95%
     /// interval, answer accuracy by greedy decoding, halting.
     Eval(crate::eval::EvalArgs),
+    /// Continue a prompt with a model the pipeline built (incremental decoding under ACT;
+    /// thoughts hidden unless --show-thoughts).
+    Generate(crate::generate::GenerateArgs),
     /// Print the pipeline JSON Schema.
     Schema,
 }
@@ -181,6 +184,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         Command::Verify => cmd_verify(&cli),
         Command::Gc { keep_last } => cmd_gc(&cli, *keep_last),
         Command::Eval(a) => crate::eval::run(&cli.store, a, &registry),
+        Command::Generate(a) => crate::generate::run(&cli.store, a, &registry),
         Command::Schema => {
             print!("{}", crate::schema::pipeline_schema_text(&registry));
             Ok(0)

@@ -9,8 +9,8 @@ use forge_ops::OpRegistry;
 use forge_ops::data::{Split, load_records};
 use forge_ops::eval::file::{EvalOptions, EvalSummary, evaluate, read_records};
 
-use crate::exit::{FAILED, INVALID};
-use crate::lookup::{eprint_error, step_output};
+use crate::exit::INVALID;
+use crate::lookup::{artifact_dir, eprint_error, op_failure};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -45,19 +45,7 @@ pub struct EvalArgs {
 
 /// Run `forge eval`; the exit code.
 pub fn run(store: &Path, a: &EvalArgs, registry: &OpRegistry) -> Result<u8, u8> {
-    let resolve = |what: &str| -> Result<PathBuf, u8> {
-        let p = PathBuf::from(what);
-        if p.exists() {
-            // An exported artifact (`forge export STEP DIR`) keeps its output in a subdirectory.
-            for sub in ["model", "data"] {
-                if p.join(sub).is_dir() && !p.join("config.json").exists() {
-                    return Ok(p.join(sub));
-                }
-            }
-            return Ok(p);
-        }
-        step_output(store, what, None, a.pipeline.as_deref(), registry)
-    };
+    let resolve = |what: &str| artifact_dir(store, what, a.pipeline.as_deref(), registry);
     let model = resolve(&a.model)?;
     let data = resolve(&a.data)?;
     let split = match a.split.as_str() {
@@ -77,7 +65,7 @@ pub fn run(store: &Path, a: &EvalArgs, registry: &OpRegistry) -> Result<u8, u8> 
     } else {
         read_records(&data)
     }
-    .map_err(|e| fail(&e))?;
+    .map_err(|e| op_failure(&e))?;
     if records.is_empty() {
         eprint_error(
             &format!("no records in `{}` (split {})", data.display(), a.split),
@@ -92,7 +80,7 @@ pub fn run(store: &Path, a: &EvalArgs, registry: &OpRegistry) -> Result<u8, u8> 
         batch_size: 16,
         device: a.device.clone(),
     };
-    let summary = evaluate(&model, &records, &opts).map_err(|e| fail(&e))?;
+    let summary = evaluate(&model, &records, &opts).map_err(|e| op_failure(&e))?;
     if a.json {
         let doc = serde_json::json!({ "model": model, "data": data, "split": a.split, "result": summary });
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
@@ -100,14 +88,6 @@ pub fn run(store: &Path, a: &EvalArgs, registry: &OpRegistry) -> Result<u8, u8> 
         print!("{}", text(&a.model, &a.data, &a.split, &summary));
     }
     Ok(0)
-}
-
-fn fail(e: &forge_ops::OpError) -> u8 {
-    eprint_error(&e.to_string(), e.hint().as_deref());
-    match e.tier() {
-        forge_ops::Tier::User => FAILED,
-        _ => crate::exit::for_failures([e.tier()]),
-    }
 }
 
 /// The human report.

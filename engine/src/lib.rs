@@ -11,6 +11,7 @@ pub mod eval;
 pub mod events;
 pub mod executor;
 pub mod exit;
+pub mod generate;
 pub mod key;
 pub mod load;
 pub mod lookup;

@@ -87,6 +87,35 @@ pub fn find_refs(
 }
 
 /// The directory of output `output` (or the only output) of the one result `sel` names.
+/// Print an op's error (and its hint); the exit code of its tier.
+pub fn op_failure(e: &forge_ops::OpError) -> u8 {
+    eprint_error(&e.to_string(), e.hint().as_deref());
+    match e.tier() {
+        forge_ops::Tier::User => EXIT_FAILED,
+        _ => crate::exit::for_failures([e.tier()]),
+    }
+}
+
+/// What a command names as an artifact: an existing directory (an exported artifact keeps its
+/// output in a `model/` or `data/` subdirectory) or a step id, whose result in the store it is.
+pub fn artifact_dir(
+    store: &Path,
+    what: &str,
+    pipeline: Option<&Path>,
+    registry: &OpRegistry,
+) -> Result<PathBuf, u8> {
+    let p = PathBuf::from(what);
+    if p.exists() {
+        for sub in ["model", "data"] {
+            if p.join(sub).is_dir() && !p.join("config.json").exists() {
+                return Ok(p.join(sub));
+            }
+        }
+        return Ok(p);
+    }
+    step_output(store, what, None, pipeline, registry)
+}
+
 pub fn step_output(
     store_dir: &Path,
     sel: &str,

@@ -34,6 +34,8 @@ pub enum Stream<'a> {
     Bootstrap,
     /// An evolution strategy's samples of generation `generation`.
     Search { generation: u32 },
+    /// `forge generate`'s sampling.
+    Generate,
 }
 
 impl Stream<'_> {
@@ -50,6 +52,7 @@ impl Stream<'_> {
             Self::ComboRouting => "combo-routing",
             Self::Bootstrap => "bootstrap",
             Self::Search { .. } => "search",
+            Self::Generate => "generate",
         }
     }
 }
@@ -87,7 +90,7 @@ pub fn stream(seed: u64, stream: Stream<'_>) -> ChaCha8Rng {
             text(&mut h, tensor);
             h.update(&(model as u64).to_le_bytes());
         }
-        Stream::ModelInit | Stream::ComboRouting | Stream::Bootstrap => {}
+        Stream::ModelInit | Stream::ComboRouting | Stream::Bootstrap | Stream::Generate => {}
     }
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
 }
@@ -120,6 +123,7 @@ mod tests {
             Stream::ComboRouting,
             Stream::Bootstrap,
             Stream::Search { generation: 0 },
+            Stream::Generate,
         ];
         let mut seen = std::collections::HashSet::new();
         for s in all {

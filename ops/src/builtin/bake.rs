@@ -115,7 +115,7 @@ pub struct Bake;
 impl TypedOp for Bake {
     type Params = BakeParams;
     const NAME: &'static str = "bake";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Add the twelve thinking tokens to a model and bake reasoning traces into it (Phase 3)";
 

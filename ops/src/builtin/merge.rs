@@ -84,7 +84,7 @@ impl TypedOp for Merge {
     /// 4: fitness under ACT without constant terms, CMA-ES evolution, the test-split report.
     /// 5: the accuracy term is the expected answer accuracy by default (`fitness.accuracy`), and
     ///    the test report adds it.
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
     const DESCRIPTION: &'static str = "Merge models: one technique, one of the eight EvoMerge combos, or an evolution with real fitness";
 
     fn check(&self, p: &MergeParams) -> Result<(), ParamsError> {

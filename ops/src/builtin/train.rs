@@ -122,7 +122,7 @@ impl TypedOp for Train {
     /// 3: weights and batches from the `rng` streams of the step's seed.
     /// 4: post-norm recursion, fixed initial states, Muon's fan-out scaling, QK-clip over every
     /// pass, gates after `init`, evaluation under ACT, the whole history kept across a resume.
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const DESCRIPTION: &'static str =
         "Train a trm-titans-mag language model (Muon × Grokfast, deep supervision, ACT)";
 

@@ -12,6 +12,7 @@
 pub mod bootstrap;
 pub mod file;
 pub mod fitness;
+pub mod generate;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::data::{Record, round_robin};
 use crate::error::OpError;
+use crate::model::decode::Decoder;
 use crate::model::{InferOutput, ModelConfig, Tables, TrmTitansMag, fused, to_tensors};
 use crate::text::TextCodec;
 
@@ -279,8 +281,7 @@ pub fn answer_line_complete(text: &str) -> bool {
 }
 
 /// Greedy-decode under ACT after `prompt_tokens`, at most `max_new` tokens, until eos (not
-/// included) or until `done(generated so far)`; returns the generated ids. The window is the
-/// last `max_seq` tokens.
+/// included) or until `done(generated so far)`; returns the generated ids.
 pub fn greedy_ids(
     model: &TrmTitansMag,
     prompt_tokens: Vec<i64>,
@@ -288,34 +289,16 @@ pub fn greedy_ids(
     d: &Decoding<'_>,
     done: &dyn Fn(&[i64]) -> bool,
 ) -> Vec<i64> {
-    let mut tokens = prompt_tokens;
-    let start = tokens.len();
-    for _ in 0..max_new {
-        let window: Vec<i64> = tokens[tokens.len().saturating_sub(d.cfg.max_seq)..].to_vec();
-        let n = window.len();
-        let x = Tensor::<2, Int>::from_data(TensorData::new(window, [1, n]), d.device);
-        let logits = act(model, d.cfg, x, d.tables).logits;
-        let v = logits.dims()[2];
-        let last = logits
-            .narrow(1, n - 1, 1)
-            .reshape([v])
-            .argmax(0)
-            .into_scalar::<i64>();
-        if last == d.eos {
-            break;
-        }
-        tokens.push(last);
-        if done(&tokens[start..]) {
-            break;
-        }
-    }
-    tokens.split_off(start)
+    greedy_batch(model, vec![prompt_tokens], max_new, d, done)
+        .pop()
+        .expect("one row")
 }
 
-/// [`greedy_ids`] for many prompts at once: each step runs every unfinished row in one batch
-/// (each row its own last `max_seq` tokens, left-aligned and padded on the right, which a causal
-/// model cannot see) and appends each row's argmax at its own last position. Gives the same
-/// tokens as decoding each prompt alone, for a fraction of the passes.
+/// [`greedy_ids`] for many prompts at once, decoded incrementally ([`Decoder`]): the prompts'
+/// common length is read in one pass, then every unfinished row takes one token per step — the
+/// next token of its prompt while it has one, else its own argmax — and finished rows leave the
+/// batch. A row that reaches `max_seq` goes on with a window of its last `max_seq` tokens,
+/// recomputed each step ([`greedy_windowed`]).
 pub fn greedy_batch(
     model: &TrmTitansMag,
     prompts: Vec<Vec<i64>>,
@@ -323,13 +306,89 @@ pub fn greedy_batch(
     d: &Decoding<'_>,
     done: &dyn Fn(&[i64]) -> bool,
 ) -> Vec<Vec<i64>> {
+    assert!(prompts.iter().all(|p| !p.is_empty()), "empty prompt");
     let starts: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let mut rows = prompts;
+    let common = starts.iter().copied().min().unwrap_or(0).min(d.cfg.max_seq);
     let mut open: Vec<usize> = (0..rows.len()).collect();
-    for _ in 0..max_new {
-        if open.is_empty() {
+    if max_new == 0 || open.is_empty() {
+        return vec![Vec::new(); rows.len()];
+    }
+    let mut dec = Decoder::new(model, d.cfg, d.tables, open.len(), d.device);
+    let prefix: Vec<i64> = rows.iter().flat_map(|r| r[..common].to_vec()).collect();
+    let mut logits = dec
+        .extend(Tensor::from_data(
+            TensorData::new(prefix, [rows.len(), common]),
+            d.device,
+        ))
+        .logits;
+    loop {
+        let pos = dec.len();
+        let [_, n, _] = logits.dims();
+        let pred: Vec<i64> = last_argmax(logits, n);
+        let (mut keep, mut feed) = (Vec::new(), Vec::new());
+        for (k, &i) in open.iter().enumerate() {
+            let next = if pos < starts[i] {
+                rows[i][pos]
+            } else {
+                if pred[k] == d.eos {
+                    continue;
+                }
+                rows[i].push(pred[k]);
+                let generated = &rows[i][starts[i]..];
+                if generated.len() >= max_new || done(generated) {
+                    continue;
+                }
+                pred[k]
+            };
+            keep.push(k);
+            feed.push(next);
+        }
+        if keep.is_empty() {
             break;
         }
+        if keep.len() < open.len() {
+            dec.retain(&keep);
+            open = keep.iter().map(|&k| open[k]).collect();
+        }
+        if dec.room() == 0 {
+            greedy_windowed(model, &mut rows, &starts, &open, max_new, d, done);
+            break;
+        }
+        let x = Tensor::from_data(TensorData::new(feed, [open.len(), 1]), d.device);
+        logits = dec.extend(x).logits;
+    }
+    rows.into_iter()
+        .zip(starts)
+        .map(|(mut r, s)| r.split_off(s))
+        .collect()
+}
+
+/// Each row's argmax at position `n − 1` of `logits` (`[b, n, vocab]`).
+fn last_argmax(logits: Tensor<3>, n: usize) -> Vec<i64> {
+    logits
+        .narrow(1, n - 1, 1)
+        .argmax(2)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("i64 predictions")
+}
+
+/// Greedy decoding past `max_seq` for the rows `open` of `rows` (each row its own last `max_seq`
+/// tokens, left-aligned and padded on the right, which a causal model cannot see), recomputed
+/// each step, until each has `max_new` tokens after its start, eos, or `done`.
+fn greedy_windowed(
+    model: &TrmTitansMag,
+    rows: &mut [Vec<i64>],
+    starts: &[usize],
+    open: &[usize],
+    max_new: usize,
+    d: &Decoding<'_>,
+    done: &dyn Fn(&[i64]) -> bool,
+) {
+    let mut open = open.to_vec();
+    while !open.is_empty() {
         let windows: Vec<&[i64]> = open
             .iter()
             .map(|&i| &rows[i][rows[i].len().saturating_sub(d.cfg.max_seq)..])
@@ -356,16 +415,13 @@ pub fn greedy_batch(
                 continue;
             }
             rows[i].push(next);
-            if !done(&rows[i][starts[i]..]) {
+            let generated = &rows[i][starts[i]..];
+            if generated.len() < max_new && !done(generated) {
                 still.push(i);
             }
         }
         open = still;
     }
-    rows.into_iter()
-        .zip(starts)
-        .map(|(mut r, s)| r.split_off(s))
-        .collect()
 }
 
 /// How many recursions tokens ran before halting under ACT.
@@ -751,6 +807,20 @@ mod tests {
             .map(|p| greedy_ids(&model, p.clone(), 10, &d, &never))
             .collect();
         assert_eq!(greedy_batch(&model, prompts.clone(), 10, &d, &never), alone);
+        // The same tokens as recomputing every prefix in full at every step.
+        let mut recomputed = prompts.clone();
+        let starts: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        greedy_windowed(&model, &mut recomputed, &starts, &[0, 1, 2], 10, &d, &never);
+        let recomputed: Vec<Vec<i64>> = recomputed
+            .into_iter()
+            .zip(&starts)
+            .map(|(mut r, &s)| r.split_off(s))
+            .collect();
+        assert_eq!(alone, recomputed);
+        assert!(
+            alone.iter().all(|a| a.len() == 10),
+            "eos never predicted here"
+        );
         // A row that is done stops growing; the others go on.
         let short = |new: &[i64]| new.len() >= 3;
         let got = greedy_batch(&model, prompts, 10, &d, &short);

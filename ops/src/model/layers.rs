@@ -6,7 +6,7 @@
 //! every thread, which the shared Phase-1 initialisation (the merge base) relies on.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -128,12 +128,30 @@ impl Rope {
         }
     }
 
-    /// Rotate `x` of shape `[batch, heads, seq, head_dim]`.
+    /// Rotate `x` of shape `[batch, heads, seq, head_dim]`, position `i` by angle `i·freq`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, s, dh] = x.dims();
-        let half = dh / 2;
+        let s = x.dims()[2];
         let cos = self.cos.clone().narrow(2, 0, s);
         let sin = self.sin.clone().narrow(2, 0, s);
+        Self::rotate(x, cos, sin)
+    }
+
+    /// Rotate `x` (`[batch, heads, n, head_dim]`) with each row's own positions: `positions`
+    /// holds `batch × n` positions, row-major (for incremental decoding).
+    pub fn apply_at(&self, x: Tensor<4>, positions: Tensor<1, Int>) -> Tensor<4> {
+        let [b, _, n, dh] = x.dims();
+        let [_, _, seq, half] = self.cos.dims();
+        let at = |t: &Tensor<4>| {
+            t.clone()
+                .reshape([seq, half])
+                .select(0, positions.clone())
+                .reshape([b, 1, n, dh / 2])
+        };
+        Self::rotate(x, at(&self.cos), at(&self.sin))
+    }
+
+    fn rotate(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+        let half = x.dims()[3] / 2;
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.narrow(3, half, half);
         Tensor::cat(

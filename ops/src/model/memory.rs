@@ -49,7 +49,7 @@ pub struct MemoryStats {
     pub surprise: Tensor<1>,
 }
 
-fn l2_normalize(x: Tensor<3>) -> Tensor<3> {
+pub(super) fn l2_normalize(x: Tensor<3>) -> Tensor<3> {
     let norm = x
         .clone()
         .powf_scalar(2.0)

@@ -10,6 +10,7 @@
 //! | [`memory`] | Titans memory: test-time gradient updates with momentum and forgetting |
 //! | [`block`] | the MAG block |
 //! | [`trm`] | recursion, deep supervision, ACT |
+//! | [`decode`] | incremental decoding: per-pass key/value and memory caches |
 //! | [`config`] | `ModelConfig` and presets |
 //! | [`weights`] | weight I/O: byte-stable safetensors, exact, partial and renamed loading |
 //! | [`inputs`] | token rows into input ids and shifted labels |
@@ -18,6 +19,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod decode;
 pub mod files;
 pub mod fused;
 pub mod inputs;

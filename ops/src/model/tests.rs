@@ -563,3 +563,81 @@ fn memory_usage_counts_the_slots_the_memory_really_writes() {
         usage(strong, 2)
     );
 }
+
+/// Logits and halting steps of `rows` decoded incrementally: `prefix` positions at once, then one
+/// at a time.
+fn decode_incrementally(
+    model: &TrmTitansMag,
+    cfg: &ModelConfig,
+    t: &Tables,
+    rows: &[Vec<i64>],
+    prefix: usize,
+) -> (Tensor<3>, Vec<Vec<u32>>) {
+    let dev = device();
+    let mut dec = super::decode::Decoder::new(model, cfg, t, rows.len(), &dev);
+    let cut =
+        |a: usize, b: usize| -> Vec<Vec<i64>> { rows.iter().map(|r| r[a..b].to_vec()).collect() };
+    let first = dec.extend(tokens(&cut(0, prefix), &dev));
+    let (mut logits, mut halting) = (vec![first.logits], first.halting_steps);
+    for i in prefix..rows[0].len() {
+        let step = dec.extend(tokens(&cut(i, i + 1), &dev));
+        logits.push(step.logits);
+        for (h, s) in halting.iter_mut().zip(step.halting_steps) {
+            h.extend(s);
+        }
+    }
+    assert_eq!(dec.len(), rows[0].len());
+    (Tensor::cat(logits, 1), halting)
+}
+
+#[test]
+fn incremental_decoding_gives_the_logits_and_halting_of_a_full_recompute() {
+    // 21 positions over an 8-token window and 4-token memory chunks: the cache must drop what
+    // the window drops and write the memory at chunk ends, across three recursions.
+    let cfg = ModelConfig {
+        sup_steps: 3,
+        ..small()
+    };
+    let dev = device();
+    let mut model = TrmTitansMag::new(&cfg, 11, &dev);
+    let t = Tables::new(&cfg, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let rows = random_rows(&mut rng, 2, 21, 64);
+    let x = tokens(&rows, &dev);
+
+    // Never halting: every recursion counts for every token.
+    for prefix in [1, 6, 9] {
+        let full = model.infer(x.clone(), 1.01, cfg.sup_steps, &t);
+        let never = ModelConfig {
+            act_threshold: 1.01,
+            ..cfg.clone()
+        };
+        let (inc, halting) = decode_incrementally(&model, &never, &t, &rows, prefix);
+        let diff = full.logits.sub(inc).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-4, "prefix {prefix}: logits differ by {diff}");
+        assert_eq!(halting, full.halting_steps);
+    }
+
+    // Halting per token: with a sharper halting head the probabilities spread, and some
+    // threshold halts some tokens after the first recursion and not others.
+    model.halt.weight = model.halt.weight.clone().map(|w| w.mul_scalar(20.0));
+    let mut best = None;
+    for thr in (1..50).map(|i| i as f64 / 50.0) {
+        let full = model.infer(x.clone(), thr, cfg.sup_steps, &t);
+        let flat: Vec<u32> = full.halting_steps.iter().flatten().copied().collect();
+        let mixed = flat.iter().any(|s| *s == 1) && flat.iter().any(|s| *s > 1);
+        if mixed {
+            best = Some((thr, full));
+            break;
+        }
+    }
+    let (thr, full) = best.expect("some threshold halts some tokens and not others");
+    let halting_cfg = ModelConfig {
+        act_threshold: thr,
+        ..cfg.clone()
+    };
+    let (inc, halting) = decode_incrementally(&model, &halting_cfg, &t, &rows, 5);
+    assert_eq!(halting, full.halting_steps, "threshold {thr}");
+    let diff = full.logits.sub(inc).abs().max().into_scalar::<f32>();
+    assert!(diff < 1e-4, "threshold {thr}: logits differ by {diff}");
+}

@@ -66,6 +66,11 @@ impl Tables {
         }
     }
 
+    /// The rotary tables.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
     /// The additive causal mask of a batch of `seq` positions, `[1, 1, seq, seq]`.
     pub fn causal_mask(&self, seq: usize) -> Tensor<4> {
         self.causal.clone().narrow(2, 0, seq).narrow(3, 0, seq)
@@ -141,7 +146,7 @@ pub fn per_block_max(stats: &[Tensor<1>], blocks: usize) -> Vec<Tensor<1>> {
 }
 
 /// Parameter-free RMS normalisation over the last dimension.
-fn rms(x: Tensor<3>) -> Tensor<3> {
+pub(super) fn rms(x: Tensor<3>) -> Tensor<3> {
     let norm = x
         .clone()
         .powf_scalar(2.0)
@@ -218,7 +223,7 @@ impl TrmTitansMag {
     }
 
     /// The token embeddings injected into every latent update.
-    fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+    pub(super) fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [b, s] = tokens.dims();
         let w = self.embed.val();
         let d = w.dims()[1];
@@ -287,7 +292,7 @@ impl TrmTitansMag {
         (y, z)
     }
 
-    fn readout(&self, y: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    pub(super) fn readout(&self, y: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let h = self.norm_out.forward(y);
         let logits = if let Some(head) = &self.head {
             head.forward(h.clone())
@@ -308,7 +313,7 @@ impl TrmTitansMag {
         (logits, q)
     }
 
-    fn initial_state(&self, b: usize, s: usize) -> (Tensor<3>, Tensor<3>) {
+    pub(super) fn initial_state(&self, b: usize, s: usize) -> (Tensor<3>, Tensor<3>) {
         let d = self.y_init.val().dims()[0];
         let y = self.y_init.val().reshape([1, 1, d]).expand([b, s, d]);
         let z = self.z_init.val().reshape([1, 1, d]).expand([b, s, d]);
