@@ -11,8 +11,13 @@
 //! token usage, and the held-out loss. Outputs: a `model` artifact with the extended
 //! `tokenizer.json` and `config.json` listing the thinking tokens.
 //!
-//! Prompt baking (`method: prompt`) is not in yet.
+//! `method: prompt` is prompt baking (Bhargava et al., 2024): a frozen copy of the extended input
+//! model reading `prompt:` and then a row of the data is the teacher; the model, reading the row
+//! alone, learns the teacher's next-token distributions ([`crate::train::PromptBake`]). The step
+//! reports the KL on held-out rows before and after (`baking/prompt_kl_before`, `…_after`).
+//! Both methods report `baking/weight_change_rms`, how far the weights moved.
 
+use burn::module::Module;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -27,7 +32,7 @@ use crate::model::files::{self, ModelFiles};
 use crate::model::{Tables, weights};
 use crate::op::{StepOutcome, TypedOp, expand_preset};
 use crate::optim::OptimizerConfig;
-use crate::train::{Lm, LoopConfig, Run, Targets, Trained};
+use crate::train::{Lm, LoopConfig, Objective, PromptBake, Run, Targets, Trained};
 
 /// How `bake` teaches the tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -36,6 +41,8 @@ pub enum BakeMethod {
     /// Supervised training on the traces (the seed's step 1).
     #[default]
     Sft,
+    /// Prompt baking: the model without `prompt` learns to predict as it did with it.
+    Prompt,
 }
 
 /// Parameters of `bake`.
@@ -44,6 +51,9 @@ pub enum BakeMethod {
 pub struct BakeParams {
     #[serde(default)]
     pub method: BakeMethod,
+    /// The text baked in by `method: prompt` (the teacher reads it before every row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
     /// Muon × Grokfast settings (default: the seed's `phase3-baking` preset: lr 1e-4, λ 0.2,
     /// τ 30, KL 0).
     #[serde(default = "d::optimizer")]
@@ -136,9 +146,28 @@ impl TypedOp for Bake {
         if p.optimizer.kl_coef > 0.0 {
             return Err(ParamsError::at(
                 &["optimizer", "kl_coef"],
-                "`method: sft` has no reference model for a KL term",
+                "`bake` has no reference model for a KL term (prompt baking's KL is its loss)",
             )
             .with_hint("set kl_coef: 0 (the phase3-baking preset does)"));
+        }
+        match (p.method, &p.prompt) {
+            (BakeMethod::Prompt, None) => {
+                return Err(ParamsError::at(
+                    &["prompt"],
+                    "`method: prompt` needs the `prompt:` text to bake in",
+                )
+                .with_hint(
+                    "e.g. prompt: \"Think step by step.\" (an empty string bakes nothing)",
+                ));
+            }
+            (BakeMethod::Sft, Some(_)) => {
+                return Err(ParamsError::at(
+                    &["prompt"],
+                    "`prompt:` is baked only by `method: prompt`",
+                )
+                .with_hint("add `method: prompt`, or remove `prompt:`"));
+            }
+            _ => {}
         }
         let positive = [
             ("batch_size", p.batch_size as u64),
@@ -170,6 +199,9 @@ impl TypedOp for Bake {
     fn metrics(&self, _p: &BakeParams) -> Option<Vec<String>> {
         let own = [
             "baking/loss",
+            "baking/weight_change_rms",
+            "baking/prompt_kl_before",
+            "baking/prompt_kl_after",
             "baking/tokens_added",
             "baking/params_added",
             "baking/params_initialised",
@@ -227,7 +259,11 @@ impl TypedOp for Bake {
             seq: p.seq_len,
         };
         let tables = Tables::new(cfg, dev);
-        let objective = Lm {
+        let load = |bytes: &[u8], what: &str, dev: &burn::tensor::Device| {
+            weights::model_from(cfg, seed, bytes.to_vec(), what, dev)
+                .map_err(|e| OpError::user(e.to_string()))
+        };
+        let lm = Lm {
             targets: Targets::FromToken {
                 bos: codec.bos,
                 start: tokens::FIRST_ID as i64,
@@ -238,9 +274,29 @@ impl TypedOp for Bake {
             device: dev,
             reference: None,
         };
-        let load = |bytes: &[u8], what: &str, dev: &burn::tensor::Device| {
-            weights::model_from(cfg, seed, bytes.to_vec(), what, dev)
-                .map_err(|e| OpError::user(e.to_string()))
+        let prompt = prompt_ids(codec, p.prompt.as_deref().unwrap_or_default());
+        if p.method == BakeMethod::Prompt && prompt.len() + p.seq_len > cfg.max_seq {
+            return Err(OpError::user(format!(
+                "the prompt ({} tokens) and seq_len {} exceed the model's max_seq {}",
+                prompt.len(),
+                p.seq_len,
+                cfg.max_seq
+            )));
+        }
+        let teacher = match p.method {
+            BakeMethod::Prompt => Some(load(&x.start, "the teacher", dev)?.valid()),
+            BakeMethod::Sft => None,
+        };
+        let baking = teacher.as_ref().map(|teacher| PromptBake {
+            teacher,
+            prompt: &prompt,
+            sup_steps: cfg.sup_steps,
+            tables: &tables,
+            device: dev,
+        });
+        let objective: &dyn Objective = match &baking {
+            Some(b) => b,
+            None => &lm,
         };
         let start = || {
             load(
@@ -256,7 +312,24 @@ impl TypedOp for Bake {
             settings: &p.loop_config(),
             device: dev,
         };
-        let trained = run.train(&start, &sampler, &objective)?;
+        let trained = run.train(&start, &sampler, objective)?;
+        let mut measured = vec![(
+            "baking/weight_change_rms".to_string(),
+            json!(weight_change_rms(&x.start, &trained)?),
+        )];
+        if let Some(b) = &baking {
+            let held_out = prompt_rows(&corpus, codec, p);
+            let before = b.kl(&start()?.valid(), &held_out);
+            let after = b.kl(&trained.eval_model(), &held_out);
+            ctx.log(format!(
+                "prompt baked: KL(teacher with prompt ‖ model without) on {} held-out rows {before:.4} → {after:.4} nats/token",
+                held_out.len()
+            ));
+            measured.extend([
+                ("baking/prompt_kl_before".to_string(), json!(before)),
+                ("baking/prompt_kl_after".to_string(), json!(after)),
+            ]);
+        }
 
         // Measured on held-out traces: the baked model, and the input model as it came.
         let eval_dev = dev.clone().inner();
@@ -268,7 +341,7 @@ impl TypedOp for Bake {
             val_records: p.eval_records,
             seq_len: p.seq_len,
         };
-        let measured = bake_eval::report(
+        measured.extend(bake_eval::report(
             ctx,
             &trained.eval_model(),
             &unbaked,
@@ -277,9 +350,73 @@ impl TypedOp for Bake {
             &corpus,
             &settings,
             &eval_dev,
-        )?;
+        )?);
         write_model(ctx, &x, &trained, measured, backend.class)
     }
+}
+
+/// The prompt's ids as the teacher reads them: `<s>` and the text (no end token); none for an
+/// empty prompt, so that baking it compares the model with itself.
+fn prompt_ids(codec: &crate::text::TextCodec, prompt: &str) -> Vec<i64> {
+    if prompt.is_empty() {
+        return Vec::new();
+    }
+    let mut ids = codec.encode(prompt);
+    ids.pop();
+    ids
+}
+
+/// Held-out rows the prompt's KL is measured on: validation records packed end to end into
+/// `eval_records` rows of `seq_len + 1` ids, as training packs its rows.
+fn prompt_rows(corpus: &Corpus, codec: &crate::text::TextCodec, p: &BakeParams) -> Vec<Vec<i64>> {
+    let width = p.seq_len + 1;
+    let mut ids = Vec::new();
+    for r in &corpus.val {
+        if ids.len() >= width * p.eval_records {
+            break;
+        }
+        ids.extend(codec.encode(&r.text));
+    }
+    ids.chunks_exact(width)
+        .take(p.eval_records)
+        .map(<[i64]>::to_vec)
+        .collect()
+}
+
+/// The root-mean-square change of every weight from `start` (safetensors bytes) to `trained`.
+fn weight_change_rms(start: &[u8], trained: &Trained) -> Result<f64, OpError> {
+    let after = weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
+    let read = |b: &[u8]| {
+        safetensors::SafeTensors::deserialize(b)
+            .map_err(|e| OpError::internal(e.to_string()))
+            .map(|t| {
+                t.tensors()
+                    .into_iter()
+                    .map(|(name, v)| {
+                        let f: Vec<f32> = v
+                            .data()
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect();
+                        (name, f)
+                    })
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+    };
+    let (a, b) = (read(start)?, read(&after)?);
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (name, w0) in &a {
+        let w1 = b
+            .get(name)
+            .ok_or_else(|| OpError::internal(format!("`{name}` missing after baking")))?;
+        sum += w0
+            .iter()
+            .zip(w1)
+            .map(|(x, y)| f64::from(y - x).powi(2))
+            .sum::<f64>();
+        n += w0.len();
+    }
+    Ok((sum / n.max(1) as f64).sqrt())
 }
 
 /// The `model` artifact: weights, the extended tokenizer, config, metrics, history.
@@ -372,6 +509,12 @@ mod tests {
         let e = Bake
             .parse_params(&json!({ "method": "prompt" }))
             .unwrap_err();
-        assert_eq!(e.path, ["method"]);
+        assert_eq!(e.path, ["prompt"]);
+        let e = Bake.parse_params(&json!({ "prompt": "x" })).unwrap_err();
+        assert_eq!(e.path, ["prompt"]);
+        assert!(
+            Bake.parse_params(&json!({ "method": "prompt", "prompt": "" }))
+                .is_ok()
+        );
     }
 }

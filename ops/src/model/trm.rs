@@ -93,6 +93,8 @@ pub struct TrainOutput {
     pub memory_surprise: Option<Tensor<1>>,
     /// Next-token log-probabilities of the last supervision step (with gradient), `[b, s, vocab]`.
     pub logp: Tensor<3>,
+    /// The logits they come from (with gradient), `[b, s, vocab]`.
+    pub logits: Tensor<3>,
     /// 1 where the target is a real token, 0 for padding, `[b, s]`.
     pub mask: Tensor<2>,
 }
@@ -392,6 +394,7 @@ impl TrmTitansMag {
         let n_real = weight.clone().sum().add_scalar(1e-9);
         let mut total: Option<Tensor<1>> = None;
         let (mut ce_last, mut bce_last, mut q_last, mut logp_last) = (None, None, None, None);
+        let mut logits_last = None;
         let mut stats = Vec::new();
         for step in 0..sup_steps.max(1) {
             stats.clear();
@@ -399,6 +402,7 @@ impl TrmTitansMag {
             let (logits, q) = self.readout(y.clone());
             let logp = log_softmax(logits.clone(), 2);
             logp_last = Some(logp.clone());
+            logits_last = Some(logits.clone());
             let picked = logp
                 .gather(2, targets.clone().reshape([b, s, 1]))
                 .reshape([b, s]);
@@ -466,6 +470,7 @@ impl TrmTitansMag {
             memory_usage,
             memory_surprise,
             logp: logp_last.expect("step ran"),
+            logits: logits_last.expect("step ran"),
             mask: weight,
         }
     }

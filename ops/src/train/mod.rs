@@ -16,6 +16,6 @@ pub mod objective;
 pub mod schedule;
 pub mod trainer;
 
-pub use objective::{Lm, Objective, ObjectiveStep, Reference, Targets};
+pub use objective::{Lm, Objective, ObjectiveStep, PromptBake, Reference, Targets};
 pub use schedule::lr_factor;
 pub use trainer::{Batches, LoopConfig, Run, Trained};

@@ -120,6 +120,99 @@ impl Objective for Lm<'_> {
     }
 }
 
+/// Prompt baking (Bhargava et al., 2024): a frozen `teacher` reads `prompt` and then the row; the
+/// model reads the row alone and learns to predict what the teacher predicts, minimising
+/// KL(teacher(prompt + x) ‖ model(x)) over the next-token distribution at every position of the
+/// data's rows `x` (the paper samples the teacher's own continuations; forge takes the data's, so
+/// the objective needs no sampling and a step is reproducible).
+///
+/// The loss is a surrogate with the KL's exact gradient, `Σ_v (p − p_teacher) · logits` with both
+/// probabilities held fixed: ∂KL/∂logits = p − p_teacher. Where the model already predicts the
+/// teacher's distribution bit for bit (an empty prompt, the model its own teacher), the gradient
+/// is exactly zero and the step changes nothing; the logged number, `train/loss`, is the KL itself
+/// in nats per position. The KL is taken at the last supervision step, the teacher running the
+/// same `sup_steps` recursions.
+pub struct PromptBake<'a> {
+    pub teacher: &'a TrmTitansMag,
+    /// The prompt's ids (no end token; empty for no prompt).
+    pub prompt: &'a [i64],
+    pub sup_steps: usize,
+    pub tables: &'a Tables,
+    pub device: &'a Device,
+}
+
+/// One batch as [`PromptBake`] sees it.
+struct Baked {
+    /// The teacher's logits at the rows' positions (no gradient), `[b, s, v]`.
+    teacher: Tensor<3>,
+    /// The model's forward (its `logits` and `logp` with gradient).
+    out: crate::model::TrainOutput,
+    /// 1 where the input is a real token, `[b, s]`.
+    mask: Tensor<2>,
+}
+
+impl PromptBake<'_> {
+    fn forward(&self, model: &TrmTitansMag, rows: &[Vec<i64>]) -> Baked {
+        let (x, _) = to_tensors(rows, self.device);
+        let [b, s] = x.dims();
+        let prompted: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| self.prompt.iter().chain(&r[..s]).copied())
+            .collect();
+        let p = self.prompt.len();
+        let xt = Tensor::<2, Int>::from_data(TensorData::new(prompted, [b, p + s]), self.device);
+        let teacher = self
+            .teacher
+            .forward_logits(xt, self.sup_steps, self.tables)
+            .narrow(1, p, s)
+            .detach();
+        // No targets: the cross-entropy and halting terms are zero; only the distribution counts.
+        let none = Tensor::<2, Int>::zeros([b, s], self.device);
+        let out = model.forward_train(x.clone(), none, self.sup_steps, 0.0, self.tables);
+        let mask = x.not_equal_elem(0).float();
+        Baked { teacher, out, mask }
+    }
+
+    /// Mean KL(teacher(prompt + x) ‖ model(x)) over the real positions of `rows`, no gradient.
+    pub fn kl(&self, model: &TrmTitansMag, rows: &[Vec<i64>]) -> f64 {
+        let f = self.forward(model, rows);
+        let teacher_logp = fused::log_softmax(f.teacher, 2);
+        kl_divergence(teacher_logp, f.out.logp.detach(), f.mask).into_scalar::<f32>() as f64
+    }
+}
+
+impl Objective for PromptBake<'_> {
+    fn name(&self) -> &'static str {
+        "prompt-bake"
+    }
+
+    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>]) -> ObjectiveStep {
+        let Baked { teacher, out, mask } = self.forward(model, rows);
+        let [b, s, _] = out.logits.dims();
+        let kl = kl_divergence(
+            fused::log_softmax(teacher.clone(), 2),
+            out.logp.detach(),
+            mask.clone(),
+        );
+        // ∂KL/∂logits = p − p_teacher, each from the same softmax: exactly 0 where they agree.
+        let p = fused::softmax(out.logits.clone().detach(), 2);
+        let p_teacher = fused::softmax(teacher, 2);
+        let weight = mask
+            .clone()
+            .div(mask.sum().add_scalar(1e-9).reshape([1, 1]))
+            .reshape([b, s, 1]);
+        let grad = p.sub(p_teacher).mul(weight).detach();
+        ObjectiveStep {
+            loss: out.logits.mul(grad).sum(),
+            reported: kl.into_scalar::<f32>() as f64,
+            extra: Vec::new(),
+            max_logits: out.max_logits,
+            memory_usage: out.memory_usage,
+            memory_surprise: out.memory_surprise,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +230,138 @@ mod tests {
         // A row that starts inside a trace (no bos yet) counts nothing until its first start.
         let labels = Targets::FromToken { bos: 1, start: 3 }.labels(&[vec![30, 31, 2, 1, 3, 33]]);
         assert_eq!(labels[0], vec![0, 0, 0, 3, 33]);
+    }
+}
+
+#[cfg(test)]
+mod prompt_bake_tests {
+    use burn::module::Module;
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::model::ModelConfig;
+
+    fn rows(seed: u64, n: usize, len: usize) -> Vec<Vec<i64>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| (0..len).map(|_| rng.random_range(3..40)).collect())
+            .collect()
+    }
+
+    fn flat(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_to_vec().unwrap()
+    }
+
+    #[test]
+    fn prompt_baking_brings_the_unprompted_model_to_the_prompted_one_on_held_out_rows() {
+        let cfg = ModelConfig::micro();
+        let dev = crate::device::test_device();
+        let tables = Tables::new(&cfg, &dev);
+        // A teacher for which the prompt matters: trained to count up after the prompt and down
+        // without it. Baked, the model must count up with no prompt.
+        let prompt = [1, 30, 31, 32, 33];
+        let count = |start: i64, step: i64, n: usize| -> Vec<i64> {
+            (0..n as i64)
+                .map(|i| 3 + (start + step * i).rem_euclid(26))
+                .collect()
+        };
+        let mut model = TrmTitansMag::new(&cfg, 3, &dev);
+        let lm = Lm {
+            targets: Targets::All,
+            sup_steps: cfg.sup_steps,
+            act_weight: 0.0,
+            tables: &tables,
+            device: &dev,
+            reference: None,
+        };
+        let mut optim = AdamWConfig::new().init();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..150 {
+            let batch: Vec<Vec<i64>> = (0..8)
+                .map(|i| {
+                    let start = rng.random_range(0..26);
+                    if i % 2 == 0 {
+                        prompt.iter().copied().chain(count(start, 1, 12)).collect()
+                    } else {
+                        count(start, -1, 17)
+                    }
+                })
+                .collect();
+            let out = lm.step(&model, &batch);
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+        }
+        let teacher = model.clone().valid();
+        let ascending = |seed: u64, n: usize| -> Vec<Vec<i64>> {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..n)
+                .map(|_| count(rng.random_range(0..26), 1, 12))
+                .collect()
+        };
+        let bake = PromptBake {
+            teacher: &teacher,
+            prompt: &prompt,
+            sup_steps: cfg.sup_steps,
+            tables: &tables,
+            device: &dev,
+        };
+        let held_out = ascending(99, 16);
+        let before = bake.kl(&model.clone().valid(), &held_out);
+        let mut optim = AdamWConfig::new().init();
+        for step in 0..100 {
+            let out = bake.step(&model, &ascending(step, 8));
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+        }
+        let after = bake.kl(&model.valid(), &held_out);
+        assert!(
+            before > 1e-3,
+            "the prompt must matter to the teacher: KL {before}"
+        );
+        eprintln!("held-out KL {before:.5} -> {after:.5}");
+        assert!(
+            after < before / 5.0,
+            "held-out KL fell only from {before:.5} to {after:.5}"
+        );
+    }
+
+    #[test]
+    fn baking_an_empty_prompt_has_zero_kl_and_zero_gradient_and_changes_nothing() {
+        let cfg = ModelConfig::micro();
+        let dev = crate::device::test_device();
+        let tables = Tables::new(&cfg, &dev);
+        let model = TrmTitansMag::new(&cfg, 4, &dev);
+        let teacher = model.clone().valid();
+        let bake = PromptBake {
+            teacher: &teacher,
+            prompt: &[],
+            sup_steps: cfg.sup_steps,
+            tables: &tables,
+            device: &dev,
+        };
+        let batch = rows(5, 4, 12);
+        let out = bake.step(&model, &batch);
+        assert_eq!(out.reported, 0.0);
+        let grads = out.loss.backward();
+        for (name, w) in [
+            ("embed", model.embed.val()),
+            ("wq", model.blocks[0].attn.wq.weight.val()),
+            ("ffn.down", model.blocks[0].ffn.down.weight.val()),
+            ("halt", model.halt.weight.val()),
+        ] {
+            if let Some(g) = w.grad(&grads) {
+                assert!(flat(g).iter().all(|v| *v == 0.0), "{name} has a gradient");
+            }
+        }
+        // So an optimizer step (without weight decay, which shrinks weights whatever the loss)
+        // leaves every weight as it was.
+        let before = flat(model.blocks[0].attn.wq.weight.val());
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        let out = bake.step(&model, &batch);
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let model = optim.step(1e-2, model, grads);
+        assert_eq!(flat(model.blocks[0].attn.wq.weight.val()), before);
     }
 }
