@@ -10,8 +10,7 @@ use super::bootstrap::{Estimate, perplexity};
 use super::{Decoding, HaltingStats, score};
 use crate::data::{Record, round_robin};
 use crate::error::OpError;
-use crate::model::files::{model_config, read_config};
-use crate::model::{ModelConfig, Tables, TrmTitansMag, weights};
+use crate::model::{ModelConfig, Tables, TrmTitansMag};
 use crate::text::TextCodec;
 
 /// What to evaluate and how much of it.
@@ -98,16 +97,12 @@ pub fn evaluate(
     records: &[Record],
     o: &EvalOptions,
 ) -> Result<EvalSummary, OpError> {
-    let config = read_config(model_dir)?;
-    let cfg = model_config(&config, model_dir)?;
-    let codec = TextCodec::load(&model_dir.join("tokenizer.json"))?;
-    let backend = crate::device::resolve(&o.device).map_err(|e| OpError::user(e.to_string()))?;
-    let device = backend.device.inner();
-    let mut model = TrmTitansMag::new(&cfg, 0, &device);
-    let path = model_dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
-    weights::load_exact(&mut model, bytes, "the model")
-        .map_err(|e| OpError::user(e.to_string()))?;
+    let super::Loaded {
+        cfg,
+        codec,
+        model,
+        device,
+    } = super::load_artifact(model_dir, &o.device)?;
     let seq = o.seq_len.min(cfg.max_seq);
     let tables = Tables::new(&cfg, &device);
     let rows = super::eval_batches(records, &codec, o.limit, seq, o.batch_size);

@@ -15,9 +15,8 @@ use serde::Serialize;
 
 use crate::bake::strategies::{END, START};
 use crate::error::OpError;
+use crate::model::Tables;
 use crate::model::decode::Decoder;
-use crate::model::files::{model_config, read_config};
-use crate::model::{Tables, weights};
 use crate::text::TextCodec;
 
 /// How to continue a prompt.
@@ -73,15 +72,12 @@ pub fn generate(
     o: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, OpError> {
-    let config = read_config(model_dir)?;
-    let cfg = model_config(&config, model_dir)?;
-    let codec = TextCodec::load(&model_dir.join("tokenizer.json"))?;
-    let backend = crate::device::resolve(&o.device).map_err(|e| OpError::user(e.to_string()))?;
-    let device = backend.device.inner();
-    let path = model_dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
-    let model = weights::model_from(&cfg, 0, bytes, "the model", &device)
-        .map_err(|e| OpError::user(e.to_string()))?;
+    let super::Loaded {
+        cfg,
+        codec,
+        model,
+        device,
+    } = super::load_artifact(model_dir, &o.device)?;
     let tables = Tables::new(&cfg, &device);
 
     let mut ids = codec.encode(prompt);

@@ -26,6 +26,34 @@ use crate::model::decode::Decoder;
 use crate::model::{InferOutput, ModelConfig, Tables, TrmTitansMag, fused, to_tensors};
 use crate::text::TextCodec;
 
+/// A model artifact loaded for inference: its config, tokenizer and weights on a device.
+pub struct Loaded {
+    pub cfg: ModelConfig,
+    pub codec: TextCodec,
+    pub model: TrmTitansMag,
+    pub device: Device,
+}
+
+/// Load the model artifact in `model_dir` (`config.json`, `tokenizer.json`, `model.safetensors`)
+/// onto `device` (`cpu`, `cuda:N`, `auto`) for inference.
+pub fn load_artifact(model_dir: &std::path::Path, device: &str) -> Result<Loaded, OpError> {
+    let config = crate::model::files::read_config(model_dir)?;
+    let cfg = crate::model::files::model_config(&config, model_dir)?;
+    let codec = TextCodec::load(&model_dir.join("tokenizer.json"))?;
+    let backend = crate::device::resolve(device).map_err(|e| OpError::user(e.to_string()))?;
+    let device = backend.device.inner();
+    let path = model_dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
+    let model = crate::model::weights::model_from(&cfg, 0, bytes, "the model", &device)
+        .map_err(|e| OpError::user(e.to_string()))?;
+    Ok(Loaded {
+        cfg,
+        codec,
+        model,
+        device,
+    })
+}
+
 /// ACT inference of `tokens` as deployed: the config's threshold and recursion limit.
 pub fn act(
     model: &TrmTitansMag,

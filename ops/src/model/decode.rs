@@ -179,12 +179,7 @@ impl<'m> Decoder<'m> {
 
         let model = self.model;
         let e = model.embed_tokens(tokens).detach();
-        let scale = e
-            .clone()
-            .powf_scalar(2.0)
-            .mean_dim(2)
-            .add_scalar(1e-12)
-            .sqrt();
+        let scale = super::trm::state_scale(&e);
         let (y0, z0) = model.initial_state(b, n);
         let (mut y, mut z) = (y0.detach(), z0.detach());
         let d = y.dims()[2];

@@ -158,6 +158,15 @@ pub(super) fn rms(x: Tensor<3>) -> Tensor<3> {
     x.div(norm)
 }
 
+/// Each token's state is kept at its embedding's RMS: `[b, s, 1]` for embeddings `e`.
+pub(super) fn state_scale(e: &Tensor<3>) -> Tensor<3> {
+    e.clone()
+        .powf_scalar(2.0)
+        .mean_dim(2)
+        .add_scalar(1e-12)
+        .sqrt()
+}
+
 /// The halting bias a fresh model starts from: "not yet right".
 pub const INITIAL_HALT_BIAS: f32 = -2.0;
 /// σ([`INITIAL_HALT_BIAS`]): the halting probability of every token before training.
@@ -261,13 +270,7 @@ impl TrmTitansMag {
         stats: &mut Vec<super::block::BlockStats>,
     ) -> (Tensor<3>, Tensor<3>) {
         let (mut y, mut z) = (y, z);
-        // Each token's state is kept at its embedding's RMS.
-        let scale = e
-            .clone()
-            .powf_scalar(2.0)
-            .mean_dim(2)
-            .add_scalar(1e-12)
-            .sqrt();
+        let scale = state_scale(e);
         // The cycles before the last carry no gradient: they run on an untracked copy of the
         // weights (a cheap handle clone) with detached inputs, so autodiff records nothing for
         // them. The values are exactly those of a tracked run.
