@@ -32,17 +32,20 @@ use super::trm::{Tables, TrmTitansMag};
 
 /// Keys and values of one attention pass, `[b, heads, cap, head_dim]` (positions ≥ a row's
 /// length are zero until written).
-struct KvSlot {
-    k: Tensor<4>,
-    v: Tensor<4>,
+pub(super) struct KvSlot {
+    pub(super) k: Tensor<4>,
+    pub(super) v: Tensor<4>,
 }
 
 /// The memory of one pass: the matrix and momentum after the last complete chunk, `[b, slots, d]`,
 /// and the inputs of the chunk being filled, `[b, chunk, d]`.
-struct MemSlot {
+pub(super) struct MemSlot {
     m: Tensor<3>,
     mom: Tensor<3>,
     pending: Tensor<3>,
+    /// With [`Decoder::record_memory`]: the memory each chunk read, `chunk_starts[c]` for chunk `c`
+    /// (what a thought at a position of chunk `c` reads, [`super::thoughts`]).
+    pub(super) chunk_starts: Vec<Tensor<3>>,
 }
 
 /// What [`Decoder::extend`] gives for the new positions.
@@ -55,20 +58,24 @@ pub struct Extended {
 
 /// The incremental state of a batch of sequences for one model.
 pub struct Decoder<'m> {
-    model: &'m TrmTitansMag,
-    tables: &'m Tables,
-    threshold: f64,
-    levels: usize,
-    window: usize,
-    max_seq: usize,
-    heads: usize,
-    device: Device,
+    pub(super) model: &'m TrmTitansMag,
+    pub(super) tables: &'m Tables,
+    pub(super) threshold: f64,
+    pub(super) levels: usize,
+    pub(super) window: usize,
+    pub(super) max_seq: usize,
+    pub(super) heads: usize,
+    pub(super) device: Device,
     /// Positions every row holds.
-    len: usize,
-    rows: usize,
-    cap: usize,
-    kv: Vec<KvSlot>,
-    mem: Vec<Option<MemSlot>>,
+    pub(super) len: usize,
+    pub(super) rows: usize,
+    pub(super) cap: usize,
+    pub(super) kv: Vec<KvSlot>,
+    pub(super) mem: Vec<Option<MemSlot>>,
+    /// Keep the memory state at every chunk start (for thoughts).
+    pub(super) record_memory: bool,
+    /// The rotary positions and attention mask of the positions being appended.
+    pub(super) current: Option<(Tensor<1, Int>, Tensor<4>)>,
 }
 
 impl<'m> Decoder<'m> {
@@ -100,6 +107,7 @@ impl<'m> Decoder<'m> {
                     m: Tensor::zeros([batch, m.slots, d], device),
                     mom: Tensor::zeros([batch, m.slots, d], device),
                     pending: Tensor::zeros([batch, m.chunk, d], device),
+                    chunk_starts: Vec::new(),
                 })
             })
             .collect();
@@ -117,7 +125,16 @@ impl<'m> Decoder<'m> {
             cap,
             kv,
             mem,
+            record_memory: false,
+            current: None,
         }
+    }
+
+    /// Keep the memory state each chunk starts from, so thoughts can read it
+    /// ([`super::thoughts::Thoughts`]); call before the first [`Self::extend`].
+    pub fn record_memory(mut self) -> Self {
+        self.record_memory = true;
+        self
     }
 
     /// Positions every row holds.
@@ -149,6 +166,9 @@ impl<'m> Decoder<'m> {
             s.m = s.m.clone().select(0, idx.clone());
             s.mom = s.mom.clone().select(0, idx.clone());
             s.pending = s.pending.clone().select(0, idx.clone());
+            for m in &mut s.chunk_starts {
+                *m = m.clone().select(0, idx.clone());
+            }
         }
         self.rows = keep.len();
     }
@@ -176,114 +196,30 @@ impl<'m> Decoder<'m> {
             &self.device,
         );
         let mask = self.attention_mask(start, n);
-
-        let model = self.model;
-        let e = model.embed_tokens(tokens).detach();
-        let scale = super::trm::state_scale(&e);
-        let (y0, z0) = model.initial_state(b, n);
-        let (mut y, mut z) = (y0.detach(), z0.detach());
-        let d = y.dims()[2];
-        let mut halted = vec![false; b * n];
-        let mut steps = vec![0u32; b * n];
-        let passes = model.cycles * (model.n_inner + 1);
-        for level in 0..self.levels {
-            let mut slot = level * passes * model.blocks.len();
-            let (mut yn, mut zn) = (y.clone(), z.clone());
-            for _ in 0..model.cycles {
-                for _ in 0..model.n_inner {
-                    let x = e.clone().add(yn.clone()).add(zn);
-                    zn = rms(self.net(x, &mut slot, &pos_ids, &mask)).mul(scale.clone());
-                }
-                let x = yn.add(zn.clone());
-                yn = rms(self.net(x, &mut slot, &pos_ids, &mask)).mul(scale.clone());
-            }
-            let frozen: Tensor<3, Bool> =
-                Tensor::<2, Bool>::from_data(TensorData::new(halted.clone(), [b, n]), &self.device)
-                    .reshape([b, n, 1])
-                    .expand([b, n, d]);
-            y = yn.mask_where(frozen.clone(), y);
-            z = zn.mask_where(frozen, z);
-            for (h, s) in halted.iter().zip(steps.iter_mut()) {
-                if !h {
-                    *s += 1;
-                }
-            }
-            let (_, q) = model.readout(y.clone());
-            let q: Vec<f32> = q
-                .into_data()
-                .try_to_vec()
-                .expect("f32 halting probabilities");
-            for (h, p) in halted.iter_mut().zip(q) {
-                if p as f64 >= self.threshold {
-                    *h = true;
-                }
-            }
-        }
+        self.current = Some((pos_ids, mask));
+        let (model, levels, threshold, device) =
+            (self.model, self.levels, self.threshold, self.device.clone());
+        let out = recurse(self, model, levels, threshold, tokens, &device);
+        self.current = None;
         self.len = end;
         Extended {
-            logits: model.readout(y).0.detach(),
-            halting_steps: steps.chunks(n).map(<[u32]>::to_vec).collect(),
+            logits: model.readout(out.y).0.detach(),
+            halting_steps: out.halting.chunks(n).map(<[u32]>::to_vec).collect(),
         }
     }
+}
 
-    /// One pass of the block stack over the new positions, reading and filling the next
-    /// `blocks` slots.
-    fn net(
-        &mut self,
-        x: Tensor<3>,
-        slot: &mut usize,
-        pos: &Tensor<1, Int>,
-        mask: &Tensor<4>,
-    ) -> Tensor<3> {
-        let mut h = x;
-        for block in &self.model.blocks {
-            h = self.block(block, *slot, h, pos, mask);
-            *slot += 1;
-        }
-        h
-    }
-
-    /// [`MagBlock::forward`] over the cache of `slot`.
-    fn block(
-        &mut self,
-        block: &MagBlock,
-        slot: usize,
-        x: Tensor<3>,
-        pos: &Tensor<1, Int>,
-        mask: &Tensor<4>,
-    ) -> Tensor<3> {
-        let d = x.dims()[2];
-        let h = block.norm_attn.forward(x.clone());
-        let att = self.attention(&block.attn, slot, h.clone(), pos, mask);
-        let mixed = match (&block.memory, &block.gate, &block.gate_bias) {
-            (Some(mem), Some(gate), Some(gb)) => {
-                let m = self.memory(mem, slot, h.clone());
-                let g = sigmoid(gate.forward(h).add(gb.val().reshape([1, 1, d])));
-                let one_minus = g.clone().neg().add_scalar(1.0);
-                g.mul(att).add(one_minus.mul(m))
-            }
-            _ => att,
-        };
-        let x = x.add(mixed);
-        x.clone().add(block.ffn.forward(block.norm_ffn.forward(x)))
-    }
-
+impl PassCache for Decoder<'_> {
     /// [`CausalAttention::forward`] for the new positions over the cached keys and values.
-    fn attention(
-        &mut self,
-        attn: &CausalAttention,
-        slot: usize,
-        x: Tensor<3>,
-        pos: &Tensor<1, Int>,
-        mask: &Tensor<4>,
-    ) -> Tensor<3> {
+    fn attention(&mut self, attn: &CausalAttention, slot: usize, x: Tensor<3>) -> Tensor<3> {
+        let (pos, mask) = self.current.clone().expect("inside extend");
         let [b, n, d] = x.dims();
         let h = self.heads;
         let dh = d / h;
         let split = |t: Tensor<3>| t.reshape([b, n, h, dh]).swap_dims(1, 2);
         let rope = self.tables.rope();
         let q = rope.apply_at(split(attn.wq.forward(x.clone())), pos.clone());
-        let k = rope.apply_at(split(attn.wk.forward(x.clone())), pos.clone());
+        let k = rope.apply_at(split(attn.wk.forward(x.clone())), pos);
         let v = split(attn.wv.forward(x));
         let start = self.len;
         let cache = &mut self.kv[slot];
@@ -293,7 +229,7 @@ impl<'m> Decoder<'m> {
         let scores = q
             .matmul(cache.k.clone().swap_dims(2, 3))
             .div_scalar((dh as f64).sqrt())
-            .add(mask.clone());
+            .add(mask);
         let out = softmax(scores, 3)
             .matmul(cache.v.clone())
             .swap_dims(1, 2)
@@ -307,6 +243,7 @@ impl<'m> Decoder<'m> {
         let [b, n, d] = h.dims();
         let c = mem.chunk;
         let start = self.len;
+        let record = self.record_memory;
         let r = l2_normalize(mem.address.forward(mem.wq.forward(h.clone())));
         let state = self.mem[slot]
             .as_mut()
@@ -316,6 +253,9 @@ impl<'m> Decoder<'m> {
         while t < n {
             let fill = (start + t) % c;
             let seg = (c - fill).min(n - t);
+            if fill == 0 && record {
+                state.chunk_starts.push(state.m.clone());
+            }
             reads.push(r.clone().narrow(1, t, seg).matmul(state.m.clone()));
             state.pending = state
                 .pending
@@ -328,7 +268,9 @@ impl<'m> Decoder<'m> {
         }
         mem.wo.forward(Tensor::cat(reads, 1))
     }
+}
 
+impl Decoder<'_> {
     /// Make room for `end` positions in every key/value slot.
     fn grow(&mut self, end: usize) {
         if end <= self.cap {
@@ -359,6 +301,107 @@ impl<'m> Decoder<'m> {
         Tensor::from_data(TensorData::new(v, [1, 1, n, self.cap]), &self.device)
     }
 }
+/// Where one pass of the block stack reads and writes: what differs between appending text
+/// positions ([`Decoder`]) and a step of parallel thoughts ([`super::thoughts::Thoughts`]).
+pub(super) trait PassCache {
+    /// The attention output of the new positions `x` (normed) in cache slot `slot`.
+    fn attention(&mut self, attn: &CausalAttention, slot: usize, x: Tensor<3>) -> Tensor<3>;
+    /// The memory's output for the new positions `h` (normed) in slot `slot`.
+    fn memory(&mut self, mem: &NeuralMemory, slot: usize, h: Tensor<3>) -> Tensor<3>;
+}
+
+/// What [`recurse`] leaves: the final answer state and each token's halting steps.
+pub(super) struct Recursed {
+    pub y: Tensor<3>,
+    pub halting: Vec<u32>,
+}
+
+/// ACT inference of new tokens `[b, n]` against `cache`: every one of `levels` recursions runs
+/// for every token (a token halted by the `threshold` keeps its state, frozen), slot after slot
+/// (recursion, pass, block), as [`TrmTitansMag::infer`] runs them.
+pub(super) fn recurse<C: PassCache>(
+    cache: &mut C,
+    model: &TrmTitansMag,
+    levels: usize,
+    threshold: f64,
+    tokens: Tensor<2, Int>,
+    device: &Device,
+) -> Recursed {
+    let [b, n] = tokens.dims();
+    let e = model.embed_tokens(tokens).detach();
+    let scale = super::trm::state_scale(&e);
+    let (y0, z0) = model.initial_state(b, n);
+    let (mut y, mut z) = (y0.detach(), z0.detach());
+    let d = y.dims()[2];
+    let mut halted = vec![false; b * n];
+    let mut steps = vec![0u32; b * n];
+    let mut slot = 0;
+    let net = |cache: &mut C, x: Tensor<3>, slot: &mut usize| {
+        let mut h = x;
+        for block in &model.blocks {
+            h = block_pass(cache, block, *slot, h);
+            *slot += 1;
+        }
+        h
+    };
+    for _ in 0..levels {
+        let (mut yn, mut zn) = (y.clone(), z.clone());
+        for _ in 0..model.cycles {
+            for _ in 0..model.n_inner {
+                let x = e.clone().add(yn.clone()).add(zn);
+                zn = rms(net(cache, x, &mut slot)).mul(scale.clone());
+            }
+            let x = yn.add(zn.clone());
+            yn = rms(net(cache, x, &mut slot)).mul(scale.clone());
+        }
+        let frozen: Tensor<3, Bool> =
+            Tensor::<2, Bool>::from_data(TensorData::new(halted.clone(), [b, n]), device)
+                .reshape([b, n, 1])
+                .expand([b, n, d]);
+        y = yn.mask_where(frozen.clone(), y);
+        z = zn.mask_where(frozen, z);
+        for (h, s) in halted.iter().zip(steps.iter_mut()) {
+            if !h {
+                *s += 1;
+            }
+        }
+        let (_, q) = model.readout(y.clone());
+        let q: Vec<f32> = q
+            .into_data()
+            .try_to_vec()
+            .expect("f32 halting probabilities");
+        for (h, p) in halted.iter_mut().zip(q) {
+            if p as f64 >= threshold {
+                *h = true;
+            }
+        }
+    }
+    Recursed { y, halting: steps }
+}
+
+/// [`MagBlock::forward`] with attention and memory from `cache`.
+fn block_pass<C: PassCache>(
+    cache: &mut C,
+    block: &MagBlock,
+    slot: usize,
+    x: Tensor<3>,
+) -> Tensor<3> {
+    let d = x.dims()[2];
+    let h = block.norm_attn.forward(x.clone());
+    let att = cache.attention(&block.attn, slot, h.clone());
+    let mixed = match (&block.memory, &block.gate, &block.gate_bias) {
+        (Some(mem), Some(gate), Some(gb)) => {
+            let m = cache.memory(mem, slot, h.clone());
+            let g = sigmoid(gate.forward(h).add(gb.val().reshape([1, 1, d])));
+            let one_minus = g.clone().neg().add_scalar(1.0);
+            g.mul(att).add(one_minus.mul(m))
+        }
+        _ => att,
+    };
+    let x = x.add(mixed);
+    x.clone().add(block.ffn.forward(block.norm_ffn.forward(x)))
+}
+
 /// The memory after writing the complete chunk in `state.pending` (one step of the associative
 /// loss with momentum and forgetting, as in [`NeuralMemory::forward`]).
 fn write_chunk(mem: &NeuralMemory, state: &MemSlot) -> (Tensor<3>, Tensor<3>) {

@@ -641,3 +641,116 @@ fn incremental_decoding_gives_the_logits_and_halting_of_a_full_recompute() {
     let diff = full.logits.sub(inc).abs().max().into_scalar::<f32>();
     assert!(diff < 1e-4, "threshold {thr}: logits differ by {diff}");
 }
+
+/// The last thought step's logits of every position, after reading `text` and appending the
+/// thought tokens `steps` (each `[b, s]`).
+fn thought_logits(
+    model: &TrmTitansMag,
+    cfg: &ModelConfig,
+    t: &Tables,
+    text: &[Vec<i64>],
+    steps: &[Vec<Vec<i64>>],
+) -> Vec<f32> {
+    let dev = device();
+    let mut dec = super::decode::Decoder::new(model, cfg, t, text.len(), &dev).record_memory();
+    dec.extend(tokens(text, &dev));
+    let mut th = super::thoughts::Thoughts::new(&dec);
+    let mut last = None;
+    for step in steps {
+        last = Some(th.step(tokens(step, &dev)).logits);
+    }
+    to_vec(last.expect("a step"))
+}
+
+/// The logits of position `j`'s thought, `[vocab]`, out of [`thought_logits`]' output.
+fn at(logits: &[f32], b: usize, j: usize, s: usize, v: usize) -> &[f32] {
+    &logits[(b * s + j) * v..(b * s + j + 1) * v]
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn a_thought_never_sees_a_later_text_token_or_another_positions_thought() {
+    let cfg = small();
+    let dev = device();
+    let model = TrmTitansMag::new(&cfg, 21, &dev);
+    let t = Tables::new(&cfg, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let (s, v) = (12, cfg.vocab_size);
+    let text = random_rows(&mut rng, 2, s, 64);
+    let steps: Vec<Vec<Vec<i64>>> = (0..3).map(|_| random_rows(&mut rng, 2, s, 64)).collect();
+    let base = thought_logits(&model, &cfg, &t, &text, &steps);
+
+    // A later text token: thoughts of positions before it are unchanged, its own changes.
+    let k = 7;
+    let mut later = text.clone();
+    later[1][k] = if later[1][k] == 5 { 6 } else { 5 };
+    let moved = thought_logits(&model, &cfg, &t, &later, &steps);
+    for j in 0..s {
+        let d = max_diff(at(&base, 1, j, s, v), at(&moved, 1, j, s, v));
+        if j < k {
+            assert!(d < 1e-6, "position {j}'s thought saw text token {k}: {d}");
+        } else if j == k {
+            assert!(
+                d > 1e-4,
+                "position {k}'s thought ignores its own last text token"
+            );
+        }
+        // Row 0 is another sequence: never touched.
+        assert!(max_diff(at(&base, 0, j, s, v), at(&moved, 0, j, s, v)) < 1e-6);
+    }
+
+    // Another position's thought: changing position 4's first thought token moves only its own
+    // thought.
+    let mut other = steps.clone();
+    other[0][1][4] = if other[0][1][4] == 9 { 10 } else { 9 };
+    let moved = thought_logits(&model, &cfg, &t, &text, &other);
+    for j in 0..s {
+        let d = max_diff(at(&base, 1, j, s, v), at(&moved, 1, j, s, v));
+        if j == 4 {
+            assert!(d > 1e-4, "a thought ignores its own earlier token");
+        } else {
+            assert!(
+                d < 1e-6,
+                "position {j}'s thought saw position 4's thought: {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_thought_is_the_continuation_of_its_own_prefix() {
+    // Without memory (a thought reads the memory its position read, a continuation would write
+    // its own chunk), position j's thought is exactly decoding text[..=j] and then the thought.
+    let cfg = ModelConfig {
+        memory_layers: vec![],
+        ..small()
+    };
+    let dev = device();
+    let model = TrmTitansMag::new(&cfg, 23, &dev);
+    let t = Tables::new(&cfg, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(24);
+    let (s, v) = (10, cfg.vocab_size);
+    let text = random_rows(&mut rng, 1, s, 64);
+    let steps: Vec<Vec<Vec<i64>>> = (0..3).map(|_| random_rows(&mut rng, 1, s, 64)).collect();
+    let thoughts = thought_logits(&model, &cfg, &t, &text, &steps);
+    for j in [0, 3, 9] {
+        let mut dec = super::decode::Decoder::new(&model, &cfg, &t, 1, &dev);
+        dec.extend(tokens(&[text[0][..=j].to_vec()], &dev));
+        let mut last = None;
+        for step in &steps {
+            last = Some(dec.extend(tokens(&[vec![step[0][j]]], &dev)).logits);
+        }
+        let alone = to_vec(last.unwrap());
+        let d = max_diff(at(&thoughts, 0, j, s, v), &alone);
+        assert!(
+            d < 1e-4,
+            "position {j}: the parallel thought differs from its continuation by {d}"
+        );
+    }
+}
