@@ -5,7 +5,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`trainer`] | the loop: accumulation, optimizer step, QK-clip, logging, checkpoints, rollback |
-//! | [`objective`] | what is minimised: [`Objective`], the `lm` objective [`Lm`] |
+//! | [`objective`] | what is minimised: [`Objective`], the `lm` objective [`Lm`], prompt baking [`PromptBake`] |
+//! | [`quiet_star`] | Quiet-STaR's mixing head, thought rewards and REINFORCE loss |
 //! | [`schedule`] | warm-up + cosine learning-rate factor |
 //! | [`memory`] | micro-batch size from a memory budget; halving on out-of-memory |
 //! | [`alerts`] | rising-loss and plateau alerts |
@@ -13,6 +14,7 @@
 pub mod alerts;
 pub mod memory;
 pub mod objective;
+pub mod quiet_star;
 pub mod schedule;
 pub mod trainer;
 
