@@ -71,7 +71,7 @@ pub fn rewards(log_lik: &[Tensor<2>]) -> Vec<Tensor<2>> {
     let total = log_lik
         .iter()
         .cloned()
-        .reduce(|a, b| a.add(b))
+        .reduce(Tensor::add)
         .expect("two or more")
         .detach();
     log_lik
@@ -93,7 +93,7 @@ pub fn reinforce_loss(log_p: &[Tensor<2>], rewards: &[Tensor<2>], mask: Tensor<2
         .iter()
         .zip(rewards)
         .map(|(lp, r)| lp.clone().mul(r.clone().detach()).mul(mask.clone()).sum())
-        .reduce(|a, b| a.add(b))
+        .reduce(Tensor::add)
         .expect("one thought or more")
         .neg()
         .div(n)
