@@ -36,6 +36,8 @@ pub enum Stream<'a> {
     Search { generation: u32 },
     /// `forge generate`'s sampling.
     Generate,
+    /// Quiet-STaR's thoughts of optimizer step `step`, micro-batch `micro`.
+    Thoughts { step: u64, micro: u64 },
 }
 
 impl Stream<'_> {
@@ -53,6 +55,7 @@ impl Stream<'_> {
             Self::Bootstrap => "bootstrap",
             Self::Search { .. } => "search",
             Self::Generate => "generate",
+            Self::Thoughts { .. } => "thoughts",
         }
     }
 }
@@ -76,7 +79,7 @@ pub fn stream(seed: u64, stream: Stream<'_>) -> ChaCha8Rng {
             text(&mut h, category);
             h.update(&index.to_le_bytes());
         }
-        Stream::TrainBatch { step, micro } => {
+        Stream::TrainBatch { step, micro } | Stream::Thoughts { step, micro } => {
             h.update(&step.to_le_bytes());
             h.update(&micro.to_le_bytes());
         }
@@ -124,6 +127,7 @@ mod tests {
             Stream::Bootstrap,
             Stream::Search { generation: 0 },
             Stream::Generate,
+            Stream::Thoughts { step: 0, micro: 0 },
         ];
         let mut seen = std::collections::HashSet::new();
         for s in all {

@@ -50,8 +50,11 @@ pub(super) struct MemSlot {
 
 /// What [`Decoder::extend`] gives for the new positions.
 pub struct Extended {
-    /// `[b, n, vocab]`.
+    /// `[b, n, vocab]` (detached).
     pub logits: Tensor<3>,
+    /// The final answer states, `[b, n, d]`: with gradient when the model records one (a
+    /// training step reading text through the decoder, e.g. Quiet-STaR's).
+    pub state: Tensor<3>,
     /// Recursions each new token ran before halting, `[b][n]`.
     pub halting_steps: Vec<Vec<u32>>,
 }
@@ -203,7 +206,8 @@ impl<'m> Decoder<'m> {
         self.current = None;
         self.len = end;
         Extended {
-            logits: model.readout(out.y).0.detach(),
+            logits: model.readout(out.y.clone()).0.detach(),
+            state: out.y,
             halting_steps: out.halting.chunks(n).map(<[u32]>::to_vec).collect(),
         }
     }
@@ -328,7 +332,7 @@ pub(super) fn recurse<C: PassCache>(
     device: &Device,
 ) -> Recursed {
     let [b, n] = tokens.dims();
-    let e = model.embed_tokens(tokens).detach();
+    let e = model.embed_tokens(tokens);
     let scale = super::trm::state_scale(&e);
     let (y0, z0) = model.initial_state(b, n);
     let (mut y, mut z) = (y0.detach(), z0.detach());

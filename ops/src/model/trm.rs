@@ -297,6 +297,11 @@ impl TrmTitansMag {
         (y, z)
     }
 
+    /// The next-token logits of answer states `y` (`[b, s, d]`), e.g. a mix of two states.
+    pub fn logits_of(&self, y: Tensor<3>) -> Tensor<3> {
+        self.readout(y).0
+    }
+
     pub(super) fn readout(&self, y: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let h = self.norm_out.forward(y);
         let logits = if let Some(head) = &self.head {

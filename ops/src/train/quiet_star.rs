@@ -16,9 +16,14 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::Rng;
 
+use crate::model::decode::Decoder;
+use crate::model::fused::log_softmax;
 use crate::model::layers::{Dense, Init};
+use crate::model::thoughts::Thoughts;
+use crate::model::{ModelConfig, Tables, TrmTitansMag};
 
 /// The mixing ("talk") head: a shallow MLP over `[h_before; h_after]` giving the weight
 /// `w ∈ (0, 1)` of the post-thought state, `mixed = (1 − w)·h_before + w·h_after`.
@@ -97,6 +102,207 @@ pub fn reinforce_loss(log_p: &[Tensor<2>], rewards: &[Tensor<2>], mask: Tensor<2
         .expect("one thought or more")
         .neg()
         .div(n)
+}
+
+/// How thoughts are sampled and scored.
+#[derive(Debug, Clone)]
+pub struct ThoughtSettings {
+    /// Thoughts sampled after each position (the authors' `n_passes`); REINFORCE needs ≥ 2.
+    pub num_thoughts: usize,
+    /// Tokens between the start and end thought tokens.
+    pub thought_length: usize,
+    /// Ground-truth tokens after the thought that score it (the authors' `n_ahead_talk`).
+    pub n_true: usize,
+    /// Sampling temperature of thought tokens.
+    pub temperature: f64,
+    /// The start- and end-of-thought token ids.
+    pub start: i64,
+    pub end: i64,
+}
+
+impl ThoughtSettings {
+    /// Positions a thought and its scored tokens take after their text position.
+    pub fn span(&self) -> usize {
+        self.thought_length + 2 + self.n_true
+    }
+}
+
+/// One batch thought about: the terms of Quiet-STaR's loss and what to log.
+pub struct Thought {
+    /// NLL of the mixed predictions of the `n_true` tokens after each thought, mean over
+    /// thoughts and scored tokens (with gradient).
+    pub nll: Tensor<1>,
+    /// The REINFORCE term (with gradient).
+    pub reinforce: Tensor<1>,
+    /// The model's own next-token log-probabilities without thoughts, `[b, s, v]` (with
+    /// gradient; for the KL term to a reference).
+    pub base_logp: Tensor<3>,
+    /// 1 where the input position has a real next token, `[b, s]`.
+    pub mask: Tensor<2>,
+    /// Mean over scored tokens of (mixed − base) log-likelihood: what thinking buys, in nats.
+    pub gain: f64,
+    /// Mean reward over positions and thoughts whose reward is positive (the others' is ≤ 0).
+    pub reward: f64,
+    pub mixing_weight: f64,
+    /// Every thought's sampled tokens: `[thought][row][position]` → `thought_length` ids.
+    pub tokens: Vec<Vec<Vec<Vec<i64>>>>,
+}
+
+/// Think after every position of `rows` (each `s + 1` ids: inputs and, shifted, labels): sample
+/// `num_thoughts` thoughts per position in parallel ([`Thoughts`]), score each by the mixed
+/// prediction of the next `n_true` true tokens (teacher-forced after the end token), and build
+/// the NLL and REINFORCE terms. `rng` draws the thought tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn think(
+    model: &TrmTitansMag,
+    head: &MixingHead,
+    rows: &[Vec<i64>],
+    cfg: &ModelConfig,
+    tables: &Tables,
+    st: &ThoughtSettings,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Thought {
+    let (b, s) = (rows.len(), rows[0].len() - 1);
+    let ids = |f: &dyn Fn(usize, usize) -> i64| -> Tensor<2, Int> {
+        let v: Vec<i64> = (0..b)
+            .flat_map(|r| (0..s).map(move |j| (r, j)))
+            .map(|(r, j)| f(r, j))
+            .collect();
+        Tensor::from_data(TensorData::new(v, [b, s]), device)
+    };
+    let label = |r: usize, j: usize| -> i64 { if j < s { rows[r][j + 1] } else { 0 } };
+    let mut text = Decoder::new(model, cfg, tables, b, device).record_memory();
+    let before = text.extend(ids(&|r, j| rows[r][j])).state;
+    let base_logp = log_softmax(model.logits_of(before.clone()), 2);
+    // Scored token k of position j's thought is label j + k: the base state predicting it is
+    // position j + k's, and it counts where it exists.
+    let shifted = |x: Tensor<3>, k: usize| -> Tensor<3> {
+        if k == 0 {
+            return x;
+        }
+        let width = x.dims()[2];
+        Tensor::cat(
+            vec![x.narrow(1, k, s - k), Tensor::zeros([b, k, width], device)],
+            1,
+        )
+    };
+    let labels_k = |k: usize| ids(&|r, j| label(r, j + k));
+    let valid_k = |k: usize| labels_k(k).not_equal_elem(0).float();
+    let mask = valid_k(0);
+
+    let (mut lls, mut log_ps, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gain, mut weights, mut scored) = (0.0, 0.0, 0.0);
+    for _ in 0..st.num_thoughts {
+        let mut th = Thoughts::new(&text);
+        let mut out = th.step(ids(&|_, _| st.start));
+        let mut log_p = Tensor::<2>::zeros([b, s], device);
+        let mut sampled = vec![vec![Vec::with_capacity(st.thought_length); s]; b];
+        for _ in 0..st.thought_length {
+            let logp = log_softmax(model.logits_of(out.state.clone()), 2);
+            let next = sample(&out.logits, st.temperature, rng);
+            for (r, row) in sampled.iter_mut().enumerate() {
+                for (j, t) in row.iter_mut().enumerate() {
+                    t.push(next[r * s + j]);
+                }
+            }
+            let next = ids(&|r, j| next[r * s + j]);
+            log_p = log_p.add(
+                logp.gather(2, next.clone().reshape([b, s, 1]))
+                    .reshape([b, s]),
+            );
+            out = th.step(next);
+        }
+        out = th.step(ids(&|_, _| st.end));
+        let mut ll = Tensor::<2>::zeros([b, s], device);
+        for k in 0..st.n_true.min(s) {
+            let (mixed, w) = head.mix(shifted(before.clone(), k), out.state.clone());
+            let target = labels_k(k).reshape([b, s, 1]);
+            let valid = valid_k(k);
+            let mixed_ll = log_softmax(model.logits_of(mixed), 2)
+                .gather(2, target.clone())
+                .reshape([b, s])
+                .mul(valid.clone());
+            let base_ll = shifted(base_logp.clone().detach(), k)
+                .gather(2, target)
+                .reshape([b, s])
+                .mul(valid.clone());
+            let n = valid.clone().sum().into_scalar::<f32>() as f64;
+            gain += (mixed_ll.clone().detach().sum().into_scalar::<f32>()
+                - base_ll.sum().into_scalar::<f32>()) as f64;
+            weights += w
+                .detach()
+                .reshape([b, s])
+                .mul(valid)
+                .sum()
+                .into_scalar::<f32>() as f64;
+            scored += n;
+            ll = ll.add(mixed_ll);
+            if k + 1 < st.n_true {
+                out = th.step(labels_k(k));
+            }
+        }
+        lls.push(ll);
+        log_ps.push(log_p);
+        tokens.push(sampled);
+    }
+    let r = rewards(&lls);
+    let positive = r
+        .iter()
+        .map(|r| {
+            r.clone()
+                .clamp_min(0.0)
+                .mul(mask.clone())
+                .sum()
+                .into_scalar::<f32>() as f64
+        })
+        .sum::<f64>();
+    let reinforce = reinforce_loss(&log_ps, &r, mask.clone());
+    let nll = lls
+        .into_iter()
+        .reduce(Tensor::add)
+        .expect("one thought or more")
+        .sum()
+        .neg()
+        .div_scalar(scored.max(1.0));
+    let positions = mask.clone().sum().into_scalar::<f32>() as f64 * st.num_thoughts as f64;
+    Thought {
+        nll,
+        reinforce,
+        base_logp,
+        mask,
+        gain: gain / scored.max(1.0),
+        reward: positive / positions.max(1.0),
+        mixing_weight: weights / scored.max(1.0),
+        tokens,
+    }
+}
+
+/// One token per stream from `logits` (`[b, s, v]`) at `temperature`, row-major `[b × s]`.
+fn sample(logits: &Tensor<3>, temperature: f64, rng: &mut impl Rng) -> Vec<i64> {
+    let [_, _, v] = logits.dims();
+    let values: Vec<f32> = logits
+        .clone()
+        .div_scalar(temperature.max(1e-6))
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 logits");
+    values
+        .chunks(v)
+        .map(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let w: Vec<f64> = row.iter().map(|l| f64::from(l - max).exp()).collect();
+            let mut u = rng.random::<f64>() * w.iter().sum::<f64>();
+            for (i, wi) in w.iter().enumerate() {
+                if u < *wi {
+                    return i as i64;
+                }
+                u -= wi;
+            }
+            (v - 1) as i64
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -187,6 +393,62 @@ mod tests {
         );
         let g = policy.logits.val().grad(&loss.backward()).unwrap();
         assert!(g.abs().max().into_scalar::<f32>() == 0.0);
+    }
+
+    #[test]
+    fn thinking_gives_finite_terms_with_gradient_and_is_reproducible_from_its_seed() {
+        use rand::SeedableRng;
+        let cfg = ModelConfig {
+            memory_layers: vec![0],
+            ltm_slots: 8,
+            mem_chunk: 4,
+            max_seq: 32,
+            ..ModelConfig::micro()
+        };
+        let dev = crate::device::test_device();
+        let model = TrmTitansMag::new(&cfg, 5, &dev);
+        let head = MixingHead::new(cfg.d_model, 6, &dev);
+        let tables = Tables::new(&cfg, &dev);
+        let st = ThoughtSettings {
+            num_thoughts: 2,
+            thought_length: 3,
+            n_true: 2,
+            temperature: 1.0,
+            start: 3,
+            end: 4,
+        };
+        // Two rows of 10 inputs; the second ends in padding.
+        let rows = vec![
+            (10..21).collect::<Vec<i64>>(),
+            vec![1, 20, 21, 22, 23, 24, 25, 2, 0, 0, 0],
+        ];
+        let run = |seed: u64| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            think(&model, &head, &rows, &cfg, &tables, &st, &mut rng, &dev)
+        };
+        let t = run(1);
+        assert_eq!(t.tokens.len(), 2);
+        assert_eq!(t.tokens[0][1].len(), 10);
+        assert!(t.tokens[0].iter().flatten().all(|th| th.len() == 3));
+        let nll = t.nll.clone().into_scalar::<f32>();
+        assert!(nll.is_finite() && nll > 0.0, "{nll}");
+        assert!((t.mixing_weight - INITIAL_MIXING_WEIGHT).abs() < 0.05);
+        // The gradient reaches the model through the thoughts and the head.
+        let grads = t.nll.add(t.reinforce).backward();
+        for (name, g) in [
+            ("head", head.out.weight.val().grad(&grads)),
+            ("wq", model.blocks[0].attn.wq.weight.val().grad(&grads)),
+            ("embed", model.embed.val().grad(&grads)),
+        ] {
+            let g = g.unwrap_or_else(|| panic!("{name} has no gradient"));
+            assert!(
+                g.abs().sum().into_scalar::<f32>() > 0.0,
+                "{name}'s gradient is zero"
+            );
+        }
+        // The same seed samples the same thoughts; another seed others.
+        assert_eq!(run(1).tokens, t.tokens);
+        assert_ne!(run(2).tokens, t.tokens);
     }
 
     #[test]
