@@ -36,8 +36,8 @@ pub enum Stream<'a> {
     Search { generation: u32 },
     /// `forge generate`'s sampling.
     Generate,
-    /// Quiet-STaR's thoughts of optimizer step `step`, micro-batch `micro`.
-    Thoughts { step: u64, micro: u64 },
+    /// Quiet-STaR's thoughts of optimizer step `step`, micro-batch `micro`, chunk `chunk`.
+    Thoughts { step: u64, micro: u64, chunk: u64 },
 }
 
 impl Stream<'_> {
@@ -79,9 +79,14 @@ pub fn stream(seed: u64, stream: Stream<'_>) -> ChaCha8Rng {
             text(&mut h, category);
             h.update(&index.to_le_bytes());
         }
-        Stream::TrainBatch { step, micro } | Stream::Thoughts { step, micro } => {
+        Stream::TrainBatch { step, micro } => {
             h.update(&step.to_le_bytes());
             h.update(&micro.to_le_bytes());
+        }
+        Stream::Thoughts { step, micro, chunk } => {
+            h.update(&step.to_le_bytes());
+            h.update(&micro.to_le_bytes());
+            h.update(&chunk.to_le_bytes());
         }
         Stream::ValBatch { index } | Stream::FitnessBatch { index } => {
             h.update(&index.to_le_bytes());
@@ -127,7 +132,11 @@ mod tests {
             Stream::Bootstrap,
             Stream::Search { generation: 0 },
             Stream::Generate,
-            Stream::Thoughts { step: 0, micro: 0 },
+            Stream::Thoughts {
+                step: 0,
+                micro: 0,
+                chunk: 0,
+            },
         ];
         let mut seen = std::collections::HashSet::new();
         for s in all {

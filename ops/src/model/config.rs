@@ -65,6 +65,10 @@ pub struct ModelConfig {
     /// Share the token embedding with the output head.
     #[serde(default = "d::tied")]
     pub tie_embeddings: bool,
+    /// Quiet-STaR's mixing head over the states before and after a thought (set by
+    /// `objective: quiet-star`, which adds the head to its input model).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mixing_head: bool,
 }
 
 mod d {

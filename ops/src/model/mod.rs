@@ -11,6 +11,7 @@
 //! | [`block`] | the MAG block |
 //! | [`trm`] | recursion, deep supervision, ACT |
 //! | [`decode`] | incremental decoding: per-pass key/value and memory caches |
+//! | [`mixing`] | Quiet-STaR's mixing head (in a model whose config asks for it) |
 //! | [`thoughts`] | Quiet-STaR's parallel thoughts over a decoded text (the diagonal mask) |
 //! | [`config`] | `ModelConfig` and presets |
 //! | [`weights`] | weight I/O: byte-stable safetensors, exact, partial and renamed loading |
@@ -26,6 +27,7 @@ pub mod fused;
 pub mod inputs;
 pub mod layers;
 pub mod memory;
+pub mod mixing;
 pub mod thoughts;
 pub mod trm;
 pub mod weights;

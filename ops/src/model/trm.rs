@@ -45,6 +45,8 @@ pub struct TrmTitansMag {
     pub head: Option<Dense>,
     pub halt: Dense,
     pub halt_bias: Param<Tensor<1>>,
+    /// Quiet-STaR's mixing head (a model whose config has `mixing_head: true`).
+    pub talk: Option<super::mixing::MixingHead>,
     pub n_inner: usize,
     pub cycles: usize,
     pub pad_id: usize,
@@ -210,6 +212,10 @@ impl TrmTitansMag {
             halt: Dense::new(&mut init, d, 1, 0.02),
             // Start pessimistic: "not yet right" (p ≈ 0.12).
             halt_bias: init.constant([1], INITIAL_HALT_BIAS),
+            // Drawn last, so every other weight is the same with or without it.
+            talk: cfg
+                .mixing_head
+                .then(|| super::mixing::MixingHead::new(&mut init, d)),
             n_inner: cfg.n_inner,
             cycles: cfg.cycles,
             pad_id: 0,

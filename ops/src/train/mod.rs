@@ -18,6 +18,6 @@ pub mod quiet_star;
 pub mod schedule;
 pub mod trainer;
 
-pub use objective::{Lm, Objective, ObjectiveStep, PromptBake, Reference, Targets};
+pub use objective::{Draw, Lm, Objective, ObjectiveStep, PromptBake, Reference, Targets};
 pub use schedule::lr_factor;
 pub use trainer::{Batches, LoopConfig, Run, Trained};

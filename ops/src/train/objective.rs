@@ -25,8 +25,17 @@ pub struct ObjectiveStep {
 pub trait Objective {
     /// The objective's name, as written in `objective:`.
     fn name(&self) -> &'static str;
-    /// The loss of `model` on `rows` (packed token rows of `seq + 1` ids).
-    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>]) -> ObjectiveStep;
+    /// The loss of `model` on `rows` (packed token rows of `seq + 1` ids); `at` says which
+    /// chunk of which step this is, for objectives that draw random numbers.
+    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>], at: Draw) -> ObjectiveStep;
+}
+
+/// Where in training a micro-batch chunk is: the key of its random draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Draw {
+    pub step: u64,
+    pub micro: u64,
+    pub chunk: u64,
 }
 
 /// A frozen model the objective stays close to.
@@ -89,7 +98,7 @@ impl Objective for Lm<'_> {
         "lm"
     }
 
-    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>]) -> ObjectiveStep {
+    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>], _at: Draw) -> ObjectiveStep {
         let (x, mut y) = to_tensors(rows, self.device);
         if self.targets != Targets::All {
             let labels = self.targets.labels(rows);
@@ -186,7 +195,7 @@ impl Objective for PromptBake<'_> {
         "prompt-bake"
     }
 
-    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>]) -> ObjectiveStep {
+    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>], _at: Draw) -> ObjectiveStep {
         let Baked { teacher, out, mask } = self.forward(model, rows);
         let [b, s, _] = out.logits.dims();
         let kl = kl_divergence(
@@ -289,7 +298,7 @@ mod prompt_bake_tests {
                     }
                 })
                 .collect();
-            let out = lm.step(&model, &batch);
+            let out = lm.step(&model, &batch, Draw::default());
             let grads = GradientsParams::from_grads(out.loss.backward(), &model);
             model = optim.step(1e-2, model, grads);
         }
@@ -311,7 +320,7 @@ mod prompt_bake_tests {
         let before = bake.kl(&model.clone().valid(), &held_out);
         let mut optim = AdamWConfig::new().init();
         for step in 0..100 {
-            let out = bake.step(&model, &ascending(step, 8));
+            let out = bake.step(&model, &ascending(step, 8), Draw::default());
             let grads = GradientsParams::from_grads(out.loss.backward(), &model);
             model = optim.step(1e-2, model, grads);
         }
@@ -342,7 +351,7 @@ mod prompt_bake_tests {
             device: &dev,
         };
         let batch = rows(5, 4, 12);
-        let out = bake.step(&model, &batch);
+        let out = bake.step(&model, &batch, Draw::default());
         assert_eq!(out.reported, 0.0);
         let grads = out.loss.backward();
         for (name, w) in [
@@ -359,7 +368,7 @@ mod prompt_bake_tests {
         // leaves every weight as it was.
         let before = flat(model.blocks[0].attn.wq.weight.val());
         let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        let out = bake.step(&model, &batch);
+        let out = bake.step(&model, &batch, Draw::default());
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
         let model = optim.step(1e-2, model, grads);
         assert_eq!(flat(model.blocks[0].attn.wq.weight.val()), before);

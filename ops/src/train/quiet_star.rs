@@ -14,56 +14,16 @@
 //! so a thought better than its siblings gains probability and a worse one loses it; with one
 //! thought there is no baseline and no signal.
 
-use burn::module::{Module, Param};
-use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 
 use crate::model::decode::Decoder;
 use crate::model::fused::log_softmax;
-use crate::model::layers::{Dense, Init};
+use crate::model::mixing::MixingHead;
 use crate::model::thoughts::Thoughts;
-use crate::model::{ModelConfig, Tables, TrmTitansMag};
+use crate::model::{ModelConfig, Tables, TrmTitansMag, kl_divergence};
 
-/// The mixing ("talk") head: a shallow MLP over `[h_before; h_after]` giving the weight
-/// `w ∈ (0, 1)` of the post-thought state, `mixed = (1 − w)·h_before + w·h_after`.
-#[derive(Module, Debug)]
-pub struct MixingHead {
-    pub hidden: Dense,
-    pub out: Dense,
-    pub bias: Param<Tensor<1>>,
-}
-
-/// The mixing weight a new head starts near: the base prediction dominates at first, which eases
-/// the distribution shift early in training (the reason the paper gives for the head).
-pub const INITIAL_MIXING_WEIGHT: f64 = 0.1;
-
-impl MixingHead {
-    pub fn new(d: usize, seed: u64, device: &Device) -> Self {
-        let mut init = Init::new(seed, device);
-        let logit = (INITIAL_MIXING_WEIGHT / (1.0 - INITIAL_MIXING_WEIGHT)).ln() as f32;
-        Self {
-            hidden: Dense::new(&mut init, 2 * d, d, 0.02),
-            out: Dense::new(&mut init, d, 1, 0.02),
-            bias: init.constant([1], logit),
-        }
-    }
-
-    /// `w`, `[b, s, 1]`, for states `[b, s, d]`.
-    pub fn weight(&self, before: Tensor<3>, after: Tensor<3>) -> Tensor<3> {
-        let h = relu(self.hidden.forward(Tensor::cat(vec![before, after], 2)));
-        sigmoid(self.out.forward(h).add(self.bias.val().reshape([1, 1, 1])))
-    }
-
-    /// The mixed state `(1 − w)·before + w·after` and `w`.
-    pub fn mix(&self, before: Tensor<3>, after: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
-        let w = self.weight(before.clone(), after.clone());
-        let mixed = before
-            .mul(w.clone().neg().add_scalar(1.0))
-            .add(after.mul(w.clone()));
-        (mixed, w)
-    }
-}
+use super::objective::{Draw, Objective, ObjectiveStep, Reference};
 
 /// Each thought's reward at every position: its log-likelihood minus the mean of the other
 /// thoughts' (`log_lik[i]` is thought `i`'s, `[b, s]`), detached. Fewer than two thoughts give
@@ -278,6 +238,79 @@ pub fn think(
     }
 }
 
+/// Quiet-STaR as a training objective (`objective: quiet-star`): think after every position
+/// ([`think`]) and minimise the mixed prediction's NLL, the REINFORCE term, and `kl_coef` ×
+/// KL(reference ‖ model) over the model's own next-token distributions without thoughts, the
+/// reference (the baked model) read through the same ACT inference, so the term is exactly 0
+/// until the model moves. The model must carry a mixing head (`mixing_head: true`).
+pub struct QuietStar<'a> {
+    pub settings: ThoughtSettings,
+    pub cfg: &'a ModelConfig,
+    pub tables: &'a Tables,
+    pub device: &'a Device,
+    pub reference: Option<Reference<'a>>,
+    /// The step's seed: thoughts are drawn from [`crate::rng::Stream::Thoughts`].
+    pub seed: u64,
+}
+
+impl Objective for QuietStar<'_> {
+    fn name(&self) -> &'static str {
+        "quiet-star"
+    }
+
+    fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>], at: Draw) -> ObjectiveStep {
+        let head = model
+            .talk
+            .as_ref()
+            .expect("a Quiet-STaR model has a mixing head");
+        let mut rng = crate::rng::stream(
+            self.seed,
+            crate::rng::Stream::Thoughts {
+                step: at.step,
+                micro: at.micro,
+                chunk: at.chunk,
+            },
+        );
+        let t = think(
+            model,
+            head,
+            rows,
+            self.cfg,
+            self.tables,
+            &self.settings,
+            &mut rng,
+            self.device,
+        );
+        let mut loss = t.nll.clone().add(t.reinforce);
+        let mut extra = vec![
+            ("rl/reward", t.reward),
+            ("rl/mixing_weight", t.mixing_weight),
+            ("rl/thinking_gain", t.gain),
+        ];
+        if let Some(r) = &self.reference {
+            let b = rows.len();
+            let s = rows[0].len() - 1;
+            let x: Vec<i64> = rows.iter().flat_map(|row| row[..s].to_vec()).collect();
+            let x = Tensor::<2, Int>::from_data(TensorData::new(x, [b, s]), self.device);
+            let state = Decoder::new(r.model, self.cfg, self.tables, b, self.device)
+                .extend(x)
+                .state;
+            let ref_logp = log_softmax(r.model.logits_of(state), 2);
+            let kl = kl_divergence(ref_logp, t.base_logp, t.mask);
+            extra.push(("rl/kl_divergence", kl.clone().into_scalar::<f32>() as f64));
+            loss = loss.add(kl.mul_scalar(r.kl_coef));
+        }
+        ObjectiveStep {
+            loss,
+            reported: t.nll.into_scalar::<f32>() as f64,
+            extra,
+            max_logits: Vec::new(),
+            memory_usage: None,
+            memory_surprise: None,
+        }
+    }
+}
+
 /// One token per stream from `logits` (`[b, s, v]`) at `temperature`, row-major `[b × s]`.
 fn sample(logits: &Tensor<3>, temperature: f64, rng: &mut impl Rng) -> Vec<i64> {
     let [_, _, v] = logits.dims();
@@ -307,11 +340,12 @@ fn sample(logits: &Tensor<3>, temperature: f64, rng: &mut impl Rng) -> Vec<i64> 
 
 #[cfg(test)]
 mod tests {
-    use burn::module::Module;
+    use burn::module::{Module, Param};
     use burn::tensor::{Int, TensorData};
 
     use super::*;
     use crate::model::fused::log_softmax;
+    use crate::model::mixing::INITIAL_MIXING_WEIGHT;
 
     fn vec2(t: Tensor<2>) -> Vec<f32> {
         t.into_data().try_to_vec().unwrap()
@@ -396,6 +430,57 @@ mod tests {
     }
 
     #[test]
+    fn the_kl_to_the_reference_is_zero_against_itself_and_positive_once_the_model_moves() {
+        use burn::optim::{AdamWConfig, GradientsParams};
+        let cfg = ModelConfig {
+            max_seq: 32,
+            mixing_head: true,
+            ..ModelConfig::micro()
+        };
+        let dev = crate::device::test_device();
+        let mut model = TrmTitansMag::new(&cfg, 7, &dev);
+        let reference = model.clone().valid();
+        let tables = Tables::new(&cfg, &dev);
+        let objective = QuietStar {
+            settings: ThoughtSettings {
+                num_thoughts: 2,
+                thought_length: 2,
+                n_true: 2,
+                temperature: 1.0,
+                start: 3,
+                end: 4,
+            },
+            cfg: &cfg,
+            tables: &tables,
+            device: &dev,
+            reference: Some(Reference {
+                model: &reference,
+                kl_coef: 0.1,
+            }),
+            seed: 1,
+        };
+        let rows: Vec<Vec<i64>> = vec![(10..19).collect(), (20..29).collect()];
+        let kl = |out: &ObjectiveStep| {
+            out.extra
+                .iter()
+                .find(|(k, _)| *k == "rl/kl_divergence")
+                .expect("a KL term")
+                .1
+        };
+        let out = objective.step(&model, &rows, Draw::default());
+        assert_eq!(kl(&out), 0.0, "the model is its own reference");
+        let mut optim = AdamWConfig::new().init();
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+        let moved = objective.step(&model, &rows, Draw::default());
+        assert!(
+            kl(&moved) > 0.0,
+            "the model moved but the KL is {}",
+            kl(&moved)
+        );
+    }
+
+    #[test]
     fn thinking_gives_finite_terms_with_gradient_and_is_reproducible_from_its_seed() {
         use rand::SeedableRng;
         let cfg = ModelConfig {
@@ -403,11 +488,12 @@ mod tests {
             ltm_slots: 8,
             mem_chunk: 4,
             max_seq: 32,
+            mixing_head: true,
             ..ModelConfig::micro()
         };
         let dev = crate::device::test_device();
         let model = TrmTitansMag::new(&cfg, 5, &dev);
-        let head = MixingHead::new(cfg.d_model, 6, &dev);
+        let head = model.talk.clone().expect("a mixing head");
         let tables = Tables::new(&cfg, &dev);
         let st = ThoughtSettings {
             num_thoughts: 2,
@@ -449,21 +535,5 @@ mod tests {
         // The same seed samples the same thoughts; another seed others.
         assert_eq!(run(1).tokens, t.tokens);
         assert_ne!(run(2).tokens, t.tokens);
-    }
-
-    #[test]
-    fn a_new_mixing_head_leans_on_the_base_prediction_and_mixes_convexly() {
-        let dev = crate::device::test_device();
-        let head = MixingHead::new(8, 1, &dev);
-        let before = Tensor::<3>::ones([2, 3, 8], &dev);
-        let after = Tensor::<3>::zeros([2, 3, 8], &dev).sub_scalar(1.0);
-        let (mixed, w) = head.mix(before, after);
-        let w: Vec<f32> = w.into_data().try_to_vec().unwrap();
-        assert!(w.iter().all(|w| (w - 0.1).abs() < 0.02), "{w:?}");
-        // Each mixed value is (1 − w)·1 + w·(−1) = 1 − 2w.
-        let m: Vec<f32> = mixed.into_data().try_to_vec().unwrap();
-        for (i, v) in m.iter().enumerate() {
-            assert!((v - (1.0 - 2.0 * w[i / 8])).abs() < 1e-6);
-        }
     }
 }

@@ -277,10 +277,15 @@ impl Run<'_> {
         let mut last = None;
         for micro in 0..s.grad_accum {
             let rows = batches.rows(step, micro as u64);
-            for chunk in rows.chunks(mb) {
+            for (c, chunk) in rows.chunks(mb).enumerate() {
                 // Each chunk's share of the step's mean loss.
                 let share = chunk.len() as f64 / (rows.len() * s.grad_accum) as f64;
-                let out = objective.step(model, chunk);
+                let at = super::objective::Draw {
+                    step,
+                    micro: micro as u64,
+                    chunk: c as u64,
+                };
+                let out = objective.step(model, chunk, at);
                 sums.add(&out, share);
                 let loss = if share == 1.0 {
                     out.loss.clone()
