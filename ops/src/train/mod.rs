@@ -6,12 +6,14 @@
 //! |---|---|
 //! | [`trainer`] | the loop: accumulation, optimizer step, QK-clip, logging, checkpoints, rollback |
 //! | [`objective`] | what is minimised: [`Objective`], the `lm` objective [`Lm`], prompt baking [`PromptBake`] |
-//! | [`quiet_star`] | Quiet-STaR's mixing head, thought rewards and REINFORCE loss |
+//! | [`quiet_star`] | Quiet-STaR: parallel thinking, rewards, REINFORCE, the objective |
+//! | [`anti_theater`] | the anti-theater checks' statistics and verdicts (seed thresholds) |
 //! | [`schedule`] | warm-up + cosine learning-rate factor |
 //! | [`memory`] | micro-batch size from a memory budget; halving on out-of-memory |
 //! | [`alerts`] | rising-loss and plateau alerts |
 
 pub mod alerts;
+pub mod anti_theater;
 pub mod memory;
 pub mod objective;
 pub mod quiet_star;
