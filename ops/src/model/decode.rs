@@ -21,14 +21,14 @@
 //! feeds the prompt's next token, the others their last prediction).
 
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::attention::CausalAttention;
 use super::block::MagBlock;
 use super::config::ModelConfig;
 use super::fused::softmax;
 use super::memory::NeuralMemory;
-use super::trm::{Tables, TrmTitansMag};
+use super::trm::{Halting, Tables, TrmTitansMag};
 
 /// Keys and values of one attention pass, `[b, heads, cap, head_dim]` (positions ≥ a row's
 /// length are zero until written).
@@ -336,9 +336,7 @@ pub(super) fn recurse<C: PassCache>(
     let scale = super::trm::state_scale(&e);
     let (y0, z0) = model.initial_state(b, n);
     let (mut y, mut z) = (y0.detach(), z0.detach());
-    let d = y.dims()[2];
-    let mut halted = vec![false; b * n];
-    let mut steps = vec![0u32; b * n];
+    let mut act = Halting::new(b, n, threshold, device);
     let mut slot = 0;
     let net = |cache: &mut C, x: Tensor<3>, slot: &mut usize| {
         let mut h = x;
@@ -358,29 +356,13 @@ pub(super) fn recurse<C: PassCache>(
             let x = yn.add(zn.clone());
             yn = rms(net(cache, x, &mut slot)).mul(scale.clone());
         }
-        let frozen: Tensor<3, Bool> =
-            Tensor::<2, Bool>::from_data(TensorData::new(halted.clone(), [b, n]), device)
-                .reshape([b, n, 1])
-                .expand([b, n, d]);
-        y = yn.mask_where(frozen.clone(), y);
-        z = zn.mask_where(frozen, z);
-        for (h, s) in halted.iter().zip(steps.iter_mut()) {
-            if !h {
-                *s += 1;
-            }
-        }
-        let (_, q) = model.readout(y.clone());
-        let q: Vec<f32> = q
-            .into_data()
-            .try_to_vec()
-            .expect("f32 halting probabilities");
-        for (h, p) in halted.iter_mut().zip(q) {
-            if p as f64 >= threshold {
-                *h = true;
-            }
-        }
+        (y, z) = act.freeze(yn, zn, y, z);
+        act.update(model.readout(y.clone()).1);
     }
-    Recursed { y, halting: steps }
+    Recursed {
+        y,
+        halting: act.steps,
+    }
 }
 
 /// [`MagBlock::forward`] with attention and memory from `cache`.

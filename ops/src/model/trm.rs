@@ -149,6 +149,76 @@ pub fn per_block_max(stats: &[Tensor<1>], blocks: usize) -> Vec<Tensor<1>> {
         .collect()
 }
 
+/// ACT's bookkeeping over a batch of tokens: which have halted, after how many recursions.
+/// A recursion's new states replace the old only where a token still runs ([`Self::freeze`]);
+/// then every running token counts the recursion and halts once its halting probability reaches
+/// the threshold ([`Self::update`]).
+pub(super) struct Halting {
+    halted: Vec<bool>,
+    /// Recursions each token ran before halting, row-major `[b × n]`.
+    pub steps: Vec<u32>,
+    shape: [usize; 2],
+    threshold: f64,
+    device: Device,
+}
+
+impl Halting {
+    pub fn new(b: usize, n: usize, threshold: f64, device: &Device) -> Self {
+        Self {
+            halted: vec![false; b * n],
+            steps: vec![0; b * n],
+            shape: [b, n],
+            threshold,
+            device: device.clone(),
+        }
+    }
+
+    /// `(y, z)`: the new states of running tokens, the old states of halted ones.
+    pub fn freeze(
+        &self,
+        y_new: Tensor<3>,
+        z_new: Tensor<3>,
+        y: Tensor<3>,
+        z: Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let [b, n] = self.shape;
+        let d = y.dims()[2];
+        let frozen: Tensor<3, Bool> = Tensor::<2, Bool>::from_data(
+            TensorData::new(self.halted.clone(), [b, n]),
+            &self.device,
+        )
+        .reshape([b, n, 1])
+        .expand([b, n, d]);
+        (
+            y_new.mask_where(frozen.clone(), y),
+            z_new.mask_where(frozen, z),
+        )
+    }
+
+    /// Count the recursion that just ran for every running token, then halt those whose halting
+    /// probability `q` (`[b, n, 1]`) reached the threshold.
+    pub fn update(&mut self, q: Tensor<3>) {
+        for (h, s) in self.halted.iter().zip(self.steps.iter_mut()) {
+            if !h {
+                *s += 1;
+            }
+        }
+        let q: Vec<f32> = q
+            .into_data()
+            .try_to_vec()
+            .expect("f32 halting probabilities");
+        for (h, p) in self.halted.iter_mut().zip(q) {
+            if p as f64 >= self.threshold {
+                *h = true;
+            }
+        }
+    }
+
+    pub fn all_halted(&self) -> bool {
+        self.halted.iter().all(|h| *h)
+    }
+}
+
 /// Parameter-free RMS normalisation over the last dimension.
 pub(super) fn rms(x: Tensor<3>) -> Tensor<3> {
     let norm = x
@@ -504,9 +574,7 @@ impl TrmTitansMag {
         let e = self.embed_tokens(tokens).detach();
         let (y0, z0) = self.initial_state(b, s);
         let (mut y, mut z) = (y0.detach(), z0.detach());
-        let d = y.dims()[2];
-        let mut halted = vec![false; b * s];
-        let mut steps = vec![0u32; b * s];
+        let mut act = Halting::new(b, s, threshold, &device);
         let mut recursions = 0;
         let mut logits = None;
         let mut memory_usage = None;
@@ -521,33 +589,16 @@ impl TrmTitansMag {
             if !usage.is_empty() {
                 memory_usage = Some(usage.iter().sum::<f64>() / usage.len() as f64);
             }
-            let frozen: Tensor<3, Bool> =
-                Tensor::<2, Bool>::from_data(TensorData::new(halted.clone(), [b, s]), &device)
-                    .reshape([b, s, 1])
-                    .expand([b, s, d]);
-            y = y_new.detach().mask_where(frozen.clone(), y);
-            z = z_new.detach().mask_where(frozen, z);
+            (y, z) = act.freeze(y_new.detach(), z_new.detach(), y, z);
             recursions += 1;
-            for (i, h) in halted.iter().enumerate() {
-                if !h {
-                    steps[i] += 1;
-                }
-            }
             let (l, q) = self.readout(y.clone());
             logits = Some(l.detach());
-            let q: Vec<f32> = q
-                .into_data()
-                .try_to_vec()
-                .expect("f32 halting probabilities");
-            for (i, p) in q.into_iter().enumerate() {
-                if p as f64 >= threshold {
-                    halted[i] = true;
-                }
-            }
-            if halted.iter().all(|h| *h) {
+            act.update(q);
+            if act.all_halted() {
                 break;
             }
         }
+        let steps = act.steps;
         let halting_steps = steps.chunks(s).map(<[u32]>::to_vec).collect();
         InferOutput {
             logits: logits.expect("one step ran"),
