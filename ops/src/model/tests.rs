@@ -625,7 +625,7 @@ fn incremental_decoding_gives_the_logits_and_halting_of_a_full_recompute() {
     for thr in (1..50).map(|i| i as f64 / 50.0) {
         let full = model.infer(x.clone(), thr, cfg.sup_steps, &t);
         let flat: Vec<u32> = full.halting_steps.iter().flatten().copied().collect();
-        let mixed = flat.iter().any(|s| *s == 1) && flat.iter().any(|s| *s > 1);
+        let mixed = flat.contains(&1) && flat.iter().any(|s| *s > 1);
         if mixed {
             best = Some((thr, full));
             break;
@@ -752,5 +752,33 @@ fn a_thought_is_the_continuation_of_its_own_prefix() {
             d < 1e-4,
             "position {j}: the parallel thought differs from its continuation by {d}"
         );
+    }
+}
+
+#[test]
+fn thoughts_of_the_last_positions_equal_theirs_among_every_positions_thoughts() {
+    let cfg = small();
+    let dev = device();
+    let model = TrmTitansMag::new(&cfg, 25, &dev);
+    let t = Tables::new(&cfg, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(26);
+    let (s, first, v) = (11, 8, cfg.vocab_size);
+    let text = random_rows(&mut rng, 2, s, 64);
+    let steps: Vec<Vec<Vec<i64>>> = (0..3).map(|_| random_rows(&mut rng, 2, s, 64)).collect();
+    let all = thought_logits(&model, &cfg, &t, &text, &steps);
+    let mut dec = super::decode::Decoder::new(&model, &cfg, &t, 2, &dev).record_memory();
+    dec.extend(tokens(&text, &dev));
+    let mut th = super::thoughts::Thoughts::from(&dec, first);
+    let mut last = None;
+    for step in &steps {
+        let tail: Vec<Vec<i64>> = step.iter().map(|r| r[first..].to_vec()).collect();
+        last = Some(th.step(tokens(&tail, &dev)).logits);
+    }
+    let some = to_vec(last.unwrap());
+    for b in 0..2 {
+        for j in first..s {
+            let d = max_diff(at(&all, b, j, s, v), at(&some, b, j - first, s - first, v));
+            assert!(d < 1e-4, "row {b}, position {j}: {d}");
+        }
     }
 }

@@ -311,6 +311,86 @@ impl Objective for QuietStar<'_> {
     }
 }
 
+/// Where the tokens of a thought come from when generating with thoughts.
+pub enum ThoughtSource<'r> {
+    /// The model's own greedy thought.
+    Greedy,
+    /// Random ids from `low..high` (the ablation: a thought of the same length that carries no
+    /// information).
+    Random {
+        rng: &'r mut dyn rand::RngCore,
+        low: i64,
+        high: i64,
+    },
+}
+
+/// What [`greedy_with_thoughts`] produced.
+pub struct WithThoughts {
+    /// The generated ids (eos not included).
+    pub ids: Vec<i64>,
+    /// The thought before each generated token (`thought_length` ids each).
+    pub thoughts: Vec<Vec<i64>>,
+}
+
+/// Quiet-STaR inference, greedy: before each new token the model thinks after the last position
+/// (`[thinking]`, `thought_length` tokens from `source`, `[/endthinking]`), and the token is the
+/// argmax of the mixed prediction from the states before and after the thought. Thoughts are never
+/// part of the text. Stops at eos or after `max_new` tokens (or `max_seq`).
+#[allow(clippy::too_many_arguments)]
+pub fn greedy_with_thoughts(
+    model: &TrmTitansMag,
+    cfg: &ModelConfig,
+    tables: &Tables,
+    prompt: &[i64],
+    max_new: usize,
+    st: &ThoughtSettings,
+    eos: i64,
+    mut source: ThoughtSource<'_>,
+    device: &Device,
+) -> WithThoughts {
+    let head = model
+        .talk
+        .as_ref()
+        .expect("a Quiet-STaR model has a mixing head");
+    let one = |id: i64| Tensor::<2, Int>::from_data(TensorData::new(vec![id], [1, 1]), device);
+    let argmax = |logits: Tensor<3>| -> i64 {
+        let v = logits.dims()[2];
+        logits.reshape([v]).argmax(0).into_scalar::<i64>()
+    };
+    let mut dec = Decoder::new(model, cfg, tables, 1, device).record_memory();
+    let ids =
+        Tensor::<2, Int>::from_data(TensorData::new(prompt.to_vec(), [1, prompt.len()]), device);
+    let n = prompt.len();
+    let mut before = dec.extend(ids).state.narrow(1, n - 1, 1);
+    let mut out = WithThoughts {
+        ids: Vec::new(),
+        thoughts: Vec::new(),
+    };
+    while out.ids.len() < max_new && dec.len() + st.span() < cfg.max_seq {
+        let mut th = Thoughts::from(&dec, dec.len() - 1);
+        let mut step = th.step(one(st.start));
+        let mut thought = Vec::with_capacity(st.thought_length);
+        for _ in 0..st.thought_length {
+            let token = match &mut source {
+                ThoughtSource::Greedy => argmax(step.logits.clone()),
+                ThoughtSource::Random { rng, low, high } => rng.random_range(*low..*high),
+            };
+            thought.push(token);
+            step = th.step(one(token));
+        }
+        let after = th.step(one(st.end)).state;
+        let (mixed, _) = head.mix(before.clone(), after);
+        let next = argmax(model.logits_of(mixed));
+        out.thoughts.push(thought);
+        if next == eos {
+            break;
+        }
+        out.ids.push(next);
+        before = dec.extend(one(next)).state;
+    }
+    out
+}
+
 /// One token per stream from `logits` (`[b, s, v]`) at `temperature`, row-major `[b × s]`.
 fn sample(logits: &Tensor<3>, temperature: f64, rng: &mut impl Rng) -> Vec<i64> {
     let [_, _, v] = logits.dims();
@@ -477,6 +557,94 @@ mod tests {
             kl(&moved) > 0.0,
             "the model moved but the KL is {}",
             kl(&moved)
+        );
+    }
+
+    #[test]
+    fn with_its_mixing_weight_forced_to_zero_thoughts_change_nothing_and_the_checks_fail() {
+        use super::super::anti_theater::{Measured, normalised_edit_distance};
+        use crate::eval::{Decoding, greedy_ids};
+        use rand::SeedableRng;
+        let cfg = ModelConfig {
+            memory_layers: vec![0],
+            ltm_slots: 8,
+            mem_chunk: 4,
+            max_seq: 64,
+            mixing_head: true,
+            ..ModelConfig::micro()
+        };
+        let dev = crate::device::test_device();
+        let mut model = TrmTitansMag::new(&cfg, 9, &dev);
+        let tables = Tables::new(&cfg, &dev);
+        let st = ThoughtSettings {
+            num_thoughts: 2,
+            thought_length: 5,
+            n_true: 2,
+            temperature: 1.0,
+            start: 3,
+            end: 4,
+        };
+        let prompt = [1, 20, 21, 22, 23];
+        let decode = |ids: &[i64]| format!("{ids:?}");
+        let d = Decoding {
+            cfg: &cfg,
+            eos: 2,
+            tables: &tables,
+            device: &dev,
+            decode: &decode,
+        };
+        let direct = greedy_ids(&model, prompt.to_vec(), 12, &d, &|_| false);
+        let run = |model: &TrmTitansMag, source| {
+            greedy_with_thoughts(model, &cfg, &tables, &prompt, 12, &st, 2, source, &dev)
+        };
+        // w = σ(−40) ≈ 0: the mixed state is the state before the thought.
+        let mut head = model.talk.clone().unwrap();
+        head.bias = Param::from_tensor(Tensor::from_data(TensorData::new(vec![-40f32], [1]), &dev));
+        model.talk = Some(head);
+        let thinking = run(&model, ThoughtSource::Greedy);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let ablated = run(
+            &model,
+            ThoughtSource::Random {
+                rng: &mut rng,
+                low: 15,
+                high: 40,
+            },
+        );
+        assert!(!thinking.thoughts.is_empty() && thinking.thoughts.len() <= 12);
+        assert!(thinking.thoughts.iter().all(|t| t.len() == 5));
+        assert_ne!(
+            thinking.thoughts, ablated.thoughts,
+            "the ablation replaces the thoughts"
+        );
+        let divergence = normalised_edit_distance(&direct, &thinking.ids);
+        assert_eq!(
+            divergence, 0.0,
+            "thoughts the mix ignores change the output"
+        );
+        // Random thoughts give the same answers, so any accuracy over them is the same: here,
+        // the share of tokens agreeing with the direct output.
+        assert_eq!(thinking.ids, ablated.ids);
+        let accuracy = |ids: &[i64]| {
+            ids.iter().zip(&direct).filter(|(a, b)| a == b).count() as f64 / direct.len() as f64
+        };
+        let drop = accuracy(&thinking.ids) - accuracy(&ablated.ids);
+        let m = Measured {
+            divergence: Some(divergence),
+            ablation_drop: Some(drop),
+            ..Measured::default()
+        };
+        let v = m.verdicts();
+        assert!(!v[0].passed && !v[1].passed && !m.all_passed());
+        // With the post-thought state weighted fully, the output follows the thoughts.
+        let mut head = model.talk.clone().unwrap();
+        head.bias = Param::from_tensor(Tensor::from_data(TensorData::new(vec![40f32], [1]), &dev));
+        model.talk = Some(head);
+        let listening = run(&model, ThoughtSource::Greedy);
+        assert!(
+            normalised_edit_distance(&direct, &listening.ids) > 0.0,
+            "a model that uses its thoughts should answer differently: {direct:?} vs {:?}",
+            listening.ids
         );
     }
 
