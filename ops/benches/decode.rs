@@ -51,8 +51,8 @@ fn main() {
         let mut dec = Decoder::new(&model, &cfg, &tables, 1, &dev);
         let _ = dec.extend(row(text[..prefix].to_vec())).logits.into_data();
         let t = Instant::now();
-        for i in prefix..prefix + tokens {
-            let _ = dec.extend(row(vec![text[i]])).logits.into_data();
+        for &token in &text[prefix..] {
+            let _ = dec.extend(row(vec![token])).logits.into_data();
         }
         let incremental = t.elapsed().as_secs_f64() * 1e3 / tokens as f64;
         // Recompute: the whole prefix through ACT inference for every new token.
