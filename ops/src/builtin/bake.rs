@@ -28,6 +28,7 @@ use crate::context::StepContext;
 use crate::data::{Corpus, Sampler, Stage};
 use crate::device;
 use crate::error::{OpError, ParamsError};
+use crate::merge::tensors::StateDict;
 use crate::model::files::{self, ModelFiles};
 use crate::model::{Tables, weights};
 use crate::op::{StepOutcome, TypedOp, expand_preset};
@@ -313,14 +314,18 @@ impl TypedOp for Bake {
             device: dev,
         };
         let trained = run.train(&start, &sampler, objective)?;
+        let baked = trained.eval_model();
+        let weights =
+            weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
         let mut measured = vec![(
             "baking/weight_change_rms".to_string(),
-            json!(weight_change_rms(&x.start, &trained)?),
+            json!(weight_change_rms(&x.start, &weights)?),
         )];
         if let Some(b) = &baking {
             let held_out = prompt_rows(&corpus, codec, p);
-            let before = b.kl(&start()?.valid(), &held_out);
-            let after = b.kl(&trained.eval_model(), &held_out);
+            // The teacher is the model as baking started, so it is also the "before".
+            let before = b.kl(b.teacher, &held_out);
+            let after = b.kl(&baked, &held_out);
             ctx.log(format!(
                 "prompt baked: KL(teacher with prompt ‖ model without) on {} held-out rows {before:.4} → {after:.4} nats/token",
                 held_out.len()
@@ -343,7 +348,7 @@ impl TypedOp for Bake {
         };
         measured.extend(bake_eval::report(
             ctx,
-            &trained.eval_model(),
+            &baked,
             &unbaked,
             cfg,
             codec,
@@ -351,7 +356,7 @@ impl TypedOp for Bake {
             &settings,
             &eval_dev,
         )?);
-        write_model(ctx, &x, &trained, measured, backend.class)
+        write_model(ctx, &x, &trained, weights, measured, backend.class)
     }
 }
 
@@ -383,40 +388,21 @@ fn prompt_rows(corpus: &Corpus, codec: &crate::text::TextCodec, p: &BakeParams) 
         .collect()
 }
 
-/// The root-mean-square change of every weight from `start` (safetensors bytes) to `trained`.
-fn weight_change_rms(start: &[u8], trained: &Trained) -> Result<f64, OpError> {
-    let after = weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
-    let read = |b: &[u8]| {
-        safetensors::SafeTensors::deserialize(b)
-            .map_err(|e| OpError::internal(e.to_string()))
-            .map(|t| {
-                t.tensors()
-                    .into_iter()
-                    .map(|(name, v)| {
-                        let f: Vec<f32> = v
-                            .data()
-                            .chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect();
-                        (name, f)
-                    })
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            })
-    };
-    let (a, b) = (read(start)?, read(&after)?);
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for (name, w0) in &a {
-        let w1 = b
-            .get(name)
-            .ok_or_else(|| OpError::internal(format!("`{name}` missing after baking")))?;
-        sum += w0
-            .iter()
-            .zip(w1)
-            .map(|(x, y)| f64::from(y - x).powi(2))
-            .sum::<f64>();
-        n += w0.len();
+/// The root-mean-square change of every weight from `start` to `after` (safetensors bytes).
+fn weight_change_rms(start: &[u8], after: &[u8]) -> Result<f64, OpError> {
+    let read = |b: &[u8]| StateDict::from_bytes(b).map_err(|e| OpError::internal(e.to_string()));
+    let (a, b) = (read(start)?, read(after)?);
+    if !a.same_layout(&b) {
+        return Err(OpError::internal("baking changed the model's tensors"));
     }
-    Ok((sum / n.max(1) as f64).sqrt())
+    let sum: f64 = a
+        .tensors
+        .values()
+        .zip(b.tensors.values())
+        .flat_map(|(x, y)| x.data.iter().zip(&y.data))
+        .map(|(x, y)| f64::from(y - x).powi(2))
+        .sum();
+    Ok((sum / a.numel().max(1) as f64).sqrt())
 }
 
 /// The `model` artifact: weights, the extended tokenizer, config, metrics, history.
@@ -424,6 +410,7 @@ fn write_model(
     ctx: &StepContext,
     x: &bake_model::Extended,
     trained: &Trained,
+    weights: Vec<u8>,
     measured: Vec<(String, Value)>,
     backend: &str,
 ) -> Result<StepOutcome, OpError> {
@@ -454,8 +441,6 @@ fn write_model(
         .tokenizer
         .to_string(true)
         .map_err(|e| OpError::internal(e.to_string()))?;
-    let weights =
-        weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
     let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
     files::write(
         &ctx.output_dir("model")?,
