@@ -28,7 +28,8 @@ use super::block::MagBlock;
 use super::config::ModelConfig;
 use super::fused::softmax;
 use super::memory::NeuralMemory;
-use super::trm::{Halting, Tables, TrmTitansMag};
+use super::memory::l2_normalize;
+use super::trm::{Halting, Tables, TrmTitansMag, rms};
 
 /// Keys and values of one attention pass, `[b, heads, cap, head_dim]` (positions ≥ a row's
 /// length are zero until written).
@@ -50,10 +51,10 @@ pub(super) struct MemSlot {
 
 /// What [`Decoder::extend`] gives for the new positions.
 pub struct Extended {
-    /// `[b, n, vocab]` (detached).
+    /// `[b, n, vocab]`.
     pub logits: Tensor<3>,
-    /// The final answer states, `[b, n, d]`: with gradient when the model records one (a
-    /// training step reading text through the decoder, e.g. Quiet-STaR's).
+    /// The final answer states, `[b, n, d]`. Both carry a gradient when the model records one
+    /// (a training step reading text through the decoder, e.g. Quiet-STaR's).
     pub state: Tensor<3>,
     /// Recursions each new token ran before halting, `[b][n]`.
     pub halting_steps: Vec<Vec<u32>>,
@@ -206,7 +207,7 @@ impl<'m> Decoder<'m> {
         self.current = None;
         self.len = end;
         Extended {
-            logits: model.readout(out.y.clone()).0.detach(),
+            logits: model.logits_of(out.y.clone()),
             state: out.y,
             halting_steps: out.halting.chunks(n).map(<[u32]>::to_vec).collect(),
         }
@@ -357,7 +358,7 @@ pub(super) fn recurse<C: PassCache>(
             yn = rms(net(cache, x, &mut slot)).mul(scale.clone());
         }
         (y, z) = act.freeze(yn, zn, y, z);
-        act.update(model.readout(y.clone()).1);
+        act.update(model.halt_prob(y.clone()));
     }
     Recursed {
         y,
@@ -412,12 +413,4 @@ fn write_chunk(mem: &NeuralMemory, state: &MemSlot) -> (Tensor<3>, Tensor<3>) {
         .mul(state.m.clone())
         .add(mom.clone());
     (m, mom)
-}
-
-fn l2_normalize(x: Tensor<3>) -> Tensor<3> {
-    super::memory::l2_normalize(x)
-}
-
-fn rms(x: Tensor<3>) -> Tensor<3> {
-    super::trm::rms(x)
 }

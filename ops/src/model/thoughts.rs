@@ -20,7 +20,8 @@ use super::memory::NeuralMemory;
 
 /// What one thought step gives for every thought: `[b, m, …]` for `m` positions with one.
 pub struct ThoughtStep {
-    /// The next-token logits after this thought token, `[b, m, vocab]`.
+    /// The next-token logits after this thought token, `[b, m, vocab]` (with gradient when the
+    /// model records one).
     pub logits: Tensor<3>,
     /// The final answer state (before the output norm), `[b, m, d]`.
     pub state: Tensor<3>,
@@ -113,7 +114,7 @@ impl<'d, 'm> Thoughts<'d, 'm> {
         self.current = None;
         self.steps += 1;
         ThoughtStep {
-            logits: model.readout(out.y.clone()).0.detach(),
+            logits: model.logits_of(out.y.clone()),
             state: out.y,
             halting: out.halting,
         }

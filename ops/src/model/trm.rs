@@ -391,12 +391,22 @@ impl TrmTitansMag {
                 .matmul(w.transpose())
                 .reshape([b, s, v])
         };
-        let q = sigmoid(
+        (logits, self.halting(h))
+    }
+
+    /// The halting probability of answer states `y`, without the logits (the decoder's
+    /// per-recursion halting decision needs only this).
+    pub(super) fn halt_prob(&self, y: Tensor<3>) -> Tensor<3> {
+        self.halting(self.norm_out.forward(y))
+    }
+
+    /// σ(halt(h) + bias) for normed states `h`.
+    fn halting(&self, h: Tensor<3>) -> Tensor<3> {
+        sigmoid(
             self.halt
                 .forward(h)
                 .add(self.halt_bias.val().reshape([1, 1, 1])),
-        );
-        (logits, q)
+        )
     }
 
     pub(super) fn initial_state(&self, b: usize, s: usize) -> (Tensor<3>, Tensor<3>) {
