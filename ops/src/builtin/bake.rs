@@ -347,14 +347,7 @@ impl TypedOp for Bake {
             seq_len: p.seq_len,
         };
         measured.extend(bake_eval::report(
-            ctx,
-            &baked,
-            &unbaked,
-            cfg,
-            codec,
-            &corpus,
-            &settings,
-            &eval_dev,
+            ctx, &baked, &unbaked, cfg, codec, &corpus, &settings, &eval_dev,
         )?);
         write_model(ctx, &x, &trained, weights, measured, backend.class)
     }

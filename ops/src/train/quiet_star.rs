@@ -108,10 +108,22 @@ pub struct Thought {
     pub tokens: Vec<Vec<Vec<Vec<i64>>>>,
 }
 
+/// One scored token after the thoughts (the `k`-th true token): its labels `[b, s]`, 1 where
+/// they count, and the base prediction's total log-likelihood of them and their number.
+struct Scored {
+    labels: Tensor<2, Int>,
+    valid: Tensor<2>,
+    base: f64,
+    count: f64,
+}
+
 /// Think after every position of `rows` (each `s + 1` ids: inputs and, shifted, labels): sample
 /// `num_thoughts` thoughts per position in parallel ([`Thoughts`]), score each by the mixed
 /// prediction of the next `n_true` true tokens (teacher-forced after the end token), and build
 /// the NLL and REINFORCE terms. `rng` draws the thought tokens.
+///
+/// # Panics
+/// When `n_true` is 0 or the rows are empty (nothing would score a thought).
 #[allow(clippy::too_many_arguments)]
 pub fn think(
     model: &TrmTitansMag,
@@ -123,6 +135,10 @@ pub fn think(
     rng: &mut impl Rng,
     device: &Device,
 ) -> Thought {
+    assert!(
+        st.n_true > 0,
+        "a thought is scored by at least one true token"
+    );
     let (b, s) = (rows.len(), rows[0].len() - 1);
     let ids = |f: &dyn Fn(usize, usize) -> i64| -> Tensor<2, Int> {
         let v: Vec<i64> = (0..b)
@@ -133,8 +149,8 @@ pub fn think(
     };
     let label = |r: usize, j: usize| -> i64 { if j < s { rows[r][j + 1] } else { 0 } };
     let mut text = Decoder::new(model, cfg, tables, b, device).record_memory();
-    let before = text.extend(ids(&|r, j| rows[r][j])).state;
-    let base_logp = log_softmax(model.logits_of(before.clone()), 2);
+    let read = text.extend(ids(&|r, j| rows[r][j]));
+    let (before, base_logp) = (read.state, log_softmax(read.logits, 2));
     // Scored token k of position j's thought is label j + k: the base state predicting it is
     // position j + k's, and it counts where it exists.
     let shifted = |x: Tensor<3>, k: usize| -> Tensor<3> {
@@ -147,9 +163,28 @@ pub fn think(
             1,
         )
     };
-    let labels_k = |k: usize| ids(&|r, j| label(r, j + k));
-    let valid_k = |k: usize| labels_k(k).not_equal_elem(0).float();
-    let mask = valid_k(0);
+    // What does not depend on the thought, once: each scored token's labels, where they count,
+    // and the base prediction's log-likelihood of them.
+    let targets: Vec<Scored> = (0..st.n_true.min(s))
+        .map(|k| {
+            let labels = ids(&|r, j| label(r, j + k));
+            let valid = labels.clone().not_equal_elem(0).float();
+            let base = shifted(base_logp.clone().detach(), k)
+                .gather(2, labels.clone().reshape([b, s, 1]))
+                .reshape([b, s])
+                .mul(valid.clone())
+                .sum()
+                .into_scalar::<f32>() as f64;
+            let count = valid.clone().sum().into_scalar::<f32>() as f64;
+            Scored {
+                labels,
+                valid,
+                base,
+                count,
+            }
+        })
+        .collect();
+    let mask = targets[0].valid.clone();
 
     let (mut lls, mut log_ps, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gain, mut weights, mut scored) = (0.0, 0.0, 0.0);
@@ -159,7 +194,7 @@ pub fn think(
         let mut log_p = Tensor::<2>::zeros([b, s], device);
         let mut sampled = vec![vec![Vec::with_capacity(st.thought_length); s]; b];
         for _ in 0..st.thought_length {
-            let logp = log_softmax(model.logits_of(out.state.clone()), 2);
+            let logp = log_softmax(out.logits.clone(), 2);
             let next = sample(&out.logits, st.temperature, rng);
             for (r, row) in sampled.iter_mut().enumerate() {
                 for (j, t) in row.iter_mut().enumerate() {
@@ -175,31 +210,23 @@ pub fn think(
         }
         out = th.step(ids(&|_, _| st.end));
         let mut ll = Tensor::<2>::zeros([b, s], device);
-        for k in 0..st.n_true.min(s) {
+        for (k, t) in targets.iter().enumerate() {
             let (mixed, w) = head.mix(shifted(before.clone(), k), out.state.clone());
-            let target = labels_k(k).reshape([b, s, 1]);
-            let valid = valid_k(k);
             let mixed_ll = log_softmax(model.logits_of(mixed), 2)
-                .gather(2, target.clone())
+                .gather(2, t.labels.clone().reshape([b, s, 1]))
                 .reshape([b, s])
-                .mul(valid.clone());
-            let base_ll = shifted(base_logp.clone().detach(), k)
-                .gather(2, target)
-                .reshape([b, s])
-                .mul(valid.clone());
-            let n = valid.clone().sum().into_scalar::<f32>() as f64;
-            gain += (mixed_ll.clone().detach().sum().into_scalar::<f32>()
-                - base_ll.sum().into_scalar::<f32>()) as f64;
+                .mul(t.valid.clone());
+            gain += mixed_ll.clone().detach().sum().into_scalar::<f32>() as f64 - t.base;
             weights += w
                 .detach()
                 .reshape([b, s])
-                .mul(valid)
+                .mul(t.valid.clone())
                 .sum()
                 .into_scalar::<f32>() as f64;
-            scored += n;
+            scored += t.count;
             ll = ll.add(mixed_ll);
-            if k + 1 < st.n_true {
-                out = th.step(labels_k(k));
+            if k + 1 < targets.len() {
+                out = th.step(t.labels.clone());
             }
         }
         lls.push(ll);
@@ -427,6 +454,30 @@ mod tests {
     use crate::model::fused::log_softmax;
     use crate::model::mixing::INITIAL_MIXING_WEIGHT;
 
+    /// A micro model with a memory block and a mixing head.
+    fn thinking_config(max_seq: usize) -> ModelConfig {
+        ModelConfig {
+            memory_layers: vec![0],
+            ltm_slots: 8,
+            mem_chunk: 4,
+            max_seq,
+            mixing_head: true,
+            ..ModelConfig::micro()
+        }
+    }
+
+    /// Two thoughts of `thought_length` tokens between ids 3 and 4, scored on two true tokens.
+    fn settings(thought_length: usize) -> ThoughtSettings {
+        ThoughtSettings {
+            num_thoughts: 2,
+            thought_length,
+            n_true: 2,
+            temperature: 1.0,
+            start: 3,
+            end: 4,
+        }
+    }
+
     fn vec2(t: Tensor<2>) -> Vec<f32> {
         t.into_data().try_to_vec().unwrap()
     }
@@ -522,14 +573,7 @@ mod tests {
         let reference = model.clone().valid();
         let tables = Tables::new(&cfg, &dev);
         let objective = QuietStar {
-            settings: ThoughtSettings {
-                num_thoughts: 2,
-                thought_length: 2,
-                n_true: 2,
-                temperature: 1.0,
-                start: 3,
-                end: 4,
-            },
+            settings: settings(2),
             cfg: &cfg,
             tables: &tables,
             device: &dev,
@@ -565,25 +609,11 @@ mod tests {
         use super::super::anti_theater::{Measured, normalised_edit_distance};
         use crate::eval::{Decoding, greedy_ids};
         use rand::SeedableRng;
-        let cfg = ModelConfig {
-            memory_layers: vec![0],
-            ltm_slots: 8,
-            mem_chunk: 4,
-            max_seq: 64,
-            mixing_head: true,
-            ..ModelConfig::micro()
-        };
+        let cfg = thinking_config(64);
         let dev = crate::device::test_device();
         let mut model = TrmTitansMag::new(&cfg, 9, &dev);
         let tables = Tables::new(&cfg, &dev);
-        let st = ThoughtSettings {
-            num_thoughts: 2,
-            thought_length: 5,
-            n_true: 2,
-            temperature: 1.0,
-            start: 3,
-            end: 4,
-        };
+        let st = settings(5);
         let prompt = [1, 20, 21, 22, 23];
         let decode = |ids: &[i64]| format!("{ids:?}");
         let d = Decoding {
@@ -651,26 +681,12 @@ mod tests {
     #[test]
     fn thinking_gives_finite_terms_with_gradient_and_is_reproducible_from_its_seed() {
         use rand::SeedableRng;
-        let cfg = ModelConfig {
-            memory_layers: vec![0],
-            ltm_slots: 8,
-            mem_chunk: 4,
-            max_seq: 32,
-            mixing_head: true,
-            ..ModelConfig::micro()
-        };
+        let cfg = thinking_config(32);
         let dev = crate::device::test_device();
         let model = TrmTitansMag::new(&cfg, 5, &dev);
         let head = model.talk.clone().expect("a mixing head");
         let tables = Tables::new(&cfg, &dev);
-        let st = ThoughtSettings {
-            num_thoughts: 2,
-            thought_length: 3,
-            n_true: 2,
-            temperature: 1.0,
-            start: 3,
-            end: 4,
-        };
+        let st = settings(3);
         // Two rows of 10 inputs; the second ends in padding.
         let rows = vec![
             (10..21).collect::<Vec<i64>>(),
