@@ -388,12 +388,18 @@ fn weight_change_rms(start: &[u8], after: &[u8]) -> Result<f64, OpError> {
     if !a.same_layout(&b) {
         return Err(OpError::internal("baking changed the model's tensors"));
     }
+    // Summed tensor by tensor, in name order.
     let sum: f64 = a
         .tensors
         .values()
         .zip(b.tensors.values())
-        .flat_map(|(x, y)| x.data.iter().zip(&y.data))
-        .map(|(x, y)| f64::from(y - x).powi(2))
+        .map(|(x, y)| {
+            x.data
+                .iter()
+                .zip(&y.data)
+                .map(|(x, y)| f64::from(y - x).powi(2))
+                .sum::<f64>()
+        })
         .sum();
     Ok((sum / a.numel().max(1) as f64).sqrt())
 }
