@@ -38,6 +38,8 @@ pub enum Stream<'a> {
     Generate,
     /// Quiet-STaR's thoughts of optimizer step `step`, micro-batch `micro`, chunk `chunk`.
     Thoughts { step: u64, micro: u64, chunk: u64 },
+    /// The thoughts of the anti-theater check after optimizer step `step` (sampled and random).
+    TheaterCheck { step: u64 },
 }
 
 impl Stream<'_> {
@@ -56,6 +58,7 @@ impl Stream<'_> {
             Self::Search { .. } => "search",
             Self::Generate => "generate",
             Self::Thoughts { .. } => "thoughts",
+            Self::TheaterCheck { .. } => "theater-check",
         }
     }
 }
@@ -87,6 +90,9 @@ pub fn stream(seed: u64, stream: Stream<'_>) -> ChaCha8Rng {
             h.update(&step.to_le_bytes());
             h.update(&micro.to_le_bytes());
             h.update(&chunk.to_le_bytes());
+        }
+        Stream::TheaterCheck { step } => {
+            h.update(&step.to_le_bytes());
         }
         Stream::ValBatch { index } | Stream::FitnessBatch { index } => {
             h.update(&index.to_le_bytes());

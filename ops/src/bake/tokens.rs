@@ -27,6 +27,9 @@ use crate::text::{RESERVED, special_tokens};
 pub const PAUSE_TEXT: &str = "---";
 /// The id of [`START`]; the others follow in [`thinking_tokens`] order.
 pub const FIRST_ID: usize = 3;
+/// The ids of [`START`] (`[thinking]`) and [`END`] (`[/endthinking]`).
+pub const START_ID: i64 = FIRST_ID as i64;
+pub const END_ID: i64 = FIRST_ID as i64 + 1;
 
 #[derive(Debug, Error)]
 pub enum TokensError {

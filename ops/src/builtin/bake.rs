@@ -312,6 +312,7 @@ impl TypedOp for Bake {
             optimizer: &p.optimizer,
             settings: &p.loop_config(),
             device: dev,
+            monitor: None,
         };
         let trained = run.train(&start, &sampler, objective)?;
         let baked = trained.eval_model();

@@ -2,6 +2,12 @@
 //! optionally starting from an `init` model (the shared Phase-1 initialisation that later serves
 //! as the merge base). `steps: 0` only initialises and saves, which is how that base is made.
 //!
+//! `objective: quiet-star` (Phase 3's second step) trains a baked `init` model, given a mixing
+//! head, with Quiet-STaR ([`crate::train::quiet_star::QuietStar`]): the model, tokenizer and KL
+//! reference all come from `init`, the anti-theater checks run every `quiet_star.check_every`
+//! steps with the seed's interventions ([`crate::train::anti_theater::Checks`]), and the step
+//! reports `rl/*` and `anti_theater/*` on held-out data ([`crate::bake::rl`]).
+//!
 //! Each batch is a pure function of (data seed, step), so a checkpoint (weights, optimizer state,
 //! step, learning-rate factor) resumes bit-exactly after a kill. A non-finite loss rolls back to
 //! the last checkpoint with the learning rate halved (an alert); the loss slope over the last 100
@@ -17,6 +23,7 @@ use serde_json::{Map, Value, json};
 use crate::artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,
 };
+use crate::bake::rl::{self, QuietStarParams};
 use crate::context::StepContext;
 use crate::data::{Category, Corpus, Curriculum, Sampler, Stage};
 use crate::device;
@@ -27,13 +34,15 @@ use crate::model::{ModelConfig, Tables, TrmTitansMag, weights};
 use crate::op::{StepOutcome, TypedOp, expand_preset};
 use crate::optim::OptimizerConfig;
 use crate::text::TextCodec;
-use crate::train::{Lm, LoopConfig, Reference, Run, Targets, Trained};
+use crate::train::quiet_star::QuietStar;
+use crate::train::{Lm, LoopConfig, Reference, Run, Targets, Trained, anti_theater};
 
 /// Parameters of `train`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
-    /// Training objective; `lm` (next-token prediction with deep supervision).
+    /// Training objective: `lm` (next-token prediction with deep supervision) or `quiet-star`
+    /// (Quiet-STaR on a baked `init` model, whose config is used: leave `model` unset).
     #[serde(default = "d::objective")]
     pub objective: String,
     #[serde(default)]
@@ -78,7 +87,13 @@ pub struct TrainParams {
     /// Test-split math problems answered by greedy decoding for `test/math_accuracy`.
     #[serde(default = "d::math_eval")]
     pub math_eval: usize,
+    /// Quiet-STaR's thoughts, checks and report (`objective: quiet-star` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_star: Option<QuietStarParams>,
 }
+
+/// The objectives `train` knows.
+const OBJECTIVES: &str = "lm, quiet-star";
 
 mod d {
     pub fn objective() -> String {
@@ -143,12 +158,29 @@ impl TypedOp for Train {
     }
 
     fn check(&self, p: &TrainParams) -> Result<(), ParamsError> {
-        if p.objective != "lm" {
+        if !OBJECTIVES.split(", ").any(|o| o == p.objective) {
             return Err(ParamsError::at(
                 &["objective"],
                 format!("unknown objective `{}`", p.objective),
             )
-            .with_hint("available: lm"));
+            .with_hint(format!("available: {OBJECTIVES}")));
+        }
+        if p.objective == "quiet-star" {
+            if p.model != ModelConfig::default() {
+                return Err(ParamsError::at(
+                    &["model"],
+                    "objective quiet-star trains the `init` model as it is: its config comes from the model",
+                )
+                .with_hint("remove `model:`"));
+            }
+            if let Some((at, problem)) = p.quiet_star.clone().unwrap_or_default().problem() {
+                return Err(ParamsError::at(&["quiet_star", at], problem));
+            }
+        } else if p.quiet_star.is_some() {
+            return Err(ParamsError::at(
+                &["quiet_star"],
+                "`quiet_star` settings apply to `objective: quiet-star` only",
+            ));
         }
         if let Some(problem) = p.model.problems().into_iter().next() {
             return Err(ParamsError::at(&["model"], problem));
@@ -210,12 +242,16 @@ impl TypedOp for Train {
     }
 
     fn inputs(&self, p: &TrainParams) -> InputSignature {
+        let lm = p.objective == "lm";
         InputSignature::Fixed(vec![
             InputSpec::many("data", &[ArtifactKind::Dataset]),
-            InputSpec::one("tokenizer", &[ArtifactKind::Tokenizer]),
-            InputSpec::one("init", &[ArtifactKind::Model]).required(false),
-            // The frozen model of the KL term: required exactly when the term is on.
-            InputSpec::one("reference", &[ArtifactKind::Model]).required(p.optimizer.kl_coef > 0.0),
+            // Quiet-STaR's tokenizer is the baked `init` model's.
+            InputSpec::one("tokenizer", &[ArtifactKind::Tokenizer]).required(lm),
+            InputSpec::one("init", &[ArtifactKind::Model]).required(!lm),
+            // The frozen model of the KL term: required exactly when the term is on (Quiet-STaR's
+            // defaults to `init`).
+            InputSpec::one("reference", &[ArtifactKind::Model])
+                .required(lm && p.optimizer.kl_coef > 0.0),
         ])
     }
 
@@ -226,8 +262,11 @@ impl TypedOp for Train {
         }]
     }
 
-    fn metrics(&self, _p: &TrainParams) -> Option<Vec<String>> {
+    fn metrics(&self, p: &TrainParams) -> Option<Vec<String>> {
         let own = crate::train::trainer::TRAINED_METRICS.iter();
+        if p.objective == "quiet-star" {
+            return Some(own.chain(rl::METRICS).map(|m| (*m).to_string()).collect());
+        }
         Some(
             own.chain(eval::LM_REPORT_METRICS)
                 .map(|m| (*m).to_string())
@@ -247,6 +286,9 @@ impl TypedOp for Train {
     ) -> Result<StepOutcome, OpError> {
         let backend = device::resolve(ctx.device()).map_err(|e| OpError::user(e.to_string()))?;
         ctx.log(format!("backend {}", backend.class));
+        if p.objective == "quiet-star" {
+            return quiet_star(ctx, inputs, p, &backend);
+        }
         let (cfg, dev) = (&p.model, &backend.device);
         let tk_path = inputs["tokenizer"][0].path.join("tokenizer.json");
         let codec = TextCodec::load(&tk_path)?;
@@ -296,12 +338,157 @@ impl TypedOp for Train {
             optimizer: &p.optimizer,
             settings: &settings,
             device: dev,
+            monitor: None,
         };
         let trained = run.train(&start, &sampler, &objective)?;
 
         let report = evaluate(ctx, p, &trained, &corpus, &curriculum, &codec, dev)?;
         write_model(ctx, p, &trained, &report, &codec, &tk_path, backend.class)
     }
+}
+
+/// `objective: quiet-star`: the baked `init` model with a mixing head, trained with Quiet-STaR
+/// under the anti-theater checks, then measured on the test split beside the baked model.
+fn quiet_star(
+    ctx: &StepContext,
+    inputs: &StepInputs,
+    p: &TrainParams,
+    backend: &device::Backend,
+) -> Result<StepOutcome, OpError> {
+    let dev = &backend.device;
+    let inner = dev.clone().inner();
+    if inputs.get("tokenizer").is_some_and(|v| !v.is_empty()) {
+        return Err(OpError::user(
+            "objective quiet-star reads its tokenizer from the `init` model",
+        )
+        .with_hint("remove the `tokenizer` input"));
+    }
+    let qs = p.quiet_star.clone().unwrap_or_default();
+    let init = &inputs["init"][0];
+    let baked = rl::read_baked(&init.path, &init.from_step)?;
+    let (cfg, codec) = (&baked.cfg, &baked.codec);
+    let st = qs.thoughts(codec.bos);
+    if p.seq_len + st.span() > cfg.max_seq {
+        return Err(OpError::user(format!(
+            "seq_len {} and a thought with its scored tokens ({} positions) exceed the model's max_seq {}",
+            p.seq_len,
+            st.span(),
+            cfg.max_seq
+        ))
+        .with_hint("lower `seq_len`, `quiet_star.thought_length` or `quiet_star.n_true`"));
+    }
+    let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
+    let curriculum = corpus.curriculum(&p.curriculum, p.mix.as_ref(), p.steps)?;
+    let seed = ctx.seed();
+    let sampler = Sampler {
+        pool: &corpus.pool,
+        curriculum: &curriculum,
+        seed,
+        rows: p.batch_size,
+        seq: p.seq_len,
+    };
+    // The KL reference: the baked model as it came (or the `reference` input), frozen.
+    let reference = match inputs.get("reference").and_then(|v| v.first()) {
+        Some(r) => rl::read_baked(&r.path, &r.from_step)?.reference(&inner)?,
+        None => baked.reference(&inner)?,
+    };
+    let tables = Tables::new(cfg, dev);
+    let objective = QuietStar {
+        settings: st.clone(),
+        cfg,
+        tables: &tables,
+        device: dev,
+        reference: (p.optimizer.kl_coef > 0.0).then_some(Reference {
+            model: &reference,
+            kl_coef: p.optimizer.kl_coef,
+        }),
+        seed,
+    };
+    let check_tables = Tables::new(cfg, &inner);
+    let set = rl::check_set(&corpus, codec, &qs, p.seq_len, cfg.max_seq);
+    if set.rows.is_empty() || set.prompts.is_empty() {
+        return Err(OpError::user(
+            "the data has no validation records for the anti-theater checks (or no prompt leaves room for an answer and a thought within max_seq)",
+        )
+        .with_hint("lower `quiet_star.check_max_tokens` or `quiet_star.thought_length`"));
+    }
+    let checks = anti_theater::Checks {
+        cfg,
+        tables: &check_tables,
+        settings: &st,
+        set: &set,
+        eos: codec.eos,
+        seed,
+        every: qs.check_every,
+        max_interventions: qs.max_interventions,
+        fail_when_exhausted: qs.on_failure == rl::OnFailure::Fail,
+        device: &inner,
+    };
+    let (_, fresh) = baked.with_head(seed, dev)?;
+    ctx.log(format!(
+        "mixing head added ({}); {} thoughts of {} tokens after every position, scored on {} true tokens",
+        fresh.join(", "),
+        st.num_thoughts,
+        st.thought_length,
+        st.n_true
+    ));
+    let start = || baked.with_head(seed, dev).map(|(m, _)| m);
+    if p.optimizer.qk_clip > 0.0 {
+        ctx.log(
+            "QK-clip is off: Quiet-STaR's incremental reads do not record attention logits yet",
+        );
+    }
+    let settings = p.loop_config();
+    let run = Run {
+        ctx,
+        model: cfg,
+        optimizer: &p.optimizer,
+        settings: &settings,
+        device: dev,
+        monitor: Some(&checks),
+    };
+    let trained = run.train(&start, &sampler, &objective)?;
+    let model = trained.eval_model();
+    let progress = &mut |i: usize, n: usize| {
+        ctx.progress(i as u64, Some(n as u64), "test answers");
+        ctx.check_cancelled()
+    };
+    let measured = rl::report(
+        &model, &reference, cfg, codec, &corpus, &qs, p.seq_len, seed, &inner, progress,
+    )?;
+    let params = trained.model.num_params();
+    let mut metrics: Map<String, Value> = trained
+        .metrics()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    metrics.extend(rl::run_metrics(&trained));
+    metrics.extend(measured);
+    let mut config = crate::bake::model::config(cfg, params, backend.class, codec);
+    config["quiet_star"] = json!({
+        "num_thoughts": st.num_thoughts,
+        "thought_length": st.thought_length,
+        "n_true": st.n_true,
+        "temperature": st.temperature,
+    });
+    let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
+    let weights =
+        weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
+    files::write(
+        &ctx.output_dir("model")?,
+        &ModelFiles {
+            weights: Some(&weights),
+            config: &config,
+            tokenizer: Some(&init.path.join("tokenizer.json")),
+            metrics: &metrics,
+            extra: &[("history.jsonl", history.into_bytes())],
+        },
+    )?;
+    metrics.insert(
+        "system/tokens_per_second".into(),
+        json!(trained.tokens_per_second),
+    );
+    Ok(StepOutcome { metrics })
 }
 
 /// The trained model on held-out data: the same records for every model, math problems as hard

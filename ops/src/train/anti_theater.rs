@@ -13,8 +13,21 @@
 //!
 //! A check that cannot be measured (no variance to correlate, no pairs to compare) fails: a
 //! number that does not exist does not pass.
+//!
+//! [`measure`] takes the numbers on held-out data: greedy outputs of held-out prompts with and
+//! without thoughts (divergence), and Quiet-STaR's parallel thinking over held-out rows with the
+//! model's sampled thoughts and with random ones (ablation: next-token accuracy of the mixed
+//! prediction; length; diversity; correlation of each thought's reward with whether its mixed
+//! prediction is right). [`Checks`] runs them as the training loop's [`Monitor`].
 
+use burn::tensor::Device;
 use serde::Serialize;
+
+use super::quiet_star::{Drawn, ThoughtSettings, greedy_with_thoughts, think};
+use super::trainer::{Checked, Monitor};
+use crate::error::OpError;
+use crate::eval::{Decoding, greedy_batch};
+use crate::model::{ModelConfig, Tables, TrmTitansMag};
 
 /// The seed's thresholds.
 pub const MIN_DIVERGENCE: f64 = 0.3;
@@ -128,6 +141,234 @@ impl Measured {
     }
 }
 
+/// Tokens of a thought up to its first end, eos, bos or padding token (a thought that closes
+/// itself early is that much shorter).
+pub fn effective_length(thought: &[i64], end: i64) -> usize {
+    thought
+        .iter()
+        .position(|&t| t == end || (0..=2).contains(&t))
+        .unwrap_or(thought.len())
+}
+
+/// What the checks are measured on: held-out data the step never trains on.
+pub struct CheckSet {
+    /// Rows (`seq + 1` ids) thought about after every position.
+    pub rows: Vec<Vec<i64>>,
+    /// Prompts answered greedily with and without thoughts.
+    pub prompts: Vec<Vec<i64>>,
+    /// Tokens generated per prompt.
+    pub max_new: usize,
+    /// The ids random thoughts are drawn from (`low..high`: ordinary tokens).
+    pub random_ids: (i64, i64),
+}
+
+/// The measured numbers and what they rest on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Measurement {
+    pub measured: Measured,
+    /// Next-token accuracy of the mixed prediction with the model's thoughts, with random ones.
+    pub accuracy_with_thoughts: f64,
+    pub accuracy_random_thoughts: f64,
+    /// Scored positions (× thoughts for the accuracies) and prompts.
+    pub positions: usize,
+    pub prompts: usize,
+}
+
+impl Measurement {
+    /// The numbers under the seed's names, each check's value beside its `_passed` flag (an
+    /// unmeasurable value is left out and its flag is 0).
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for v in self.measured.verdicts() {
+            if let Some(x) = v.value {
+                out.push((format!("anti_theater/{}", v.name), x));
+            }
+            out.push((
+                format!("anti_theater/{}_passed", v.name),
+                f64::from(u8::from(v.passed)),
+            ));
+        }
+        out.push((
+            "anti_theater/all_passed".into(),
+            f64::from(u8::from(self.measured.all_passed())),
+        ));
+        out.push((
+            "anti_theater/accuracy_with_thoughts".into(),
+            self.accuracy_with_thoughts,
+        ));
+        out.push((
+            "anti_theater/accuracy_random_thoughts".into(),
+            self.accuracy_random_thoughts,
+        ));
+        out.push(("anti_theater/positions".into(), self.positions as f64));
+        out.push(("anti_theater/prompts".into(), self.prompts as f64));
+        out
+    }
+
+    /// One line: every check with its value, threshold and verdict.
+    pub fn summary(&self) -> String {
+        self.measured
+            .verdicts()
+            .iter()
+            .map(|v| {
+                let value = v.value.map_or("unmeasurable".into(), |x| format!("{x:.3}"));
+                let mark = if v.passed { "ok" } else { "FAILED" };
+                format!("{} {value} (needs {} {}) {mark}", v.name, v.op, v.threshold)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Measure the five checks for `model` on `set` (`rng` draws the sampled and random thoughts).
+#[allow(clippy::too_many_arguments)]
+pub fn measure(
+    model: &TrmTitansMag,
+    cfg: &ModelConfig,
+    tables: &Tables,
+    st: &ThoughtSettings,
+    set: &CheckSet,
+    eos: i64,
+    rng: &mut impl rand::Rng,
+    device: &Device,
+) -> Measurement {
+    let head = model
+        .talk
+        .as_ref()
+        .expect("a Quiet-STaR model has a mixing head");
+    let thought =
+        |drawn, rng: &mut _| think(model, head, &set.rows, cfg, tables, st, drawn, rng, device);
+    let own = thought(Drawn::Sampled, rng);
+    let (low, high) = set.random_ids;
+    let random = thought(Drawn::Random { low, high }, rng);
+    let (b, s) = (set.rows.len(), set.rows[0].len() - 1);
+    let accuracy = |t: &super::quiet_star::Thought| {
+        let (mut right, mut n) = (0usize, 0usize);
+        for c in &t.correct {
+            for (i, ok) in c.iter().enumerate() {
+                if t.valid[i] {
+                    right += usize::from(*ok);
+                    n += 1;
+                }
+            }
+        }
+        right as f64 / n.max(1) as f64
+    };
+    let (mut lengths, mut thoughts) = (Vec::new(), 0usize);
+    let (mut diversity, mut compared) = (0.0, 0usize);
+    let (mut rewards, mut correct) = (Vec::new(), Vec::new());
+    for r in 0..b {
+        for j in 0..s {
+            let i = r * s + j;
+            if !own.valid[i] {
+                continue;
+            }
+            let here: Vec<Vec<i64>> = own.tokens.iter().map(|t| t[r][j].clone()).collect();
+            for (k, th) in here.iter().enumerate() {
+                lengths.push(effective_length(th, st.end));
+                thoughts += 1;
+                rewards.push(f64::from(own.rewards[k][i]));
+                correct.push(f64::from(u8::from(own.correct[k][i])));
+            }
+            if let Some(d) = mean_pairwise_edit_distance(&here) {
+                diversity += d;
+                compared += 1;
+            }
+        }
+    }
+    // Divergence: the greedy outputs with and without thoughts, per prompt.
+    let never = |_: &[i64]| false;
+    let text = |_: &[i64]| String::new();
+    let d = Decoding {
+        cfg,
+        eos,
+        tables,
+        device,
+        decode: &text,
+    };
+    let direct = greedy_batch(model, set.prompts.clone(), set.max_new, &d, &never);
+    let divergences: Vec<f64> = set
+        .prompts
+        .iter()
+        .zip(&direct)
+        .map(|(p, direct)| {
+            let with = greedy_with_thoughts(
+                model,
+                cfg,
+                tables,
+                p,
+                set.max_new,
+                st,
+                eos,
+                super::quiet_star::ThoughtSource::Greedy,
+                device,
+            );
+            normalised_edit_distance(direct, &with.ids)
+        })
+        .collect();
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let (with, without) = (accuracy(&own), accuracy(&random));
+    Measurement {
+        measured: Measured {
+            divergence: mean(&divergences),
+            ablation_drop: Some(with - without),
+            thought_length: (thoughts > 0)
+                .then(|| lengths.iter().sum::<usize>() as f64 / thoughts as f64),
+            diversity: (compared > 0).then(|| diversity / compared as f64),
+            correlation: pearson(&rewards, &correct),
+        },
+        accuracy_with_thoughts: with,
+        accuracy_random_thoughts: without,
+        positions: lengths.len() / st.num_thoughts.max(1),
+        prompts: set.prompts.len(),
+    }
+}
+
+/// The anti-theater checks as the training loop's [`Monitor`]: measured on `set` every `every`
+/// steps and at the end, with random draws from [`crate::rng::Stream::TheaterCheck`].
+pub struct Checks<'a> {
+    pub cfg: &'a ModelConfig,
+    pub tables: &'a Tables,
+    pub settings: &'a ThoughtSettings,
+    pub set: &'a CheckSet,
+    pub eos: i64,
+    pub seed: u64,
+    pub every: u64,
+    pub max_interventions: u32,
+    pub fail_when_exhausted: bool,
+    pub device: &'a Device,
+}
+
+impl Monitor for Checks<'_> {
+    fn every(&self) -> u64 {
+        self.every
+    }
+    fn max_interventions(&self) -> u32 {
+        self.max_interventions
+    }
+    fn fail_when_exhausted(&self) -> bool {
+        self.fail_when_exhausted
+    }
+    fn check(&self, model: &TrmTitansMag, step: u64) -> Result<Checked, OpError> {
+        let mut rng = crate::rng::stream(self.seed, crate::rng::Stream::TheaterCheck { step });
+        let m = measure(
+            model,
+            self.cfg,
+            self.tables,
+            self.settings,
+            self.set,
+            self.eos,
+            &mut rng,
+            self.device,
+        );
+        Ok(Checked {
+            passed: m.measured.all_passed(),
+            metrics: m.metrics(),
+            summary: m.summary(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +454,216 @@ mod tests {
             .map(|v| v.name)
             .collect();
         assert_eq!(failed, ["divergence", "ablation"]);
+    }
+
+    mod measured_on_a_model {
+        use burn::module::Param;
+        use burn::tensor::{Tensor, TensorData};
+
+        use super::super::*;
+        use crate::train::Targets;
+        use crate::train::quiet_star::ThoughtSource;
+
+        fn config() -> ModelConfig {
+            ModelConfig {
+                memory_layers: vec![0],
+                ltm_slots: 8,
+                mem_chunk: 4,
+                max_seq: 48,
+                mixing_head: true,
+                ..ModelConfig::micro()
+            }
+        }
+
+        fn settings(temperature: f64) -> ThoughtSettings {
+            ThoughtSettings {
+                num_thoughts: 3,
+                thought_length: 5,
+                n_true: 2,
+                temperature,
+                start: 3,
+                end: 4,
+                reward_threshold: 0.0,
+                targets: Targets::All,
+            }
+        }
+
+        fn set() -> CheckSet {
+            CheckSet {
+                rows: vec![(15..27).collect(), (20..32).collect()],
+                prompts: vec![vec![1, 20, 21, 22], vec![1, 30, 31]],
+                max_new: 8,
+                random_ids: (15, 40),
+            }
+        }
+
+        fn measure_with(model: &TrmTitansMag, temperature: f64, seed: u64) -> Measurement {
+            use rand::SeedableRng;
+            let cfg = config();
+            let dev = crate::device::test_device();
+            let tables = Tables::new(&cfg, &dev);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            measure(
+                model,
+                &cfg,
+                &tables,
+                &settings(temperature),
+                &set(),
+                2,
+                &mut rng,
+                &dev,
+            )
+        }
+
+        fn with_mixing_bias(mut model: TrmTitansMag, bias: f32) -> TrmTitansMag {
+            let dev = crate::device::test_device();
+            let mut head = model.talk.clone().expect("a mixing head");
+            head.bias =
+                Param::from_tensor(Tensor::from_data(TensorData::new(vec![bias], [1]), &dev));
+            model.talk = Some(head);
+            model
+        }
+
+        #[test]
+        fn with_its_mixing_weight_forced_to_zero_thoughts_change_nothing_and_the_checks_fail() {
+            use crate::eval::{Decoding, greedy_ids};
+            use rand::SeedableRng;
+            let cfg = ModelConfig {
+                max_seq: 64,
+                ..config()
+            };
+            let dev = crate::device::test_device();
+            let mut model = TrmTitansMag::new(&cfg, 9, &dev);
+            let tables = Tables::new(&cfg, &dev);
+            let st = ThoughtSettings {
+                num_thoughts: 2,
+                n_true: 2,
+                ..settings(1.0)
+            };
+            let prompt = [1, 20, 21, 22, 23];
+            let decode = |ids: &[i64]| format!("{ids:?}");
+            let d = Decoding {
+                cfg: &cfg,
+                eos: 2,
+                tables: &tables,
+                device: &dev,
+                decode: &decode,
+            };
+            let direct = greedy_ids(&model, prompt.to_vec(), 12, &d, &|_| false);
+            let run = |model: &TrmTitansMag, source| {
+                super::super::greedy_with_thoughts(
+                    model, &cfg, &tables, &prompt, 12, &st, 2, source, &dev,
+                )
+            };
+            // w = σ(−40) ≈ 0: the mixed state is the state before the thought.
+            let mut head = model.talk.clone().unwrap();
+            head.bias =
+                Param::from_tensor(Tensor::from_data(TensorData::new(vec![-40f32], [1]), &dev));
+            model.talk = Some(head);
+            let thinking = run(&model, ThoughtSource::Greedy);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let ablated = run(
+                &model,
+                ThoughtSource::Random {
+                    rng: &mut rng,
+                    low: 15,
+                    high: 40,
+                },
+            );
+            assert!(!thinking.thoughts.is_empty() && thinking.thoughts.len() <= 12);
+            assert!(thinking.thoughts.iter().all(|t| t.len() == 5));
+            assert_ne!(
+                thinking.thoughts, ablated.thoughts,
+                "the ablation replaces the thoughts"
+            );
+            let divergence = normalised_edit_distance(&direct, &thinking.ids);
+            assert_eq!(
+                divergence, 0.0,
+                "thoughts the mix ignores change the output"
+            );
+            // Random thoughts give the same answers, so any accuracy over them is the same: here,
+            // the share of tokens agreeing with the direct output.
+            assert_eq!(thinking.ids, ablated.ids);
+            let accuracy = |ids: &[i64]| {
+                ids.iter().zip(&direct).filter(|(a, b)| a == b).count() as f64 / direct.len() as f64
+            };
+            let drop = accuracy(&thinking.ids) - accuracy(&ablated.ids);
+            let m = Measured {
+                divergence: Some(divergence),
+                ablation_drop: Some(drop),
+                ..Measured::default()
+            };
+            let v = m.verdicts();
+            assert!(!v[0].passed && !v[1].passed && !m.all_passed());
+            // With the post-thought state weighted fully, the output follows the thoughts.
+            let mut head = model.talk.clone().unwrap();
+            head.bias =
+                Param::from_tensor(Tensor::from_data(TensorData::new(vec![40f32], [1]), &dev));
+            model.talk = Some(head);
+            let listening = run(&model, ThoughtSource::Greedy);
+            assert!(
+                normalised_edit_distance(&direct, &listening.ids) > 0.0,
+                "a model that uses its thoughts should answer differently: {direct:?} vs {:?}",
+                listening.ids
+            );
+        }
+
+        #[test]
+        fn a_model_whose_mixing_weight_is_forced_to_zero_fails_divergence_and_ablation() {
+            let dev = crate::device::test_device();
+            let model = with_mixing_bias(TrmTitansMag::new(&config(), 9, &dev), -40.0);
+            let m = measure_with(&model, 1.0, 1);
+            // The mixed prediction is the one before the thought, whatever the thought: the
+            // outputs agree exactly and random thoughts predict exactly as well.
+            assert_eq!(m.measured.divergence, Some(0.0));
+            assert_eq!(m.measured.ablation_drop, Some(0.0));
+            assert_eq!(m.accuracy_with_thoughts, m.accuracy_random_thoughts);
+            let failed: Vec<&str> = m
+                .measured
+                .verdicts()
+                .into_iter()
+                .filter(|v| !v.passed)
+                .map(|v| v.name)
+                .collect();
+            assert!(
+                failed.starts_with(&["divergence", "ablation"]),
+                "{failed:?}"
+            );
+            assert!(!m.measured.all_passed());
+            assert_eq!(m.positions, 2 * 11);
+            assert_eq!(m.prompts, 2);
+            // Length is measured, not assumed: 5 tokens unless a thought closes early.
+            let len = m.measured.thought_length.unwrap();
+            assert!(len > 0.0 && len <= 5.0, "{len}");
+            // The metrics carry every check's value and flag.
+            let names: Vec<String> = m.metrics().into_iter().map(|(k, _)| k).collect();
+            for k in [
+                "anti_theater/divergence",
+                "anti_theater/divergence_passed",
+                "anti_theater/all_passed",
+            ] {
+                assert!(names.iter().any(|n| n == k), "{k}");
+            }
+        }
+
+        #[test]
+        fn a_model_that_uses_its_thoughts_moves_divergence_and_constant_thoughts_fail_diversity() {
+            let dev = crate::device::test_device();
+            let model = TrmTitansMag::new(&config(), 9, &dev);
+            // Fully weighted post-thought states: the output follows the thought.
+            let listening = measure_with(&with_mixing_bias(model.clone(), 40.0), 1.0, 1);
+            assert!(
+                listening.measured.divergence.unwrap() > 0.0,
+                "{:?}",
+                listening.measured
+            );
+            // Sampled at a vanishing temperature, the thoughts at one position are one thought.
+            let constant = measure_with(&model, 1e-6, 1);
+            assert_eq!(constant.measured.diversity, Some(0.0));
+            assert!(!constant.measured.verdicts()[3].passed);
+            // At temperature 1 they differ.
+            let varied = measure_with(&model, 1.0, 1);
+            assert!(varied.measured.diversity.unwrap() > 0.0);
+        }
     }
 }

@@ -20,6 +20,6 @@ pub mod quiet_star;
 pub mod schedule;
 pub mod trainer;
 
-pub use objective::{Draw, Lm, Objective, ObjectiveStep, PromptBake, Reference, Targets};
+pub use objective::{Draw, Knobs, Lm, Objective, ObjectiveStep, PromptBake, Reference, Targets};
 pub use schedule::lr_factor;
-pub use trainer::{Batches, LoopConfig, Run, Trained};
+pub use trainer::{Batches, Checked, LoopConfig, Monitor, Run, Trained};

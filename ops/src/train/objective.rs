@@ -26,16 +26,47 @@ pub trait Objective {
     /// The objective's name, as written in `objective:`.
     fn name(&self) -> &'static str;
     /// The loss of `model` on `rows` (packed token rows of `seq + 1` ids); `at` says which
-    /// chunk of which step this is, for objectives that draw random numbers.
+    /// chunk of which step this is, for objectives that draw random numbers, and which
+    /// interventions are in force.
     fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>], at: Draw) -> ObjectiveStep;
 }
 
-/// Where in training a micro-batch chunk is: the key of its random draws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where in training a micro-batch chunk is (the key of its random draws), and the
+/// interventions in force there.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Draw {
     pub step: u64,
     pub micro: u64,
     pub chunk: u64,
+    pub knobs: Knobs,
+}
+
+/// What the anti-theater interventions have changed so far (checkpointed with the run): the
+/// factors on the objective's KL coefficient and on its reward threshold. Objectives without
+/// those terms ignore them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Knobs {
+    pub kl_scale: f64,
+    pub reward_threshold_scale: f64,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            kl_scale: 1.0,
+            reward_threshold_scale: 1.0,
+        }
+    }
+}
+
+impl Knobs {
+    /// The seed's intervention against theater: KL coefficient × 2, reward threshold × 1.5.
+    pub fn tightened(self) -> Self {
+        Self {
+            kl_scale: self.kl_scale * 2.0,
+            reward_threshold_scale: self.reward_threshold_scale * 1.5,
+        }
+    }
 }
 
 /// A frozen model the objective stays close to.

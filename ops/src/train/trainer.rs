@@ -1,8 +1,9 @@
 //! The training loop every objective runs on: micro-batches with gradient accumulation (split
 //! further by a memory budget, halved on out-of-memory), the warm-up + cosine schedule, the
 //! optimizer step and QK-clip, metrics and history rows every `log_every` steps, loss alerts,
-//! atomic checkpoints every `checkpoint_every` steps, and rollback with a halved learning rate
-//! when the loss stops being finite.
+//! atomic checkpoints every `checkpoint_every` steps, rollback with a halved learning rate
+//! when the loss stops being finite, and an optional [`Monitor`] (Quiet-STaR's anti-theater
+//! checks) whose failures roll back to the last checkpoint that passed with tightened [`Knobs`].
 //!
 //! A run is a pure function of its start model, its batches (each a pure function of (step,
 //! micro-batch)) and its settings, and a checkpoint holds everything else (weights, optimizer
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::memory;
-use super::objective::Objective;
+use super::objective::{Knobs, Objective};
 use super::schedule::lr_factor;
 use crate::context::{AlertLevel, StepContext};
 use crate::error::OpError;
@@ -60,6 +61,29 @@ impl Batches for crate::data::Sampler<'_> {
     }
 }
 
+/// A check of the model every `every()` steps and at the end (Quiet-STaR's anti-theater checks).
+/// On a failure the loop applies the seed's intervention: roll back to the last state that
+/// passed (or the start), tighten the [`Knobs`] (KL × 2, reward threshold × 1.5), raise an alert
+/// and go on; after `max_interventions()` it fails the step with the check's numbers, or, when
+/// `fail_when_exhausted()` is false, only alerts and trains on.
+pub trait Monitor {
+    fn every(&self) -> u64;
+    fn max_interventions(&self) -> u32;
+    fn fail_when_exhausted(&self) -> bool;
+    /// Measure `model` (no autodiff) after optimizer step `step`.
+    fn check(&self, model: &TrmTitansMag, step: u64) -> Result<Checked, OpError>;
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checked {
+    pub passed: bool,
+    /// The measured numbers, in a fixed order, logged at the step.
+    pub metrics: Vec<(String, f64)>,
+    /// One line for alerts and errors: which checks failed, with their numbers.
+    pub summary: String,
+}
+
 /// What a finished run hands back.
 pub struct Trained {
     pub model: TrmTitansMag,
@@ -70,6 +94,10 @@ pub struct Trained {
     pub micro_batch: usize,
     pub final_loss: Option<f64>,
     pub tokens_per_second: f64,
+    /// The monitor's last check (of the final model) and the interventions made.
+    pub last_check: Option<Checked>,
+    pub interventions: u32,
+    pub knobs: Knobs,
 }
 
 /// Every metric [`Trained::metrics`] writes.
@@ -110,6 +138,16 @@ struct Progress {
     /// The rows logged up to this step (they go into the artifact's `history.jsonl`).
     #[serde(default)]
     history: Vec<Value>,
+    /// The monitor's interventions so far, what they changed, and its last check.
+    #[serde(default)]
+    interventions: u32,
+    #[serde(default)]
+    knobs: Knobs,
+    #[serde(default)]
+    last_check: Option<Checked>,
+    /// Interventions ran out and the monitor only alerts from here on.
+    #[serde(default)]
+    exhausted: bool,
 }
 
 impl Progress {
@@ -121,6 +159,10 @@ impl Progress {
             losses: Vec::new(),
             micro_batch: None,
             history: Vec::new(),
+            interventions: 0,
+            knobs: Knobs::default(),
+            last_check: None,
+            exhausted: false,
         }
     }
 }
@@ -130,7 +172,23 @@ struct State {
     model: TrmTitansMag,
     opt: MuonGrokfast,
     prog: Progress,
+    /// The state after the monitor's last passed check (serialised), what a failure rolls back to.
+    passed: Option<Snapshot>,
 }
+
+/// A serialised [`State`] without its own snapshot.
+#[derive(Clone)]
+struct Snapshot {
+    model: Vec<u8>,
+    opt: Vec<u8>,
+    prog: Vec<u8>,
+}
+
+const PASSED: [&str; 3] = [
+    "passed.model.safetensors",
+    "passed.optim.safetensors",
+    "passed.progress.json",
+];
 
 /// A run's fixed parts.
 pub struct Run<'a> {
@@ -140,6 +198,8 @@ pub struct Run<'a> {
     pub settings: &'a LoopConfig,
     /// The autodiff device.
     pub device: &'a Device,
+    /// Checks with interventions (Quiet-STaR's anti-theater checks), if any.
+    pub monitor: Option<&'a dyn Monitor>,
 }
 
 impl Run<'_> {
@@ -156,6 +216,7 @@ impl Run<'_> {
             model: start()?,
             opt: MuonGrokfast::new(self.optimizer.clone()),
             prog: Progress::start(),
+            passed: None,
         };
         if self.resume(&mut st)? {
             ctx.log(format!(
@@ -186,7 +247,7 @@ impl Run<'_> {
                         format!("out of memory at step {step} with micro-batches of {from} rows: retrying with {to}"),
                     );
                 },
-                |mb| self.accumulate(&st.model, batches, objective, step, mb),
+                |mb| self.accumulate(&st.model, batches, objective, (step, st.prog.knobs), mb),
             )
             .map_err(|e| OpError::infra(format!("step {step}: {e}")))?;
             st.prog.micro_batch = Some(used);
@@ -198,7 +259,9 @@ impl Run<'_> {
             }
             let (m, stats) = st.opt.step(st.model, acc.grads(), lr_scale);
             st.model = m;
-            if self.optimizer.qk_clip > 0.0 {
+            // An objective that records no attention logits (Quiet-STaR's incremental reads) is
+            // not clipped.
+            if self.optimizer.qk_clip > 0.0 && !last.max_logits.is_empty() {
                 let logits: Vec<Vec<f32>> = last
                     .max_logits
                     .iter()
@@ -242,6 +305,17 @@ impl Run<'_> {
                     ctx.alert(level, message);
                 }
             }
+            let checks = self
+                .monitor
+                .filter(|m| done.is_multiple_of(m.every()) || done == s.steps);
+            if let Some(m) = checks
+                && self.check(m, &mut st, start, done)?
+            {
+                // Rolled back: the restored state is the next checkpoint.
+                self.save(&st)?;
+                ctx.check_cancelled()?;
+                continue;
+            }
             if done.is_multiple_of(s.checkpoint_every) || done == s.steps || ctx.is_cancelled() {
                 self.save(&st)?;
             }
@@ -255,7 +329,92 @@ impl Run<'_> {
             model: st.model,
             history: st.prog.history,
             tokens_per_second: tokens_seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            last_check: st.prog.last_check,
+            interventions: st.prog.interventions,
+            knobs: st.prog.knobs,
         })
+    }
+
+    /// Run the monitor's check after step `done`; on a failure, intervene (roll back and tighten
+    /// the knobs), fail the step, or only alert once interventions ran out. True when it rolled
+    /// back.
+    fn check(
+        &self,
+        m: &dyn Monitor,
+        st: &mut State,
+        start: &dyn Fn() -> Result<TrmTitansMag, OpError>,
+        done: u64,
+    ) -> Result<bool, OpError> {
+        let ctx = self.ctx;
+        ctx.log(format!("step {done}: anti-theater checks"));
+        let c = m.check(&st.model.valid(), done)?;
+        let mut row = serde_json::Map::new();
+        row.insert("step".into(), json!(done));
+        for (k, v) in &c.metrics {
+            row.insert(k.clone(), json!(v));
+        }
+        st.prog.history.push(log_row(ctx, Value::Object(row), done));
+        st.prog.last_check = Some(c.clone());
+        if c.passed {
+            ctx.log(format!("step {done}: {}", c.summary));
+            st.passed = Some(snapshot(st)?);
+            return Ok(false);
+        }
+        if st.prog.exhausted {
+            ctx.alert(
+                AlertLevel::Warn,
+                format!("theater at step {done}: {}", c.summary),
+            );
+            return Ok(false);
+        }
+        if st.prog.interventions >= m.max_interventions() {
+            if m.fail_when_exhausted() {
+                return Err(OpError::user(format!(
+                    "theater at step {done} after {} interventions: {}",
+                    st.prog.interventions, c.summary
+                ))
+                .with_hint("the thoughts do not change the model's predictions; raise `max_interventions`, train longer, or set `on_failure: warn` to keep the model anyway"));
+            }
+            st.prog.exhausted = true;
+            ctx.alert(
+                AlertLevel::Warn,
+                format!(
+                    "theater at step {done} after {} interventions: {}; interventions exhausted, training goes on (`on_failure: warn`)",
+                    st.prog.interventions, c.summary
+                ),
+            );
+            return Ok(false);
+        }
+        // The seed's intervention: back to the last state that passed, KL × 2, threshold × 1.5.
+        let history = std::mem::take(&mut st.prog.history);
+        let (knobs, interventions) = (st.prog.knobs.tightened(), st.prog.interventions + 1);
+        if let Some(snap) = st.passed.clone() {
+            restore(st, &snap, self.device)?;
+        } else {
+            st.model = start()?;
+            st.opt = MuonGrokfast::new(self.optimizer.clone());
+            st.prog = Progress::start();
+        }
+        let back = st.prog.step;
+        st.prog.knobs = knobs;
+        st.prog.interventions = interventions;
+        st.prog.last_check = Some(c.clone());
+        st.prog.history = history;
+        st.prog.history.push(json!({
+            "step": done,
+            "intervention": interventions,
+            "rolled_back_to": back,
+            "kl_scale": knobs.kl_scale,
+            "reward_threshold_scale": knobs.reward_threshold_scale,
+        }));
+        ctx.alert(
+            AlertLevel::Warn,
+            format!(
+                "theater at step {done}: {}; intervention {interventions}: rolled back to step {back}, KL coefficient × {}, reward threshold × {}",
+                c.summary, knobs.kl_scale, knobs.reward_threshold_scale
+            ),
+        );
+        Ok(true)
     }
 
     /// Gradients of one optimizer step over its micro-batches, split into chunks of `mb` rows.
@@ -264,7 +423,7 @@ impl Run<'_> {
         model: &TrmTitansMag,
         batches: &dyn Batches,
         objective: &dyn Objective,
-        step: u64,
+        (step, knobs): (u64, Knobs),
         mb: usize,
     ) -> (
         GradientsAccumulator<TrmTitansMag>,
@@ -284,6 +443,7 @@ impl Run<'_> {
                     step,
                     micro: micro as u64,
                     chunk: c as u64,
+                    knobs,
                 };
                 let out = objective.step(model, chunk, at);
                 sums.add(&out, share);
@@ -351,14 +511,16 @@ impl Run<'_> {
     }
 
     fn save(&self, st: &State) -> Result<(), OpError> {
-        let m = to_bytes(&st.model).map_err(|e| OpError::internal(e.to_string()))?;
-        let o = st.opt.state_bytes();
-        let p = serde_json::to_vec(&st.prog).expect("progress serializes");
-        self.ctx.save_checkpoint(&[
-            ("model.safetensors", &m),
-            ("optim.safetensors", &o),
-            ("progress.json", &p),
-        ])
+        let now = snapshot(st)?;
+        let mut files: Vec<(&str, &[u8])> = vec![
+            ("model.safetensors", &now.model),
+            ("optim.safetensors", &now.opt),
+            ("progress.json", &now.prog),
+        ];
+        if let Some(p) = &st.passed {
+            files.extend(PASSED.into_iter().zip([&p.model[..], &p.opt, &p.prog]));
+        }
+        self.ctx.save_checkpoint(&files)
     }
 
     /// Load the step's checkpoint into `st`; false when there is none.
@@ -376,8 +538,39 @@ impl Run<'_> {
         st.opt = MuonGrokfast::from_state_bytes(&o, self.device)
             .map_err(|e| OpError::infra(format!("optimizer checkpoint: {e}")))?;
         st.prog = p;
+        let passed: Vec<Option<Vec<u8>>> = PASSED
+            .iter()
+            .map(|n| ctx.load_checkpoint(n))
+            .collect::<Result<_, _>>()?;
+        st.passed = match &passed[..] {
+            [Some(m), Some(o), Some(p)] => Some(Snapshot {
+                model: m.clone(),
+                opt: o.clone(),
+                prog: p.clone(),
+            }),
+            _ => None,
+        };
         Ok(true)
     }
+}
+
+fn snapshot(st: &State) -> Result<Snapshot, OpError> {
+    Ok(Snapshot {
+        model: to_bytes(&st.model).map_err(|e| OpError::internal(e.to_string()))?,
+        opt: st.opt.state_bytes(),
+        prog: serde_json::to_vec(&st.prog).expect("progress serializes"),
+    })
+}
+
+/// Put `snap` back into `st` (its own snapshot stays).
+fn restore(st: &mut State, snap: &Snapshot, device: &Device) -> Result<(), OpError> {
+    load_exact(&mut st.model, snap.model.clone(), "the last passed state")
+        .map_err(|e| OpError::infra(e.to_string()))?;
+    st.opt = MuonGrokfast::from_state_bytes(&snap.opt, device)
+        .map_err(|e| OpError::infra(format!("optimizer snapshot: {e}")))?;
+    st.prog = serde_json::from_slice(&snap.prog)
+        .map_err(|e| OpError::infra(format!("progress snapshot: {e}")))?;
+    Ok(())
 }
 
 /// Loss sums of one optimizer step, each weighted by its chunk's share.
