@@ -92,6 +92,14 @@ pub fn eval_records(records: &[Record], per_strategy: usize) -> Vec<(Strategy, &
     out
 }
 
+/// A reasoning prompt as the traces start: `Question: <prompt>\n`, without the end token (the
+/// trace follows).
+pub fn question(codec: &TextCodec, prompt: &str) -> Vec<i64> {
+    let mut p = codec.encode(&format!("Question: {prompt}\n"));
+    p.pop();
+    p
+}
+
 /// Generate (greedy, under ACT, `batch` prompts at a time) and judge every record of `set`.
 pub fn run(
     model: &TrmTitansMag,
@@ -108,11 +116,7 @@ pub fn run(
         progress(out.len(), set.len())?;
         let prompts: Vec<Vec<i64>> = chunk
             .iter()
-            .map(|(_, r)| {
-                let mut p = codec.encode(&format!("Question: {}\n", r.prompt));
-                p.pop(); // eos: the trace follows
-                p
-            })
+            .map(|(_, r)| question(codec, &r.prompt))
             .collect();
         let generated = greedy_batch(model, prompts, max_new, d, &done);
         for ((s, r), ids) in chunk.iter().zip(generated) {

@@ -237,19 +237,11 @@ impl Baked {
             mixing_head: false,
             ..self.cfg.clone()
         };
-        let model = TrmTitansMag::new(&cfg, 0, device);
-        let mut model = model;
+        let mut model = TrmTitansMag::new(&cfg, 0, device);
         weights::load_exact(&mut model, self.weights.clone(), "the baked model")
             .map_err(|e| OpError::user(e.to_string()))?;
         Ok(model)
     }
-}
-
-/// A prompt as the traces start: `Question: …\n`, no end token.
-fn question(codec: &TextCodec, prompt: &str) -> Vec<i64> {
-    let mut p = codec.encode(&format!("Question: {prompt}\n"));
-    p.pop();
-    p
 }
 
 /// The anti-theater checks' held-out set, from the validation split: rows of whole records (up
@@ -272,7 +264,7 @@ pub fn check_set(
     let per_strategy = p.check_prompts.div_ceil(tokens::STRATEGIES.len());
     let prompts = bake_eval::eval_records(&corpus.val, per_strategy)
         .into_iter()
-        .map(|(_, r)| question(codec, &r.prompt))
+        .map(|(_, r)| bake_eval::question(codec, &r.prompt))
         .filter(|q| q.len() + p.check_max_tokens + span < max_seq)
         .take(p.check_prompts)
         .collect();

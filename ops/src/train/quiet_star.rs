@@ -603,6 +603,19 @@ mod tests {
     }
 
     #[test]
+    fn the_reward_threshold_withholds_small_positive_rewards_only() {
+        let dev = crate::device::test_device();
+        let r = Tensor::<2>::from_data(
+            TensorData::new(vec![0.01f32, 0.2, -0.3, 0.05], [1, 4]),
+            &dev,
+        );
+        let kept = thresholded(vec![r.clone()], 0.05).remove(0);
+        // 0.01 and 0.05 are not more than 0.05 better: not reinforced; −0.3 is still pushed down.
+        assert_eq!(vec2(kept), vec![0.0, 0.2, -0.3, 0.0]);
+        assert_eq!(vec2(thresholded(vec![r.clone()], 0.0).remove(0)), vec2(r));
+    }
+
+    #[test]
     fn rewards_are_each_thoughts_log_likelihood_against_the_others_mean() {
         let dev = crate::device::test_device();
         let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [1, 2]), &dev);

@@ -388,6 +388,7 @@ impl Run<'_> {
         // The seed's intervention: back to the last state that passed, KL × 2, threshold × 1.5.
         let history = std::mem::take(&mut st.prog.history);
         let (knobs, interventions) = (st.prog.knobs.tightened(), st.prog.interventions + 1);
+        let (rollbacks, micro_batch) = (st.prog.rollbacks, st.prog.micro_batch);
         if let Some(snap) = st.passed.clone() {
             restore(st, &snap, self.device)?;
         } else {
@@ -398,6 +399,9 @@ impl Run<'_> {
         let back = st.prog.step;
         st.prog.knobs = knobs;
         st.prog.interventions = interventions;
+        // What the run learnt about itself stays: its loss rollbacks and its micro-batch split.
+        st.prog.rollbacks = st.prog.rollbacks.max(rollbacks);
+        st.prog.micro_batch = st.prog.micro_batch.or(micro_batch);
         st.prog.last_check = Some(c.clone());
         st.prog.history = history;
         st.prog.history.push(json!({
