@@ -293,16 +293,9 @@ impl TypedOp for Train {
         let tk_path = inputs["tokenizer"][0].path.join("tokenizer.json");
         let codec = TextCodec::load(&tk_path)?;
         check_vocab(&codec, cfg)?;
-        let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
-        let curriculum = corpus.curriculum(&p.curriculum, p.mix.as_ref(), p.steps)?;
+        let (corpus, curriculum) = p.data(inputs, &codec)?;
         let seed = ctx.seed();
-        let sampler = Sampler {
-            pool: &corpus.pool,
-            curriculum: &curriculum,
-            seed,
-            rows: p.batch_size,
-            seq: p.seq_len,
-        };
+        let sampler = p.sampler(&corpus, &curriculum, seed);
         let tables = Tables::new(cfg, dev);
         let reference = match inputs.get("reference").and_then(|v| v.first()) {
             Some(r) if p.optimizer.kl_coef > 0.0 => Some(input_model(cfg, 0, r, "reference", dev)?),
@@ -377,16 +370,9 @@ fn quiet_star(
         ))
         .with_hint("lower `seq_len`, `quiet_star.thought_length` or `quiet_star.n_true`"));
     }
-    let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
-    let curriculum = corpus.curriculum(&p.curriculum, p.mix.as_ref(), p.steps)?;
+    let (corpus, curriculum) = p.data(inputs, codec)?;
     let seed = ctx.seed();
-    let sampler = Sampler {
-        pool: &corpus.pool,
-        curriculum: &curriculum,
-        seed,
-        rows: p.batch_size,
-        seq: p.seq_len,
-    };
+    let sampler = p.sampler(&corpus, &curriculum, seed);
     // The KL reference: the baked model as it came (or the `reference` input), frozen.
     let reference = match inputs.get("reference").and_then(|v| v.first()) {
         Some(r) => rl::read_baked(&r.path, &r.from_step)?.reference(&inner)?,
@@ -568,6 +554,33 @@ fn write_model(
 }
 
 impl TrainParams {
+    /// The `data` inputs read with `codec`, and their curriculum over `steps`.
+    fn data(
+        &self,
+        inputs: &StepInputs,
+        codec: &TextCodec,
+    ) -> Result<(Corpus, Curriculum), OpError> {
+        let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
+        let curriculum = corpus.curriculum(&self.curriculum, self.mix.as_ref(), self.steps)?;
+        Ok((corpus, curriculum))
+    }
+
+    /// The training rows: `batch_size` rows of `seq_len` per step from `corpus` by `curriculum`.
+    fn sampler<'a>(
+        &self,
+        corpus: &'a Corpus,
+        curriculum: &'a Curriculum,
+        seed: u64,
+    ) -> Sampler<'a> {
+        Sampler {
+            pool: &corpus.pool,
+            curriculum,
+            seed,
+            rows: self.batch_size,
+            seq: self.seq_len,
+        }
+    }
+
     /// The loop settings of these parameters.
     fn loop_config(&self) -> LoopConfig {
         LoopConfig {
