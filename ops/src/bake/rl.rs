@@ -193,6 +193,8 @@ pub struct Baked {
     pub codec: TextCodec,
     /// Its weights as they came.
     pub weights: Vec<u8>,
+    /// The input has a mixing head already (a Quiet-STaR model trained further).
+    pub had_head: bool,
 }
 
 /// Read the baked model artifact at `dir` (from step `from`): it must know the thinking tokens.
@@ -208,6 +210,7 @@ pub fn read_baked(dir: &std::path::Path, from: &str) -> Result<Baked, OpError> {
             .with_hint("Quiet-STaR trains a baked model: give `init` a `bake` step's model"));
         }
     }
+    let had_head = cfg.mixing_head;
     cfg.mixing_head = true;
     let path = dir.join("model.safetensors");
     let weights = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
@@ -215,6 +218,7 @@ pub fn read_baked(dir: &std::path::Path, from: &str) -> Result<Baked, OpError> {
         cfg,
         codec,
         weights,
+        had_head,
     })
 }
 
@@ -231,10 +235,10 @@ impl Baked {
         Ok((model, report.initialized))
     }
 
-    /// The baked model as it came (no mixing head), without autodiff.
+    /// The input model as it came, on `device` (an inference device: no autodiff).
     pub fn reference(&self, device: &burn::tensor::Device) -> Result<TrmTitansMag, OpError> {
         let cfg = ModelConfig {
-            mixing_head: false,
+            mixing_head: self.had_head,
             ..self.cfg.clone()
         };
         let mut model = TrmTitansMag::new(&cfg, 0, device);
@@ -245,7 +249,8 @@ impl Baked {
 }
 
 /// The anti-theater checks' held-out set, from the validation split: rows of whole records (up
-/// to what a thought leaves of `max_seq`), and prompts with room for their answer and a thought within `max_seq`.
+/// to what a thought leaves of `max_seq`), and prompts with room for their answer and a thought
+/// within `max_seq`.
 pub fn check_set(
     corpus: &Corpus,
     codec: &TextCodec,
