@@ -20,7 +20,7 @@
 use burn::module::Module;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
 use crate::bake::{eval as bake_eval, model as bake_model, tokens};
@@ -316,8 +316,7 @@ impl TypedOp for Bake {
         };
         let trained = run.train(&start, &sampler, objective)?;
         let baked = trained.eval_model();
-        let weights =
-            weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
+        let weights = trained.weights()?;
         let mut measured = vec![(
             "baking/weight_change_rms".to_string(),
             json!(weight_change_rms(&x.start, &weights)?),
@@ -415,11 +414,7 @@ fn write_model(
     backend: &str,
 ) -> Result<StepOutcome, OpError> {
     let params = trained.model.num_params();
-    let mut metrics: Map<String, Value> = trained
-        .metrics()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let mut metrics = trained.metrics();
     metrics.extend([
         ("baking/loss".to_string(), json!(trained.final_loss)),
         ("baking/tokens_added".to_string(), json!(x.tokens_added)),
@@ -441,7 +436,6 @@ fn write_model(
         .tokenizer
         .to_string(true)
         .map_err(|e| OpError::internal(e.to_string()))?;
-    let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
     files::write(
         &ctx.output_dir("model")?,
         &ModelFiles {
@@ -451,7 +445,7 @@ fn write_model(
             metrics: &metrics,
             extra: &[
                 ("tokenizer.json", tokenizer.into_bytes()),
-                ("history.jsonl", history.into_bytes()),
+                ("history.jsonl", trained.history_jsonl()),
             ],
         },
     )?;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::artifact::{
     ArtifactKind, InputArtifact, InputSignature, InputSpec, OutputSpec, StepInputs,
@@ -410,7 +410,7 @@ fn quiet_star(
         fail_when_exhausted: qs.on_failure == rl::OnFailure::Fail,
         device: &inner,
     };
-    let (_, fresh) = baked.with_head(seed, dev)?;
+    let (initial, fresh) = baked.with_head(seed, dev)?;
     ctx.log(format!(
         "mixing head added ({}); {} thoughts of {} tokens after every position, scored on {} true tokens",
         fresh.join(", "),
@@ -418,7 +418,7 @@ fn quiet_star(
         st.thought_length,
         st.n_true
     ));
-    let start = || baked.with_head(seed, dev).map(|(m, _)| m);
+    let start = || Ok(initial.clone());
     if p.optimizer.qk_clip > 0.0 {
         ctx.log(
             "QK-clip is off: Quiet-STaR's incremental reads do not record attention logits yet",
@@ -443,11 +443,7 @@ fn quiet_star(
         &model, &reference, cfg, codec, &corpus, &qs, p.seq_len, seed, &inner, progress,
     )?;
     let params = trained.model.num_params();
-    let mut metrics: Map<String, Value> = trained
-        .metrics()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let mut metrics = trained.metrics();
     metrics.extend(rl::run_metrics(&trained));
     metrics.extend(measured);
     let mut config = crate::bake::model::config(cfg, params, backend.class, codec);
@@ -457,17 +453,14 @@ fn quiet_star(
         "n_true": st.n_true,
         "temperature": st.temperature,
     });
-    let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
-    let weights =
-        weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
     files::write(
         &ctx.output_dir("model")?,
         &ModelFiles {
-            weights: Some(&weights),
+            weights: Some(&trained.weights()?),
             config: &config,
             tokenizer: Some(&init.path.join("tokenizer.json")),
             metrics: &metrics,
-            extra: &[("history.jsonl", history.into_bytes())],
+            extra: &[("history.jsonl", trained.history_jsonl())],
         },
     )?;
     metrics.insert(
@@ -525,20 +518,20 @@ fn write_model(
 ) -> Result<StepOutcome, OpError> {
     let (cfg, params) = (&p.model, trained.model.num_params());
     let config = files::trained_config(cfg, params, backend, codec.bos, codec.eos);
-    let metrics = trained
-        .metrics()
-        .into_iter()
-        .chain(report.metrics(cfg, params));
-    let mut metrics: Map<String, Value> = metrics.map(|(k, v)| (k.to_string(), v)).collect();
-    let history: String = trained.history.iter().map(|h| format!("{h}\n")).collect();
-    let weights =
-        weights::to_bytes(&trained.model).map_err(|e| OpError::internal(e.to_string()))?;
+    let mut metrics = trained.metrics();
+    metrics.extend(
+        report
+            .metrics(cfg, params)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    let weights = trained.weights()?;
     let files = ModelFiles {
         weights: Some(&weights),
         config: &config,
         tokenizer: Some(tokenizer),
         metrics: &metrics,
-        extra: &[("history.jsonl", history.into_bytes())],
+        extra: &[("history.jsonl", trained.history_jsonl())],
     };
     files::write(&ctx.output_dir("model")?, &files)?;
     // Timings go to the step's recorded metrics (forge show), not into the artifact.

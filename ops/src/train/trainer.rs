@@ -109,14 +109,28 @@ pub const TRAINED_METRICS: &[&str] = &[
 ];
 
 impl Trained {
-    /// The run's own metrics under the seed's names, in a fixed order.
-    pub fn metrics(&self) -> Vec<(&'static str, Value)> {
-        vec![
+    /// The run's own metrics under the seed's names: the start of a step's `metrics.json`.
+    pub fn metrics(&self) -> serde_json::Map<String, Value> {
+        [
             ("train/loss", json!(self.final_loss)),
             ("train/steps", json!(self.steps)),
             ("train/rollbacks", json!(self.rollbacks)),
             ("train/micro_batch_size", json!(self.micro_batch)),
         ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The logged rows as the artifact's `history.jsonl`.
+    pub fn history_jsonl(&self) -> Vec<u8> {
+        let text: String = self.history.iter().map(|h| format!("{h}\n")).collect();
+        text.into_bytes()
+    }
+
+    /// The trained weights as canonical safetensors bytes.
+    pub fn weights(&self) -> Result<Vec<u8>, OpError> {
+        to_bytes(&self.model).map_err(|e| OpError::internal(e.to_string()))
     }
 
     /// The trained weights for evaluation (no autodiff).
