@@ -386,6 +386,24 @@ mod tests {
     }
 
     #[test]
+    fn a_thought_that_closes_itself_early_is_that_much_shorter() {
+        let end = 4;
+        assert_eq!(effective_length(&[20, 21, 22, 23, 24], end), 5);
+        // Closed by the end token after two tokens; eos, bos and padding end it too.
+        assert_eq!(effective_length(&[20, 21, end, 23, 24], end), 2);
+        assert_eq!(effective_length(&[20, 2, 22, 23, 24], end), 1);
+        assert_eq!(effective_length(&[0, 21, 22, 23, 24], end), 0);
+        let m = Measured {
+            thought_length: Some(effective_length(&[20, 21, end, 23, 24], end) as f64),
+            ..Measured::default()
+        };
+        assert!(
+            !m.verdicts()[2].passed,
+            "a 2-token thought fails the length check"
+        );
+    }
+
+    #[test]
     fn constant_thoughts_have_no_diversity_and_fail() {
         let same = vec![vec![7, 8, 9, 10, 11]; 4];
         assert_eq!(mean_pairwise_edit_distance(&same), Some(0.0));
