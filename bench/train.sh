@@ -6,16 +6,12 @@
 #
 #   bash bench/train.sh            # THREADS=2 by default; REPS=3 repeats the whole round
 #
-# Needs: libtorch (installed by .ci/install-libtorch) and a venv with torch==2.9.0 for PyTorch
-# (created at $FORGE_BENCH_VENV, default ~/.cache/forge/torch-venv; ~4 GB with its CUDA wheels).
+# Needs libtorch (.ci/install-libtorch) and the torch==2.9.0 venv (bench/torch-venv); it sets up
+# both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(.ci/install-libtorch)"
-venv="${FORGE_BENCH_VENV:-$HOME/.cache/forge/torch-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet torch==2.9.0 numpy
-fi
+venv="$(bench/torch-venv)"
 threads="${THREADS:-2}"
 cargo bench -q -p forge-ops --features tch --bench train_step --no-run 2>/dev/null
 forge() { cargo bench -q -p forge-ops --features tch --bench train_step -- "$@" 2>/dev/null; }

@@ -140,6 +140,57 @@ fn quiet_star_trains_the_baked_model_under_the_checks_and_reports_them() {
     assert_eq!(interventions.len(), 1, "{history:?}");
     assert_eq!(interventions[0]["rolled_back_to"], 0);
     assert_eq!(m["anti_theater/all_passed"], 0.0);
+
+    // `forge generate` thinks before every token, as the model was trained to, unless told not to.
+    let generate = |extra: &[&str]| -> serde_json::Value {
+        let args = [
+            "generate",
+            "p.thinking",
+            "--prompt",
+            "3 + 4 =",
+            "--max-tokens",
+            "3",
+        ];
+        let out = p.run(&[&args[..], extra, &["--json"]].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let tokens = |g: &serde_json::Value| -> Vec<(u64, bool)> {
+        g["result"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["id"].as_u64().unwrap(), t["thought"] == true))
+            .collect()
+    };
+    let thinking = generate(&[]);
+    assert_eq!(thinking["result"]["thought_length"], 5);
+    let t = tokens(&thinking);
+    // Before each written token, a thought of [thinking], 5 tokens and [/endthinking] (eos may
+    // end it after a last thought); at most 3 written tokens.
+    assert!(
+        !t.is_empty() && t.len() <= 3 * 8 && matches!(t.len() % 8, 0 | 7),
+        "{t:?}"
+    );
+    for group in t.chunks(8) {
+        assert_eq!((group[0].0, group[6].0), (3, 4), "{t:?}");
+        assert!(group[..7].iter().all(|(_, thought)| *thought), "{t:?}");
+    }
+    let hidden = thinking["result"]["text"].as_str().unwrap();
+    assert!(!hidden.contains("[thinking]"), "{hidden}");
+    let shown = generate(&["--show-thoughts"]);
+    assert_eq!(tokens(&shown), t, "showing thoughts changes nothing else");
+    let shown = shown["result"]["text"].as_str().unwrap();
+    assert!(shown.starts_with("[thinking]"), "{shown}");
+    assert_eq!(
+        tokens(&generate(&[])),
+        t,
+        "greedy thinking is deterministic"
+    );
+    let direct = generate(&["--direct"]);
+    assert!(direct["result"]["thought_length"].is_null());
+    let direct = tokens(&direct);
+    assert!(!direct.is_empty() && direct.len() <= 3, "{direct:?}");
 }
 
 #[test]

@@ -19,7 +19,8 @@ pub struct GenerateArgs {
     /// The text to continue.
     #[arg(long)]
     pub prompt: String,
-    /// Tokens generated at most (thoughts included).
+    /// Tokens generated at most (thoughts the model writes into its text included; a Quiet-STaR
+    /// model's thoughts between tokens not).
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
     /// 0 decodes greedily; above 0 samples from softmax(logits / T).
@@ -31,6 +32,10 @@ pub struct GenerateArgs {
     /// Print thoughts (`[thinking]` … `[/endthinking]`), which are hidden by default.
     #[arg(long)]
     pub show_thoughts: bool,
+    /// Decode a Quiet-STaR model (`objective: quiet-star`) without the thought it otherwise
+    /// writes before every token: one pass per token instead of `thought_length + 3`.
+    #[arg(long)]
+    pub direct: bool,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -64,6 +69,7 @@ pub fn run(store: &Path, a: &GenerateArgs, registry: &OpRegistry) -> Result<u8, 
         temperature: a.temperature,
         seed: a.seed,
         show_thoughts: a.show_thoughts,
+        direct: a.direct,
         device: a.device.clone(),
     };
     let mut out = std::io::stdout().lock();
@@ -90,8 +96,11 @@ pub fn run(store: &Path, a: &GenerateArgs, registry: &OpRegistry) -> Result<u8, 
                 / g.tokens.len() as f64
         };
         let thoughts = g.tokens.iter().filter(|t| t.thought).count();
+        let between = g.thought_length.map_or(String::new(), |n| {
+            format!(", a thought of {n} tokens before each token")
+        });
         eprintln!(
-            "{} tokens ({} in thoughts{}) in {:.0} ms, {:.1} tokens/s; {:.2} recursions per token (ACT, at most {}); stopped: {}",
+            "{} tokens ({} in thoughts{}{between}) in {:.0} ms, {:.1} tokens/s; {:.2} recursions per token (ACT, at most {}); stopped: {}",
             g.tokens.len(),
             thoughts,
             if a.show_thoughts || thoughts == 0 {

@@ -102,6 +102,7 @@ pub fn evaluate(
         codec,
         model,
         device,
+        ..
     } = super::load_artifact(model_dir, &o.device)?;
     let seq = o.seq_len.min(cfg.max_seq);
     let tables = Tables::new(&cfg, &device);

@@ -5,6 +5,12 @@
 //! tokenizer has them — are generated and attended to like any token but left out of the text
 //! unless asked for, as Quiet-STaR's inference does: the user sees the answer, the model keeps
 //! its reasoning.
+//!
+//! A model trained with `objective: quiet-star` (a mixing head, and `quiet_star` settings in its
+//! `config.json`) also thinks *between* tokens, as it was trained to: before each token it
+//! writes a thought of `thought_length` tokens after the last position (`[thinking]` … `[/endthinking]`,
+//! attending to the text and never written into it), and the token comes from the mixing head's
+//! blend of the states before and after the thought. `direct` turns that off.
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,8 +21,9 @@ use serde::Serialize;
 
 use crate::bake::strategies::{END, START};
 use crate::error::OpError;
-use crate::model::Tables;
 use crate::model::decode::Decoder;
+use crate::model::thoughts::Thoughts as ParallelThoughts;
+use crate::model::{Tables, TrmTitansMag};
 use crate::text::TextCodec;
 
 /// How to continue a prompt.
@@ -28,6 +35,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Print thought tokens (marked by their `[thinking]` … `[/endthinking]` tokens).
     pub show_thoughts: bool,
+    /// Decode a Quiet-STaR model without its between-token thoughts.
+    pub direct: bool,
     /// `cpu`, `cuda:N`, `auto`.
     pub device: String,
 }
@@ -40,7 +49,8 @@ pub struct GeneratedToken {
     pub text: String,
     /// Recursions before the halting head stopped it.
     pub halting_steps: u32,
-    /// Part of a thought (`[thinking]` … `[/endthinking]`, both included).
+    /// Part of a thought (`[thinking]` … `[/endthinking]`, both included): one the model wrote
+    /// into its text, or a Quiet-STaR thought before a token (never part of the text).
     pub thought: bool,
     /// Wall time of this token's decoding step.
     pub ms: f64,
@@ -62,6 +72,40 @@ pub struct Generation {
     pub stop: &'static str,
     pub act_threshold: f64,
     pub max_recursions: usize,
+    /// Tokens of the Quiet-STaR thought before each text token (`None`: decoded directly).
+    pub thought_length: Option<usize>,
+}
+
+/// How a Quiet-STaR model thinks before each token.
+struct BetweenTokens {
+    start: i64,
+    end: i64,
+    length: usize,
+}
+
+impl BetweenTokens {
+    /// Positions one thought takes (start and end tokens included).
+    fn span(&self) -> usize {
+        self.length + 2
+    }
+}
+
+/// The between-token thoughts of an artifact trained with `objective: quiet-star`, if it is one.
+fn between_tokens(
+    config: &serde_json::Value,
+    model: &TrmTitansMag,
+    start: Option<i64>,
+    end: Option<i64>,
+) -> Option<BetweenTokens> {
+    let length = config["quiet_star"]["thought_length"].as_u64();
+    match (model.talk.is_some(), length, start, end) {
+        (true, Some(length), Some(start), Some(end)) if length > 0 => Some(BetweenTokens {
+            start,
+            end,
+            length: length as usize,
+        }),
+        _ => None,
+    }
 }
 
 /// Continue `prompt` with the model artifact in `model_dir`; `on_text` receives the visible text
@@ -73,6 +117,7 @@ pub fn generate(
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, OpError> {
     let super::Loaded {
+        config,
         cfg,
         codec,
         model,
@@ -87,11 +132,21 @@ pub fn generate(
     let marker = |t: &str| codec.tokenizer.token_to_id(t).map(i64::from);
     let (start, end) = (marker(START), marker(END));
 
+    let thinking = if o.direct {
+        None
+    } else {
+        between_tokens(&config, &model, start, end)
+    };
+
     let mut dec = Decoder::new(&model, &cfg, &tables, 1, &device);
+    if thinking.is_some() {
+        dec = dec.record_memory();
+    }
     let t0 = Instant::now();
     let first = dec.extend(row(&ids, &device));
     let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut logits = last_logits(first.logits);
+    let mut before = first.state.narrow(1, ids.len() - 1, 1);
     let mut rng = crate::rng::stream(o.seed, crate::rng::Stream::Generate);
     let mut tokens: Vec<GeneratedToken> = Vec::new();
     let mut thoughts = Thoughts {
@@ -101,28 +156,67 @@ pub fn generate(
     };
     let mut shown: Vec<i64> = Vec::new();
     let mut text = String::new();
+    let mut show = |shown: &[i64], text: &mut String| {
+        let now = codec
+            .tokenizer
+            .decode(
+                &shown.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                !o.show_thoughts,
+            )
+            .unwrap_or_default();
+        if let Some(new) = now.strip_prefix(text.as_str()) {
+            on_text(new);
+        }
+        *text = now;
+    };
     let t1 = Instant::now();
     let mut stop = "max_tokens";
-    while tokens.len() < o.max_tokens {
+    let mut written = 0;
+    while written < o.max_tokens {
+        if let Some(b) = &thinking {
+            if dec.len() + b.span() >= cfg.max_seq {
+                stop = "max_seq";
+                break;
+            }
+            let mut th = ParallelThoughts::from(&dec, dec.len() - 1);
+            let mut thought = Vec::with_capacity(b.span());
+            let mut id = b.start;
+            for i in 0..b.span() {
+                let step = Instant::now();
+                let out = th.step(row(&[id], &device));
+                thought.push(token(
+                    &codec,
+                    id,
+                    out.halting[0],
+                    true,
+                    step.elapsed().as_secs_f64() * 1e3,
+                ));
+                if i + 1 == b.span() {
+                    let head = model.talk.as_ref().expect("a Quiet-STaR model");
+                    let (mixed, _) = head.mix(before.clone(), out.state);
+                    logits = last_logits(model.logits_of(mixed));
+                } else if i + 2 == b.span() {
+                    id = b.end;
+                } else {
+                    id = pick(&last_logits(out.logits), o.temperature, &mut rng);
+                }
+            }
+            if o.show_thoughts {
+                shown.extend(thought.iter().map(|t| t.id));
+                show(&shown, &mut text);
+            }
+            tokens.extend(thought);
+        }
         let id = pick(&logits, o.temperature, &mut rng);
         if id == codec.eos {
             stop = "eos";
             break;
         }
+        written += 1;
         let thought = thoughts.next(id);
         if !thought || o.show_thoughts {
             shown.push(id);
-            let now = codec
-                .tokenizer
-                .decode(
-                    &shown.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                    !o.show_thoughts,
-                )
-                .unwrap_or_default();
-            if let Some(new) = now.strip_prefix(&text) {
-                on_text(new);
-            }
-            text = now;
+            show(&shown, &mut text);
         }
         if dec.room() == 0 {
             tokens.push(token(&codec, id, 0, thought, 0.0));
@@ -133,6 +227,7 @@ pub fn generate(
         let out = dec.extend(row(&[id], &device));
         let halting = out.halting_steps[0][0];
         logits = last_logits(out.logits);
+        before = out.state;
         tokens.push(token(
             &codec,
             id,
@@ -152,6 +247,7 @@ pub fn generate(
         stop,
         act_threshold: cfg.act_threshold,
         max_recursions: cfg.sup_steps,
+        thought_length: thinking.map(|b| b.length),
     })
 }
 

@@ -28,6 +28,8 @@ use crate::text::TextCodec;
 
 /// A model artifact loaded for inference: its config, tokenizer and weights on a device.
 pub struct Loaded {
+    /// The artifact's whole `config.json` (`cfg` is its `model` block).
+    pub config: serde_json::Value,
     pub cfg: ModelConfig,
     pub codec: TextCodec,
     pub model: TrmTitansMag,
@@ -47,6 +49,7 @@ pub fn load_artifact(model_dir: &std::path::Path, device: &str) -> Result<Loaded
     let model = crate::model::weights::model_from(&cfg, 0, bytes, "the model", &device)
         .map_err(|e| OpError::user(e.to_string()))?;
     Ok(Loaded {
+        config,
         cfg,
         codec,
         model,

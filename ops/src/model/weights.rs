@@ -202,6 +202,30 @@ fn canonical_json(v: &serde_json::Value) -> String {
     }
 }
 
+/// Every float parameter of `model` by its path (`blocks.0.attn.wq.weight`), with its values:
+/// what tests compare weights and gradients by.
+#[cfg(test)]
+pub fn named_values(model: &TrmTitansMag) -> Vec<(String, Vec<f32>)> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct V(Vec<String>, Vec<(String, Vec<f32>)>);
+    impl ModuleVisitor for V {
+        fn enter_module(&mut self, name: &str, _c: &str) {
+            self.0.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _name: &str, _c: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.1
+                .push((self.0.join("."), p.val().to_data().try_to_vec().unwrap()));
+        }
+    }
+    let mut v = V(Vec::new(), Vec::new());
+    model.visit(&mut v);
+    v.1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -569,24 +569,7 @@ mod reload_tests {
     use crate::model::{ModelConfig, TrmTitansMag};
     use burn::store::{ModuleSnapshot, SafetensorsStore};
 
-    fn all_weights(m: &TrmTitansMag) -> Vec<(String, Vec<f32>)> {
-        struct V(Vec<String>, Vec<(String, Vec<f32>)>);
-        impl ModuleVisitor for V {
-            fn enter_module(&mut self, name: &str, _c: &str) {
-                self.0.push(name.to_owned());
-            }
-            fn exit_module(&mut self, _name: &str, _c: &str) {
-                self.0.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-                self.1
-                    .push((self.0.join("."), p.val().to_data().try_to_vec().unwrap()));
-            }
-        }
-        let mut v = V(Vec::new(), Vec::new());
-        m.visit(&mut v);
-        v.1
-    }
+    use crate::model::weights::named_values as all_weights;
 
     #[test]
     fn a_reloaded_model_trains_exactly_like_the_original() {
