@@ -17,6 +17,7 @@
 //! | [`eval`] | every measurement of a model, and merge fitness |
 //! | [`merge`] | merge techniques, combos, the evolution |
 //! | [`bake`] | Phase 3: the thinking tokens (names, tokenizer, embedding rows) |
+//! | [`quant`] | Phase 4: BitNet b1.58 ternary quantization, the packed 2-bit format and its kernel |
 //! | [`fetch`] | HTTP(S)/hub downloads and archive extraction |
 //! | [`rng`] | the named random streams |
 //! | [`linalg`] | small dense `f64` linear algebra (CMA-ES's eigendecomposition) |
@@ -37,6 +38,7 @@ pub mod merge;
 pub mod model;
 pub mod op;
 pub mod optim;
+pub mod quant;
 pub mod rng;
 pub mod sys;
 pub mod text;

@@ -8,6 +8,7 @@
 //! | [`objective`] | what is minimised: [`Objective`], the `lm` objective [`Lm`], prompt baking [`PromptBake`] |
 //! | [`quiet_star`] | Quiet-STaR: parallel thinking, rewards, REINFORCE, the objective |
 //! | [`anti_theater`] | the anti-theater checks' statistics and verdicts (seed thresholds) |
+//! | [`ste`] | quantization-aware training: ternary forward, straight-through gradient (Phase 4) |
 //! | [`schedule`] | warm-up + cosine learning-rate factor |
 //! | [`memory`] | micro-batch size from a memory budget; halving on out-of-memory |
 //! | [`alerts`] | rising-loss and plateau alerts |
@@ -18,6 +19,7 @@ pub mod memory;
 pub mod objective;
 pub mod quiet_star;
 pub mod schedule;
+pub mod ste;
 pub mod trainer;
 
 pub use objective::{Draw, Knobs, Lm, Objective, ObjectiveStep, PromptBake, Reference, Targets};

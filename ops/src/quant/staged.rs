@@ -1,0 +1,332 @@
+//! Layer-by-layer quantization with rollback (the seed's failure mode 4.2): the model's linear
+//! weights are quantized one layer at a time in a fixed order — `blocks.0`, `blocks.1`, …, then
+//! the heads outside the blocks (`halt`, `talk`, …) — and after each layer the model is scored on
+//! calibration data. A layer whose perplexity increase over the last accepted state exceeds
+//! `max_layer_drop` (relative: 0.05 is +5%) is reverted to its preserved precision and the next
+//! layer is tried on the state before it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::model::{Precision, Preserve, QuantizedModel, Stored, becomes_ternary, quantize_tensor};
+use crate::merge::tensors::StateDict;
+
+/// The layer a tensor belongs to: `blocks.N` for a block's tensors, else its first name segment.
+pub fn layer_of(name: &str) -> String {
+    let mut parts = name.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("blocks"), Some(i)) => format!("blocks.{i}"),
+        (Some(first), _) => first.to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// One layer's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerDecision {
+    pub layer_name: String,
+    /// Parameters of the layer's linear weights that quantization would make ternary.
+    pub original_params: usize,
+    pub quantized_params: usize,
+    pub preserved_params: usize,
+    /// Zeros among the layer's ternary weights (0 when reverted).
+    pub sparsity: f64,
+    /// Bytes of the layer's candidate weights as f32 / as stored ternary (packed + scales).
+    pub compression_ratio: f64,
+    pub perplexity_before: f64,
+    pub perplexity_after: f64,
+    /// `after / before − 1`.
+    pub increase: f64,
+    pub reverted: bool,
+}
+
+/// What [`staged`] decided.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub model: QuantizedModel,
+    pub layers: Vec<LayerDecision>,
+    pub reverted: BTreeSet<String>,
+    /// Perplexity of the input model and of the accepted state at the end.
+    pub perplexity_before: f64,
+    pub perplexity_after: f64,
+}
+
+/// Quantize `sd` layer by layer under `preserve`, scoring each state with `perplexity` (of the
+/// dequantized weights) and reverting layers over `max_layer_drop` to `revert_to`.
+pub fn staged(
+    sd: &StateDict,
+    preserve: &[Preserve],
+    max_layer_drop: f64,
+    revert_to: Precision,
+    perplexity: &mut dyn FnMut(&StateDict) -> f64,
+) -> Staged {
+    let none = BTreeSet::new();
+    // Which tensors each layer would make ternary, layers in order (blocks by number).
+    let mut layers: BTreeMap<(u8, usize, String), Vec<String>> = BTreeMap::new();
+    for (name, t) in &sd.tensors {
+        if becomes_ternary(name, &t.shape, preserve) {
+            let layer = layer_of(name);
+            let key = match layer.strip_prefix("blocks.").and_then(|i| i.parse().ok()) {
+                Some(i) => (0, i, layer),
+                None => (1, 0, layer),
+            };
+            layers.entry(key).or_default().push(name.clone());
+        }
+    }
+    let before = perplexity(sd);
+    let mut current = sd.clone();
+    let mut accepted = before;
+    let (mut reverted, mut decisions) = (BTreeSet::new(), Vec::new());
+    for ((_, _, layer), names) in layers {
+        let mut candidate = current.clone();
+        let (mut params, mut zeros, mut stored) = (0usize, 0usize, 0usize);
+        for n in &names {
+            let q = quantize_tensor(n, &sd.tensors[n], preserve, &none, revert_to);
+            params += q.numel();
+            zeros += q.zeros();
+            if let Stored::Ternary { packed, .. } = &q {
+                stored += packed.stored_bytes();
+            }
+            candidate
+                .tensors
+                .get_mut(n)
+                .expect("a tensor of the model")
+                .data = q.values();
+        }
+        let after = perplexity(&candidate);
+        let increase = after / accepted - 1.0;
+        // A NaN perplexity (a broken layer) is over any budget.
+        let revert = increase.is_nan() || increase > max_layer_drop;
+        if revert {
+            reverted.extend(names.iter().cloned());
+        } else {
+            current = candidate;
+        }
+        decisions.push(LayerDecision {
+            layer_name: layer,
+            original_params: params,
+            quantized_params: if revert { 0 } else { params },
+            preserved_params: if revert { params } else { 0 },
+            sparsity: if revert {
+                0.0
+            } else {
+                zeros as f64 / params.max(1) as f64
+            },
+            compression_ratio: if revert {
+                1.0
+            } else {
+                (params * 4) as f64 / stored.max(1) as f64
+            },
+            perplexity_before: accepted,
+            perplexity_after: after,
+            increase,
+            reverted: revert,
+        });
+        if !revert {
+            accepted = after;
+        }
+    }
+    Staged {
+        model: QuantizedModel::quantize(sd, preserve, &reverted, revert_to),
+        layers: decisions,
+        reverted,
+        perplexity_before: before,
+        perplexity_after: accepted,
+    }
+}
+
+/// The seed's conservative fallback: while the calibration perplexity of `s`'s model passes
+/// `budget`, revert the accepted layer whose increase was largest (its ternary weights go back to
+/// `revert_to`) and score again. The layers it reverted, in order.
+pub fn fall_back(
+    s: &mut Staged,
+    sd: &StateDict,
+    preserve: &[Preserve],
+    revert_to: Precision,
+    budget: f64,
+    perplexity: &mut dyn FnMut(&StateDict) -> f64,
+) -> Vec<String> {
+    let mut ranked: Vec<(f64, String)> = s
+        .layers
+        .iter()
+        .filter(|d| !d.reverted)
+        .map(|d| (d.increase, d.layer_name.clone()))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut reverted_layers = Vec::new();
+    for (_, layer) in ranked {
+        if s.perplexity_after <= budget {
+            break;
+        }
+        let names: Vec<String> = s
+            .model
+            .tensors
+            .iter()
+            .filter(|(n, t)| t.is_ternary() && layer_of(n) == layer)
+            .map(|(n, _)| n.clone())
+            .collect();
+        s.reverted.extend(names);
+        s.model = QuantizedModel::quantize(sd, preserve, &s.reverted, revert_to);
+        s.perplexity_after = perplexity(&s.model.dequantize());
+        reverted_layers.push(layer);
+    }
+    reverted_layers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::tensors::Tensor;
+    use crate::quant::model::default_preserve;
+
+    fn model() -> StateDict {
+        let t = |shape: &[usize], seed: usize| Tensor {
+            shape: shape.to_vec(),
+            data: (0..shape.iter().product::<usize>())
+                .map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) / 40.0)
+                .collect(),
+        };
+        let tensors = [
+            ("embed", t(&[8, 4], 0)),
+            ("blocks.0.attn.wq.weight", t(&[4, 4], 1)),
+            ("blocks.0.norm_attn.gain", t(&[4], 2)),
+            ("blocks.1.attn.wq.weight", t(&[4, 4], 3)),
+            ("blocks.1.ffn.up.weight", t(&[4, 8], 4)),
+            ("blocks.10.attn.wq.weight", t(&[4, 4], 5)),
+            ("halt.weight", t(&[4, 1], 6)),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+        StateDict { tensors }
+    }
+
+    /// A stand-in score that rises by 1% per ternary layer — and by 50% when `blocks.1`'s
+    /// weights are ternary: the forced over-budget layer.
+    fn perplexity(sd: &StateDict, original: &StateDict) -> f64 {
+        let changed = |n: &str| sd.tensors[n] != original.tensors[n];
+        let mut p = 10.0;
+        for n in [
+            "blocks.0.attn.wq.weight",
+            "blocks.10.attn.wq.weight",
+            "halt.weight",
+        ] {
+            if changed(n) {
+                p *= 1.01;
+            }
+        }
+        if changed("blocks.1.attn.wq.weight") {
+            p *= 1.5;
+        }
+        p
+    }
+
+    #[test]
+    fn layers_go_in_block_order_then_the_heads() {
+        assert_eq!(layer_of("blocks.12.ffn.up.weight"), "blocks.12");
+        assert_eq!(layer_of("halt.weight"), "halt");
+        assert_eq!(layer_of("embed"), "embed");
+    }
+
+    #[test]
+    fn a_layer_whose_drop_is_forced_over_budget_is_reverted_and_the_rest_are_kept() {
+        let sd = model();
+        let mut calls = 0;
+        let s = staged(&sd, &default_preserve(), 0.05, Precision::F16, &mut |m| {
+            calls += 1;
+            perplexity(m, &sd)
+        });
+        let order: Vec<(&str, bool)> = s
+            .layers
+            .iter()
+            .map(|d| (d.layer_name.as_str(), d.reverted))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("blocks.0", false),
+                ("blocks.1", true),
+                ("blocks.10", false),
+                ("halt", false)
+            ]
+        );
+        assert_eq!(calls, 1 + 4, "the input, then once per layer");
+        let b1 = &s.layers[1];
+        assert!((b1.increase - (15.15 / 10.1 - 1.0)).abs() < 1e-9, "{b1:?}");
+        assert_eq!((b1.quantized_params, b1.preserved_params), (0, 48));
+        assert_eq!(s.perplexity_before, 10.0);
+        assert!((s.perplexity_after - 10.0 * 1.01f64.powi(3)).abs() < 1e-9);
+        // The reverted layer's weights keep the revert precision; the others are ternary.
+        assert!(matches!(
+            s.model.tensors["blocks.1.ffn.up.weight"],
+            Stored::F16 { .. }
+        ));
+        assert!(s.model.tensors["blocks.10.attn.wq.weight"].is_ternary());
+        assert!(matches!(s.model.tensors["embed"], Stored::F16 { .. }));
+        // With a budget above the forced drop, nothing is reverted.
+        let all = staged(&sd, &default_preserve(), 0.6, Precision::F16, &mut |m| {
+            perplexity(m, &sd)
+        });
+        assert!(all.reverted.is_empty() && all.layers.iter().all(|d| !d.reverted));
+    }
+
+    #[test]
+    fn the_fallback_reverts_the_costliest_accepted_layers_until_the_model_is_within_budget() {
+        let sd = model();
+        // blocks.10 costs 4%, the others 1%; no layer passes the per-layer budget of 5%.
+        let score = |m: &StateDict| {
+            let changed = |n: &str| m.tensors[n] != sd.tensors[n];
+            let mut p = 10.0;
+            for (n, f) in [
+                ("blocks.0.attn.wq.weight", 1.01),
+                ("blocks.1.attn.wq.weight", 1.01),
+                ("blocks.10.attn.wq.weight", 1.04),
+                ("halt.weight", 1.01),
+            ] {
+                if changed(n) {
+                    p *= f;
+                }
+            }
+            p
+        };
+        let mut s = staged(&sd, &default_preserve(), 0.05, Precision::F32, &mut |m| {
+            score(m)
+        });
+        assert!(s.reverted.is_empty());
+        let all = 10.0 * 1.01f64.powi(3) * 1.04;
+        assert!((s.perplexity_after - all).abs() < 1e-9);
+        // Within 3.1% of the input: reverting blocks.10 (+4%) is enough (1.01³ = 1.0303).
+        let back = fall_back(
+            &mut s,
+            &sd,
+            &default_preserve(),
+            Precision::F32,
+            10.31,
+            &mut |m| score(m),
+        );
+        assert_eq!(back, ["blocks.10"]);
+        assert!((s.perplexity_after - 10.0 * 1.01f64.powi(3)).abs() < 1e-9);
+        // Reverted to f32 here, so the stand-in score sees the original weights again.
+        assert!(matches!(
+            s.model.tensors["blocks.10.attn.wq.weight"],
+            Stored::F32(_)
+        ));
+        assert!(s.model.tensors["blocks.0.attn.wq.weight"].is_ternary());
+        // A budget nothing meets reverts every accepted layer, costliest first.
+        let mut t = staged(&sd, &default_preserve(), 0.05, Precision::F32, &mut |m| {
+            score(m)
+        });
+        let every = fall_back(
+            &mut t,
+            &sd,
+            &default_preserve(),
+            Precision::F32,
+            1.0,
+            &mut |m| score(m),
+        );
+        assert_eq!(every[0], "blocks.10");
+        assert_eq!(every.len(), 4);
+        assert_eq!(t.perplexity_after, 10.0);
+    }
+}
