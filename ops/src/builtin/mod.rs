@@ -6,6 +6,7 @@ pub mod bake;
 pub mod download;
 pub mod exec;
 pub mod merge;
+pub mod quantize;
 pub mod tokenizer;
 pub mod train;
 pub mod validate;
@@ -20,6 +21,7 @@ impl OpRegistry {
         r.register(download::Download);
         r.register(exec::Exec);
         r.register(merge::Merge);
+        r.register(quantize::Quantize);
         r.register(tokenizer::Tokenizer);
         r.register(train::Train);
         r.register(validate::Validate);

@@ -45,7 +45,13 @@ pub fn load_artifact(model_dir: &std::path::Path, device: &str) -> Result<Loaded
     let backend = crate::device::resolve(device).map_err(|e| OpError::user(e.to_string()))?;
     let device = backend.device.inner();
     let path = model_dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
+    let mut bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
+    if config.get("quantization").is_some() {
+        // A quantized model runs dequantized (W_q·γ) through the same forward pass.
+        let q = crate::quant::model::QuantizedModel::from_bytes(&bytes)
+            .map_err(|e| OpError::user(format!("{}: {e}", path.display())))?;
+        bytes = q.dequantize().to_bytes();
+    }
     let model = crate::model::weights::model_from(&cfg, 0, bytes, "the model", &device)
         .map_err(|e| OpError::user(e.to_string()))?;
     Ok(Loaded {

@@ -1,0 +1,194 @@
+//! `quantize` (Phase 4, BitNet b1.58) end to end through the CLI on a micro model: the
+//! `quantized-model` artifact holds packed ternary weights and is smaller than its input, the
+//! layer-by-layer pass reports every layer, the metrics carry the seed's names, the step is
+//! deterministic, and `forge eval` / `forge generate` run the quantized model.
+
+mod common;
+
+use common::{Project, stderr};
+
+const PIPELINE: &str = r#"
+version: 1
+name: q
+phases:
+  p:
+    steps:
+      corpus: { op: download, with: { source: "builtin:math", samples: 400 } }
+      tok: { op: tokenizer, inputs: { data: corpus }, with: { vocab_size: 320 } }
+      model:
+        op: train
+        inputs: { data: corpus, tokenizer: tok }
+        with:
+          model: { preset: tiny, vocab_size: 320, d_model: 64, heads: 2, layers: 2, d_ff: 128, ltm_slots: 8, max_seq: 64, window: 32 }
+          steps: 30
+          batch_size: 4
+          seq_len: 32
+          math_eval: 0
+          eval_records: 8
+      ternary:
+        op: quantize
+        inputs: { model: model, data: corpus }
+        with: { calibration_samples: 8, eval_records: 16, seq_len: 32, batch_size: 8, timing_tokens: 4 }
+"#;
+
+fn json(path: std::path::PathBuf) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn digest(p: &Project) -> String {
+    let out = p.run(&["show", "p.ternary", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["outputs"]["model"]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn quantize_writes_a_smaller_ternary_model_that_eval_and_generate_run() {
+    let p = Project::new();
+    p.write("q.yaml", PIPELINE);
+    p.apply_ok("q.yaml", &[]);
+    let out = p.run(&["export", "p.ternary", "exp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = p.path().join("exp/model");
+    let config = json(dir.join("config.json"));
+    assert_eq!(config["quantization"]["method"], "bitnet-b1.58");
+    let m = json(dir.join("metrics.json"));
+    for k in [
+        "evaluation/perplexity_before",
+        "evaluation/perplexity_after",
+        "evaluation/accuracy_before",
+        "evaluation/accuracy_after",
+        "evaluation/compression_ratio",
+        "evaluation/sparsity_overall",
+        "evaluation/zero_params",
+        "evaluation/nonzero_params",
+        "compression/blocks.0/sparsity",
+        "compression/blocks.1/original_params",
+        "final/compression_ratio",
+    ] {
+        assert!(m[k].is_number(), "{k} missing from {m}");
+    }
+    // Wall-clock numbers are in the step's record, not in the artifact.
+    assert!(m.get("evaluation/inference_speedup").is_none());
+    // Ternary weights: about a third are zero (BitNet's absmean on trained weights).
+    let sparsity = m["evaluation/sparsity_overall"].as_f64().unwrap();
+    assert!((0.2..0.5).contains(&sparsity), "{sparsity}");
+    // The files as written are smaller: the embedding stays f16, the rest is 2 bits a weight.
+    let ratio = m["evaluation/compression_ratio"].as_f64().unwrap();
+    assert!(ratio > 2.0, "compression {ratio}");
+    let before = std::fs::metadata(p.path().join("exp/model/model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(before > 0);
+    // The packed file is a forge quantized model: U8 tensors with their scales.
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header["blocks.0.attn.wq.weight"]["dtype"], "U8");
+    assert_eq!(
+        header["blocks.0.attn.wq.weight"]["shape"],
+        serde_json::json!([64, 32])
+    );
+    assert_eq!(header["blocks.0.attn.wq.weight.scale"]["dtype"], "F32");
+    assert_eq!(header["embed"]["dtype"], "F16");
+
+    // The README's layout is enough to unpack it: examples/unpack_ternary.py (numpy only)
+    // recovers W_q, which equals BitNet's absmean quantization of the input's weights computed
+    // independently in numpy.
+    numpy_unpacks(&p, &dir);
+
+    // forge eval and forge generate run it (dequantized through the same forward pass).
+    let out = p.run(&[
+        "eval",
+        "p.ternary",
+        "--data",
+        "p.corpus",
+        "--split",
+        "test",
+        "--limit",
+        "8",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["result"]["perplexity"]["value"]
+            .as_f64()
+            .unwrap()
+            .is_finite()
+    );
+    let out = p.run(&[
+        "generate",
+        "p.ternary",
+        "--prompt",
+        "3 + 4 =",
+        "--max-tokens",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The same pipeline gives the same artifact.
+    let again = Project::new();
+    again.write("q.yaml", PIPELINE);
+    again.apply_ok("q.yaml", &[]);
+    assert_eq!(digest(&again), digest(&p));
+}
+
+/// Run examples/unpack_ternary.py on the exported quantized model and check what it unpacks
+/// against the input model's weights quantized in numpy (skipped without numpy, unless
+/// `FORGE_REQUIRE_NUMPY=1`, which `.ci/install-numpy` sets).
+fn numpy_unpacks(p: &Project, quantized: &std::path::Path) {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("FORGE_REQUIRE_NUMPY").is_err(),
+            "numpy is required (FORGE_REQUIRE_NUMPY is set) but python3 cannot import it"
+        );
+        eprintln!("skipped: numpy is not installed (eval \"$(.ci/install-numpy)\")");
+        return;
+    }
+    let out = p.run(&["export", "p.model", "fp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let check = format!(
+        r#"
+import json, struct, sys
+import numpy as np
+sys.path.insert(0, {example:?})
+from unpack_ternary import read
+meta, weights = read(sys.argv[1])
+raw = open(sys.argv[2], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+assert weights, "no ternary tensors"
+for name, (w, t) in weights.items():
+    a, b = header[name]["data_offsets"]
+    fp = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32).reshape(header[name]["shape"])
+    gamma = max(np.abs(fp).astype(np.float64).mean(), 1e-5)
+    q = np.clip(np.round(fp / np.float32(gamma)), -1, 1).astype(np.int8)
+    assert t.T.shape == q.shape, (name, t.shape, q.shape)
+    assert np.array_equal(t.T, q), (name, int((t.T != q).sum()))
+    assert np.allclose(w, q * np.float32(gamma), rtol=1e-6), name
+print(len(weights))
+"#,
+        example = example.to_str().unwrap()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &check])
+        .arg(quantized.join("model.safetensors"))
+        .arg(p.path().join("fp/model/model.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(
+        n, 8,
+        "the ternary tensors of the first block and the halting head"
+    );
+}
