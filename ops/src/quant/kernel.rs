@@ -3,9 +3,11 @@
 //! With codes `k = w + 1 ∈ {0, 1, 2}`, a row's dot product is `Σ w·x = Σ k·x − Σ x`: the kernel
 //! multiplies the 2-bit codes straight out of the bytes (a shift and a mask per 32 lanes, the
 //! layout's point) and subtracts the activations' sum once per token. The integer sum is exact;
-//! one multiply by `γ / s_x` turns it into the output. The inner loops run over 32 contiguous
-//! lanes so the compiler vectorises them (no `unsafe`); rows are split over rayon's pool when the
-//! matrix is large enough to pay for it.
+//! one multiply by `γ / s_x` turns it into the output. On x86_64 CPUs with AVX2 the inner loops
+//! are `crate::sys`'s `maddubs` loops (chosen at run time); elsewhere portable loops over 32
+//! contiguous lanes compute the same integers. One token (GEMV) reads the codes straight from
+//! the packed bytes; several tokens (GEMM) unpack each row's codes once and reuse them for every
+//! token. Rows are split over rayon's pool when the product is large enough to pay for it.
 
 use rayon::prelude::*;
 
@@ -51,7 +53,38 @@ impl Activations {
 }
 
 /// `Σ_c k_c · x_c` over one packed row (codes, not weights).
-fn code_dot(row: &[u8], x: &[i8]) -> i32 {
+fn packed_dot(row: &[u8], x: &[i8]) -> i32 {
+    crate::sys::packed_code_dot(row, x).unwrap_or_else(|| portable_packed_dot(row, x))
+}
+
+/// `Σ_c k_c · x_c` over unpacked codes.
+fn codes_dot(codes: &[u8], x: &[i8]) -> i32 {
+    crate::sys::code_dot(codes, x).unwrap_or_else(|| {
+        codes
+            .iter()
+            .zip(x)
+            .map(|(&k, &v)| i32::from(k) * i32::from(v))
+            .sum()
+    })
+}
+
+/// A packed row's codes, one byte each, in column order.
+fn unpack_codes(row: &[u8], out: &mut [u8]) {
+    for (block, codes) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        for g in 0..4 {
+            let shift = 6 - 2 * g;
+            for (k, &b) in codes[32 * g..32 * g + 32].iter_mut().zip(block) {
+                *k = (b >> shift) & 0b11;
+            }
+        }
+    }
+}
+
+/// [`packed_dot`] without SIMD.
+fn portable_packed_dot(row: &[u8], x: &[i8]) -> i32 {
     let mut acc = 0i32;
     for (block, xb) in row.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(BLOCK)) {
         for g in 0..4 {
@@ -80,10 +113,16 @@ pub fn matmul(w: &PackedTernary, x: &Activations) -> Vec<f32> {
     let mut out = vec![0f32; n * rows];
     let row_out = |r: usize, col: &mut [f32]| {
         let bytes = &w.bytes[r * per_row..(r + 1) * per_row];
-        for (t, y) in col.iter_mut().enumerate() {
-            let xq = &x.q[t * x.width..(t + 1) * x.width];
-            let exact = code_dot(bytes, xq) - x.sums[t];
-            *y = exact as f32 * (w.scale / x.scales[t]);
+        let token = |t: usize| &x.q[t * x.width..(t + 1) * x.width];
+        let out = |t: usize, dot: i32| (dot - x.sums[t]) as f32 * (w.scale / x.scales[t]);
+        if n == 1 {
+            col[0] = out(0, packed_dot(bytes, token(0)));
+        } else {
+            let mut codes = vec![0u8; x.width];
+            unpack_codes(bytes, &mut codes);
+            for (t, y) in col.iter_mut().enumerate() {
+                *y = out(t, codes_dot(&codes, token(t)));
+            }
         }
     };
     // Computed row-major over weights ([rows, tokens]), then transposed to [tokens, rows].
@@ -149,6 +188,37 @@ mod tests {
         (PackedTernary::pack(&q.values, rows, cols, q.scale), x)
     }
 
+    #[test]
+    fn the_simd_and_portable_loops_give_the_same_integers() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for blocks in [1, 3, 12] {
+            let codes: Vec<u8> = (0..blocks * BLOCK)
+                .map(|_| rng.random_range(0..3))
+                .collect();
+            let x: Vec<i8> = (0..blocks * BLOCK)
+                .map(|_| rng.random_range(-128..=127))
+                .collect();
+            let values: Vec<i8> = codes.iter().map(|&k| k as i8 - 1).collect();
+            let packed = PackedTernary::pack(&values, 1, blocks * BLOCK, 1.0);
+            let want: i32 = codes
+                .iter()
+                .zip(&x)
+                .map(|(&k, &v)| i32::from(k) * i32::from(v))
+                .sum();
+            assert_eq!(portable_packed_dot(&packed.bytes, &x), want);
+            let mut unpacked = vec![0u8; blocks * BLOCK];
+            unpack_codes(&packed.bytes, &mut unpacked);
+            assert_eq!(unpacked, codes);
+            // On a CPU without AVX2 these are the portable loops again.
+            assert_eq!(packed_dot(&packed.bytes, &x), want);
+            assert_eq!(codes_dot(&codes, &x), want);
+            if let Some(simd) = crate::sys::packed_code_dot(&packed.bytes, &x) {
+                assert_eq!(simd, want);
+                assert_eq!(crate::sys::code_dot(&codes, &x), Some(want));
+            }
+        }
+    }
+
     fn close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -165,6 +235,9 @@ mod tests {
             (5, 128, 3),
             (2, 129, 4),
             (17, 300, 2),
+            // Large enough to be split over threads: one token (GEMV) and several (GEMM).
+            (300, 260, 1),
+            (64, 512, 5),
         ];
         for (i, &(rows, cols, tokens)) in shapes.iter().enumerate() {
             let (w, x) = case(rows, cols, tokens, i as u64);
