@@ -192,3 +192,88 @@ print(len(weights))
         "the ternary tensors of the first block and the halting head"
     );
 }
+
+/// The evaluation metrics measure what their names say: they stay at exactly zero when no
+/// weight that is scored changes (everything preserved in f32, or every block rolled back to
+/// f32) and move when the weights become ternary.
+#[test]
+fn the_evaluation_metrics_move_only_when_the_weights_change() {
+    let p = Project::new();
+    let extra = r#"
+      keep:
+        op: quantize
+        inputs: { model: model, data: corpus }
+        with:
+          preserve: [{ pattern: "*", precision: f32 }]
+          calibration_samples: 8
+          eval_records: 16
+          seq_len: 32
+          batch_size: 8
+          timing_tokens: 2
+      reverted:
+        op: quantize
+        inputs: { model: model, data: corpus }
+        with:
+          preserve: [{ pattern: "embed", precision: f32 }, { pattern: "head.weight", precision: f32 }, { pattern: "*norm*", precision: f32 }]
+          max_layer_drop: 0
+          revert_precision: f32
+          calibration_samples: 8
+          eval_records: 16
+          seq_len: 32
+          batch_size: 8
+          timing_tokens: 2
+      all:
+        op: quantize
+        inputs: { model: model, data: corpus }
+        with: { max_layer_drop: 1000, max_perplexity_increase: 1000, calibration_samples: 8, eval_records: 16, seq_len: 32, batch_size: 8, timing_tokens: 2 }
+"#;
+    p.write("q.yaml", &format!("{PIPELINE}{extra}"));
+    p.apply_ok("q.yaml", &[]);
+    let metrics = |step: &str| {
+        let out = p.run(&["export", &format!("p.{step}"), step]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        json(p.path().join(step).join("model/metrics.json"))
+    };
+    let num = |m: &serde_json::Value, k: &str| {
+        m[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing from {m}"))
+    };
+    for step in ["keep", "reverted"] {
+        let m = metrics(step);
+        for k in ["evaluation/perplexity_increase", "evaluation/accuracy_drop"] {
+            assert_eq!(num(&m, k), 0.0, "{step}: {k} in {m}");
+        }
+        assert_eq!(
+            num(&m, "evaluation/perplexity_before"),
+            num(&m, "evaluation/perplexity_after")
+        );
+        // Nothing is smaller: the weights are the input's f32 ones again (but a 64-weight head).
+        assert!(
+            num(&m, "evaluation/compression_ratio") < 1.01,
+            "{step}: {m}"
+        );
+    }
+    let keep = metrics("keep");
+    assert_eq!(num(&keep, "evaluation/zero_params"), 0.0);
+    assert_eq!(num(&keep, "compression/quantized_params"), 0.0);
+    // Every block raised perplexity, so every block went back to f32. The halting head does not
+    // change the scored perplexity (an increase of exactly 0 is within a budget of 0), so it
+    // stays ternary.
+    let reverted = metrics("reverted");
+    for block in ["blocks.0", "blocks.1"] {
+        assert_eq!(
+            num(&reverted, &format!("compression/{block}/reverted")),
+            1.0
+        );
+    }
+    assert_eq!(
+        num(&reverted, "evaluation/reverted_layers"),
+        2.0,
+        "{reverted}"
+    );
+    let all = metrics("all");
+    assert_eq!(num(&all, "evaluation/reverted_layers"), 0.0);
+    assert!(num(&all, "evaluation/perplexity_increase") > 0.0, "{all}");
+    assert!(num(&all, "evaluation/zero_params") > 0.0);
+    assert!(num(&all, "evaluation/compression_ratio") > 2.0);
+}
