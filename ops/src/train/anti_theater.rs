@@ -139,6 +139,15 @@ impl Measured {
     pub fn all_passed(&self) -> bool {
         self.verdicts().iter().all(|v| v.passed)
     }
+
+    /// The names of the checks that failed, in the checks' order.
+    pub fn failed(&self) -> Vec<&'static str> {
+        self.verdicts()
+            .into_iter()
+            .filter(|v| !v.passed)
+            .map(|v| v.name)
+            .collect()
+    }
 }
 
 /// Tokens of a thought up to its first end, eos, bos or padding token (a thought that closes
@@ -465,12 +474,7 @@ mod tests {
             ablation_drop: Some(0.0),
             ..good
         };
-        let failed: Vec<&str> = ignored
-            .verdicts()
-            .iter()
-            .filter(|v| !v.passed)
-            .map(|v| v.name)
-            .collect();
+        let failed = ignored.failed();
         assert_eq!(failed, ["divergence", "ablation"]);
     }
 
@@ -636,13 +640,7 @@ mod tests {
             assert_eq!(m.measured.divergence, Some(0.0));
             assert_eq!(m.measured.ablation_drop, Some(0.0));
             assert_eq!(m.accuracy_with_thoughts, m.accuracy_random_thoughts);
-            let failed: Vec<&str> = m
-                .measured
-                .verdicts()
-                .into_iter()
-                .filter(|v| !v.passed)
-                .map(|v| v.name)
-                .collect();
+            let failed = m.measured.failed();
             assert!(
                 failed.starts_with(&["divergence", "ablation"]),
                 "{failed:?}"
@@ -795,13 +793,7 @@ mod tests {
             assert!(m.accuracy_with_thoughts > 0.3, "{m:?}");
             assert!(m.accuracy_random_thoughts < 0.2, "{m:?}");
             let ignored = measure(&ignoring);
-            let failed: Vec<&str> = ignored
-                .measured
-                .verdicts()
-                .into_iter()
-                .filter(|v| !v.passed)
-                .map(|v| v.name)
-                .collect();
+            let failed = ignored.measured.failed();
             assert!(
                 failed.starts_with(&["divergence", "ablation"]),
                 "{}",
