@@ -110,33 +110,39 @@ pub fn matmul(w: &PackedTernary, x: &Activations) -> Vec<f32> {
         w.cols
     );
     let (n, rows, per_row) = (x.tokens(), w.rows, row_bytes(w.cols));
-    let mut out = vec![0f32; n * rows];
-    let row_out = |r: usize, col: &mut [f32]| {
+    // `codes`: a row's unpacked codes, one buffer per thread, used only for several tokens.
+    let row_out = |codes: &mut Vec<u8>, r: usize, col: &mut [f32]| {
         let bytes = &w.bytes[r * per_row..(r + 1) * per_row];
         let token = |t: usize| &x.q[t * x.width..(t + 1) * x.width];
         let out = |t: usize, dot: i32| (dot - x.sums[t]) as f32 * (w.scale / x.scales[t]);
         if n == 1 {
             col[0] = out(0, packed_dot(bytes, token(0)));
         } else {
-            let mut codes = vec![0u8; x.width];
-            unpack_codes(bytes, &mut codes);
+            codes.resize(x.width, 0);
+            unpack_codes(bytes, codes);
             for (t, y) in col.iter_mut().enumerate() {
-                *y = out(t, codes_dot(&codes, token(t)));
+                *y = out(t, codes_dot(codes, token(t)));
             }
         }
     };
-    // Computed row-major over weights ([rows, tokens]), then transposed to [tokens, rows].
+    // Computed row-major over weights ([rows, tokens]), then transposed to [tokens, rows]
+    // (for one token the two layouts are the same).
     let mut by_row = vec![0f32; rows * n];
     if rows * w.cols * n >= PARALLEL_FROM {
         by_row
             .par_chunks_mut(n.max(1))
             .enumerate()
-            .for_each(|(r, col)| row_out(r, col));
+            .for_each_init(Vec::new, |codes, (r, col)| row_out(codes, r, col));
     } else {
+        let mut codes = Vec::new();
         for (r, col) in by_row.chunks_mut(n.max(1)).enumerate() {
-            row_out(r, col);
+            row_out(&mut codes, r, col);
         }
     }
+    if n == 1 {
+        return by_row;
+    }
+    let mut out = vec![0f32; n * rows];
     for r in 0..rows {
         for t in 0..n {
             out[t * rows + r] = by_row[r * n + t];
