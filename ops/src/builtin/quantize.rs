@@ -7,10 +7,12 @@
 //! input's tokenizer) and the seed's `evaluation/*` and `compression/*` metrics, measured on the
 //! test split for the input and the quantized model alike.
 //!
-//! Not yet here (issue 13): STE fine-tuning and the ternary kernel's inference path; the
-//! quantized model runs dequantized through burn, so `evaluation/inference_speedup` measures
-//! that path, not the kernel.
+//! Calibration runs W1.58A8 in burn on the dequantized weights ([`ternary::simulate`]); the
+//! test-split numbers and the decoding time run the quantized model as `forge eval` and
+//! `forge generate` do, its ternary layers through the packed kernel
+//! ([`ternary::load_quantized`]). Not yet here (issue 13): STE fine-tuning.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use schemars::JsonSchema;
@@ -25,7 +27,7 @@ use crate::eval::fitness::EvalData;
 use crate::eval::{Decoding, eval_batches, greedy_ids, score};
 use crate::merge::tensors::StateDict;
 use crate::model::files::{self, ModelFiles};
-use crate::model::{ModelConfig, Tables, TrmTitansMag, weights};
+use crate::model::{ModelConfig, Tables, TrmTitansMag, ternary, weights};
 use crate::op::{StepOutcome, TypedOp};
 use crate::quant::model::{Precision, Preserve, Stored, default_preserve, pattern_problem};
 use crate::quant::staged::{fall_back, staged};
@@ -239,9 +241,12 @@ impl TypedOp for Quantize {
                 .map_err(|e| OpError::user(e.to_string()))
         };
         let mut failure = None;
-        let mut calibrate = |sd: &StateDict| -> f64 {
+        let mut calibrate = |sd: &StateDict, ternary_names: &BTreeSet<String>| -> f64 {
             match load(sd) {
-                Ok(m) => score(&m, &cfg, &calibration, &tables, &dev).perplexity(),
+                Ok(mut m) => {
+                    ternary::simulate(&mut m, ternary_names);
+                    score(&m, &cfg, &calibration, &tables, &dev).perplexity()
+                }
                 Err(e) => {
                     failure.get_or_insert(e);
                     f64::NAN
@@ -296,7 +301,8 @@ impl TypedOp for Quantize {
 
         // Before and after on the test split, through the same evaluation.
         let original = load(&sd)?;
-        let quantized = load(&s.model.dequantize())?;
+        let quantized = ternary::load_quantized(&cfg, &s.model, &dev)
+            .map_err(|e| OpError::user(e.to_string()))?;
         let m_before = score(&original, &cfg, &test, &tables, &dev);
         let m_after = score(&quantized, &cfg, &test, &tables, &dev);
         let time = |m: &TrmTitansMag| timing(m, &cfg, &data, p.timing_tokens, &tables, &dev);
@@ -381,7 +387,11 @@ impl TypedOp for Quantize {
             );
             metrics.insert(
                 k("compression_ratio"),
-                json!(if fell_back { 1.0 } else { d.compression_ratio }),
+                json!(if fell_back {
+                    d.kept_ratio
+                } else {
+                    d.compression_ratio
+                }),
             );
             metrics.insert(k("perplexity_increase"), json!(d.increase));
             metrics.insert(k("reverted"), json!(u8::from(d.reverted || fell_back)));

@@ -45,15 +45,17 @@ pub fn load_artifact(model_dir: &std::path::Path, device: &str) -> Result<Loaded
     let backend = crate::device::resolve(device).map_err(|e| OpError::user(e.to_string()))?;
     let device = backend.device.inner();
     let path = model_dir.join("model.safetensors");
-    let mut bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
-    if config.get("quantization").is_some() {
-        // A quantized model runs dequantized (W_q·γ) through the same forward pass.
+    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
+    let model = if config.get("quantization").is_some() {
+        // A quantized model's ternary layers run through the packed kernel (W1.58A8).
         let q = crate::quant::model::QuantizedModel::from_bytes(&bytes)
             .map_err(|e| OpError::user(format!("{}: {e}", path.display())))?;
-        bytes = q.dequantize().to_bytes();
+        drop(bytes);
+        crate::model::ternary::load_quantized(&cfg, &q, &device)
+    } else {
+        crate::model::weights::model_from(&cfg, 0, bytes, "the model", &device)
     }
-    let model = crate::model::weights::model_from(&cfg, 0, bytes, "the model", &device)
-        .map_err(|e| OpError::user(e.to_string()))?;
+    .map_err(|e| OpError::user(e.to_string()))?;
     Ok(Loaded {
         config,
         cfg,

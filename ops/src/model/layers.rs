@@ -1,14 +1,20 @@
-//! Building blocks of the model: deterministic parameter initialisation, dense projections,
-//! RMSNorm, rotary position embeddings and the SwiGLU feed-forward.
+//! Building blocks of the model: deterministic parameter initialisation, dense projections
+//! (full precision, or BitNet b1.58 ternary, see [`Ternary`]), RMSNorm, rotary position
+//! embeddings and the SwiGLU feed-forward.
 //!
 //! Parameters are drawn from our own seeded ChaCha RNG and uploaded with `TensorData`, not from
 //! the backend's global RNG: the same seed gives the same initial weights on every backend and in
 //! every thread, which the shared Phase-1 initialisation (the merge base) relies on.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+
+use crate::quant::kernel;
+use crate::quant::packed::PackedTernary;
 
 /// Seeded source of initial parameter values.
 pub struct Init {
@@ -56,6 +62,24 @@ impl Init {
 #[derive(Module, Debug)]
 pub struct Dense {
     pub weight: Param<Tensor<2>>,
+    /// How the product is computed when the layer is ternary (a quantized model's layer).
+    #[module(skip)]
+    pub ternary: Ternary,
+}
+
+/// How a [`Dense`] layer of a BitNet b1.58 model computes W1.58A8: ternary weights times
+/// activations quantized to int8 per token by absmax.
+#[derive(Debug, Clone, Default)]
+pub enum Ternary {
+    /// Not ternary: `x W` in full precision.
+    #[default]
+    Off,
+    /// In burn: `weight` holds the dequantized ternary values `W_q·γ` and the activations are
+    /// quantized and dequantized before the product (what calibration and training run).
+    Simulated,
+    /// Through the packed kernel ([`crate::quant::kernel`]) on the host; `weight` is not used
+    /// (a quantized model loaded for inference drops it).
+    Kernel(Arc<PackedTernary>),
 }
 
 impl Dense {
@@ -63,15 +87,43 @@ impl Dense {
     pub fn new(init: &mut Init, d_in: usize, d_out: usize, std: f64) -> Self {
         Self {
             weight: init.normal([d_in, d_out], std),
+            ternary: Ternary::Off,
         }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, d] = x.dims();
+        let x = match &self.ternary {
+            Ternary::Off => x,
+            Ternary::Simulated => quantize_activations(x),
+            Ternary::Kernel(packed) => {
+                let device = x.device();
+                let values = x
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .expect("f32 activations");
+                let y = kernel::matmul(packed, &kernel::Activations::quantize(&values, d));
+                return Tensor::from_data(TensorData::new(y, [b, s, packed.rows]), &device);
+            }
+        };
         let w = self.weight.val();
         let d_out = w.dims()[1];
         x.reshape([b * s, d]).matmul(w).reshape([b, s, d_out])
     }
+}
+
+/// `x` through int8 and back, per token (last axis) by absmax: `round(x·s) / s` with
+/// `s = 127 / max|x|` ([`crate::quant::ternary::quantize_activations`] in burn). For
+/// evaluation: the rounding passes no gradient.
+pub fn quantize_activations(x: Tensor<3>) -> Tensor<3> {
+    let max = x
+        .clone()
+        .abs()
+        .max_dim(2)
+        .clamp_min(crate::quant::ternary::EPS);
+    let s = max.recip().mul_scalar(127.0);
+    x.mul(s.clone()).round().clamp(-128.0, 127.0).div(s)
 }
 
 /// Root-mean-square layer norm with a learned gain.

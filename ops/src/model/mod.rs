@@ -14,6 +14,7 @@
 //! | [`mixing`] | Quiet-STaR's mixing head (in a model whose config asks for it) |
 //! | [`thoughts`] | Quiet-STaR's parallel thoughts over a decoded text (the diagonal mask) |
 //! | [`config`] | `ModelConfig` and presets |
+//! | [`ternary`] | a BitNet b1.58 model's ternary layers: through the packed kernel, or simulated in burn |
 //! | [`weights`] | weight I/O: byte-stable safetensors, exact, partial and renamed loading |
 //! | [`inputs`] | token rows into input ids and shifted labels |
 //! | [`files`] | the files of a `model` artifact |
@@ -28,6 +29,7 @@ pub mod inputs;
 pub mod layers;
 pub mod memory;
 pub mod mixing;
+pub mod ternary;
 pub mod thoughts;
 pub mod trm;
 pub mod weights;

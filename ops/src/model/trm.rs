@@ -292,6 +292,44 @@ impl TrmTitansMag {
         }
     }
 
+    /// Every dense layer with the path of its weight's name without `.weight`
+    /// (`blocks.0.attn.wq`), in a fixed order.
+    pub fn denses_mut(&mut self) -> Vec<(String, &mut Dense)> {
+        let mut out: Vec<(String, &mut Dense)> = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let at = |name: &str| format!("blocks.{i}.{name}");
+            let attn = &mut block.attn;
+            out.push((at("attn.wq"), &mut attn.wq));
+            out.push((at("attn.wk"), &mut attn.wk));
+            out.push((at("attn.wv"), &mut attn.wv));
+            out.push((at("attn.wo"), &mut attn.wo));
+            if let Some(mem) = &mut block.memory {
+                out.push((at("memory.wk"), &mut mem.wk));
+                out.push((at("memory.wv"), &mut mem.wv));
+                out.push((at("memory.wq"), &mut mem.wq));
+                out.push((at("memory.address"), &mut mem.address));
+                out.push((at("memory.wo"), &mut mem.wo));
+                out.push((at("memory.gates"), &mut mem.gates));
+            }
+            if let Some(gate) = &mut block.gate {
+                out.push((at("gate"), gate));
+            }
+            let ffn = &mut block.ffn;
+            out.push((at("ffn.gate"), &mut ffn.gate));
+            out.push((at("ffn.up"), &mut ffn.up));
+            out.push((at("ffn.down"), &mut ffn.down));
+        }
+        if let Some(head) = &mut self.head {
+            out.push(("head".into(), head));
+        }
+        out.push(("halt".into(), &mut self.halt));
+        if let Some(talk) = &mut self.talk {
+            out.push(("talk.hidden".into(), &mut talk.hidden));
+            out.push(("talk.out".into(), &mut talk.out));
+        }
+        out
+    }
+
     /// Replace the memory gates (η, θ, α) of every memory block, e.g. after loading a shared
     /// initialisation into a variant that sets its own.
     pub fn set_memory_gates(&mut self, gates: [f64; 3]) {

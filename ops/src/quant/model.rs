@@ -133,6 +133,16 @@ impl Stored {
         }
     }
 
+    /// Bytes of the tensor's data as the file stores it (scales included).
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            Self::Ternary { packed, .. } => packed.stored_bytes(),
+            Self::F32(t) => 4 * t.data.len(),
+            Self::F16 { data, .. } => 2 * data.len(),
+            Self::Int8 { q, scales, .. } => q.len() + 4 * scales.len(),
+        }
+    }
+
     /// Zeros among the ternary weights (0 for other tensors).
     pub fn zeros(&self) -> usize {
         match self {
@@ -284,6 +294,15 @@ impl QuantizedModel {
                 })
                 .collect(),
         }
+    }
+
+    /// The names of the ternary tensors.
+    pub fn ternary_names(&self) -> BTreeSet<String> {
+        self.tensors
+            .iter()
+            .filter(|(_, s)| s.is_ternary())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The safetensors bytes (deterministic: the tensors sorted, one metadata key).

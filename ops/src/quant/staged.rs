@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::model::{Precision, Preserve, QuantizedModel, Stored, becomes_ternary, quantize_tensor};
+use super::model::{Precision, Preserve, QuantizedModel, becomes_ternary, quantize_tensor};
 use crate::merge::tensors::StateDict;
 
 /// The layer a tensor belongs to: `blocks.N` for a block's tensors, else its first name segment.
@@ -32,8 +32,11 @@ pub struct LayerDecision {
     pub preserved_params: usize,
     /// Zeros among the layer's ternary weights (0 when reverted).
     pub sparsity: f64,
-    /// Bytes of the layer's candidate weights as f32 / as stored ternary (packed + scales).
+    /// Bytes of the layer's candidate weights as f32 / as stored: ternary (packed + scales), or
+    /// at the revert precision when reverted.
     pub compression_ratio: f64,
+    /// Bytes as f32 / at the revert precision (the ratio should the layer be reverted later).
+    pub kept_ratio: f64,
     pub perplexity_before: f64,
     pub perplexity_after: f64,
     /// `after / before − 1`.
@@ -52,14 +55,18 @@ pub struct Staged {
     pub perplexity_after: f64,
 }
 
-/// Quantize `sd` layer by layer under `preserve`, scoring each state with `perplexity` (of the
-/// dequantized weights) and reverting layers over `max_layer_drop` to `revert_to`.
+/// How a state is scored: its perplexity given the dequantized weights and the names of the
+/// tensors that are ternary in it (whose layers quantize their activations, W1.58A8).
+pub type Perplexity<'a> = dyn FnMut(&StateDict, &BTreeSet<String>) -> f64 + 'a;
+
+/// Quantize `sd` layer by layer under `preserve`, scoring each state with `perplexity` and
+/// reverting layers over `max_layer_drop` to `revert_to`.
 pub fn staged(
     sd: &StateDict,
     preserve: &[Preserve],
     max_layer_drop: f64,
     revert_to: Precision,
-    perplexity: &mut dyn FnMut(&StateDict) -> f64,
+    perplexity: &mut Perplexity,
 ) -> Staged {
     let none = BTreeSet::new();
     // Which tensors each layer would make ternary, layers in order (blocks by number).
@@ -74,27 +81,29 @@ pub fn staged(
             layers.entry(key).or_default().push(name.clone());
         }
     }
-    let before = perplexity(sd);
+    let before = perplexity(sd, &none);
     let mut current = sd.clone();
+    let mut ternary = BTreeSet::new();
     let mut accepted = before;
     let (mut reverted, mut decisions) = (BTreeSet::new(), Vec::new());
     for ((_, _, layer), names) in layers {
         let mut candidate = current.clone();
-        let (mut params, mut zeros, mut stored) = (0usize, 0usize, 0usize);
+        let (mut params, mut zeros, mut stored, mut kept) = (0usize, 0usize, 0usize, 0usize);
         for n in &names {
             let q = quantize_tensor(n, &sd.tensors[n], preserve, &none, revert_to);
             params += q.numel();
             zeros += q.zeros();
-            if let Stored::Ternary { packed, .. } = &q {
-                stored += packed.stored_bytes();
-            }
+            stored += q.stored_bytes();
+            let one = BTreeSet::from([n.clone()]);
+            kept += quantize_tensor(n, &sd.tensors[n], preserve, &one, revert_to).stored_bytes();
             candidate
                 .tensors
                 .get_mut(n)
                 .expect("a tensor of the model")
                 .data = q.values();
         }
-        let after = perplexity(&candidate);
+        let candidate_ternary: BTreeSet<String> = ternary.iter().chain(&names).cloned().collect();
+        let after = perplexity(&candidate, &candidate_ternary);
         let increase = after / accepted - 1.0;
         // A NaN perplexity (a broken layer) is over any budget.
         let revert = increase.is_nan() || increase > max_layer_drop;
@@ -102,6 +111,7 @@ pub fn staged(
             reverted.extend(names.iter().cloned());
         } else {
             current = candidate;
+            ternary = candidate_ternary;
         }
         decisions.push(LayerDecision {
             layer_name: layer,
@@ -113,11 +123,9 @@ pub fn staged(
             } else {
                 zeros as f64 / params.max(1) as f64
             },
-            compression_ratio: if revert {
-                1.0
-            } else {
-                (params * 4) as f64 / stored.max(1) as f64
-            },
+            compression_ratio: (params * 4) as f64
+                / (if revert { kept } else { stored }).max(1) as f64,
+            kept_ratio: (params * 4) as f64 / kept.max(1) as f64,
             perplexity_before: accepted,
             perplexity_after: after,
             increase,
@@ -145,7 +153,7 @@ pub fn fall_back(
     preserve: &[Preserve],
     revert_to: Precision,
     budget: f64,
-    perplexity: &mut dyn FnMut(&StateDict) -> f64,
+    perplexity: &mut Perplexity,
 ) -> Vec<String> {
     let mut ranked: Vec<(f64, String)> = s
         .layers
@@ -168,7 +176,7 @@ pub fn fall_back(
             .collect();
         s.reverted.extend(names);
         s.model = QuantizedModel::quantize(sd, preserve, &s.reverted, revert_to);
-        s.perplexity_after = perplexity(&s.model.dequantize());
+        s.perplexity_after = perplexity(&s.model.dequantize(), &s.model.ternary_names());
         reverted_layers.push(layer);
     }
     reverted_layers
@@ -178,7 +186,7 @@ pub fn fall_back(
 mod tests {
     use super::*;
     use crate::merge::tensors::Tensor;
-    use crate::quant::model::default_preserve;
+    use crate::quant::model::{Stored, default_preserve};
 
     fn model() -> StateDict {
         let t = |shape: &[usize], seed: usize| Tensor {
@@ -232,11 +240,17 @@ mod tests {
     #[test]
     fn a_layer_whose_drop_is_forced_over_budget_is_reverted_and_the_rest_are_kept() {
         let sd = model();
-        let mut calls = 0;
-        let s = staged(&sd, &default_preserve(), 0.05, Precision::F16, &mut |m| {
-            calls += 1;
-            perplexity(m, &sd)
-        });
+        let mut seen: Vec<BTreeSet<String>> = Vec::new();
+        let s = staged(
+            &sd,
+            &default_preserve(),
+            0.05,
+            Precision::F16,
+            &mut |m, t| {
+                seen.push(t.clone());
+                perplexity(m, &sd)
+            },
+        );
         let order: Vec<(&str, bool)> = s
             .layers
             .iter()
@@ -251,10 +265,23 @@ mod tests {
                 ("halt", false)
             ]
         );
-        assert_eq!(calls, 1 + 4, "the input, then once per layer");
+        assert_eq!(seen.len(), 1 + 4, "the input, then once per layer");
+        // Each state is scored knowing its ternary tensors: none for the input; the accepted
+        // layers' and the candidate's (not the reverted blocks.1's) for the last one.
+        assert!(seen[0].is_empty());
+        assert!(seen[2].contains("blocks.1.ffn.up.weight"));
+        let last = &seen[4];
+        assert!(last.contains("halt.weight") && last.contains("blocks.0.attn.wq.weight"));
+        assert!(last.contains("blocks.10.attn.wq.weight"));
+        assert!(!last.contains("blocks.1.ffn.up.weight") && !last.contains("embed"));
         let b1 = &s.layers[1];
         assert!((b1.increase - (15.15 / 10.1 - 1.0)).abs() < 1e-9, "{b1:?}");
         assert_eq!((b1.quantized_params, b1.preserved_params), (0, 48));
+        // Kept at f16: half the bytes of f32; the accepted 4×4 layer is one 32-byte packed row
+        // per output and a 4-byte scale (64 bytes f32 / 132 bytes: padding costs at this size).
+        assert_eq!(b1.compression_ratio, 2.0);
+        assert_eq!(s.layers[0].compression_ratio, 64.0 / 132.0);
+        assert_eq!(s.layers[0].kept_ratio, 2.0);
         assert_eq!(s.perplexity_before, 10.0);
         assert!((s.perplexity_after - 10.0 * 1.01f64.powi(3)).abs() < 1e-9);
         // The reverted layer's weights keep the revert precision; the others are ternary.
@@ -265,9 +292,13 @@ mod tests {
         assert!(s.model.tensors["blocks.10.attn.wq.weight"].is_ternary());
         assert!(matches!(s.model.tensors["embed"], Stored::F16 { .. }));
         // With a budget above the forced drop, nothing is reverted.
-        let all = staged(&sd, &default_preserve(), 0.6, Precision::F16, &mut |m| {
-            perplexity(m, &sd)
-        });
+        let all = staged(
+            &sd,
+            &default_preserve(),
+            0.6,
+            Precision::F16,
+            &mut |m, _| perplexity(m, &sd),
+        );
         assert!(all.reverted.is_empty() && all.layers.iter().all(|d| !d.reverted));
     }
 
@@ -290,9 +321,13 @@ mod tests {
             }
             p
         };
-        let mut s = staged(&sd, &default_preserve(), 0.05, Precision::F32, &mut |m| {
-            score(m)
-        });
+        let mut s = staged(
+            &sd,
+            &default_preserve(),
+            0.05,
+            Precision::F32,
+            &mut |m, _| score(m),
+        );
         assert!(s.reverted.is_empty());
         let all = 10.0 * 1.01f64.powi(3) * 1.04;
         assert!((s.perplexity_after - all).abs() < 1e-9);
@@ -303,7 +338,7 @@ mod tests {
             &default_preserve(),
             Precision::F32,
             10.31,
-            &mut |m| score(m),
+            &mut |m, _| score(m),
         );
         assert_eq!(back, ["blocks.10"]);
         assert!((s.perplexity_after - 10.0 * 1.01f64.powi(3)).abs() < 1e-9);
@@ -314,16 +349,20 @@ mod tests {
         ));
         assert!(s.model.tensors["blocks.0.attn.wq.weight"].is_ternary());
         // A budget nothing meets reverts every accepted layer, costliest first.
-        let mut t = staged(&sd, &default_preserve(), 0.05, Precision::F32, &mut |m| {
-            score(m)
-        });
+        let mut t = staged(
+            &sd,
+            &default_preserve(),
+            0.05,
+            Precision::F32,
+            &mut |m, _| score(m),
+        );
         let every = fall_back(
             &mut t,
             &sd,
             &default_preserve(),
             Precision::F32,
             1.0,
-            &mut |m| score(m),
+            &mut |m, _| score(m),
         );
         assert_eq!(every[0], "blocks.10");
         assert_eq!(every.len(), 4);
