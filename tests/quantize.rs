@@ -277,3 +277,81 @@ fn the_evaluation_metrics_move_only_when_the_weights_change() {
     assert!(num(&all, "evaluation/zero_params") > 0.0);
     assert!(num(&all, "evaluation/compression_ratio") > 2.0);
 }
+
+/// The micro pipeline with a fine-tuned quantization in place of the plain one.
+fn fine_tuned(steps: u64) -> String {
+    let plain = "with: { calibration_samples: 8, eval_records: 16, seq_len: 32, batch_size: 8, timing_tokens: 4 }";
+    assert!(PIPELINE.contains(plain));
+    PIPELINE.replace(
+        plain,
+        &format!(
+            "with: {{ calibration_samples: 8, eval_records: 16, seq_len: 32, batch_size: 8, timing_tokens: 2, max_layer_drop: 1000, max_perplexity_increase: 1000, fine_tune_steps: {steps}, fine_tune: {{ batch_size: 4, seq_len: 32, checkpoint_every: 4, log_every: 2 }} }}"
+        ),
+    )
+}
+
+/// STE fine-tuning lowers the quantized model's held-out perplexity below quantizing the same
+/// input as it is (the control the op measures beside it, same layers ternary), keeps its loss
+/// curve in the artifact, and a run killed mid-way resumes to the same bytes.
+#[test]
+fn fine_tuning_beats_quantizing_as_is_and_resumes_bit_identically() {
+    let whole = Project::new();
+    whole.write("q.yaml", &fine_tuned(16));
+    whole.apply_ok("q.yaml", &[]);
+    let out = whole.run(&["export", "p.ternary", "exp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = whole.path().join("exp/model");
+    let m = json(dir.join("metrics.json"));
+    let num = |k: &str| {
+        m[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing from {m}"))
+    };
+    assert_eq!(num("finetune/steps"), 16.0);
+    assert_eq!(num("evaluation/reverted_layers"), 0.0, "{m}");
+    assert!(
+        num("finetune/perplexity") < num("finetune/ptq_perplexity"),
+        "fine-tuned {} vs as-is {}",
+        num("finetune/perplexity"),
+        num("finetune/ptq_perplexity")
+    );
+    assert_eq!(
+        num("finetune/perplexity"),
+        num("evaluation/perplexity_after")
+    );
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 8, "one row per 2 steps: {history}");
+    assert!(history.contains("train/kl_divergence"), "{history}");
+    let expected = digest(&whole);
+
+    // The model first, so the only checkpoint written next is the fine-tuning's.
+    let p = Project::new();
+    let upstream = &PIPELINE[..PIPELINE.find("      ternary:").unwrap()];
+    p.write("q.yaml", upstream);
+    p.apply_ok("q.yaml", &[]);
+    p.write("q.yaml", &fine_tuned(16));
+    p.kill_when(
+        &["apply", "q.yaml"],
+        "checkpoint/progress.json",
+        std::time::Duration::from_secs(300),
+        "fine-tuning never checkpointed",
+        |t| {
+            serde_json::from_str::<serde_json::Value>(t)
+                .is_ok_and(|v| v["step"].as_u64() >= Some(8))
+        },
+    );
+    let out = p.run(&["-v", "--log-format", "json", "apply", "q.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let evs = common::events(&out);
+    assert!(
+        evs.iter().any(|e| e["event"] == "log"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("resuming from the checkpoint at step"))),
+        "fine-tuning did not resume from its checkpoint"
+    );
+    assert_eq!(
+        digest(&p),
+        expected,
+        "the resumed artifact differs from an uninterrupted run's"
+    );
+}

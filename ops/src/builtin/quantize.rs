@@ -15,12 +15,14 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use burn::module::Module;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::artifact::{ArtifactKind, InputSignature, InputSpec, OutputSpec, StepInputs};
 use crate::context::StepContext;
+use crate::data::{Corpus, Sampler, Stage};
 use crate::device;
 use crate::error::{OpError, ParamsError};
 use crate::eval::fitness::EvalData;
@@ -29,8 +31,13 @@ use crate::merge::tensors::StateDict;
 use crate::model::files::{self, ModelFiles};
 use crate::model::{ModelConfig, Tables, TrmTitansMag, ternary, weights};
 use crate::op::{StepOutcome, TypedOp};
-use crate::quant::model::{Precision, Preserve, Stored, default_preserve, pattern_problem};
+use crate::optim::OptimizerConfig;
+use crate::quant::model::{
+    Precision, Preserve, QuantizedModel, Stored, becomes_ternary, default_preserve, pattern_problem,
+};
 use crate::quant::staged::{fall_back, staged};
+use crate::text::TextCodec;
+use crate::train::{Lm, LoopConfig, Reference, Run, Targets, Trained, ste};
 
 /// The quantization method (only BitNet b1.58's absmean ternary weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -73,6 +80,50 @@ pub struct QuantizeParams {
     /// Tokens greedily decoded per prompt to time inference.
     #[serde(default = "d::timing_tokens")]
     pub timing_tokens: usize,
+    /// Steps of STE fine-tuning (quantization-aware training) before the layer-by-layer pass;
+    /// 0 quantizes the input as it is (post-training quantization).
+    #[serde(default)]
+    pub fine_tune_steps: u64,
+    /// How the fine-tuning trains (used when `fine_tune_steps` > 0).
+    #[serde(default)]
+    pub fine_tune: FineTune,
+}
+
+/// STE fine-tuning: the model trains through its W1.58A8 forward pass ([`ste`]) on the training
+/// split of `data`, the latent full-precision weights taking the gradient, with cross-entropy
+/// plus `distill` × KL(input model ‖ ternary model) — distillation from the unquantized input,
+/// the usual way to convert a trained model to ternary. The seed's learning rate (1e-5) moves a
+/// weight too little to cross a rounding threshold (γ/2 ≈ half the mean |w|) in a few hundred
+/// steps; the default takes the Phase-1 optimizer with Grokfast off (a short run has no slow
+/// gradient to amplify).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FineTune {
+    /// Rows per optimizer step.
+    #[serde(default = "d::batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "d::seq_len")]
+    pub seq_len: usize,
+    /// Weight of KL(input ‖ ternary model) beside the cross-entropy (0: cross-entropy alone).
+    #[serde(default = "d::distill")]
+    pub distill: f64,
+    #[serde(default = "d::optimizer")]
+    pub optimizer: OptimizerConfig,
+    /// Default: 5% of the steps.
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
+    #[serde(default = "d::min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "d::checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "d::log_every")]
+    pub log_every: u64,
+}
+
+impl Default for FineTune {
+    fn default() -> Self {
+        serde_json::from_value(json!({})).expect("defaults")
+    }
 }
 
 mod d {
@@ -100,6 +151,26 @@ mod d {
     }
     pub fn timing_tokens() -> usize {
         32
+    }
+    pub fn distill() -> f64 {
+        1.0
+    }
+    pub fn optimizer() -> super::OptimizerConfig {
+        super::OptimizerConfig {
+            grokfast_lambda: 0.0,
+            kl_coef: 0.0,
+            preset: None,
+            ..super::OptimizerConfig::preset("phase1").expect("a preset")
+        }
+    }
+    pub fn min_lr_ratio() -> f64 {
+        0.1
+    }
+    pub fn checkpoint_every() -> u64 {
+        25
+    }
+    pub fn log_every() -> u64 {
+        5
     }
 }
 
@@ -136,6 +207,20 @@ pub const METRICS: &[&str] = &[
     "compression/*/compression_ratio",
     "compression/*/perplexity_increase",
     "compression/*/reverted",
+    "finetune/steps",
+    "finetune/epoch",
+    "finetune/loss",
+    "finetune/accuracy",
+    "finetune/perplexity",
+    "finetune/ptq_accuracy",
+    "finetune/ptq_perplexity",
+    "finetune/accuracy_recovery",
+    "train/loss",
+    "train/perplexity",
+    "train/learning_rate",
+    "train/gradient_norm",
+    "train/kl_divergence",
+    "system/tokens_per_second",
     "final/compression_ratio",
     "final/model_size_mb",
     "final/sparsity",
@@ -180,6 +265,36 @@ impl TypedOp for Quantize {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ParamsError::at(&[name], format!("{name} must be positive")));
+        }
+        let ft = &p.fine_tune;
+        if let Some(problem) = ft.optimizer.problems().into_iter().next() {
+            return Err(ParamsError::at(&["fine_tune", "optimizer"], problem));
+        }
+        if ft.optimizer.kl_coef > 0.0 {
+            return Err(ParamsError::at(
+                &["fine_tune", "optimizer", "kl_coef"],
+                "the fine-tuning's KL to the input model is `fine_tune.distill`",
+            )
+            .with_hint("set kl_coef: 0 and distill: <weight>"));
+        }
+        if !(ft.distill >= 0.0 && ft.distill.is_finite()) {
+            return Err(ParamsError::at(
+                &["fine_tune", "distill"],
+                "distill must be a non-negative number",
+            ));
+        }
+        for (name, v) in [
+            ("batch_size", ft.batch_size as u64),
+            ("seq_len", ft.seq_len as u64),
+            ("checkpoint_every", ft.checkpoint_every),
+            ("log_every", ft.log_every),
+        ] {
+            if v == 0 {
+                return Err(ParamsError::at(
+                    &["fine_tune", name],
+                    format!("{name} must be positive"),
+                ));
+            }
         }
         Ok(())
     }
@@ -253,24 +368,54 @@ impl TypedOp for Quantize {
                 }
             }
         };
+        // STE fine-tuning first: the layer-by-layer pass then quantizes the latent weights it
+        // leaves (and reverts a layer to them).
+        let tuned = if p.fine_tune_steps > 0 {
+            let names: BTreeSet<String> = sd
+                .tensors
+                .iter()
+                .filter(|(n, t)| becomes_ternary(n, &t.shape, &p.preserve))
+                .map(|(n, _)| n.clone())
+                .collect();
+            Some(fine_tune(
+                ctx,
+                inputs,
+                p,
+                &cfg,
+                &data.codec,
+                &bytes,
+                &names,
+            )?)
+        } else {
+            None
+        };
+        let latent = match &tuned {
+            Some((t, _)) => StateDict::from_bytes(&t.weights()?)
+                .map_err(|e| OpError::internal(e.to_string()))?,
+            None => sd.clone(),
+        };
         ctx.log(format!(
             "quantizing layer by layer on {} calibration rows (a layer may raise perplexity by {:.0}%)",
             calibration.iter().map(|b| b.rows.len()).sum::<usize>(),
             p.max_layer_drop * 100.0
         ));
         let mut s = staged(
-            &sd,
+            &latent,
             &p.preserve,
             p.max_layer_drop,
             p.revert_precision,
             &mut calibrate,
         );
         // The conservative fallback: revert the accepted layers that cost most until the whole
-        // model is within budget.
-        let budget = s.perplexity_before * (1.0 + p.max_perplexity_increase);
+        // model is within budget — relative to the input model, fine-tuned or not.
+        let input_calibration = match tuned {
+            Some(_) => calibrate(&sd, &BTreeSet::new()),
+            None => s.perplexity_before,
+        };
+        let budget = input_calibration * (1.0 + p.max_perplexity_increase);
         let fallback = fall_back(
             &mut s,
-            &sd,
+            &latent,
             &p.preserve,
             p.revert_precision,
             budget,
@@ -307,6 +452,16 @@ impl TypedOp for Quantize {
         let m_after = score(&quantized, &cfg, &test, &tables, &dev);
         let time = |m: &TrmTitansMag| timing(m, &cfg, &data, p.timing_tokens, &tables, &dev);
         let (t_before, t_after) = (time(&original), time(&quantized));
+        // The control for fine-tuning: the input quantized as it is, the same layers reverted.
+        let ptq = match &tuned {
+            Some(_) => {
+                let q = QuantizedModel::quantize(&sd, &p.preserve, &s.reverted, p.revert_precision);
+                let m = ternary::load_quantized(&cfg, &q, &dev)
+                    .map_err(|e| OpError::internal(e.to_string()))?;
+                Some(score(&m, &cfg, &test, &tables, &dev))
+            }
+            None => None,
+        };
 
         let out_dir = ctx.output_dir("model")?;
         let packed = s.model.to_bytes();
@@ -396,9 +551,42 @@ impl TypedOp for Quantize {
             metrics.insert(k("perplexity_increase"), json!(d.increase));
             metrics.insert(k("reverted"), json!(u8::from(d.reverted || fell_back)));
         }
+        if let (Some((trained, pool_rows)), Some(ptq)) = (&tuned, &ptq) {
+            let acc_ptq = ptq.answer_accuracy();
+            let ft = &p.fine_tune;
+            let rows = trained.steps as f64 * ft.batch_size as f64;
+            metrics.insert("finetune/steps".into(), json!(trained.steps));
+            metrics.insert(
+                "finetune/epoch".into(),
+                json!(rows / (*pool_rows).max(1) as f64),
+            );
+            metrics.insert("finetune/loss".into(), json!(trained.final_loss));
+            metrics.insert("finetune/accuracy".into(), json!(acc_after));
+            metrics.insert("finetune/perplexity".into(), json!(m_after.perplexity()));
+            metrics.insert("finetune/ptq_accuracy".into(), json!(acc_ptq));
+            metrics.insert("finetune/ptq_perplexity".into(), json!(ptq.perplexity()));
+            // The share of the accuracy quantization lost that fine-tuning won back (only
+            // defined when quantizing as it is lost some).
+            if acc_before > acc_ptq {
+                metrics.insert(
+                    "finetune/accuracy_recovery".into(),
+                    json!((acc_after - acc_ptq) / (acc_before - acc_ptq)),
+                );
+            }
+            ctx.log(format!(
+                "fine-tuning: test perplexity {:.3} quantized as it was → {:.3} fine-tuned (input {:.3})",
+                ptq.perplexity(),
+                m_after.perplexity(),
+                m_before.perplexity()
+            ));
+        }
         let breakdown =
             serde_json::to_vec_pretty(&json!({ "layers": s.layers, "fallback": fallback }))
                 .expect("json");
+        let mut extra = vec![("compression.json", breakdown)];
+        if let Some((trained, _)) = &tuned {
+            extra.push(("history.jsonl", trained.history_jsonl()));
+        }
         // Write, then measure the files as written.
         files::write(
             &out_dir,
@@ -407,7 +595,7 @@ impl TypedOp for Quantize {
                 config: &out_config,
                 tokenizer: Some(&input.path.join("tokenizer.json")),
                 metrics: &Map::new(),
-                extra: &[("compression.json", breakdown)],
+                extra: &extra,
             },
         )?;
         let size_after = dir_bytes(
@@ -449,6 +637,89 @@ impl TypedOp for Quantize {
         );
         Ok(StepOutcome { metrics })
     }
+}
+
+/// STE fine-tuning of the input (`input_bytes`) with the tensors in `names` ternary, as
+/// [`FineTune`] describes; checkpointed and resumed like `train`. The run and the number of
+/// training rows it samples from.
+fn fine_tune(
+    ctx: &StepContext,
+    inputs: &StepInputs,
+    p: &QuantizeParams,
+    cfg: &ModelConfig,
+    codec: &TextCodec,
+    input_bytes: &[u8],
+    names: &BTreeSet<String>,
+) -> Result<(Trained, usize), OpError> {
+    let ft = &p.fine_tune;
+    if ft.seq_len > cfg.max_seq {
+        return Err(OpError::user(format!(
+            "fine_tune.seq_len {} exceeds the model's max_seq {}",
+            ft.seq_len, cfg.max_seq
+        )));
+    }
+    let backend = device::resolve(ctx.device()).map_err(|e| OpError::user(e.to_string()))?;
+    let dev = &backend.device;
+    let corpus = Corpus::load(&inputs["data"], |t| codec.encode(t))?;
+    let stages = [Stage {
+        until: 1.0,
+        max_difficulty: 3,
+        mix: None,
+    }];
+    let curriculum = corpus.curriculum(&stages, None, p.fine_tune_steps)?;
+    let seed = ctx.seed();
+    let sampler = Sampler {
+        pool: &corpus.pool,
+        curriculum: &curriculum,
+        seed,
+        rows: ft.batch_size,
+        seq: ft.seq_len,
+    };
+    let tables = Tables::new(cfg, dev);
+    let load = |what: &str| {
+        weights::model_from(cfg, seed, input_bytes.to_vec(), what, dev)
+            .map_err(|e| OpError::user(e.to_string()))
+    };
+    let teacher = load("the input model")?.valid();
+    let lm = Lm {
+        targets: Targets::All,
+        sup_steps: cfg.sup_steps,
+        act_weight: cfg.act_weight,
+        tables: &tables,
+        device: dev,
+        reference: (ft.distill > 0.0).then_some(Reference {
+            model: &teacher,
+            kl_coef: ft.distill,
+        }),
+    };
+    let objective = ste::Ternary { inner: &lm, names };
+    let settings = LoopConfig {
+        steps: p.fine_tune_steps,
+        batch_size: ft.batch_size,
+        seq_len: ft.seq_len,
+        grad_accum: 1,
+        warmup_steps: ft.warmup_steps.unwrap_or(p.fine_tune_steps / 20),
+        min_lr_ratio: ft.min_lr_ratio,
+        checkpoint_every: ft.checkpoint_every,
+        log_every: ft.log_every,
+        memory_budget_mib: None,
+    };
+    ctx.log(format!(
+        "STE fine-tuning {} ternary tensors for {} steps (distill {})",
+        names.len(),
+        p.fine_tune_steps,
+        ft.distill
+    ));
+    let run = Run {
+        ctx,
+        model: cfg,
+        optimizer: &ft.optimizer,
+        settings: &settings,
+        device: dev,
+        monitor: None,
+    };
+    let trained = run.train(&|| load("the input model"), &sampler, &objective)?;
+    Ok((trained, corpus.pool.tokens.len()))
 }
 
 /// Total bytes of the named files in `dir`.

@@ -114,16 +114,25 @@ impl Dense {
 }
 
 /// `x` through int8 and back, per token (last axis) by absmax: `round(x·s) / s` with
-/// `s = 127 / max|x|` ([`crate::quant::ternary::quantize_activations`] in burn). For
-/// evaluation: the rounding passes no gradient.
+/// `s = 127 / max|x|` ([`crate::quant::ternary::quantize_activations`] in burn), passing the
+/// gradient straight through (`x + (q − x).detach()`: the value of `q`, the gradient of `x`), so
+/// quantization-aware training reaches the layers below.
 pub fn quantize_activations(x: Tensor<3>) -> Tensor<3> {
     let max = x
         .clone()
+        .detach()
         .abs()
         .max_dim(2)
         .clamp_min(crate::quant::ternary::EPS);
     let s = max.recip().mul_scalar(127.0);
-    x.mul(s.clone()).round().clamp(-128.0, 127.0).div(s)
+    let q = x
+        .clone()
+        .detach()
+        .mul(s.clone())
+        .round()
+        .clamp(-128.0, 127.0)
+        .div(s);
+    x.clone().add(q.sub(x).detach())
 }
 
 /// Root-mean-square layer norm with a learned gain.

@@ -1,6 +1,6 @@
 //! Quantization-aware training for BitNet b1.58 (Phase 4): the forward pass sees the ternary
-//! weights `W_q·γ` ([`crate::quant::ternary`]), the gradient reaches the latent full-precision
-//! weights unchanged — the straight-through estimator. [`ternarize`] builds the model a step
+//! weights `W_q·γ` ([`crate::quant::ternary`]) and int8 activations, the gradient reaches the
+//! latent full-precision weights unchanged — the straight-through estimator. [`ternarize`] builds the model a step
 //! runs, with each named weight `W_q·γ + (W − W.detach())`: its value is exactly the ternary
 //! weight the artifact will store, its gradient w.r.t. `W` the identity. [`Ternary`] wraps any
 //! [`Objective`] so the training loop (optimizer, checkpoints, resume) is the usual one.
@@ -46,12 +46,16 @@ impl ModuleMapper for Ternarize<'_> {
     }
 }
 
-/// `model` with each weight named in `names` replaced by its straight-through ternary version.
+/// `model` with each weight named in `names` replaced by its straight-through ternary version,
+/// and its layers' activations quantized to int8 (also straight through): the W1.58A8 forward
+/// pass of the quantized model.
 pub fn ternarize(model: &TrmTitansMag, names: &BTreeSet<String>) -> TrmTitansMag {
-    model.clone().map(&mut Ternarize {
+    let mut ste = model.clone().map(&mut Ternarize {
         path: Vec::new(),
         names,
-    })
+    });
+    crate::model::ternary::simulate(&mut ste, names);
+    ste
 }
 
 /// An objective computed on the ternary forward pass of the weights in `names`.
@@ -146,6 +150,7 @@ mod tests {
         let mut at_q = model.clone();
         let bytes = crate::model::weights::to_bytes(&ste).unwrap();
         crate::model::weights::load_exact(&mut at_q, bytes, "the quantized point").unwrap();
+        crate::model::ternary::simulate(&mut at_q, &names);
         let out_ste = ste.forward_train(x.clone(), y.clone(), cfg.sup_steps, 0.1, &t);
         let out_q = at_q.forward_train(x, y, cfg.sup_steps, 0.1, &t);
         let (l_ste, l_q) = (
