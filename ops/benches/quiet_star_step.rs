@@ -87,6 +87,7 @@ fn main() {
         reference: Some(Reference {
             model: &reference,
             kl_coef: optimizer.kl_coef,
+            data_weight: 1.0,
         }),
         seed: 1,
     };

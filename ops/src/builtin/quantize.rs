@@ -35,7 +35,7 @@ use crate::optim::OptimizerConfig;
 use crate::quant::model::{
     Precision, Preserve, QuantizedModel, Stored, becomes_ternary, default_preserve, pattern_problem,
 };
-use crate::quant::staged::{fall_back, staged};
+use crate::quant::staged::{Tuned, fall_back, staged, staged_tuned};
 use crate::text::TextCodec;
 use crate::train::{Lm, LoopConfig, Reference, Run, Targets, Trained, ste};
 
@@ -90,9 +90,9 @@ pub struct QuantizeParams {
 }
 
 /// STE fine-tuning: the model trains through its W1.58A8 forward pass ([`ste`]) on the training
-/// split of `data`, the latent full-precision weights taking the gradient, with cross-entropy
-/// plus `distill` × KL(input model ‖ ternary model) — distillation from the unquantized input,
-/// the usual way to convert a trained model to ternary. The seed's learning rate (1e-5) moves a
+/// split of `data`, the latent full-precision weights taking the gradient, minimising
+/// `distill` × KL(input model ‖ ternary model) — distillation from the unquantized input, the
+/// usual way to convert a trained model to ternary — plus `cross_entropy` × the data's loss. The seed's learning rate (1e-5) moves a
 /// weight too little to cross a rounding threshold (γ/2 ≈ half the mean |w|) in a few hundred
 /// steps; the default takes the Phase-1 optimizer with Grokfast off (a short run has no slow
 /// gradient to amplify).
@@ -104,9 +104,15 @@ pub struct FineTune {
     pub batch_size: usize,
     #[serde(default = "d::seq_len")]
     pub seq_len: usize,
-    /// Weight of KL(input ‖ ternary model) beside the cross-entropy (0: cross-entropy alone).
+    /// Weight of KL(input ‖ ternary model) (0: cross-entropy alone).
     #[serde(default = "d::distill")]
     pub distill: f64,
+    /// Weight of the cross-entropy on the data (with the ACT halting loss) beside the KL. The
+    /// default 0 is distillation alone: the ternary model learns to predict what the input
+    /// predicts, so what it gains is recovered quality, not extra training on the data's labels
+    /// (with 1 it also trains on them, and a better score would mix both).
+    #[serde(default)]
+    pub cross_entropy: f64,
     #[serde(default = "d::optimizer")]
     pub optimizer: OptimizerConfig,
     /// Default: 5% of the steps.
@@ -233,7 +239,7 @@ pub struct Quantize;
 impl TypedOp for Quantize {
     type Params = QuantizeParams;
     const NAME: &'static str = "quantize";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Quantize a model to BitNet b1.58 ternary weights, layer by layer with rollback (Phase 4)";
 
@@ -277,11 +283,20 @@ impl TypedOp for Quantize {
             )
             .with_hint("set kl_coef: 0 and distill: <weight>"));
         }
-        if !(ft.distill >= 0.0 && ft.distill.is_finite()) {
+        for (name, v) in [("distill", ft.distill), ("cross_entropy", ft.cross_entropy)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(ParamsError::at(
+                    &["fine_tune", name],
+                    format!("{name} must be a non-negative number"),
+                ));
+            }
+        }
+        if ft.distill == 0.0 && ft.cross_entropy == 0.0 {
             return Err(ParamsError::at(
                 &["fine_tune", "distill"],
-                "distill must be a non-negative number",
-            ));
+                "fine-tuning with neither distillation nor cross-entropy has nothing to minimise",
+            )
+            .with_hint("set distill: 1 (the default), cross_entropy: 1, or both"));
         }
         for (name, v) in [
             ("batch_size", ft.batch_size as u64),
@@ -368,8 +383,8 @@ impl TypedOp for Quantize {
                 }
             }
         };
-        // STE fine-tuning first: the layer-by-layer pass then quantizes the latent weights it
-        // leaves (and reverts a layer to them).
+        // STE fine-tuning first: the layer-by-layer pass then starts from the latent weights it
+        // leaves, all candidates ternary, and reverts a layer to the input's weights.
         let tuned = if p.fine_tune_steps > 0 {
             let names: BTreeSet<String> = sd
                 .tensors
@@ -399,23 +414,34 @@ impl TypedOp for Quantize {
             calibration.iter().map(|b| b.rows.len()).sum::<usize>(),
             p.max_layer_drop * 100.0
         ));
-        let mut s = staged(
-            &latent,
-            &p.preserve,
-            p.max_layer_drop,
-            p.revert_precision,
-            &mut calibrate,
-        );
-        // The conservative fallback: revert the accepted layers that cost most until the whole
-        // model is within budget — relative to the input model, fine-tuned or not.
-        let input_calibration = match tuned {
-            Some(_) => calibrate(&sd, &BTreeSet::new()),
-            None => s.perplexity_before,
+        let sources = tuned.as_ref().map(|_| Tuned {
+            input: &sd,
+            latent: &latent,
+        });
+        let mut s = match &sources {
+            // Fine-tuned with every candidate ternary: start there, revert what costs too much.
+            Some(t) => staged_tuned(
+                t,
+                &p.preserve,
+                p.max_layer_drop,
+                p.revert_precision,
+                &mut calibrate,
+            ),
+            None => staged(
+                &sd,
+                &p.preserve,
+                p.max_layer_drop,
+                p.revert_precision,
+                &mut calibrate,
+            ),
         };
-        let budget = input_calibration * (1.0 + p.max_perplexity_increase);
+        // The conservative fallback: revert the accepted layers that cost most until the whole
+        // model is within budget of the input model.
+        let budget = s.perplexity_before * (1.0 + p.max_perplexity_increase);
         let fallback = fall_back(
             &mut s,
-            &latent,
+            &sd,
+            sources.as_ref(),
             &p.preserve,
             p.revert_precision,
             budget,
@@ -690,9 +716,15 @@ fn fine_tune(
         reference: (ft.distill > 0.0).then_some(Reference {
             model: &teacher,
             kl_coef: ft.distill,
+            data_weight: ft.cross_entropy,
         }),
     };
-    let objective = ste::Ternary { inner: &lm, names };
+    // Only the ternary layers learn, so a layer reverted afterwards is the input's exactly.
+    let objective = ste::Ternary {
+        inner: &lm,
+        names,
+        train_others: false,
+    };
     let settings = LoopConfig {
         steps: p.fine_tune_steps,
         batch_size: ft.batch_size,
@@ -705,10 +737,11 @@ fn fine_tune(
         memory_budget_mib: None,
     };
     ctx.log(format!(
-        "STE fine-tuning {} ternary tensors for {} steps (distill {})",
+        "STE fine-tuning {} ternary tensors for {} steps (distill {}, cross-entropy {})",
         names.len(),
         p.fine_tune_steps,
-        ft.distill
+        ft.distill,
+        ft.cross_entropy
     ));
     let run = Run {
         ctx,

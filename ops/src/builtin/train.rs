@@ -310,6 +310,7 @@ impl TypedOp for Train {
             reference: reference.as_ref().map(|model| Reference {
                 model,
                 kl_coef: p.optimizer.kl_coef,
+                data_weight: 1.0,
             }),
         };
         let init = inputs.get("init").and_then(|v| v.first());
@@ -387,6 +388,7 @@ fn quiet_star(
         reference: (p.optimizer.kl_coef > 0.0).then_some(Reference {
             model: &reference,
             kl_coef: p.optimizer.kl_coef,
+            data_weight: 1.0,
         }),
         seed,
     };

@@ -69,24 +69,12 @@ pub fn staged(
     perplexity: &mut Perplexity,
 ) -> Staged {
     let none = BTreeSet::new();
-    // Which tensors each layer would make ternary, layers in order (blocks by number).
-    let mut layers: BTreeMap<(u8, usize, String), Vec<String>> = BTreeMap::new();
-    for (name, t) in &sd.tensors {
-        if becomes_ternary(name, &t.shape, preserve) {
-            let layer = layer_of(name);
-            let key = match layer.strip_prefix("blocks.").and_then(|i| i.parse().ok()) {
-                Some(i) => (0, i, layer),
-                None => (1, 0, layer),
-            };
-            layers.entry(key).or_default().push(name.clone());
-        }
-    }
     let before = perplexity(sd, &none);
     let mut current = sd.clone();
     let mut ternary = BTreeSet::new();
     let mut accepted = before;
     let (mut reverted, mut decisions) = (BTreeSet::new(), Vec::new());
-    for ((_, _, layer), names) in layers {
+    for (layer, names) in layers(sd, preserve) {
         let mut candidate = current.clone();
         let (mut params, mut zeros, mut stored, mut kept) = (0usize, 0usize, 0usize, 0usize);
         for n in &names {
@@ -144,12 +132,120 @@ pub fn staged(
     }
 }
 
+/// The weights of a fine-tuned quantization: its ternary layers come from the `latent` weights
+/// STE fine-tuning left, a reverted layer's linear weights from the `input` model (the latent
+/// ones were trained to be ternary, not to be used as they are), everything else (embeddings,
+/// norms: trained alongside) from `latent`.
+pub struct Tuned<'a> {
+    pub input: &'a StateDict,
+    pub latent: &'a StateDict,
+}
+
+impl Tuned<'_> {
+    /// The state dict to quantize with `reverted` reverted.
+    pub fn merged(&self, reverted: &BTreeSet<String>) -> StateDict {
+        let mut sd = self.latent.clone();
+        for n in reverted {
+            if let (Some(t), Some(input)) = (sd.tensors.get_mut(n), self.input.tensors.get(n)) {
+                *t = input.clone();
+            }
+        }
+        sd
+    }
+}
+
+/// Layer by layer with rollback for a fine-tuned model, which was trained with every candidate
+/// layer ternary: it starts from that state and, in the same fixed order, scores each layer
+/// reverted to the input's weights (at `revert_to`); a layer whose being ternary raises
+/// perplexity by more than `max_layer_drop` over its reverted version stays reverted.
+/// `perplexity_before` is the input model's.
+pub fn staged_tuned(
+    tuned: &Tuned,
+    preserve: &[Preserve],
+    max_layer_drop: f64,
+    revert_to: Precision,
+    perplexity: &mut Perplexity,
+) -> Staged {
+    let none = BTreeSet::new();
+    let input_perplexity = perplexity(tuned.input, &none);
+    let state = |reverted: &BTreeSet<String>| {
+        QuantizedModel::quantize(&tuned.merged(reverted), preserve, reverted, revert_to)
+    };
+    let mut reverted = BTreeSet::new();
+    let mut model = state(&reverted);
+    let mut accepted = perplexity(&model.dequantize(), &model.ternary_names());
+    let mut decisions = Vec::new();
+    for (layer, names) in layers(tuned.latent, preserve) {
+        let candidate: BTreeSet<String> = reverted.iter().chain(&names).cloned().collect();
+        let back = state(&candidate);
+        let without = perplexity(&back.dequantize(), &back.ternary_names());
+        let increase = accepted / without - 1.0;
+        let revert = increase.is_nan() || increase > max_layer_drop;
+        let (mut params, mut zeros, mut stored, mut kept) = (0usize, 0usize, 0usize, 0usize);
+        for n in &names {
+            let (t, k) = (&model.tensors[n], &back.tensors[n]);
+            params += t.numel();
+            zeros += t.zeros();
+            stored += t.stored_bytes();
+            kept += k.stored_bytes();
+        }
+        decisions.push(LayerDecision {
+            layer_name: layer,
+            original_params: params,
+            quantized_params: if revert { 0 } else { params },
+            preserved_params: if revert { params } else { 0 },
+            sparsity: if revert {
+                0.0
+            } else {
+                zeros as f64 / params.max(1) as f64
+            },
+            compression_ratio: (params * 4) as f64
+                / (if revert { kept } else { stored }).max(1) as f64,
+            kept_ratio: (params * 4) as f64 / kept.max(1) as f64,
+            perplexity_before: without,
+            perplexity_after: accepted,
+            increase,
+            reverted: revert,
+        });
+        if revert {
+            reverted = candidate;
+            model = back;
+            accepted = without;
+        }
+    }
+    Staged {
+        model,
+        layers: decisions,
+        reverted,
+        perplexity_before: input_perplexity,
+        perplexity_after: accepted,
+    }
+}
+
+/// The candidate tensors of each layer, layers in order (blocks by number, then the rest).
+fn layers(sd: &StateDict, preserve: &[Preserve]) -> Vec<(String, Vec<String>)> {
+    let mut layers: BTreeMap<(u8, usize, String), Vec<String>> = BTreeMap::new();
+    for (name, t) in &sd.tensors {
+        if becomes_ternary(name, &t.shape, preserve) {
+            let layer = layer_of(name);
+            let key = match layer.strip_prefix("blocks.").and_then(|i| i.parse().ok()) {
+                Some(i) => (0, i, layer),
+                None => (1, 0, layer),
+            };
+            layers.entry(key).or_default().push(name.clone());
+        }
+    }
+    layers.into_iter().map(|((_, _, l), n)| (l, n)).collect()
+}
+
 /// The seed's conservative fallback: while the calibration perplexity of `s`'s model passes
 /// `budget`, revert the accepted layer whose increase was largest (its ternary weights go back to
-/// `revert_to`) and score again. The layers it reverted, in order.
+/// `revert_to`, from `tuned.input` when fine-tuned) and score again. The layers it reverted, in
+/// order.
 pub fn fall_back(
     s: &mut Staged,
     sd: &StateDict,
+    tuned: Option<&Tuned>,
     preserve: &[Preserve],
     revert_to: Precision,
     budget: f64,
@@ -175,7 +271,13 @@ pub fn fall_back(
             .map(|(n, _)| n.clone())
             .collect();
         s.reverted.extend(names);
-        s.model = QuantizedModel::quantize(sd, preserve, &s.reverted, revert_to);
+        let source = tuned.map(|t| t.merged(&s.reverted));
+        s.model = QuantizedModel::quantize(
+            source.as_ref().unwrap_or(sd),
+            preserve,
+            &s.reverted,
+            revert_to,
+        );
         s.perplexity_after = perplexity(&s.model.dequantize(), &s.model.ternary_names());
         reverted_layers.push(layer);
     }
@@ -335,6 +437,7 @@ mod tests {
         let back = fall_back(
             &mut s,
             &sd,
+            None,
             &default_preserve(),
             Precision::F32,
             10.31,
@@ -359,6 +462,7 @@ mod tests {
         let every = fall_back(
             &mut t,
             &sd,
+            None,
             &default_preserve(),
             Precision::F32,
             1.0,
@@ -367,5 +471,90 @@ mod tests {
         assert_eq!(every[0], "blocks.10");
         assert_eq!(every.len(), 4);
         assert_eq!(t.perplexity_after, 10.0);
+    }
+
+    #[test]
+    fn a_fine_tuned_model_starts_all_ternary_and_a_costly_layer_goes_back_to_the_input_weights() {
+        let input = model();
+        let mut latent = input.clone();
+        for t in latent.tensors.values_mut() {
+            for v in &mut t.data {
+                *v = *v * 1.5 + 0.01;
+            }
+        }
+        let tuned = Tuned {
+            input: &input,
+            latent: &latent,
+        };
+        // The stand-in score, from which tensors are ternary: 1% a layer, 50% for blocks.1.
+        let mut seen = Vec::new();
+        let s = staged_tuned(
+            &tuned,
+            &default_preserve(),
+            0.05,
+            Precision::F32,
+            &mut |_, ternary| {
+                seen.push(ternary.clone());
+                let mut p = 10.0;
+                for (n, f) in [
+                    ("blocks.0.attn.wq.weight", 1.01),
+                    ("blocks.1.attn.wq.weight", 1.5),
+                    ("blocks.10.attn.wq.weight", 1.01),
+                    ("halt.weight", 1.01),
+                ] {
+                    if ternary.contains(n) {
+                        p *= f;
+                    }
+                }
+                p
+            },
+        );
+        assert_eq!(s.perplexity_before, 10.0, "the input model's");
+        assert!(
+            seen[0].is_empty() && seen[1].len() == 5,
+            "input, then all ternary"
+        );
+        let order: Vec<(&str, bool)> = s
+            .layers
+            .iter()
+            .map(|d| (d.layer_name.as_str(), d.reverted))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("blocks.0", false),
+                ("blocks.1", true),
+                ("blocks.10", false),
+                ("halt", false)
+            ]
+        );
+        assert!((s.layers[1].increase - 0.5).abs() < 1e-9);
+        assert!((s.perplexity_after - 10.0 * 1.01f64.powi(3)).abs() < 1e-9);
+        // Reverted: the input's weights; ternary: the latent ones quantized; the rest: latent.
+        assert_eq!(
+            s.model.tensors["blocks.1.ffn.up.weight"],
+            Stored::F32(input.tensors["blocks.1.ffn.up.weight"].clone())
+        );
+        let none = BTreeSet::new();
+        let wq = "blocks.0.attn.wq.weight";
+        let want = quantize_tensor(wq, &latent.tensors[wq], &[], &none, Precision::F32);
+        assert_eq!(s.model.tensors[wq], want);
+        assert_eq!(
+            s.model.tensors["blocks.0.norm_attn.gain"],
+            Stored::F32(latent.tensors["blocks.0.norm_attn.gain"].clone())
+        );
+        // The fallback reverts to the input's weights too.
+        let mut s = s;
+        let back = fall_back(
+            &mut s,
+            &latent,
+            Some(&tuned),
+            &default_preserve(),
+            Precision::F32,
+            0.0,
+            &mut |_, _| 11.0,
+        );
+        assert_eq!(back.len(), 3);
+        assert_eq!(s.model.tensors[wq], Stored::F32(input.tensors[wq].clone()));
     }
 }

@@ -74,6 +74,10 @@ pub struct Reference<'a> {
     pub model: &'a TrmTitansMag,
     /// Weight of KL(reference ‖ model) in the loss.
     pub kl_coef: f64,
+    /// Weight of the model's own loss on the data beside it in [`Lm`] (1 usually; 0:
+    /// distillation alone, the model learns only what the reference predicts). Quiet-STaR's
+    /// objective always counts its own loss in full.
+    pub data_weight: f64,
 }
 
 /// Which next-token targets a loss counts.
@@ -147,7 +151,7 @@ impl Objective for Lm<'_> {
                 "train/kl_divergence",
                 kl.clone().into_scalar::<f32>() as f64,
             ));
-            loss = loss.add(kl.mul_scalar(r.kl_coef));
+            loss = loss.mul_scalar(r.data_weight).add(kl.mul_scalar(r.kl_coef));
         }
         ObjectiveStep {
             loss,

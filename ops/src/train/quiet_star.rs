@@ -713,6 +713,7 @@ mod tests {
             reference: Some(Reference {
                 model: &reference,
                 kl_coef: 0.1,
+                data_weight: 1.0,
             }),
             seed: 1,
         };

@@ -17,6 +17,8 @@ use crate::quant::quantize_weights;
 struct Ternarize<'a> {
     path: Vec<String>,
     names: &'a BTreeSet<String>,
+    /// Whether the other parameters keep their gradient (else they are held fixed).
+    train_others: bool,
 }
 
 impl ModuleMapper for Ternarize<'_> {
@@ -28,7 +30,11 @@ impl ModuleMapper for Ternarize<'_> {
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if !self.names.contains(&self.path.join(".")) {
-            return param;
+            if self.train_others {
+                return param;
+            }
+            let (id, w, mapper) = param.consume();
+            return Param::from_mapped_value(id, w.detach(), mapper);
         }
         let (id, w, mapper) = param.consume();
         let shape = w.shape();
@@ -48,11 +54,17 @@ impl ModuleMapper for Ternarize<'_> {
 
 /// `model` with each weight named in `names` replaced by its straight-through ternary version,
 /// and its layers' activations quantized to int8 (also straight through): the W1.58A8 forward
-/// pass of the quantized model.
-pub fn ternarize(model: &TrmTitansMag, names: &BTreeSet<String>) -> TrmTitansMag {
+/// pass of the quantized model. Unless `train_others`, every other parameter is detached, so
+/// a step changes only the ternary layers' latent weights.
+pub fn ternarize(
+    model: &TrmTitansMag,
+    names: &BTreeSet<String>,
+    train_others: bool,
+) -> TrmTitansMag {
     let mut ste = model.clone().map(&mut Ternarize {
         path: Vec::new(),
         names,
+        train_others,
     });
     crate::model::ternary::simulate(&mut ste, names);
     ste
@@ -62,6 +74,8 @@ pub fn ternarize(model: &TrmTitansMag, names: &BTreeSet<String>) -> TrmTitansMag
 pub struct Ternary<'a> {
     pub inner: &'a dyn Objective,
     pub names: &'a BTreeSet<String>,
+    /// Train the other parameters too (embeddings, norms) — or hold them at their values.
+    pub train_others: bool,
 }
 
 impl Objective for Ternary<'_> {
@@ -69,7 +83,8 @@ impl Objective for Ternary<'_> {
         self.inner.name()
     }
     fn step(&self, model: &TrmTitansMag, rows: &[Vec<i64>], at: Draw) -> ObjectiveStep {
-        self.inner.step(&ternarize(model, self.names), rows, at)
+        self.inner
+            .step(&ternarize(model, self.names, self.train_others), rows, at)
     }
 }
 
@@ -135,7 +150,7 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert!(names.contains("blocks.0.attn.wq.weight"), "{names:?}");
-        let ste = ternarize(&model, &names);
+        let ste = ternarize(&model, &names, true);
         // The forward pass sees W_q·γ exactly.
         let values: std::collections::BTreeMap<_, _> = named(&ste).into_iter().collect();
         for (n, w) in named(&model) {
@@ -180,7 +195,7 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         let loss = |m: &TrmTitansMag| {
-            ternarize(m, &names)
+            ternarize(m, &names, true)
                 .forward_train(x.clone(), y.clone(), cfg.sup_steps, 0.1, &t)
                 .ce
                 .into_scalar::<f32>()
@@ -191,7 +206,7 @@ mod tests {
             ..OptimizerConfig::default()
         });
         for _ in 0..30 {
-            let out = ternarize(&model, &names).forward_train(
+            let out = ternarize(&model, &names, true).forward_train(
                 x.clone(),
                 y.clone(),
                 cfg.sup_steps,
@@ -204,11 +219,35 @@ mod tests {
         let after = loss(&model);
         assert!(after < 0.7 * before, "ternary loss {before} → {after}");
         // What the artifact stores is what was trained: the ternary weights of the latent ones.
-        let stored: std::collections::BTreeMap<_, _> =
-            named(&ternarize(&model, &names)).into_iter().collect();
+        let stored: std::collections::BTreeMap<_, _> = named(&ternarize(&model, &names, true))
+            .into_iter()
+            .collect();
         for (n, w) in named(&model) {
             if names.contains(&n) {
                 assert_eq!(stored[&n], quantize_weights(&w).dequantize());
+            }
+        }
+    }
+
+    #[test]
+    fn held_parameters_do_not_move_and_the_ternary_ones_do() {
+        use crate::optim::{MuonGrokfast, OptimizerConfig};
+        let (cfg, model, t, x, y) = setup();
+        let names: BTreeSet<String> = named(&model)
+            .into_iter()
+            .filter(|(n, v)| n.ends_with(".weight") && n.starts_with("blocks.") && v.len() > 1)
+            .map(|(n, _)| n)
+            .collect();
+        let out = ternarize(&model, &names, false).forward_train(x, y, cfg.sup_steps, 0.1, &t);
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let mut opt = MuonGrokfast::new(OptimizerConfig::default());
+        let stepped = opt.step(model.clone(), grads, 1.0).0;
+        let after: std::collections::BTreeMap<_, _> = named(&stepped).into_iter().collect();
+        for (n, w) in named(&model) {
+            if names.contains(&n) {
+                assert_ne!(after[&n], w, "{n} did not learn");
+            } else {
+                assert_eq!(after[&n], w, "{n} moved");
             }
         }
     }
