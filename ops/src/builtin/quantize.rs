@@ -10,7 +10,9 @@
 //! Calibration runs W1.58A8 in burn on the dequantized weights ([`ternary::simulate`]); the
 //! test-split numbers and the decoding time run the quantized model as `forge eval` and
 //! `forge generate` do, its ternary layers through the packed kernel
-//! ([`ternary::load_quantized`]). Not yet here (issue 13): STE fine-tuning.
+//! ([`ternary::load_quantized`]). With `fine_tune_steps`, STE fine-tuning distilled from the
+//! input comes first ([`FineTune`]) and the rollback starts from the all-ternary state it trained
+//! ([`staged_tuned`]); the input quantized as it is, scored beside it, is its control.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -92,10 +94,10 @@ pub struct QuantizeParams {
 /// STE fine-tuning: the model trains through its W1.58A8 forward pass ([`ste`]) on the training
 /// split of `data`, the latent full-precision weights taking the gradient, minimising
 /// `distill` × KL(input model ‖ ternary model) — distillation from the unquantized input, the
-/// usual way to convert a trained model to ternary — plus `cross_entropy` × the data's loss. The seed's learning rate (1e-5) moves a
-/// weight too little to cross a rounding threshold (γ/2 ≈ half the mean |w|) in a few hundred
-/// steps; the default takes the Phase-1 optimizer with Grokfast off (a short run has no slow
-/// gradient to amplify).
+/// usual way to convert a trained model to ternary — plus `cross_entropy` × the data's loss.
+/// The seed's learning rate (1e-5) moves a weight too little to cross a rounding threshold
+/// (γ/2 ≈ half the mean |w|) in a few hundred steps; the default takes the Phase-1 optimizer
+/// with Grokfast off (a short run has no slow gradient to amplify).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FineTune {

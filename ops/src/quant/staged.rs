@@ -44,6 +44,45 @@ pub struct LayerDecision {
     pub reverted: bool,
 }
 
+/// A layer's candidate weights: parameters, zeros once ternary, and bytes as stored ternary and
+/// at the revert precision.
+struct Sizes {
+    params: usize,
+    zeros: usize,
+    stored: usize,
+    kept: usize,
+}
+
+impl Sizes {
+    /// The decision on `layer`, with perplexity `(before, after)` making it ternary.
+    fn decision(&self, layer: String, (before, after): (f64, f64), revert: bool) -> LayerDecision {
+        let Self {
+            params,
+            zeros,
+            stored,
+            kept,
+        } = *self;
+        LayerDecision {
+            layer_name: layer,
+            original_params: params,
+            quantized_params: if revert { 0 } else { params },
+            preserved_params: if revert { params } else { 0 },
+            sparsity: if revert {
+                0.0
+            } else {
+                zeros as f64 / params.max(1) as f64
+            },
+            compression_ratio: (params * 4) as f64
+                / (if revert { kept } else { stored }).max(1) as f64,
+            kept_ratio: (params * 4) as f64 / kept.max(1) as f64,
+            perplexity_before: before,
+            perplexity_after: after,
+            increase: after / before - 1.0,
+            reverted: revert,
+        }
+    }
+}
+
 /// What [`staged`] decided.
 #[derive(Debug, Clone)]
 pub struct Staged {
@@ -101,24 +140,13 @@ pub fn staged(
             current = candidate;
             ternary = candidate_ternary;
         }
-        decisions.push(LayerDecision {
-            layer_name: layer,
-            original_params: params,
-            quantized_params: if revert { 0 } else { params },
-            preserved_params: if revert { params } else { 0 },
-            sparsity: if revert {
-                0.0
-            } else {
-                zeros as f64 / params.max(1) as f64
-            },
-            compression_ratio: (params * 4) as f64
-                / (if revert { kept } else { stored }).max(1) as f64,
-            kept_ratio: (params * 4) as f64 / kept.max(1) as f64,
-            perplexity_before: accepted,
-            perplexity_after: after,
-            increase,
-            reverted: revert,
-        });
+        let sizes = Sizes {
+            params,
+            zeros,
+            stored,
+            kept,
+        };
+        decisions.push(sizes.decision(layer, (accepted, after), revert));
         if !revert {
             accepted = after;
         }
@@ -189,24 +217,13 @@ pub fn staged_tuned(
             stored += t.stored_bytes();
             kept += k.stored_bytes();
         }
-        decisions.push(LayerDecision {
-            layer_name: layer,
-            original_params: params,
-            quantized_params: if revert { 0 } else { params },
-            preserved_params: if revert { params } else { 0 },
-            sparsity: if revert {
-                0.0
-            } else {
-                zeros as f64 / params.max(1) as f64
-            },
-            compression_ratio: (params * 4) as f64
-                / (if revert { kept } else { stored }).max(1) as f64,
-            kept_ratio: (params * 4) as f64 / kept.max(1) as f64,
-            perplexity_before: without,
-            perplexity_after: accepted,
-            increase,
-            reverted: revert,
-        });
+        let sizes = Sizes {
+            params,
+            zeros,
+            stored,
+            kept,
+        };
+        decisions.push(sizes.decision(layer, (without, accepted), revert));
         if revert {
             reverted = candidate;
             model = back;
