@@ -7,7 +7,7 @@
 //! input's tokenizer) and the seed's `evaluation/*` and `compression/*` metrics, measured on the
 //! test split for the input and the quantized model alike.
 //!
-//! Calibration runs W1.58A8 in burn on the dequantized weights ([`ternary::simulate`]); the
+//! Calibration runs W1.58A8 in burn on the dequantized weights ([`ternary::in_burn`]); the
 //! test-split numbers and the decoding time run the quantized model as `forge eval` and
 //! `forge generate` do, its ternary layers through the packed kernel
 //! ([`ternary::load_quantized`]). With `fine_tune_steps`, STE fine-tuning distilled from the
@@ -376,7 +376,7 @@ impl TypedOp for Quantize {
         let mut calibrate = |sd: &StateDict, ternary_names: &BTreeSet<String>| -> f64 {
             match load(sd) {
                 Ok(mut m) => {
-                    ternary::simulate(&mut m, ternary_names);
+                    ternary::in_burn(&mut m, ternary_names);
                     score(&m, &cfg, &calibration, &tables, &dev).perplexity()
                 }
                 Err(e) => {

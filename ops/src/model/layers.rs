@@ -76,7 +76,7 @@ pub enum Ternary {
     Off,
     /// In burn: `weight` holds the dequantized ternary values `W_q·γ` and the activations are
     /// quantized and dequantized before the product (what calibration and training run).
-    Simulated,
+    InBurn,
     /// Through the packed kernel ([`crate::quant::kernel`]) on the host; `weight` is not used
     /// (a quantized model loaded for inference drops it).
     Kernel(Arc<PackedTernary>),
@@ -95,7 +95,7 @@ impl Dense {
         let [b, s, d] = x.dims();
         let x = match &self.ternary {
             Ternary::Off => x,
-            Ternary::Simulated => quantize_activations(x),
+            Ternary::InBurn => quantize_activations(x),
             Ternary::Kernel(packed) => {
                 let device = x.device();
                 let values = x

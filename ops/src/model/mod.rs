@@ -14,7 +14,7 @@
 //! | [`mixing`] | Quiet-STaR's mixing head (in a model whose config asks for it) |
 //! | [`thoughts`] | Quiet-STaR's parallel thoughts over a decoded text (the diagonal mask) |
 //! | [`config`] | `ModelConfig` and presets |
-//! | [`ternary`] | a BitNet b1.58 model's ternary layers: through the packed kernel, or simulated in burn |
+//! | [`ternary`] | a BitNet b1.58 model's ternary layers: through the packed kernel, or computed in burn |
 //! | [`weights`] | weight I/O: byte-stable safetensors, exact, partial and renamed loading |
 //! | [`inputs`] | token rows into input ids and shifted labels |
 //! | [`files`] | the files of a `model` artifact |

@@ -1,7 +1,7 @@
 //! A BitNet b1.58 model as a burn module: which [`Dense`](super::layers::Dense) layers are
 //! ternary and how they compute ([`Ternary`]). A `quantized-model` artifact loads for inference
 //! with its ternary layers running through the packed kernel ([`load_quantized`]); calibration
-//! runs the same W1.58A8 arithmetic in burn on dequantized weights ([`simulate`]). The two agree
+//! runs the same W1.58A8 arithmetic in burn on dequantized weights ([`in_burn`]). The two agree
 //! to float tolerance (tested).
 
 use std::collections::BTreeSet;
@@ -17,10 +17,10 @@ use crate::quant::model::{QuantizedModel, Stored};
 
 /// `model`'s layers whose weight (`<path>.weight`) is in `names` compute W1.58A8 in burn; their
 /// weights must already hold the dequantized ternary values.
-pub fn simulate(model: &mut TrmTitansMag, names: &BTreeSet<String>) {
+pub fn in_burn(model: &mut TrmTitansMag, names: &BTreeSet<String>) {
     for (path, dense) in model.denses_mut() {
         if names.contains(&format!("{path}.weight")) {
-            dense.ternary = Ternary::Simulated;
+            dense.ternary = Ternary::InBurn;
         }
     }
 }
@@ -139,9 +139,9 @@ mod tests {
             .collect();
         assert!(!ternary.is_empty());
         let kernel = load_quantized(&cfg, &q, &dev).unwrap();
-        let mut simulated =
+        let mut burn_a8 =
             weights::model_from(&cfg, 0, q.dequantize().to_bytes(), "m", &dev).unwrap();
-        simulate(&mut simulated, &ternary);
+        in_burn(&mut burn_a8, &ternary);
         let weights_only =
             weights::model_from(&cfg, 0, q.dequantize().to_bytes(), "m", &dev).unwrap();
 
@@ -152,7 +152,7 @@ mod tests {
         let t = Tables::new(&cfg, &dev);
         let run =
             |m: &TrmTitansMag| logits(m.infer(tokens(), cfg.act_threshold, cfg.sup_steps, &t));
-        let (k, s, w) = (run(&kernel), run(&simulated), run(&weights_only));
+        let (k, s, w) = (run(&kernel), run(&burn_a8), run(&weights_only));
         let scale = s.iter().fold(0f32, |m, v| m.max(v.abs()));
         let diff = |a: &[f32], b: &[f32]| {
             a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale

@@ -66,7 +66,7 @@ pub fn ternarize(
         names,
         train_others,
     });
-    crate::model::ternary::simulate(&mut ste, names);
+    crate::model::ternary::in_burn(&mut ste, names);
     ste
 }
 
@@ -165,7 +165,7 @@ mod tests {
         let mut at_q = model.clone();
         let bytes = crate::model::weights::to_bytes(&ste).unwrap();
         crate::model::weights::load_exact(&mut at_q, bytes, "the quantized point").unwrap();
-        crate::model::ternary::simulate(&mut at_q, &names);
+        crate::model::ternary::in_burn(&mut at_q, &names);
         let out_ste = ste.forward_train(x.clone(), y.clone(), cfg.sup_steps, 0.1, &t);
         let out_q = at_q.forward_train(x, y, cfg.sup_steps, 0.1, &t);
         let (l_ste, l_q) = (
