@@ -16,7 +16,7 @@
 //! | input artifacts | yes | the **content digests of upstream outputs**, not upstream keys (early cutoff) |
 //! | op extras | yes | e.g. content digest of a `file:` source, an `exec` step's `deps` and hashed `env` values |
 //! | seed | yes | the step's effective seed: its `seed:`, else `defaults.seed` (resolved once, at plan time; the op draws every random stream from it) |
-//! | numeric backend class | yes | `cpu-flex`, `libtorch-cpu`, `libtorch-cuda` for compute ops (numerics differ); absent otherwise |
+//! | numeric backend class | yes | `cpu-flex-avx512`, `libtorch-cpu`, `libtorch-cuda`, … for compute ops (numerics differ); absent otherwise |
 //! | step id / name | **no** | renaming a step, or two identical steps, share one result |
 //! | `resources`, `--jobs`, device index | **no** | where and how wide it runs does not change bytes |
 //! | `retries`, `timeout` | **no** | policy, not content |

@@ -2,8 +2,10 @@
 //!
 //! burn 0.22 picks the backend at run time through [`Device`]. forge always has the pure-Rust
 //! `flex` CPU backend; a build with the `tch` feature adds libtorch (CPU and CUDA). The backend
-//! *class* returned here (`cpu-flex`, `libtorch-cpu`, `libtorch-cuda`) goes into every compute
-//! step's cache key, because two backends give different bits for the same step.
+//! *class* returned here (`cpu-flex-avx512`, `cpu-flex-avx2`, `cpu-flex`, `libtorch-cpu`,
+//! `libtorch-cuda`) goes into every compute step's cache key, because two backends give different
+//! bits for the same step. flex's class names the widest instruction set its kernels choose at run
+//! time (its matmul and [`crate::model::rowwise`]): AVX-512 and AVX2 block their sums differently.
 //!
 //! | `device:` | default build | `--features tch` |
 //! |---|---|---|
@@ -36,7 +38,8 @@ pub enum DeviceError {
 pub struct Backend {
     /// Autodiff device (use `.clone().inner()` for inference-only work).
     pub device: Device,
-    /// `cpu-flex`, `libtorch-cpu` or `libtorch-cuda`: part of the cache key.
+    /// `cpu-flex-avx512`, `cpu-flex-avx2`, `cpu-flex`, `libtorch-cpu` or `libtorch-cuda`: part
+    /// of the cache key.
     pub class: &'static str,
 }
 
@@ -65,8 +68,23 @@ pub fn key_class(device: &str) -> String {
 fn flex() -> Backend {
     Backend {
         device: Device::flex().autodiff(),
-        class: "cpu-flex",
+        class: flex_class(),
     }
+}
+
+/// flex's class on this CPU: the instruction set its kernels run with (`pulp`'s x86-64-v4 and
+/// -v3 levels, the ones its matmul's GEMM crate also dispatches on).
+fn flex_class() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if pulp::x86::V4::try_new().is_some() {
+            return "cpu-flex-avx512";
+        }
+        if pulp::x86::V3::try_new().is_some() {
+            return "cpu-flex-avx2";
+        }
+    }
+    "cpu-flex"
 }
 
 #[cfg(not(feature = "tch"))]
@@ -182,15 +200,15 @@ mod tests {
     #[test]
     fn cpu_is_the_backend_this_build_prefers_and_really_runs_on_it() {
         let expected = match std::env::var(CPU_BACKEND_ENV).as_deref() {
-            Ok("flex") => "cpu-flex",
+            Ok("flex") => flex_class(),
             Ok("libtorch") => "libtorch-cpu",
             _ if cfg!(feature = "tch") => "libtorch-cpu",
-            _ => "cpu-flex",
+            _ => flex_class(),
         };
         let b = resolve("cpu").unwrap();
         assert_eq!(b.class, expected);
         let inner = format!("{:?}", b.device.inner());
-        let name = if expected == "cpu-flex" {
+        let name = if expected.starts_with("cpu-flex") {
             "Flex"
         } else {
             "LibTorch"

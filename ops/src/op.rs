@@ -124,7 +124,7 @@ pub trait Op: Send + Sync {
     fn key_extras(&self, _params: &Params, _cx: &KeyContext<'_>) -> Result<Value, OpError> {
         Ok(Value::Null)
     }
-    /// Numeric backend class (`cpu-flex`, `libtorch-cuda`, …) for compute ops; part of the key.
+    /// Numeric backend class (`cpu-flex-avx512`, `libtorch-cuda`, …) for compute ops; part of the key.
     fn backend_class(&self, _params: &Params, _device: &str) -> Option<String> {
         None
     }

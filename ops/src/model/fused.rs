@@ -26,11 +26,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::backend::{Shape, TensorMetadata};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::rowwise;
 
 /// Softmax along `dim`, one fused operation with a closed-form backward pass.
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
@@ -69,9 +72,7 @@ pub trait FusedOps: Backend {
         g: FloatTensor<Self>,
         dim: usize,
     ) -> FloatTensor<Self> {
-        let gy = Self::float_mul(g, y.clone());
-        let sum = Self::float_sum_dim(gy.clone(), dim);
-        Self::float_sub(gy, Self::float_mul(y, sum))
+        composite::softmax_backward::<Self>(y, g, dim)
     }
     fn fused_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         <Self as ActivationOps<Self>>::log_softmax(x, dim)
@@ -82,19 +83,14 @@ pub trait FusedOps: Backend {
         g: FloatTensor<Self>,
         dim: usize,
     ) -> FloatTensor<Self> {
-        let sum = Self::float_sum_dim(g.clone(), dim);
-        Self::float_sub(g, Self::float_mul(Self::float_exp(y), sum))
+        composite::log_softmax_backward::<Self>(y, g, dim)
     }
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let s = <Self as ActivationOps<Self>>::sigmoid(x.clone());
-        Self::float_mul(x, s)
+        composite::silu::<Self>(x)
     }
     /// `∂L/∂x` of `y = x σ(x)`: `g ⊙ σ(x) ⊙ (1 + x (1 − σ(x)))`.
     fn fused_silu_backward(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
-        let s = <Self as ActivationOps<Self>>::sigmoid(x.clone());
-        let one_minus = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0.into());
-        let inner = Self::float_add_scalar(Self::float_mul(x, one_minus), 1.0.into());
-        Self::float_mul(g, Self::float_mul(s, inner))
+        composite::silu_backward::<Self>(x, g)
     }
     /// The maximum over every dimension but `keep` (a 1-D tensor), outside the autodiff graph.
     fn max_keeping(x: FloatTensor<Self>, keep: usize) -> FloatTensor<Self> {
@@ -107,7 +103,116 @@ pub trait FusedOps: Backend {
     }
 }
 
-impl FusedOps for Flex {}
+/// flex: the row-wise kernels of [`super::rowwise`] on f32 tensors whose axis is the last one
+/// (every call in the model), burn's composite versions otherwise.
+impl FusedOps for Flex {
+    fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        match last_axis_rows(&x, dim) {
+            Some(n) => flex_map(&[&x], |[x]| rowwise::softmax(x, n)),
+            None => <Self as ActivationOps<Self>>::softmax(x, dim),
+        }
+    }
+    fn fused_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
+        match last_axis_rows(&y, dim).filter(|_| same_f32(&y, &g)) {
+            Some(n) => flex_map(&[&y, &g], |[y, g]| rowwise::softmax_backward(y, g, n)),
+            None => composite::softmax_backward::<Self>(y, g, dim),
+        }
+    }
+    fn fused_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        match last_axis_rows(&x, dim) {
+            Some(n) => flex_map(&[&x], |[x]| rowwise::log_softmax(x, n)),
+            None => <Self as ActivationOps<Self>>::log_softmax(x, dim),
+        }
+    }
+    fn fused_log_softmax_backward(
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
+        match last_axis_rows(&y, dim).filter(|_| same_f32(&y, &g)) {
+            Some(n) => flex_map(&[&y, &g], |[y, g]| rowwise::log_softmax_backward(y, g, n)),
+            None => composite::log_softmax_backward::<Self>(y, g, dim),
+        }
+    }
+    fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match x.dtype() {
+            DType::F32 => flex_map(&[&x], |[x]| rowwise::silu(x)),
+            _ => composite::silu::<Self>(x),
+        }
+    }
+    fn fused_silu_backward(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        match same_f32(&x, &g) {
+            true => flex_map(&[&x, &g], |[x, g]| rowwise::silu_backward(x, g)),
+            false => composite::silu_backward::<Self>(x, g),
+        }
+    }
+}
+
+/// The row length when `x` is f32 and `dim` is its last axis.
+fn last_axis_rows(x: &FlexTensor, dim: usize) -> Option<usize> {
+    let shape = x.shape();
+    (x.dtype() == DType::F32 && dim + 1 == shape.num_dims() && shape[dim] > 0).then(|| shape[dim])
+}
+
+fn same_f32(a: &FlexTensor, b: &FlexTensor) -> bool {
+    a.dtype() == DType::F32 && b.dtype() == DType::F32 && a.shape() == b.shape()
+}
+
+/// `kernel` over the f32 values of same-shaped tensors (made contiguous), as a tensor of their
+/// shape.
+fn flex_map<const N: usize>(
+    inputs: &[&FlexTensor; N],
+    kernel: impl FnOnce([&[f32]; N]) -> Vec<f32>,
+) -> FlexTensor {
+    let shape = inputs[0].shape();
+    let owned = inputs.map(FlexTensor::to_contiguous);
+    let slices = owned
+        .each_ref()
+        .map(|t| t.as_slice::<f32>().expect("a contiguous f32 tensor"));
+    FlexTensor::from_data(TensorData::new(kernel(slices), shape))
+}
+
+/// The closed forms composed of the backend's own operations (the default of [`FusedOps`]).
+mod composite {
+    use burn::backend::Backend;
+    use burn::backend::ops::ActivationOps;
+    use burn::backend::tensor::FloatTensor;
+
+    pub fn softmax_backward<B: Backend>(
+        y: FloatTensor<B>,
+        g: FloatTensor<B>,
+        dim: usize,
+    ) -> FloatTensor<B> {
+        let gy = B::float_mul(g, y.clone());
+        let sum = B::float_sum_dim(gy.clone(), dim);
+        B::float_sub(gy, B::float_mul(y, sum))
+    }
+
+    pub fn log_softmax_backward<B: Backend>(
+        y: FloatTensor<B>,
+        g: FloatTensor<B>,
+        dim: usize,
+    ) -> FloatTensor<B> {
+        let sum = B::float_sum_dim(g.clone(), dim);
+        B::float_sub(g, B::float_mul(B::float_exp(y), sum))
+    }
+
+    pub fn silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+        let s = <B as ActivationOps<B>>::sigmoid(x.clone());
+        B::float_mul(x, s)
+    }
+
+    pub fn silu_backward<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
+        let s = <B as ActivationOps<B>>::sigmoid(x.clone());
+        let one_minus = B::float_add_scalar(B::float_neg(s.clone()), 1.0.into());
+        let inner = B::float_add_scalar(B::float_mul(x, one_minus), 1.0.into());
+        B::float_mul(g, B::float_mul(s, inner))
+    }
+}
 
 /// libtorch has the fused kernels PyTorch's autograd uses: `_softmax_backward_data`,
 /// `_log_softmax_backward_data` and `amax` (a max without indices).

@@ -7,6 +7,7 @@
 //! | [`layers`] | seeded init, dense projections, RMSNorm, RoPE, SwiGLU |
 //! | [`attention`] | causal sliding-window attention (+ max logits for QK-clip) |
 //! | [`fused`] | softmax, log-softmax and SiLU as one op each with closed-form backward passes; per-head max |
+//! | [`rowwise`] | flex's kernels for those ops: row-wise f32 loops with a vectorised `exp` |
 //! | [`memory`] | Titans memory: test-time gradient updates with momentum and forgetting |
 //! | [`block`] | the MAG block |
 //! | [`trm`] | recursion, deep supervision, ACT |
@@ -29,6 +30,7 @@ pub mod inputs;
 pub mod layers;
 pub mod memory;
 pub mod mixing;
+pub mod rowwise;
 pub mod ternary;
 pub mod thoughts;
 pub mod trm;
