@@ -236,7 +236,7 @@ fn prompt_baking_lowers_the_held_out_kl_and_an_empty_prompt_changes_nothing() {
           method: prompt
           prompt: "{prompt}"
           optimizer: {{ preset: phase3-baking, lr: 1.0e-2, muon_lr: 0.05, weight_decay: 0 }}
-          steps: 200
+          steps: 400
           batch_size: 8
           seq_len: 16
           eval_per_strategy: 1
@@ -267,8 +267,9 @@ fn prompt_baking_lowers_the_held_out_kl_and_an_empty_prompt_changes_nothing() {
     );
     assert!(before > 0.0, "{told}");
     // A 36k-parameter model hardly reads a prompt, so the KL is small and falls slowly here
-    // (0.103 → 0.072 in 200 steps); the objective's unit test shows the large factor on a
-    // teacher the prompt really steers (2.29 → 0.016).
+    // (0.105 → 0.080 in 400 steps with flex's AVX-512 rounding; 200 steps, enough for
+    // 0.103 → 0.072 with its AVX2 rounding, gave only 0.090); the objective's unit test shows the
+    // large factor on a teacher the prompt really steers (2.29 → 0.016).
     assert!(
         after < 0.85 * before,
         "held-out KL fell only from {before} to {after}"

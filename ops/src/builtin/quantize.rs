@@ -580,27 +580,12 @@ impl TypedOp for Quantize {
             metrics.insert(k("reverted"), json!(u8::from(d.reverted || fell_back)));
         }
         if let (Some((trained, pool_rows)), Some(ptq)) = (&tuned, &ptq) {
-            let acc_ptq = ptq.answer_accuracy();
-            let ft = &p.fine_tune;
-            let rows = trained.steps as f64 * ft.batch_size as f64;
-            metrics.insert("finetune/steps".into(), json!(trained.steps));
-            metrics.insert(
-                "finetune/epoch".into(),
-                json!(rows / (*pool_rows).max(1) as f64),
-            );
-            metrics.insert("finetune/loss".into(), json!(trained.final_loss));
-            metrics.insert("finetune/accuracy".into(), json!(acc_after));
-            metrics.insert("finetune/perplexity".into(), json!(m_after.perplexity()));
-            metrics.insert("finetune/ptq_accuracy".into(), json!(acc_ptq));
-            metrics.insert("finetune/ptq_perplexity".into(), json!(ptq.perplexity()));
-            // The share of the accuracy quantization lost that fine-tuning won back (only
-            // defined when quantizing as it is lost some).
-            if acc_before > acc_ptq {
-                metrics.insert(
-                    "finetune/accuracy_recovery".into(),
-                    json!((acc_after - acc_ptq) / (acc_before - acc_ptq)),
-                );
-            }
+            metrics.extend(fine_tune_metrics(
+                [trained.steps as usize, p.fine_tune.batch_size, *pool_rows],
+                trained.final_loss,
+                [acc_before, ptq.answer_accuracy(), acc_after],
+                [ptq.perplexity(), m_after.perplexity()],
+            ));
             ctx.log(format!(
                 "fine-tuning: test perplexity {:.3} quantized as it was → {:.3} fine-tuned (input {:.3})",
                 ptq.perplexity(),
@@ -804,9 +789,72 @@ fn timing(
     t0.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64
 }
 
+/// `finetune/*`: what STE fine-tuning did beside its control, the input quantized as it is with
+/// the same layers reverted. `accuracy` is `[input, as-is, fine-tuned]`, `perplexity` `[as-is,
+/// fine-tuned]`; `epoch` is the passes over the training rows: `[steps, batch size, rows]` gives
+/// steps × batch size / rows.
+fn fine_tune_metrics(
+    [steps, batch_size, rows]: [usize; 3],
+    loss: Option<f64>,
+    accuracy: [f64; 3],
+    perplexity: [f64; 2],
+) -> Map<String, Value> {
+    let [before, as_is, after] = accuracy;
+    let mut m = Map::new();
+    m.insert("finetune/steps".into(), json!(steps));
+    m.insert(
+        "finetune/epoch".into(),
+        json!((steps * batch_size) as f64 / rows.max(1) as f64),
+    );
+    m.insert("finetune/loss".into(), json!(loss));
+    m.insert("finetune/accuracy".into(), json!(after));
+    m.insert("finetune/perplexity".into(), json!(perplexity[1]));
+    m.insert("finetune/ptq_accuracy".into(), json!(as_is));
+    m.insert("finetune/ptq_perplexity".into(), json!(perplexity[0]));
+    // The share of the accuracy quantization lost that fine-tuning won back (only defined when
+    // quantizing as it is lost some).
+    if before > as_is {
+        m.insert(
+            "finetune/accuracy_recovery".into(),
+            json!((after - as_is) / (before - as_is)),
+        );
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `finetune/accuracy_recovery` is 0 when fine-tuning won nothing back, 1 when it won back
+    /// everything quantizing lost, moves with the fine-tuned accuracy and only with what it is
+    /// measured against, and is absent when quantizing as is lost nothing; `finetune/epoch` counts
+    /// passes over the training rows and moves with nothing else.
+    #[test]
+    fn fine_tune_metrics_measure_what_they_say() {
+        let recovery = |acc: [f64; 3]| {
+            fine_tune_metrics([10, 8, 160], Some(1.0), acc, [9.0, 8.0])
+                .get("finetune/accuracy_recovery")
+                .and_then(Value::as_f64)
+        };
+        assert_eq!(recovery([0.5, 0.3, 0.3]), Some(0.0));
+        assert_eq!(recovery([0.5, 0.3, 0.5]), Some(1.0));
+        assert!((recovery([0.5, 0.3, 0.4]).unwrap() - 0.5).abs() < 1e-12);
+        assert!(
+            recovery([0.5, 0.3, 0.2]).unwrap() < 0.0,
+            "fine-tuning can lose more"
+        );
+        assert_eq!(recovery([0.5, 0.5, 0.6]), None);
+        assert_eq!(recovery([0.4, 0.5, 0.6]), None);
+        let epoch =
+            |sizes, acc| fine_tune_metrics(sizes, None, acc, [9.0, 8.0])["finetune/epoch"].as_f64();
+        // 10 steps of 8 rows over 320 rows: a quarter of a pass.
+        assert_eq!(epoch([10, 8, 320], [0.5, 0.3, 0.4]), Some(0.25));
+        assert_eq!(epoch([10, 8, 320], [0.9, 0.1, 0.2]), Some(0.25));
+        assert_eq!(epoch([20, 8, 320], [0.5, 0.3, 0.4]), Some(0.5));
+        assert_eq!(epoch([10, 16, 320], [0.5, 0.3, 0.4]), Some(0.5));
+        assert_eq!(epoch([10, 8, 80], [0.5, 0.3, 0.4]), Some(1.0));
+    }
 
     #[test]
     fn defaults_are_the_seeds_and_bad_patterns_are_refused() {

@@ -163,6 +163,16 @@ fn for_chunks<const N: usize>(
     }
 }
 
+/// `e^(x − max x)` into `y`; returns `max x` and `Σ y`.
+#[inline(always)]
+fn exp_shifted(y: &mut [f32], x: &[f32]) -> (f32, f32) {
+    let m = max(x);
+    for (o, v) in y.iter_mut().zip(x) {
+        *o = exp(*v - m);
+    }
+    (m, sum(y))
+}
+
 /// `softmax(x)` over rows of `row_len`.
 pub fn softmax(x: &[f32], row_len: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
@@ -172,11 +182,8 @@ pub fn softmax(x: &[f32], row_len: usize) -> Vec<f32> {
         row_len,
         #[inline(always)]
         |y, [x]| {
-            let m = max(x);
-            for (o, v) in y.iter_mut().zip(x) {
-                *o = exp(*v - m);
-            }
-            let inv = 1.0 / sum(y);
+            let (_, z) = exp_shifted(y, x);
+            let inv = 1.0 / z;
             for o in y.iter_mut() {
                 *o *= inv;
             }
@@ -212,11 +219,8 @@ pub fn log_softmax(x: &[f32], row_len: usize) -> Vec<f32> {
         row_len,
         #[inline(always)]
         |y, [x]| {
-            let m = max(x);
-            for (o, v) in y.iter_mut().zip(x) {
-                *o = exp(*v - m);
-            }
-            let shift = m + sum(y).ln();
+            let (m, z) = exp_shifted(y, x);
+            let shift = m + z.ln();
             for (o, v) in y.iter_mut().zip(x) {
                 *o = *v - shift;
             }
