@@ -15,8 +15,9 @@
 //! ```
 //!
 //! which libtorch runs as the fused kernels PyTorch's autograd uses (`_softmax_backward_data`,
-//! `_log_softmax_backward_data`, `silu_backward`) and flex composes. The forward output (the input
-//! for SiLU) is kept for the backward pass, not recomputed. Tests compare every op against burn's
+//! `_log_softmax_backward_data`, `silu_backward`) and flex as the row loops of
+//! [`super::rowwise`] (forward too: flex's own `exp` runs one element at a time through libm).
+//! The forward output (the input for SiLU) is kept for the backward pass, not recomputed. Tests compare every op against burn's
 //! composite version, values and gradients, on each backend built in.
 
 // burn-tch (`LibTorch`) is deprecated in burn 0.22 but is its only libtorch/CUDA path.
