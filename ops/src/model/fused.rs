@@ -108,36 +108,46 @@ pub trait FusedOps: Backend {
 /// (every call in the model), burn's composite versions otherwise.
 impl FusedOps for Flex {
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        match last_axis_rows(&x, dim) {
-            Some(n) => flex_map(&[&x], |[x]| rowwise::softmax(x, n)),
-            None => <Self as ActivationOps<Self>>::softmax(x, dim),
-        }
+        flex_rows(
+            x,
+            dim,
+            rowwise::softmax,
+            <Self as ActivationOps<Self>>::softmax,
+        )
     }
     fn fused_softmax_backward(
         y: FloatTensor<Self>,
         g: FloatTensor<Self>,
         dim: usize,
     ) -> FloatTensor<Self> {
-        match last_axis_rows(&y, dim).filter(|_| same_f32(&y, &g)) {
-            Some(n) => flex_map(&[&y, &g], |[y, g]| rowwise::softmax_backward(y, g, n)),
-            None => composite::softmax_backward::<Self>(y, g, dim),
-        }
+        flex_rows_backward(
+            y,
+            g,
+            dim,
+            rowwise::softmax_backward,
+            composite::softmax_backward::<Self>,
+        )
     }
     fn fused_log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        match last_axis_rows(&x, dim) {
-            Some(n) => flex_map(&[&x], |[x]| rowwise::log_softmax(x, n)),
-            None => <Self as ActivationOps<Self>>::log_softmax(x, dim),
-        }
+        flex_rows(
+            x,
+            dim,
+            rowwise::log_softmax,
+            <Self as ActivationOps<Self>>::log_softmax,
+        )
     }
     fn fused_log_softmax_backward(
         y: FloatTensor<Self>,
         g: FloatTensor<Self>,
         dim: usize,
     ) -> FloatTensor<Self> {
-        match last_axis_rows(&y, dim).filter(|_| same_f32(&y, &g)) {
-            Some(n) => flex_map(&[&y, &g], |[y, g]| rowwise::log_softmax_backward(y, g, n)),
-            None => composite::log_softmax_backward::<Self>(y, g, dim),
-        }
+        flex_rows_backward(
+            y,
+            g,
+            dim,
+            rowwise::log_softmax_backward,
+            composite::log_softmax_backward::<Self>,
+        )
     }
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match x.dtype() {
@@ -150,6 +160,34 @@ impl FusedOps for Flex {
             true => flex_map(&[&x, &g], |[x, g]| rowwise::silu_backward(x, g)),
             false => composite::silu_backward::<Self>(x, g),
         }
+    }
+}
+
+/// A row kernel over `x`'s last axis when `x` is f32 and `dim` is that axis, else `fallback`.
+fn flex_rows(
+    x: FlexTensor,
+    dim: usize,
+    kernel: fn(&[f32], usize) -> Vec<f32>,
+    fallback: fn(FlexTensor, usize) -> FlexTensor,
+) -> FlexTensor {
+    match last_axis_rows(&x, dim) {
+        Some(n) => flex_map(&[&x], |[x]| kernel(x, n)),
+        None => fallback(x, dim),
+    }
+}
+
+/// [`flex_rows`] for a backward pass: `kernel(y, g, row length)` over the forward's saved tensor
+/// and the incoming gradient.
+fn flex_rows_backward(
+    y: FlexTensor,
+    g: FlexTensor,
+    dim: usize,
+    kernel: fn(&[f32], &[f32], usize) -> Vec<f32>,
+    fallback: fn(FlexTensor, FlexTensor, usize) -> FlexTensor,
+) -> FlexTensor {
+    match last_axis_rows(&y, dim).filter(|_| same_f32(&y, &g)) {
+        Some(n) => flex_map(&[&y, &g], |[y, g]| kernel(y, g, n)),
+        None => fallback(y, g, dim),
     }
 }
 

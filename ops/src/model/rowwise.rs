@@ -52,75 +52,61 @@ fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 { inv } else { e * inv }
 }
 
-/// Σ xs in a fixed order: 16 running lanes, then the lanes in order, then the tail.
+/// `op` folded over `term(0..n)` in a fixed order: 16 running lanes (lane `l` takes the terms
+/// `i ≡ l mod 16` of the whole blocks), then the lanes in order, then the tail. The order does
+/// not depend on the vector width, so neither does the result.
+#[inline(always)]
+fn fold16(n: usize, init: f32, term: impl Fn(usize) -> f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let whole = n / 16 * 16;
+    let mut acc = [init; 16];
+    for base in (0..whole).step_by(16) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = op(*a, term(base + l));
+        }
+    }
+    let mut r = init;
+    for a in acc {
+        r = op(r, a);
+    }
+    for i in whole..n {
+        r = op(r, term(i));
+    }
+    r
+}
+
+/// Σ xs, in [`fold16`]'s order.
 #[inline(always)]
 fn sum(xs: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += *v;
-        }
-    }
-    let mut s = 0.0;
-    for a in acc {
-        s += a;
-    }
-    for v in tail {
-        s += *v;
-    }
-    s
+    fold16(xs.len(), 0.0, |i| xs[i], |a, b| a + b)
 }
 
-/// Σ a·b in the same fixed order as [`sum`].
+/// Σ a·b, in [`fold16`]'s order.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = 0.0;
-    for v in acc {
-        s += v;
-    }
-    for (x, y) in ta.iter().zip(tb) {
-        s += x * y;
-    }
-    s
+    let b = &b[..a.len()];
+    fold16(a.len(), 0.0, |i| a[i] * b[i], |s, t| s + t)
 }
 
+/// max xs (−∞ for none; exact, so its order does not matter).
 #[inline(always)]
 fn max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a = if *v > *a { *v } else { *a };
-        }
-    }
-    let mut m = f32::NEG_INFINITY;
-    for v in acc.iter().chain(tail) {
-        m = if *v > m { *v } else { m };
-    }
-    m
+    fold16(
+        xs.len(),
+        f32::NEG_INFINITY,
+        |i| xs[i],
+        |m, v| if v > m { v } else { m },
+    )
 }
 
-/// Run `row(out_row, inputs' rows…)` over every row of `out` (`row_len` wide).
-fn for_rows<const N: usize>(
-    out: &mut [f32],
+/// `row(out_row, inputs' rows…)` over every row (`row_len` wide) of a new output the size of
+/// the inputs.
+fn map_rows<const N: usize>(
     inputs: [&[f32]; N],
     row_len: usize,
     row: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
-) {
-    assert!(row_len > 0 && out.len().is_multiple_of(row_len));
-    for_chunks(
-        out,
+) -> Vec<f32> {
+    assert!(row_len > 0 && inputs[0].len().is_multiple_of(row_len));
+    map_chunks(
         inputs,
         row_len,
         #[inline(always)]
@@ -129,24 +115,25 @@ fn for_rows<const N: usize>(
                 row(o, ins.map(|x| &x[r * row_len..(r + 1) * row_len]));
             }
         },
-    );
+    )
 }
 
-/// Run `f(out_chunk, inputs' chunks…)` over chunks of `out` that are whole multiples of `unit`
-/// elements: in parallel for large tensors, each task under the widest instruction set the CPU
-/// has.
-fn for_chunks<const N: usize>(
-    out: &mut [f32],
+/// `f(out_chunk, inputs' chunks…)` over chunks, whole multiples of `unit` elements, of a new
+/// output the size of the inputs: in parallel for large tensors, each task under the widest
+/// instruction set the CPU has.
+fn map_chunks<const N: usize>(
     inputs: [&[f32]; N],
     unit: usize,
     f: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
-) {
-    assert!(inputs.iter().all(|x| x.len() == out.len()));
-    let parallel = out.len() >= PARALLEL_FROM;
+) -> Vec<f32> {
+    let n = inputs[0].len();
+    assert!(inputs.iter().all(|x| x.len() == n));
+    let mut out = vec![0.0; n];
+    let parallel = n >= PARALLEL_FROM;
     let chunk = if parallel {
         (PARALLEL_FROM / 4).div_ceil(unit) * unit
     } else {
-        out.len().max(1)
+        n.max(1)
     };
     let task = |(i, o): (usize, &mut [f32])| {
         let start = i * chunk;
@@ -161,6 +148,7 @@ fn for_chunks<const N: usize>(
     } else {
         out.chunks_mut(chunk).enumerate().for_each(task);
     }
+    out
 }
 
 /// `e^(x − max x)` into `y`; returns `max x` and `Σ y`.
@@ -175,111 +163,81 @@ fn exp_shifted(y: &mut [f32], x: &[f32]) -> (f32, f32) {
 
 /// `softmax(x)` over rows of `row_len`.
 pub fn softmax(x: &[f32], row_len: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    for_rows(
-        &mut y,
-        [x],
-        row_len,
-        #[inline(always)]
-        |y, [x]| {
-            let (_, z) = exp_shifted(y, x);
-            let inv = 1.0 / z;
-            for o in y.iter_mut() {
-                *o *= inv;
-            }
-        },
-    );
-    y
+    map_rows([x], row_len, softmax_row)
+}
+
+#[inline(always)]
+fn softmax_row(y: &mut [f32], [x]: [&[f32]; 1]) {
+    let (_, z) = exp_shifted(y, x);
+    let inv = 1.0 / z;
+    for o in y.iter_mut() {
+        *o *= inv;
+    }
 }
 
 /// `∂L/∂x = y ⊙ (g − Σ g ⊙ y)` of `y = softmax(x)`, per row.
 pub fn softmax_backward(y: &[f32], g: &[f32], row_len: usize) -> Vec<f32> {
-    let mut dx = vec![0.0; y.len()];
-    for_rows(
-        &mut dx,
-        [y, g],
-        row_len,
-        #[inline(always)]
-        |dx, [y, g]| {
-            let s = dot(g, y);
-            for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
-                *o = y * (g - s);
-            }
-        },
-    );
-    dx
+    map_rows([y, g], row_len, softmax_backward_row)
+}
+
+#[inline(always)]
+fn softmax_backward_row(dx: &mut [f32], [y, g]: [&[f32]; 2]) {
+    let s = dot(g, y);
+    for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
+        *o = y * (g - s);
+    }
 }
 
 /// `log_softmax(x) = x − max − ln Σ e^(x − max)` over rows of `row_len`.
 pub fn log_softmax(x: &[f32], row_len: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    for_rows(
-        &mut y,
-        [x],
-        row_len,
-        #[inline(always)]
-        |y, [x]| {
-            let (m, z) = exp_shifted(y, x);
-            let shift = m + z.ln();
-            for (o, v) in y.iter_mut().zip(x) {
-                *o = *v - shift;
-            }
-        },
-    );
-    y
+    map_rows([x], row_len, log_softmax_row)
+}
+
+#[inline(always)]
+fn log_softmax_row(y: &mut [f32], [x]: [&[f32]; 1]) {
+    let (m, z) = exp_shifted(y, x);
+    let shift = m + z.ln();
+    for (o, v) in y.iter_mut().zip(x) {
+        *o = *v - shift;
+    }
 }
 
 /// `∂L/∂x = g − e^y ⊙ Σ g` of `y = log_softmax(x)`, per row.
 pub fn log_softmax_backward(y: &[f32], g: &[f32], row_len: usize) -> Vec<f32> {
-    let mut dx = vec![0.0; y.len()];
-    for_rows(
-        &mut dx,
-        [y, g],
-        row_len,
-        #[inline(always)]
-        |dx, [y, g]| {
-            let s = sum(g);
-            for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
-                *o = g - exp(*y) * s;
-            }
-        },
-    );
-    dx
+    map_rows([y, g], row_len, log_softmax_backward_row)
+}
+
+#[inline(always)]
+fn log_softmax_backward_row(dx: &mut [f32], [y, g]: [&[f32]; 2]) {
+    let s = sum(g);
+    for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
+        *o = g - exp(*y) * s;
+    }
 }
 
 /// `x σ(x)`, element-wise.
 pub fn silu(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    for_chunks(
-        &mut y,
-        [x],
-        1,
-        #[inline(always)]
-        |y, [x]| {
-            for (o, v) in y.iter_mut().zip(x) {
-                *o = *v * sigmoid(*v);
-            }
-        },
-    );
-    y
+    map_chunks([x], 1, silu_chunk)
+}
+
+#[inline(always)]
+fn silu_chunk(y: &mut [f32], [x]: [&[f32]; 1]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o = *v * sigmoid(*v);
+    }
 }
 
 /// `∂L/∂x = g ⊙ σ(x) ⊙ (1 + x (1 − σ(x)))` of `y = x σ(x)`.
 pub fn silu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; x.len()];
-    for_chunks(
-        &mut dx,
-        [x, g],
-        1,
-        #[inline(always)]
-        |dx, [x, g]| {
-            for ((o, x), g) in dx.iter_mut().zip(x).zip(g) {
-                let s = sigmoid(*x);
-                *o = g * s * (1.0 + x * (1.0 - s));
-            }
-        },
-    );
-    dx
+    map_chunks([x, g], 1, silu_backward_chunk)
+}
+
+#[inline(always)]
+fn silu_backward_chunk(dx: &mut [f32], [x, g]: [&[f32]; 2]) {
+    for ((o, x), g) in dx.iter_mut().zip(x).zip(g) {
+        let s = sigmoid(*x);
+        *o = g * s * (1.0 + x * (1.0 - s));
+    }
 }
 
 #[cfg(test)]
