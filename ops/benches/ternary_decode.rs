@@ -1,7 +1,10 @@
 //! End-to-end decoding of a BitNet b1.58 model through the packed kernel against the same model
 //! in full precision: milliseconds per token of incremental greedy-style decoding (one token per
-//! step, [`Decoder`]) and the process's peak resident memory, each measured in its own process
-//! that loads the weights file as `forge generate` does.
+//! step, [`Decoder`]) and resident memory, each measured in its own process that loads the
+//! weights file as `forge generate` does ([`forge_ops::eval::load_weights`]): before loading,
+//! after loading (`VmRSS`, and the peak so far, `VmHWM`), and the peak of the whole run, which
+//! adds the decoder's per-sequence state (attention caches and Titans memory per pass, the same
+//! for both models).
 //!
 //!     cargo bench -p forge-ops --bench ternary_decode -- --preset 25m --write DIR
 //!     cargo bench -p forge-ops --bench ternary_decode -- --preset 25m --read DIR/f32.safetensors
@@ -18,7 +21,7 @@ use std::time::Instant;
 use burn::tensor::{Int, Tensor, TensorData};
 use forge_ops::merge::tensors::StateDict;
 use forge_ops::model::decode::Decoder;
-use forge_ops::model::{ModelConfig, Tables, TrmTitansMag, ternary, weights};
+use forge_ops::model::{ModelConfig, Tables, TrmTitansMag, weights};
 use forge_ops::quant::model::{Precision, QuantizedModel, default_preserve};
 
 /// `VmHWM` (peak resident set) or `VmRSS` of this process, in MiB.
@@ -65,24 +68,16 @@ fn main() {
         return;
     }
     let path = read.expect("--write DIR or --read FILE");
+    let file_mb =
+        std::fs::metadata(&path).expect("the weights file").len() as f64 / f64::from(1u32 << 20);
+    // The files `--write` made: `ternary.safetensors` is the quantized one.
+    let quantized = path.file_name().is_some_and(|n| n == "ternary.safetensors");
+    let kind = if quantized { "ternary" } else { "f32" };
+    let rss_before = status_mb("VmRSS:");
     let t0 = Instant::now();
-    let bytes = std::fs::read(&path).expect("read the weights");
-    let file_mb = bytes.len() as f64 / f64::from(1u32 << 20);
-    let (kind, model) = match QuantizedModel::from_bytes(&bytes) {
-        Ok(q) => {
-            drop(bytes);
-            (
-                "ternary",
-                ternary::load_quantized(&cfg, &q, &dev).expect("load"),
-            )
-        }
-        Err(_) => (
-            "f32",
-            weights::model_from(&cfg, 0, bytes, "the model", &dev).expect("load"),
-        ),
-    };
+    let model = forge_ops::eval::load_weights(&cfg, &path, quantized, &dev).expect("load");
     let load_s = t0.elapsed().as_secs_f64();
-    let rss_loaded = status_mb("VmRSS:");
+    let (rss_loaded, load_peak) = (status_mb("VmRSS:"), status_mb("VmHWM:"));
     let tables = Tables::new(&cfg, &dev);
     let ids: Vec<i64> = (0..prefix + tokens)
         .map(|i| 3 + (i as i64 * 7) % (cfg.vocab_size as i64 - 3))
@@ -111,7 +106,9 @@ fn main() {
             "tokens": tokens,
             "ms_per_token": ms,
             "tokens_per_s": 1e3 / ms,
+            "rss_before_load_mb": rss_before,
             "rss_after_load_mb": rss_loaded,
+            "load_peak_rss_mb": load_peak,
             "peak_rss_mb": status_mb("VmHWM:"),
         })
     );

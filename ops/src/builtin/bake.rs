@@ -261,7 +261,7 @@ impl TypedOp for Bake {
         };
         let tables = Tables::new(cfg, dev);
         let load = |bytes: &[u8], what: &str, dev: &burn::tensor::Device| {
-            weights::model_from(cfg, seed, bytes.to_vec(), what, dev)
+            weights::model_from(cfg, bytes.to_vec(), what, dev)
                 .map_err(|e| OpError::user(e.to_string()))
         };
         let lm = Lm {

@@ -369,7 +369,7 @@ impl TypedOp for Quantize {
         let test = eval_batches(&data.test, &data.codec, p.eval_records, seq, p.batch_size);
         let tables = Tables::new(&cfg, &dev);
         let load = |sd: &StateDict| -> Result<TrmTitansMag, OpError> {
-            weights::model_from(&cfg, 0, sd.to_bytes(), "the model", &dev)
+            weights::model_from(&cfg, sd.to_bytes(), "the model", &dev)
                 .map_err(|e| OpError::user(e.to_string()))
         };
         let mut failure = None;
@@ -474,7 +474,7 @@ impl TypedOp for Quantize {
 
         // Before and after on the test split, through the same evaluation.
         let original = load(&sd)?;
-        let quantized = ternary::load_quantized(&cfg, &s.model, &dev)
+        let quantized = ternary::load_quantized(&cfg, s.model.clone(), &dev)
             .map_err(|e| OpError::user(e.to_string()))?;
         let m_before = score(&original, &cfg, &test, &tables, &dev);
         let m_after = score(&quantized, &cfg, &test, &tables, &dev);
@@ -484,7 +484,7 @@ impl TypedOp for Quantize {
         let ptq = match &tuned {
             Some(_) => {
                 let q = QuantizedModel::quantize(&sd, &p.preserve, &s.reverted, p.revert_precision);
-                let m = ternary::load_quantized(&cfg, &q, &dev)
+                let m = ternary::load_quantized(&cfg, q, &dev)
                     .map_err(|e| OpError::internal(e.to_string()))?;
                 Some(score(&m, &cfg, &test, &tables, &dev))
             }
@@ -690,7 +690,7 @@ fn fine_tune(
     };
     let tables = Tables::new(cfg, dev);
     let load = |what: &str| {
-        weights::model_from(cfg, seed, input_bytes.to_vec(), what, dev)
+        weights::model_from(cfg, input_bytes.to_vec(), what, dev)
             .map_err(|e| OpError::user(e.to_string()))
     };
     let teacher = load("the input model")?.valid();

@@ -298,7 +298,7 @@ impl TypedOp for Train {
         let sampler = p.sampler(&corpus, &curriculum, seed);
         let tables = Tables::new(cfg, dev);
         let reference = match inputs.get("reference").and_then(|v| v.first()) {
-            Some(r) if p.optimizer.kl_coef > 0.0 => Some(input_model(cfg, 0, r, "reference", dev)?),
+            Some(r) if p.optimizer.kl_coef > 0.0 => Some(input_model(cfg, r, "reference", dev)?),
             _ => None,
         };
         let objective = Lm {
@@ -316,7 +316,7 @@ impl TypedOp for Train {
         let init = inputs.get("init").and_then(|v| v.first());
         let start = || match init {
             Some(i) => {
-                let mut model = input_model(cfg, seed, i, "init", dev)?;
+                let mut model = input_model(cfg, i, "init", dev)?;
                 // A variant's own memory gates replace the shared initialisation's.
                 if let Some(gates) = cfg.mem_gates {
                     model.set_memory_gates(gates);
@@ -608,15 +608,13 @@ fn check_vocab(codec: &TextCodec, cfg: &ModelConfig) -> Result<(), OpError> {
 /// A model of `cfg` with the weights of the input artifact `input` (its `role` in this step).
 fn input_model(
     cfg: &ModelConfig,
-    seed: u64,
     input: &InputArtifact,
     role: &str,
     device: &burn::tensor::Device,
 ) -> Result<TrmTitansMag, OpError> {
     let path = input.path.join("model.safetensors");
-    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
     let what = format!("the {role} model from {}", input.from_step);
-    weights::model_from(cfg, seed, bytes, &what, device).map_err(|e| OpError::user(e.to_string()))
+    weights::model_from_file(cfg, &path, &what, device).map_err(|e| OpError::user(e.to_string()))
 }
 
 #[cfg(test)]

@@ -290,7 +290,7 @@ impl<'a> Fitness<'a> {
     }
 
     fn load(&self, bytes: Vec<u8>, what: &str) -> Result<TrmTitansMag, String> {
-        crate::model::weights::model_from(&self.cfg, 0, bytes, what, &self.device)
+        crate::model::weights::model_from(&self.cfg, bytes, what, &self.device)
             .map_err(|e| e.to_string())
     }
 

@@ -45,17 +45,7 @@ pub fn load_artifact(model_dir: &std::path::Path, device: &str) -> Result<Loaded
     let backend = crate::device::resolve(device).map_err(|e| OpError::user(e.to_string()))?;
     let device = backend.device.inner();
     let path = model_dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).map_err(|e| OpError::io(&path, e))?;
-    let model = if config.get("quantization").is_some() {
-        // A quantized model's ternary layers run through the packed kernel (W1.58A8).
-        let q = crate::quant::model::QuantizedModel::from_bytes(&bytes)
-            .map_err(|e| OpError::user(format!("{}: {e}", path.display())))?;
-        drop(bytes);
-        crate::model::ternary::load_quantized(&cfg, &q, &device)
-    } else {
-        crate::model::weights::model_from(&cfg, 0, bytes, "the model", &device)
-    }
-    .map_err(|e| OpError::user(e.to_string()))?;
+    let model = load_weights(&cfg, &path, config.get("quantization").is_some(), &device)?;
     Ok(Loaded {
         config,
         cfg,
@@ -63,6 +53,30 @@ pub fn load_artifact(model_dir: &std::path::Path, device: &str) -> Result<Loaded
         model,
         device,
     })
+}
+
+/// The weights file at `path` as a model of `cfg` for inference, streamed from the file (peak
+/// memory about the model's own size): a `quantized` one with its ternary layers through the
+/// packed kernel (W1.58A8) and its embedding as stored.
+pub fn load_weights(
+    cfg: &ModelConfig,
+    path: &std::path::Path,
+    quantized: bool,
+    device: &Device,
+) -> Result<TrmTitansMag, OpError> {
+    let what = path.display().to_string();
+    if quantized {
+        let q = crate::quant::model::QuantizedModel::from_file(path).map_err(|e| match e {
+            crate::quant::model::QuantizedFileError::Io { path, source } => {
+                OpError::io(&path, source)
+            }
+            e => OpError::user(format!("{what}: {e}")),
+        })?;
+        crate::model::ternary::load_quantized(cfg, q, device)
+    } else {
+        crate::model::weights::model_from_file(cfg, path, &what, device)
+    }
+    .map_err(|e| OpError::user(e.to_string()))
 }
 
 /// ACT inference of `tokens` as deployed: the config's threshold and recursion limit.

@@ -16,29 +16,52 @@ use rand_distr::{Distribution, Normal};
 use crate::quant::kernel;
 use crate::quant::packed::PackedTernary;
 
-/// Seeded source of initial parameter values.
+/// Seeded source of initial parameter values, or of shapes only ([`Init::shapes`]).
 pub struct Init {
-    rng: ChaCha8Rng,
+    /// `None`: parameters are declared, not drawn.
+    rng: Option<ChaCha8Rng>,
     pub device: Device,
 }
 
 impl Init {
     pub fn new(seed: u64, device: &Device) -> Self {
         Self {
-            rng: crate::rng::stream(seed, crate::rng::Stream::ModelInit),
+            rng: Some(crate::rng::stream(seed, crate::rng::Stream::ModelInit)),
             device: device.clone(),
         }
     }
 
+    /// Parameters with a shape and no values (burn's lazy parameters): nothing is drawn or
+    /// allocated until a value is loaded into them, so loading a file into a model built this
+    /// way holds the weights once, not twice. A parameter read before anything was loaded into it
+    /// is zero.
+    pub fn shapes(device: &Device) -> Self {
+        Self {
+            rng: None,
+            device: device.clone(),
+        }
+    }
+
+    /// A lazy parameter of `shape` (zeros if ever read before a value is loaded).
+    fn declared<const D: usize>(&self, shape: [usize; D]) -> Param<Tensor<D>> {
+        Param::uninitialized(
+            burn::module::ParamId::new(),
+            move |device, grad| Tensor::zeros(shape, device).set_require_grad(grad),
+            self.device.clone(),
+            true,
+            shape.into(),
+        )
+    }
+
     /// N(0, std²) values.
     pub fn normal<const D: usize>(&mut self, shape: [usize; D], std: f64) -> Param<Tensor<D>> {
+        let Some(rng) = &mut self.rng else {
+            return self.declared(shape);
+        };
         let n: usize = shape.iter().product();
         let dist = Normal::new(0.0f64, std).expect("finite std");
-        let values: Vec<f32> = (0..n).map(|_| dist.sample(&mut self.rng) as f32).collect();
-        Param::from_tensor(Tensor::from_data(
-            TensorData::new(values, shape),
-            &self.device,
-        ))
+        let values: Vec<f32> = (0..n).map(|_| dist.sample(rng) as f32).collect();
+        self.values(values, shape)
     }
 
     pub fn constant<const D: usize>(&mut self, shape: [usize; D], value: f32) -> Param<Tensor<D>> {
@@ -51,6 +74,9 @@ impl Init {
         values: Vec<f32>,
         shape: [usize; D],
     ) -> Param<Tensor<D>> {
+        if self.rng.is_none() {
+            return self.declared(shape);
+        }
         Param::from_tensor(Tensor::from_data(
             TensorData::new(values, shape),
             &self.device,

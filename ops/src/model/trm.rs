@@ -50,6 +50,10 @@ pub struct TrmTitansMag {
     pub n_inner: usize,
     pub cycles: usize,
     pub pad_id: usize,
+    /// A quantized model's embedding kept as the file stores it (then `embed` is an empty
+    /// placeholder): lookups and the tied projection read it instead.
+    #[module(skip)]
+    pub embed_host: Option<std::sync::Arc<super::ternary::HostTable>>,
 }
 
 /// Tensors shared by every forward pass of one config: the rotary tables and the causal
@@ -249,8 +253,18 @@ fn logit(p: f64) -> f32 {
 }
 
 impl TrmTitansMag {
+    /// A fresh model of `cfg`, its weights drawn from `seed`.
     pub fn new(cfg: &ModelConfig, seed: u64, device: &Device) -> Self {
-        let mut init = Init::new(seed, device);
+        Self::build(cfg, Init::new(seed, device))
+    }
+
+    /// The model of `cfg` with every parameter declared but none drawn or allocated
+    /// ([`Init::shapes`]): what loading a weights file fills.
+    pub fn skeleton(cfg: &ModelConfig, device: &Device) -> Self {
+        Self::build(cfg, Init::shapes(device))
+    }
+
+    fn build(cfg: &ModelConfig, mut init: Init) -> Self {
         let d = cfg.d_model;
         // GPT-2 style: projections into the residual stream scaled by 1/sqrt(2·layers).
         let out_std = 0.02 / (2.0 * cfg.layers as f64).sqrt();
@@ -289,6 +303,7 @@ impl TrmTitansMag {
             n_inner: cfg.n_inner,
             cycles: cfg.cycles,
             pad_id: 0,
+            embed_host: None,
         }
     }
 
@@ -349,6 +364,9 @@ impl TrmTitansMag {
 
     /// The token embeddings injected into every latent update.
     pub(super) fn embed_tokens(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        if let Some(table) = &self.embed_host {
+            return table.lookup(tokens);
+        }
         let [b, s] = tokens.dims();
         let w = self.embed.val();
         let d = w.dims()[1];
@@ -420,6 +438,8 @@ impl TrmTitansMag {
         let h = self.norm_out.forward(y);
         let logits = if let Some(head) = &self.head {
             head.forward(h.clone())
+        } else if let Some(table) = &self.embed_host {
+            table.project(h.clone())
         } else {
             let [b, s, d] = h.dims();
             let w = self.embed.val();

@@ -71,6 +71,16 @@ fn apply(
             what: what.into(),
             message: e.to_string(),
         })?;
+    report(&r, what, partial)
+}
+
+/// What a load filled, or why it does not fit: every file tensor needs a place in the model, and
+/// unless `partial`, every model tensor needs one in the file.
+fn report(
+    r: &burn::store::ApplyResult,
+    what: &str,
+    partial: bool,
+) -> Result<LoadReport, WeightsError> {
     let missing: Vec<String> = r.missing.iter().map(|(p, _)| p.clone()).collect();
     if (!partial && !missing.is_empty()) || !r.errors.is_empty() || !r.unused.is_empty() {
         return Err(WeightsError::Mismatch {
@@ -84,6 +94,73 @@ fn apply(
         loaded: r.applied.clone(),
         initialized: missing,
     })
+}
+
+/// One tensor to load, its f32 values produced only when the loader reaches it.
+pub struct Deferred {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Box<dyn Fn() -> Vec<f32> + Send + Sync>,
+}
+
+/// Load `tensors` into `model` one at a time: each one's values are produced, moved into the
+/// model and dropped before the next is produced, so the load holds one tensor besides the
+/// model. Partial like [`load_into`] when `partial`, exact like [`load_exact`] otherwise.
+pub fn load_deferred(
+    model: &mut TrmTitansMag,
+    tensors: Vec<Deferred>,
+    what: &str,
+    partial: bool,
+) -> Result<LoadReport, WeightsError> {
+    use burn::store::bridge;
+    let tensors = tensors
+        .into_iter()
+        .map(|t| {
+            let shape = t.shape.clone();
+            let values = t.values;
+            bridge::deferred(
+                t.name,
+                burn::tensor::DType::F32,
+                t.shape.into(),
+                None,
+                move || Ok(burn::tensor::TensorData::new(values(), shape.clone())),
+            )
+        })
+        .collect();
+    let r = model.apply(tensors, None, None, false);
+    report(&r, what, partial)
+}
+
+/// A model of `cfg` on `device` holding exactly the weights of the safetensors file at `path`
+/// (`what` in messages), read tensor by tensor from a memory map whose pages are released once
+/// copied: loading peaks at about the model's size, not twice it.
+pub fn model_from_file(
+    cfg: &crate::model::ModelConfig,
+    path: &std::path::Path,
+    what: &str,
+    device: &burn::tensor::Device,
+) -> Result<TrmTitansMag, WeightsError> {
+    let file =
+        crate::merge::tensors::TensorFile::open(path).map_err(|e| WeightsError::Unreadable {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
+    let file = std::sync::Arc::new(file);
+    let tensors = file
+        .tensors()
+        .iter()
+        .map(|(name, info)| {
+            let (file, key) = (file.clone(), name.clone());
+            Deferred {
+                name: name.clone(),
+                shape: info.shape.clone(),
+                values: Box::new(move || file.read(&key).expect("a tensor the file lists")),
+            }
+        })
+        .collect();
+    let mut model = TrmTitansMag::skeleton(cfg, device);
+    load_deferred(&mut model, tensors, what, false)?;
+    Ok(model)
 }
 
 /// Load `bytes` (safetensors) into `model`; every tensor must match one-to-one. `what` names the
@@ -102,16 +179,15 @@ pub fn load_exact(
     .map(|_| ())
 }
 
-/// A model of `cfg` on `device` with exactly the weights in `bytes` (see [`load_exact`]); `seed`
-/// only shapes tensors the file must then overwrite.
+/// A model of `cfg` on `device` with exactly the weights in `bytes` (see [`load_exact`]), built
+/// without drawing initial weights first ([`TrmTitansMag::skeleton`]).
 pub fn model_from(
     cfg: &crate::model::ModelConfig,
-    seed: u64,
     bytes: Vec<u8>,
     what: &str,
     device: &burn::tensor::Device,
 ) -> Result<TrmTitansMag, WeightsError> {
-    let mut model = TrmTitansMag::new(cfg, seed, device);
+    let mut model = TrmTitansMag::skeleton(cfg, device);
     load_exact(&mut model, bytes, what)?;
     Ok(model)
 }
@@ -340,5 +416,39 @@ mod tests {
         assert_eq!(ca, cb);
         assert_eq!(&ca[ca.len() - 4..], &[0, 0, 128, 63]);
         assert_eq!((ca.len() - 12) % 8, 0);
+    }
+
+    #[test]
+    fn a_skeleton_holds_no_values_until_a_file_fills_it_and_then_holds_the_files() {
+        use burn::module::{Module, ModuleVisitor, Param};
+        struct Count(usize, usize);
+        impl ModuleVisitor for Count {
+            fn visit_float<const D: usize>(&mut self, p: &Param<burn::tensor::Tensor<D>>) {
+                self.0 += 1;
+                self.1 += usize::from(p.is_initialized());
+            }
+        }
+        let dev = crate::device::test_device();
+        let cfg = small(true);
+        let skeleton = TrmTitansMag::skeleton(&cfg, &dev);
+        let mut count = Count(0, 0);
+        skeleton.visit(&mut count);
+        assert!(count.0 > 10);
+        assert_eq!(count.1, 0, "no parameter drawn or allocated");
+
+        let a = TrmTitansMag::new(&cfg, 1, &dev);
+        let bytes = to_bytes(&a).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let from_bytes = model_from(&cfg, bytes.clone(), "a", &dev).unwrap();
+        let from_file = model_from_file(&cfg, &path, "a", &dev).unwrap();
+        assert_eq!(to_bytes(&from_bytes).unwrap(), bytes);
+        assert_eq!(to_bytes(&from_file).unwrap(), bytes);
+        // The file must fill the whole model.
+        let err = model_from_file(&small(false), &path, "the file", &dev)
+            .expect_err("an untied model needs a head")
+            .to_string();
+        assert!(err.contains("the file") && err.contains("head"), "{err}");
     }
 }
