@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use forge_cache::Store;
 use forge_ops::{CancelToken, OpRegistry};
 
@@ -85,6 +85,13 @@ pub enum Command {
     Generate(crate::generate::GenerateArgs),
     /// Print the pipeline JSON Schema.
     Schema,
+    /// Print a shell completion script: `source <(forge completions bash)`, or save it where
+    /// the shell looks (`forge completions zsh > ~/.zfunc/_forge`,
+    /// `forge completions fish > ~/.config/fish/completions/forge.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +194,10 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         Command::Generate(a) => crate::generate::run(&cli.store, a, &registry),
         Command::Schema => {
             print!("{}", crate::schema::pipeline_schema_text(&registry));
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "forge", &mut std::io::stdout());
             Ok(0)
         }
     };

@@ -1,0 +1,82 @@
+//! The command line's own surface: shell completion scripts that the shells accept and that
+//! complete forge's subcommands.
+
+use std::process::Command;
+
+fn completions(shell: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["completions", shell])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn every_shell_gets_a_script_naming_the_subcommands() {
+    for (shell, marker) in [
+        ("bash", "complete -F _forge"),
+        ("zsh", "#compdef forge"),
+        ("fish", "complete -c forge"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[forge]"),
+    ] {
+        let script = completions(shell);
+        assert!(script.contains(marker), "{shell}: no `{marker}`");
+        for sub in ["apply", "plan", "eval", "generate", "completions"] {
+            assert!(script.contains(sub), "{shell}: `{sub}` missing");
+        }
+    }
+    let err = Command::new(env!("CARGO_BIN_EXE_forge"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        err.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+/// bash sources the script and completes `forge ap` to `apply`, and `forge apply --dr` to
+/// `--dry-run`, through the function it registered.
+#[test]
+fn bash_completes_subcommands_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("forge.bash");
+    std::fs::write(&script, completions("bash")).unwrap();
+    let complete = |words: &str| {
+        let cmd = format!(
+            "source '{}'; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; \
+             _forge forge \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subs = complete("forge ap");
+    assert_eq!(
+        subs.split_whitespace().collect::<Vec<_>>(),
+        ["apply"],
+        "{subs}"
+    );
+    let flags = complete("forge apply --dr");
+    assert!(
+        flags.split_whitespace().any(|f| f.starts_with("--dry-run")),
+        "{flags}"
+    );
+}
