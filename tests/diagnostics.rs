@@ -110,3 +110,55 @@ fn missing_file_is_a_clear_error() {
         common::stderr(&out)
     );
 }
+
+/// Under `--log-format json` every problem is also one JSON object on stdout, at the same
+/// `file:line:column` as the human rendering on stderr, and stdout holds nothing else.
+#[test]
+fn under_json_logs_each_problem_is_one_json_line_at_its_location() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid");
+    let p = Project::new();
+    let (mut seen, mut located) = (0, 0);
+    for entry in std::fs::read_dir(&fixtures).unwrap().flatten() {
+        let name = entry.file_name().to_str().unwrap().to_owned();
+        let out = forge_in(
+            &fixtures,
+            &p.store(),
+            &["--log-format", "json", "plan", &name],
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let diags: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
+            .collect();
+        let crosses = err
+            .lines()
+            .filter(|l| l.trim_start().starts_with("× "))
+            .count();
+        assert_eq!(
+            diags.len(),
+            crosses,
+            "{name}: one object per diagnostic\n{err}"
+        );
+        for d in &diags {
+            assert_eq!(d["event"], "diagnostic", "{name}");
+            assert!(
+                d["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{name}"
+            );
+            assert_eq!(d["file"], name.as_str());
+            if let (Some(line), Some(col)) = (d["line"].as_u64(), d["column"].as_u64()) {
+                let at = format!("[{name}:{line}:{col}]");
+                assert!(err.contains(&at), "{name}: {at} not in\n{err}");
+                located += 1;
+            }
+        }
+        seen += diags.len();
+    }
+    assert!(
+        seen >= 40 && located >= 40,
+        "{seen} diagnostics, {located} located"
+    );
+    assert!(!p.store().exists(), "nothing written");
+}

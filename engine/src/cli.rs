@@ -162,15 +162,18 @@ pub fn main_with_registry(registry: OpRegistry) -> ExitCode {
 }
 
 pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
+    crate::load::diagnostics_as_json(cli.log_format == LogFormat::Json);
     let code = match &cli.command {
         Command::Apply(a) => cmd_apply(&cli, a, &registry),
         Command::Plan(p) => with_plan(&p.pipeline, &registry, |plan| {
             let opts = selection(plan, &p.select, ApplyOptions::default())?;
+            // Under `--log-format json` stdout carries JSON only: the plan as `--json` gives it.
+            let json = p.json || cli.log_format == LogFormat::Json;
             print_plan(
                 &cli,
                 plan,
                 &opts,
-                if p.json {
+                if json {
                     DryRunFormat::Json
                 } else {
                     DryRunFormat::Text

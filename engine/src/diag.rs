@@ -133,6 +133,25 @@ impl miette::Diagnostic for Rendered<'_> {
 }
 
 /// Render diagnostics for `file`, each followed by a blank line. `color` is for terminals only.
+/// One diagnostic as a JSON object, for `--log-format json`: `{"event": "diagnostic",
+/// "severity": "error", "code", "message", "file", "line", "column", "label", "hint"}`, where
+/// `line`/`column` (1-based) and `label` are those of its first labelled span (null without one).
+pub fn to_json(file: &SourceFile, d: &Diagnostic) -> serde_json::Value {
+    let first = d.labels.first();
+    let (line, column) = first.map(|(s, _)| file.line_col(s.offset)).unzip();
+    serde_json::json!({
+        "event": "diagnostic",
+        "severity": "error",
+        "code": d.code,
+        "message": d.message,
+        "file": file.name,
+        "line": line,
+        "column": column,
+        "label": first.map(|(_, text)| text),
+        "hint": d.help,
+    })
+}
+
 pub fn render(file: &SourceFile, diags: &[Diagnostic], color: bool) -> String {
     let theme = if color {
         GraphicalTheme::unicode()

@@ -1,8 +1,10 @@
 //! Loading a pipeline file into a [`Plan`] for the commands that need one: every problem is
-//! printed as a located diagnostic and the caller gets exit code 2, with nothing written.
+//! printed as a located diagnostic and the caller gets exit code 2, with nothing written. Under
+//! `--log-format json` ([`diagnostics_as_json`]) each problem is also one JSON object on stdout.
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use forge_ops::OpRegistry;
 
@@ -10,6 +12,15 @@ use crate::diag::render;
 use crate::exit;
 use crate::plan::Plan;
 use crate::report::fancy_terminal;
+
+/// Whether invalid pipelines are also reported as JSON lines on stdout (the process's
+/// `--log-format`, set once by the command line before anything is loaded).
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Report invalid pipelines as JSON lines on stdout too ([`crate::diag::to_json`]).
+pub fn diagnostics_as_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
 
 /// Load and plan a pipeline; on any problem print every diagnostic and return exit code 2.
 pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
@@ -22,6 +33,12 @@ pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
     });
     result.map_err(|invalid| {
         let n = invalid.diagnostics.len();
+        if JSON.load(Ordering::Relaxed) {
+            let mut out = std::io::stdout().lock();
+            for d in &invalid.diagnostics {
+                let _ = writeln!(out, "{}", crate::diag::to_json(&invalid.file, d));
+            }
+        }
         let text = render(&invalid.file, &invalid.diagnostics, fancy_terminal());
         let mut e = std::io::stderr().lock();
         let _ = e.write_all(text.as_bytes());
