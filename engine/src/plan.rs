@@ -160,7 +160,10 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                 .unwrap_or(Value::Null);
             let seed = step_seed(decl, &scope, pipeline.defaults.seed, &mut ierrs);
             let params = if ierrs.is_empty() {
-                match op.parse_params(&raw) {
+                match op
+                    .parse_params(&raw)
+                    .and_then(|p| op.check_files(&p, &pipeline.dir).map(|()| p))
+                {
                     Ok(p) => Some(p),
                     Err(e) => {
                         ierrs.push(params_diagnostic(decl, &id, op.as_ref(), &raw, &e));

@@ -139,6 +139,11 @@ pub trait Op: Send + Sync {
     fn watch_paths(&self, _params: &Params, _pipeline_dir: &Path) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// Plan-time checks of those files (relative paths from the pipeline's directory), e.g. that
+    /// a `file:` source exists: a problem is an invalid pipeline, located at the parameter.
+    fn check_files(&self, _params: &Params, _pipeline_dir: &Path) -> Result<(), ParamsError> {
+        Ok(())
+    }
     fn run(
         &self,
         ctx: &StepContext,
@@ -185,6 +190,9 @@ pub trait TypedOp: Send + Sync {
     }
     fn watch_paths(&self, _params: &Self::Params, _pipeline_dir: &Path) -> Vec<PathBuf> {
         Vec::new()
+    }
+    fn check_files(&self, _params: &Self::Params, _pipeline_dir: &Path) -> Result<(), ParamsError> {
+        Ok(())
     }
     fn run(
         &self,
@@ -273,6 +281,9 @@ impl<T: TypedOp> Op for T {
     }
     fn watch_paths(&self, params: &Params, pipeline_dir: &Path) -> Vec<PathBuf> {
         TypedOp::watch_paths(self, typed::<T>(params), pipeline_dir)
+    }
+    fn check_files(&self, params: &Params, pipeline_dir: &Path) -> Result<(), ParamsError> {
+        TypedOp::check_files(self, typed::<T>(params), pipeline_dir)
     }
     fn run(
         &self,

@@ -344,6 +344,16 @@ impl TypedOp for Download {
         }
     }
 
+    fn check_files(&self, p: &DownloadParams, pipeline_dir: &Path) -> Result<(), ParamsError> {
+        match Source::parse(&p.source) {
+            Ok(Source::File(rel)) if !resolve_path(pipeline_dir, &rel).exists() => Err(
+                ParamsError::at(&["source"], format!("`{rel}` does not exist"))
+                    .with_hint("a `file:` path is relative to the pipeline file's directory"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn run(
         &self,
         ctx: &StepContext,
