@@ -1,5 +1,7 @@
 //! The command line's own surface: shell completion scripts that the shells accept and that
-//! complete forge's subcommands.
+//! complete forge's subcommands; `forge dag` in its three formats.
+
+mod common;
 
 use std::process::Command;
 
@@ -79,4 +81,38 @@ fn bash_completes_subcommands_and_flags() {
         flags.split_whitespace().any(|f| f.starts_with("--dry-run")),
         "{flags}"
     );
+}
+
+/// Matrix instances apart, phases grouped, data edges labelled with the input, `needs:` edges
+/// dashed (or "after"), steps listed in run order.
+#[test]
+fn dag_shows_every_instance_and_edge_in_each_format() {
+    let p = common::Project::new();
+    p.write(
+        "g.yaml",
+        r#"
+version: 1
+name: g
+phases:
+  make:
+    steps:
+      src: { op: exec, with: { run: "echo 1 > $FORGE_OUTPUT/x" } }
+      each:
+        op: exec
+        matrix: { v: [a, b] }
+        inputs: { data: src }
+        with: { run: "true" }
+  use:
+    steps:
+      last: { op: exec, needs: make.src, inputs: { all: [make.each] }, with: { run: "true" } }
+"#,
+    );
+    for format in ["text", "dot", "mermaid"] {
+        let out = p.run(&["dag", "g.yaml", "--format", format]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let shown = String::from_utf8(out.stdout).unwrap();
+        insta::assert_snapshot!(format!("dag_{format}"), shown);
+    }
+    let bad = p.run(&["dag", "g.yaml", "--format", "svg"]);
+    assert_eq!(bad.status.code(), Some(2));
 }

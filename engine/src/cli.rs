@@ -52,6 +52,13 @@ pub enum Command {
     Plan(PlanArgs),
     /// Each step's state in the store, and the last run.
     Status(PipelineArg),
+    /// The step graph: every step instance, grouped by phase, with an edge per input.
+    Dag {
+        pipeline: Option<PathBuf>,
+        /// `text`, `dot` (Graphviz: `forge dag -f dot | dot -Tsvg > dag.svg`) or `mermaid`.
+        #[arg(long, short, value_enum, default_value = "text")]
+        format: crate::dag::DagFormat,
+    },
     /// A step's latest result: key, outputs, metrics.
     Show {
         /// Step id (`phase.step`, `phase.step[axis=value]`, or a unique step name).
@@ -181,6 +188,10 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             )
         }),
         Command::Status(p) => with_plan(&p.pipeline, &registry, |plan| cmd_status(&cli, plan)),
+        Command::Dag { pipeline, format } => with_plan(pipeline, &registry, |plan| {
+            print!("{}", crate::dag::render(plan, *format));
+            Ok(0)
+        }),
         Command::Show {
             step,
             pipeline,

@@ -6,6 +6,7 @@
 //! tensors: what a step *does* lives in `forge-ops`, where its results live in `forge-cache`.
 
 pub mod cli;
+pub mod dag;
 pub mod diag;
 pub mod eval;
 pub mod events;
