@@ -67,6 +67,32 @@ fn changed_value_reruns_exactly_that_step_and_dependents_and_plan_names_it() {
         "{text}"
     );
     assert!(text.contains("cached  p.lone"), "{text}");
+    // A step whose own command changed too says so beside its rebuilt input.
+    p.write(
+        "chain.yaml",
+        &CHAIN
+            .replace("greeting: hello", "greeting: howdy")
+            .replace("a-z A-Z", "a-y A-Y"),
+    );
+    let plan = p.run(&["plan", "chain.yaml"]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    let b = text.split("p.b").nth(1).unwrap_or("");
+    let b = &b[..b.find("p.c").unwrap_or(b.len())];
+    assert!(b.contains("input from p.a will be rebuilt"), "{text}");
+    assert!(b.contains("with.run: \"tr a-z A-Z"), "{text}");
+    let c = text.split("run     p.c").nth(1).unwrap_or("");
+    assert!(
+        c.lines()
+            .next()
+            .unwrap_or("")
+            .trim_end()
+            .ends_with("input from p.b will be rebuilt"),
+        "p.c itself did not change: {text}"
+    );
+    p.write(
+        "chain.yaml",
+        &CHAIN.replace("greeting: hello", "greeting: howdy"),
+    );
     let evs = p.apply_ok("chain.yaml", &[]);
     assert_eq!(steps_with(&evs, "started"), ["p.a", "p.b", "p.c"]);
     assert_eq!(steps_with(&evs, "cache-hit"), ["p.lone"]);

@@ -141,12 +141,23 @@ pub fn preimage(
         }
         inputs.insert(name.clone(), ds);
     }
+    own_preimage(plan, store, i, inputs).map(Some)
+}
+
+/// Step `i`'s key pre-image with these input digests (everything else is the step's own).
+fn own_preimage(
+    plan: &Plan,
+    store: &Store,
+    i: usize,
+    inputs: BTreeMap<String, Vec<ObjectDigest>>,
+) -> Result<KeyPreimage, OpError> {
+    let s = &plan.steps[i];
     let cx = KeyContext {
         pipeline_dir: &plan.pipeline.dir,
         store,
     };
     let extras = s.op.key_extras(&s.params, &cx)?;
-    Ok(Some(KeyPreimage::new(
+    Ok(KeyPreimage::new(
         s.op.name(),
         s.op.version(),
         s.params.value().clone(),
@@ -154,7 +165,27 @@ pub fn preimage(
         extras,
         s.seed,
         s.op.backend_class(&s.params, &plan.pipeline.defaults.device),
-    )))
+    ))
+}
+
+/// What changed in step `i`'s own key fields (params, op version, seed, backend, extras) since
+/// its last result, when its inputs are not known yet: the inputs are left out of both sides.
+fn own_changes(plan: &Plan, store: &Store, i: usize) -> Result<Vec<String>, OpError> {
+    let Some(prev) = store.step_ref(&plan.pipeline.name, &plan.steps[i].id)? else {
+        return Ok(Vec::new());
+    };
+    let without_inputs = |mut v: serde_json::Value| {
+        if let Some(m) = v.as_object_mut() {
+            m.remove("inputs");
+        }
+        v
+    };
+    let now = own_preimage(plan, store, i, BTreeMap::new())?.to_json();
+    Ok(explain(
+        &without_inputs(prev.preimage),
+        &without_inputs(now),
+        8,
+    ))
 }
 
 /// One line of `forge plan`.
@@ -193,12 +224,17 @@ pub fn dry_run(
                     .filter(|u| outputs[u.step].is_none())
                     .map(|u| plan.steps[u.step].id.as_str())
                     .collect();
-                (
-                    None,
-                    "run",
-                    format!("input from {} will be rebuilt", summarize_steps(ups)),
-                    vec![],
-                )
+                // The step's own changes too, so an edit is not hidden behind a rebuilt input.
+                let mut changes = own_changes(plan, store, i)?;
+                let rebuilt = format!("input from {} will be rebuilt", summarize_steps(ups));
+                let reason = std::iter::once(rebuilt.clone())
+                    .chain(changes.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if !changes.is_empty() {
+                    changes.insert(0, rebuilt);
+                }
+                (None, "run", reason, changes)
             }
             Some(pre) => {
                 let key = pre.key();
