@@ -167,6 +167,10 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                     Ok(p) => Some(p),
                     Err(e) => {
                         ierrs.push(params_diagnostic(decl, &id, op.as_ref(), &raw, &e));
+                        // A parser stops at its first error: report the others too.
+                        for other in further_param_errors(op.as_ref(), &raw, &e) {
+                            ierrs.push(params_diagnostic(decl, &id, op.as_ref(), &raw, &other));
+                        }
                         None
                     }
                 }
@@ -381,6 +385,66 @@ fn step_seed(decl: &StepDecl, scope: &Scope<'_>, default: u64, errs: &mut Vec<Di
         );
         default
     })
+}
+
+/// The errors of the `with:` block `raw` after `first`: drop the value each error points at and
+/// parse again, keeping the errors the schema shows are about one key alone — a key it does not
+/// allow there, or a string it does not allow — and stopping at the first that is not: a missing
+/// key or a check across keys may only come from what was dropped.
+fn further_param_errors(op: &dyn Op, raw: &Value, first: &ParamsError) -> Vec<ParamsError> {
+    fn at<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
+        path.iter().try_fold(v, |v, seg| match v {
+            Value::Object(m) => m.get(seg.as_str()),
+            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+    }
+    fn remove(v: &mut Value, path: &[String]) -> bool {
+        let Some((last, parents)) = path.split_last() else {
+            return false;
+        };
+        let parent = parents.iter().try_fold(v, |v, seg| match v {
+            Value::Object(m) => m.get_mut(seg.as_str()),
+            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        });
+        match parent {
+            Some(Value::Object(m)) => m.remove(last.as_str()).is_some(),
+            _ => false,
+        }
+    }
+    let schema = ParamsSchema::of(op);
+    let about_one_key = |e: &ParamsError| {
+        let Some((key, parent)) = e.path.split_last() else {
+            return false;
+        };
+        let unknown_key = at(raw, parent).and_then(Value::as_object).is_some_and(|m| {
+            let allowed = schema.allowed_at(raw, parent);
+            m.contains_key(key) && !allowed.keys.is_empty() && !allowed.keys.contains(key)
+        });
+        let bad_string = at(raw, &e.path).and_then(Value::as_str).is_some_and(|v| {
+            let allowed = schema.allowed_at(raw, &e.path);
+            !allowed.values.is_empty() && !allowed.values.iter().any(|a| a == v)
+        });
+        unknown_key || bad_string
+    };
+    let mut out: Vec<ParamsError> = Vec::new();
+    let mut work = raw.clone();
+    let mut last = first.path.clone();
+    for _ in 0..32 {
+        if !remove(&mut work, &last) {
+            break;
+        }
+        let Err(e) = op.parse_params(&work) else {
+            break;
+        };
+        if e.path == first.path || out.iter().any(|o| o.path == e.path) || !about_one_key(&e) {
+            break;
+        }
+        last = e.path.clone();
+        out.push(e);
+    }
+    out
 }
 
 /// Map a params error path back into the `with:` block's spans, with a hint from the op's schema:
