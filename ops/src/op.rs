@@ -217,10 +217,47 @@ pub fn parse_params<P: DeserializeOwned>(raw: &Value) -> Result<P, ParamsError> 
             .collect();
         ParamsError {
             path,
-            message: e.inner().to_string(),
+            message: in_plain_terms(&e.inner().to_string()),
             hint: None,
         }
     })
+}
+
+/// A serde message in the user's terms: the Rust type it expected (`expected u64`) as what to
+/// write (`expected a whole number ≥ 0`).
+fn in_plain_terms(message: &str) -> String {
+    const TYPES: [(&str, &str); 14] = [
+        ("usize", "a whole number ≥ 0"),
+        ("u64", "a whole number ≥ 0"),
+        ("u32", "a whole number ≥ 0"),
+        ("u16", "a whole number ≥ 0"),
+        ("u8", "a whole number ≥ 0"),
+        ("isize", "a whole number"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("i16", "a whole number"),
+        ("i8", "a whole number"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("char", "a single character"),
+        ("unit", "nothing"),
+    ];
+    let mut out = message.replace("floating point `", "number `");
+    for (rust, plain) in TYPES {
+        let from = format!("expected {rust}");
+        let mut at = 0;
+        while let Some(i) = out[at..].find(&from).map(|i| i + at) {
+            let end = i + from.len();
+            // Only the whole word: `u8` is not the start of `u8_thing`.
+            if out[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+                at = end;
+                continue;
+            }
+            out.replace_range(i..end, &format!("expected {plain}"));
+            at = i;
+        }
+    }
+    out
 }
 
 fn typed<T: TypedOp>(params: &Params) -> &T::Params {
@@ -382,7 +419,36 @@ pub fn resolve_path(pipeline_dir: &Path, p: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::metric_matches;
+    use super::{in_plain_terms, metric_matches};
+
+    #[test]
+    fn parameter_errors_name_what_to_write_not_rust_types() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct P {
+            n: usize,
+            x: f64,
+            k: i32,
+        }
+        let err = |v: serde_json::Value| super::parse_params::<P>(&v).unwrap_err().message;
+        let m = err(serde_json::json!({ "n": -3, "x": 1.0, "k": 1 }));
+        assert_eq!(
+            m,
+            "invalid value: integer `-3`, expected a whole number ≥ 0"
+        );
+        let m = err(serde_json::json!({ "n": 2.5, "x": 1.0, "k": 1 }));
+        assert_eq!(m, "invalid type: number `2.5`, expected a whole number ≥ 0");
+        let m = err(serde_json::json!({ "n": 1, "x": "high", "k": 1 }));
+        assert_eq!(m, r#"invalid type: string "high", expected a number"#);
+        let m = err(serde_json::json!({ "n": 1, "x": 1.0, "k": "a" }));
+        assert_eq!(m, r#"invalid type: string "a", expected a whole number"#);
+        // Only whole words change.
+        assert_eq!(in_plain_terms("expected u8_thing"), "expected u8_thing");
+        assert_eq!(
+            in_plain_terms("expected u8, got"),
+            "expected a whole number ≥ 0, got"
+        );
+    }
 
     #[test]
     fn metric_patterns_match_within_one_segment() {
