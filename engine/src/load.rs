@@ -24,13 +24,27 @@ pub fn diagnostics_as_json(on: bool) {
 
 /// Load and plan a pipeline; on any problem print every diagnostic and return exit code 2.
 pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
-    let result = crate::pipeline::load(path).and_then(|mut p| {
+    let plan = |mut p: crate::pipeline::Pipeline| {
         // Absolute, so ops (e.g. `exec`'s working directory) see the same dir wherever they run.
         if let Ok(d) = std::fs::canonicalize(&p.dir) {
             p.dir = d;
         }
         crate::plan::build(p, registry)
-    });
+    };
+    let result = crate::pipeline::load(path)
+        .and_then(plan)
+        .or_else(|mut invalid| {
+            // The file's structure held: plan what was read, so every problem shows at once.
+            if let Some(partial) = invalid.partial.take()
+                && let Err(more) = plan(*partial)
+            {
+                invalid.diagnostics.extend(more.diagnostics);
+                invalid
+                    .diagnostics
+                    .sort_by_key(|d| d.labels.first().map(|(s, _)| s.offset).unwrap_or(0));
+            }
+            Err(invalid)
+        });
     result.map_err(|invalid| {
         let n = invalid.diagnostics.len();
         if JSON.load(Ordering::Relaxed) {

@@ -109,6 +109,9 @@ pub struct Pipeline {
 pub struct Invalid {
     pub file: SourceFile,
     pub diagnostics: Vec<Diagnostic>,
+    /// The pipeline as far as it could be read, when its structure held (the problems are in
+    /// single values, left at their defaults): planning it finds the problems beyond these.
+    pub partial: Option<Box<Pipeline>>,
 }
 
 /// Read and structurally check a pipeline file.
@@ -124,6 +127,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Invalid> {
                 Diagnostic::error(format!("`{name}` is not valid UTF-8"))
                     .code("pipeline::encoding"),
             ],
+            partial: None,
         })?,
         Err(e) => {
             return Err(Invalid {
@@ -133,6 +137,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Invalid> {
                         .help("pass the path of a pipeline YAML file, e.g. `forge apply pipelines/hello.yaml`")
                         .code("pipeline::read"),
                 ],
+                partial: None,
             });
         }
     };
@@ -156,6 +161,7 @@ pub fn parse(file: SourceFile, path: PathBuf, dir: PathBuf) -> Result<Pipeline, 
             return Err(Invalid {
                 file,
                 diagnostics: vec![d],
+                partial: None,
             });
         }
     };
@@ -163,11 +169,20 @@ pub fn parse(file: SourceFile, path: PathBuf, dir: PathBuf) -> Result<Pipeline, 
     let p = parse_root(&root, &file, path, dir, &mut errs);
     match p {
         Some(p) if errs.is_empty() => Ok(p),
-        _ => {
+        p => {
             errs.sort_by_key(|d| d.labels.first().map(|(s, _)| s.offset).unwrap_or(0));
+            // Planning what was read is worth it only when every problem is one value that the
+            // rest does not depend on; otherwise it would report the same problem again.
+            let independent = errs.iter().all(|d| {
+                matches!(
+                    d.code,
+                    Some("pipeline::version" | "pipeline::device" | "pipeline::duration")
+                )
+            });
             Err(Invalid {
                 file,
                 diagnostics: errs,
+                partial: p.filter(|_| independent).map(Box::new),
             })
         }
     }

@@ -281,6 +281,7 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
         return Err(Invalid {
             file: pipeline.file.clone(),
             diagnostics: errs,
+            partial: None,
         });
     }
     let order = topo_order(&deps, &dependents);
