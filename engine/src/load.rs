@@ -33,7 +33,7 @@ pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
     };
     let result = crate::pipeline::load(path)
         .and_then(plan)
-        .or_else(|mut invalid| {
+        .map_err(|mut invalid| {
             // The file's structure held: plan what was read, so every problem shows at once.
             if let Some(partial) = invalid.partial.take()
                 && let Err(more) = plan(*partial)
@@ -43,7 +43,7 @@ pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
                     .diagnostics
                     .sort_by_key(|d| d.labels.first().map(|(s, _)| s.offset).unwrap_or(0));
             }
-            Err(invalid)
+            invalid
         });
     result.map_err(|invalid| {
         let n = invalid.diagnostics.len();

@@ -142,6 +142,8 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
             instances_of.push(mine);
             continue;
         };
+        // This step's problems, one per place and message across its matrix instances.
+        let mut decl_errs: Vec<(Diagnostic, String, Vec<String>)> = Vec::new();
         for combo in matrix_combinations(decl) {
             let (id, label) = instance_id(decl, &combo);
             let scope = Scope {
@@ -177,7 +179,17 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
             } else {
                 None
             };
-            errs.extend(ierrs);
+            for d in ierrs {
+                let same = decl_errs.iter_mut().find(|(e, first, _)| {
+                    e.code == d.code
+                        && e.labels.first().map(|l| l.0) == d.labels.first().map(|l| l.0)
+                        && e.message.replace(first.as_str(), "") == d.message.replace(&id, "")
+                });
+                match same {
+                    Some((_, _, ids)) => ids.push(id.clone()),
+                    None => decl_errs.push((d, id.clone(), vec![id.clone()])),
+                }
+            }
             let Some(params) = params else { continue };
             let outputs = op.outputs(&params);
             let resources = decl
@@ -199,6 +211,25 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                 timeout: decl.timeout,
                 seed,
             });
+        }
+        for (mut d, first, ids) in decl_errs {
+            if ids.len() > 1 {
+                // `p.s[v=a]` → `p.s` (matrix instances v=a; v=b; …)
+                let base = decl.qualified();
+                let which: Vec<&str> = ids
+                    .iter()
+                    .map(|i| {
+                        i[base.len()..]
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                    })
+                    .collect();
+                d.message = d.message.replace(
+                    &format!("`{first}`"),
+                    &format!("`{base}` (matrix instances {})", which.join("; ")),
+                );
+            }
+            errs.push(d);
         }
         instances_of.push(mine);
     }
@@ -277,6 +308,15 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
         errs.push(cycle_diagnostic(&pipeline, &steps, &cycle));
     }
     if !errs.is_empty() {
+        // A problem every instance of a matrix step shares (a reference) is one problem.
+        let mut seen: Vec<Diagnostic> = Vec::new();
+        errs.retain(|d| {
+            let new = !seen.contains(d);
+            if new {
+                seen.push(d.clone());
+            }
+            new
+        });
         errs.sort_by_key(|d| d.labels.first().map(|(s, _)| s.offset).unwrap_or(0));
         return Err(Invalid {
             file: pipeline.file.clone(),
