@@ -5,17 +5,19 @@ mod common;
 
 use std::process::Command;
 
-fn completions(shell: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_forge"))
-        .args(["completions", shell])
-        .output()
-        .unwrap();
+/// What `cmd` prints, once it has succeeded.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn completions(shell: &str) -> String {
+    stdout_of(Command::new(env!("CARGO_BIN_EXE_forge")).args(["completions", shell]))
 }
 
 #[test]
@@ -59,16 +61,7 @@ fn bash_completes_subcommands_and_flags() {
              printf '%s\\n' \"${{COMPREPLY[@]}}\"",
             script.display()
         );
-        let out = Command::new("bash")
-            .args(["--norc", "-c", &cmd])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of(Command::new("bash").args(["--norc", "-c", &cmd]))
     };
     let subs = complete("forge ap");
     assert_eq!(

@@ -204,6 +204,21 @@ mod tests {
     use crate::quant::model::{Precision, default_preserve};
     use burn::tensor::{Int, TensorData};
 
+    /// Two blocks, one with memory, 64 tokens: small enough to run whole in a unit test.
+    fn small(tie_embeddings: bool) -> ModelConfig {
+        ModelConfig {
+            vocab_size: 64,
+            d_model: 32,
+            layers: 2,
+            d_ff: 64,
+            memory_layers: vec![1],
+            ltm_slots: 8,
+            mem_chunk: 4,
+            tie_embeddings,
+            ..ModelConfig::micro()
+        }
+    }
+
     fn logits(out: InferOutput) -> Vec<f32> {
         out.logits
             .into_data()
@@ -239,17 +254,7 @@ mod tests {
     #[test]
     fn the_kernel_and_the_burn_forward_agree_and_differ_from_full_precision() {
         let dev = crate::device::resolve("cpu").unwrap().device.inner();
-        let cfg = ModelConfig {
-            vocab_size: 64,
-            d_model: 32,
-            layers: 2,
-            d_ff: 64,
-            memory_layers: vec![1],
-            ltm_slots: 8,
-            mem_chunk: 4,
-            tie_embeddings: false,
-            ..ModelConfig::micro()
-        };
+        let cfg = small(false);
         let model = TrmTitansMag::new(&cfg, 3, &dev);
         let sd = StateDict::from_bytes(&weights::to_bytes(&model).unwrap()).unwrap();
         let q =
@@ -379,17 +384,7 @@ mod tests {
     #[test]
     fn an_f16_embedding_stays_on_the_host_and_gives_the_logits_of_its_f32_copy() {
         let dev = crate::device::resolve("cpu").unwrap().device.inner();
-        let cfg = ModelConfig {
-            vocab_size: 64,
-            d_model: 32,
-            layers: 2,
-            d_ff: 64,
-            memory_layers: vec![1],
-            ltm_slots: 8,
-            mem_chunk: 4,
-            ..ModelConfig::micro()
-        };
-        assert!(cfg.tie_embeddings);
+        let cfg = small(true);
         let model = TrmTitansMag::new(&cfg, 3, &dev);
         let sd = StateDict::from_bytes(&weights::to_bytes(&model).unwrap()).unwrap();
         let q =
