@@ -550,6 +550,27 @@ fn gc_keeps_recent_results() {
         steps_with(&evs, "started").is_empty(),
         "gc removed live results"
     );
+    // Another pipeline's runs do not push this one's results out, unless asked to.
+    p.write(
+        "other.yaml",
+        &CHAIN
+            .replace("name: chain", "name: other")
+            .replace("greeting: hello", "greeting: salut"),
+    );
+    p.apply_ok("other.yaml", &[]);
+    p.apply_ok("other.yaml", &[]);
+    let out = p.run(&["gc", "--keep-last", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let evs = p.apply_ok("chain.yaml", &[]);
+    assert!(
+        steps_with(&evs, "started").is_empty(),
+        "chain's results were collected"
+    );
+    // Across pipelines only the newest run (chain's, just now) stays: other's own steps rerun.
+    let out = p.run(&["gc", "--keep-last", "1", "--all-pipelines"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let evs = p.apply_ok("other.yaml", &[]);
+    assert_eq!(steps_with(&evs, "started"), ["p.a", "p.b", "p.c"]);
 }
 
 #[test]

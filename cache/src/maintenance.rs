@@ -1,7 +1,7 @@
 //! `verify` and `gc`: the store's self-checks and clean-up. Both hold the store lock exclusively,
 //! so no `apply` is using an object while it is checked, moved or deleted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 
@@ -102,33 +102,55 @@ impl Store {
         Ok(report)
     }
 
-    /// Delete everything not reachable from the last `keep_last` runs: older runs, the actions,
-    /// step refs, objects, work dirs and views only they used, temp files.
-    pub fn gc(&self, keep_last: usize) -> Result<GcReport> {
+    /// Delete everything not reachable from the kept runs — the last `keep_last` runs of each
+    /// pipeline, or with `across_pipelines` the last `keep_last` of all runs together: older
+    /// runs, the actions, step refs, objects, work dirs and views only they used, temp files.
+    pub fn gc(&self, keep_last: usize, across_pipelines: bool) -> Result<GcReport> {
         let _lock = self.lock_store(true)?;
         let mut report = GcReport::default();
         let run_dirs = read_dir_sorted(&self.root().join("runs"))?;
-        let split = run_dirs.len().saturating_sub(keep_last);
-        let (old, kept) = run_dirs.split_at(split);
-        report.runs_kept = kept.len();
+        let summaries = run_dirs
+            .iter()
+            .map(|dir| {
+                crate::store::read_json_opt::<crate::runs::RunSummary>(
+                    &dir.join("run.json"),
+                    "run summary",
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Run ids sort by start time: count back from the newest.
+        let mut kept_of: BTreeMap<&str, usize> = BTreeMap::new();
+        let keep: Vec<bool> = (0..run_dirs.len())
+            .rev()
+            .map(|i| {
+                let group = match (&summaries[i], across_pipelines) {
+                    (Some(s), false) => s.pipeline.as_str(),
+                    _ => "",
+                };
+                let n = kept_of.entry(group).or_default();
+                *n += 1;
+                *n <= keep_last
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        report.runs_kept = keep.iter().filter(|k| **k).count();
 
         let mut live_keys: BTreeSet<StepKey> = BTreeSet::new();
         let mut live_trees: BTreeSet<ObjectDigest> = BTreeSet::new();
         // Memo entries untouched since the oldest kept run began were used by no kept run.
         let mut memo_horizon_ms = u64::MAX;
-        for dir in kept {
-            if let Some(s) = crate::store::read_json_opt::<crate::runs::RunSummary>(
-                &dir.join("run.json"),
-                "run summary",
-            )? {
+        for (s, _) in summaries.iter().zip(&keep).filter(|(_, k)| **k) {
+            if let Some(s) = s {
                 memo_horizon_ms = memo_horizon_ms.min(s.started_unix_ms);
-                for st in s.steps {
+                for st in &s.steps {
                     live_keys.extend(st.key);
                     live_trees.extend(st.outputs.values().copied());
                 }
             }
         }
-        for dir in old {
+        for (dir, _) in run_dirs.iter().zip(&keep).filter(|(_, k)| !**k) {
             fs::remove_dir_all(dir).at(dir)?;
             report.runs_removed += 1;
         }
@@ -259,19 +281,13 @@ mod tests {
         assert!(s.verify(&mut |_, _| {}).unwrap().corrupt.is_empty());
     }
 
-    #[test]
-    fn gc_keeps_what_recent_runs_reference() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path().join(".forge")).unwrap();
-        let old_key = StepKey::of(b"old");
-        let new_key = StepKey::of(b"new");
-        let old_tree = record(&s, old_key, b"old output", "r1");
-        let new_tree = record(&s, new_key, b"new output", "r2");
-        for (key, tree) in [(old_key, old_tree), (new_key, new_tree)] {
+    /// Runs of `pipeline` that each produced one `(key, tree)`, oldest first.
+    fn runs(s: &Store, pipeline: &str, results: &[(StepKey, ObjectDigest)]) {
+        for &(key, tree) in results {
             let w = s.new_run().unwrap();
             w.write_summary(&crate::runs::RunSummary {
                 id: w.id.clone(),
-                pipeline: "p".into(),
+                pipeline: pipeline.into(),
                 pipeline_path: "p.yaml".into(),
                 started_unix_ms: 0,
                 finished_unix_ms: Some(1),
@@ -289,11 +305,47 @@ mod tests {
             .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(3));
         }
-        let r = s.gc(1).unwrap();
+    }
+
+    #[test]
+    fn gc_keeps_what_recent_runs_reference() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join(".forge")).unwrap();
+        let old_key = StepKey::of(b"old");
+        let new_key = StepKey::of(b"new");
+        let old_tree = record(&s, old_key, b"old output", "r1");
+        let new_tree = record(&s, new_key, b"new output", "r2");
+        runs(&s, "p", &[(old_key, old_tree), (new_key, new_tree)]);
+        let r = s.gc(1, true).unwrap();
         assert_eq!((r.runs_kept, r.runs_removed, r.actions_removed), (1, 1, 1));
         assert_eq!(r.objects_removed, 2); // the old blob and the old tree
         assert!(s.get_action(&new_key).unwrap().is_some());
         assert!(s.read_action(&old_key).unwrap().is_none());
+    }
+
+    #[test]
+    fn gc_keeps_the_last_runs_of_each_pipeline_unless_told_to_count_across_them() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join(".forge")).unwrap();
+        let keys = [b"a1", b"b1", b"b2"].map(|k| StepKey::of(k));
+        let trees: Vec<ObjectDigest> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| record(&s, *k, format!("output {i}").as_bytes(), &format!("r{i}")))
+            .collect();
+        runs(&s, "a", &[(keys[0], trees[0])]);
+        runs(&s, "b", &[(keys[1], trees[1]), (keys[2], trees[2])]);
+        // Per pipeline: a's only run stays although two newer runs of b exist.
+        let r = s.gc(1, false).unwrap();
+        assert_eq!((r.runs_kept, r.runs_removed), (2, 1));
+        assert!(s.get_action(&keys[0]).unwrap().is_some(), "a's result kept");
+        assert!(s.read_action(&keys[1]).unwrap().is_none());
+        assert!(s.get_action(&keys[2]).unwrap().is_some());
+        // Across pipelines: only the newest run of all stays.
+        let r = s.gc(1, true).unwrap();
+        assert_eq!((r.runs_kept, r.runs_removed), (1, 1));
+        assert!(s.read_action(&keys[0]).unwrap().is_none());
+        assert!(s.get_action(&keys[2]).unwrap().is_some());
     }
 
     #[test]
@@ -318,7 +370,7 @@ mod tests {
         assert_eq!(m.get(&good).unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(m.get(&bad).unwrap(), None);
         // No kept run: nothing used the entry since, so gc removes it.
-        let r = s.gc(0).unwrap();
+        let r = s.gc(0, true).unwrap();
         assert_eq!(r.memo_entries_removed, 1);
         assert_eq!(m.get(&good).unwrap(), None);
         // An entry used after the oldest kept run began survives.
@@ -334,7 +386,7 @@ mod tests {
         })
         .unwrap();
         m.put(&good, b"1").unwrap();
-        let r = s.gc(1).unwrap();
+        let r = s.gc(1, true).unwrap();
         assert_eq!(r.memo_entries_removed, 0);
         assert_eq!(m.get(&good).unwrap().as_deref(), Some(&b"1"[..]));
     }

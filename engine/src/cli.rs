@@ -78,11 +78,15 @@ pub enum Command {
     },
     /// Re-hash every object in the store; quarantine corrupt ones so the next apply rebuilds them.
     Verify,
-    /// Delete results not referenced by the most recent runs.
+    /// Delete results not referenced by the most recent runs of each pipeline.
     Gc {
-        /// How many recent runs to keep alive.
+        /// How many recent runs of each pipeline to keep alive.
         #[arg(long, default_value_t = 10)]
         keep_last: usize,
+        /// Count the recent runs across all pipelines together, so a pipeline not run lately
+        /// loses its results.
+        #[arg(long)]
+        all_pipelines: bool,
     },
     /// Evaluate a model on held-out data as it is deployed (ACT): perplexity with a 95%
     /// interval, answer accuracy by greedy decoding, halting.
@@ -203,7 +207,10 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             pipeline,
         } => cmd_export(&cli, step, dir, pipeline.as_deref(), &registry),
         Command::Verify => cmd_verify(&cli),
-        Command::Gc { keep_last } => cmd_gc(&cli, *keep_last),
+        Command::Gc {
+            keep_last,
+            all_pipelines,
+        } => cmd_gc(&cli, *keep_last, *all_pipelines),
         Command::Eval(a) => crate::eval::run(&cli.store, a, &registry),
         Command::Generate(a) => crate::generate::run(&cli.store, a, &registry),
         Command::Schema => {
@@ -664,12 +671,14 @@ fn cmd_verify(cli: &Cli) -> CmdResult {
     }
 }
 
-fn cmd_gc(cli: &Cli, keep_last: usize) -> CmdResult {
+fn cmd_gc(cli: &Cli, keep_last: usize, all_pipelines: bool) -> CmdResult {
     let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
         eprintln!("No store at `{}`; nothing to collect", cli.store.display());
         return Ok(0);
     };
-    let r = store.gc(keep_last).map_err(|e| store_error(&e))?;
+    let r = store
+        .gc(keep_last, all_pipelines)
+        .map_err(|e| store_error(&e))?;
     if cli.log_format == LogFormat::Json {
         println!("{}", serde_json::to_string(&r).expect("json"));
     }
