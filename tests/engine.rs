@@ -98,6 +98,55 @@ fn changed_value_reruns_exactly_that_step_and_dependents_and_plan_names_it() {
     assert_eq!(steps_with(&evs, "cache-hit"), ["p.lone"]);
 }
 
+/// `plan -o` then `apply PLANFILE` runs exactly the plan; a plan is refused (exit 2, nothing
+/// run) once it is stale: applied already, the pipeline edited, or combined with --only.
+#[test]
+fn a_saved_plan_applies_once_and_is_refused_when_stale() {
+    let p = Project::new();
+    p.write("chain.yaml", CHAIN);
+    let out = p.run(&["plan", "chain.yaml", "-o", "chain.plan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!p.store().exists(), "planning writes no store");
+    let evs = p.apply_ok("chain.plan", &[]);
+    assert_eq!(steps_with(&evs, "started").len(), 4);
+    let again = p.run(&["apply", "chain.plan"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("the saved plan is stale: step `p.a` was planned as run"),
+        "{}",
+        stderr(&again)
+    );
+    // A fresh plan applies; an edit after planning makes it stale.
+    p.write(
+        "chain.yaml",
+        &CHAIN.replace("greeting: hello", "greeting: hi"),
+    );
+    assert!(
+        p.run(&["plan", "chain.yaml", "-o", "chain.plan"])
+            .status
+            .success()
+    );
+    p.write(
+        "chain.yaml",
+        &CHAIN.replace("greeting: hello", "greeting: hey"),
+    );
+    let stale = p.run(&["apply", "chain.plan"]);
+    assert_eq!(stale.status.code(), Some(2));
+    assert!(
+        stderr(&stale).contains("chain.yaml` changed"),
+        "{}",
+        stderr(&stale)
+    );
+    let only = p.run(&["apply", "chain.plan", "--only", "p.a"]);
+    assert_eq!(only.status.code(), Some(2));
+    let evs = p.apply_ok("chain.yaml", &[]);
+    assert_eq!(
+        steps_with(&evs, "started"),
+        ["p.a", "p.b", "p.c"],
+        "nothing ran before"
+    );
+}
+
 #[test]
 fn early_cutoff_stops_reruns_when_output_bytes_are_unchanged() {
     let p = Project::new();

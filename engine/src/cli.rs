@@ -123,6 +123,10 @@ pub struct PlanArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Also save the plan to PLANFILE: `forge apply PLANFILE` then runs exactly it, or refuses
+    /// if anything it was computed from changed.
+    #[arg(long, short, value_name = "PLANFILE")]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub select: Selection,
 }
@@ -137,7 +141,7 @@ pub struct Selection {
     pub only: Vec<String>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ApplyArgs {
     pub pipeline: Option<PathBuf>,
     /// Print the plan instead of running (`--dry-run=json` for JSON).
@@ -178,12 +182,15 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         Command::Apply(a) => cmd_apply(&cli, a, &registry),
         Command::Plan(p) => with_plan(&p.pipeline, &registry, |plan| {
             let opts = selection(plan, &p.select, ApplyOptions::default())?;
+            let steps = planned_steps(&cli, plan, &opts)?;
+            if let Some(out) = &p.out {
+                save_plan(&cli, plan, &p.select, &steps, out)?;
+            }
             // Under `--log-format json` stdout carries JSON only: the plan as `--json` gives it.
             let json = p.json || cli.log_format == LogFormat::Json;
-            print_plan(
-                &cli,
+            print_steps(
                 plan,
-                &opts,
+                &steps,
                 if json {
                     DryRunFormat::Json
                 } else {
@@ -296,20 +303,60 @@ fn store_for_reading(root: &Path) -> Result<(Store, Option<tempfile::TempDir>), 
     }
 }
 
-fn print_plan(cli: &Cli, plan: &Plan, opts: &ApplyOptions, format: DryRunFormat) -> CmdResult {
+/// What `apply` would do with each step of `plan` against the store.
+fn planned_steps(cli: &Cli, plan: &Plan, opts: &ApplyOptions) -> Result<Vec<PlannedStep>, u8> {
     let (store, _tmp) = store_for_reading(&cli.store)?;
-    let steps = dry_run(plan, &store, opts).map_err(|e| {
+    dry_run(plan, &store, opts).map_err(|e| {
         eprint_error(&e.to_string(), None);
         EXIT_FAILED
-    })?;
+    })
+}
+
+fn print_plan(cli: &Cli, plan: &Plan, opts: &ApplyOptions, format: DryRunFormat) -> CmdResult {
+    let steps = planned_steps(cli, plan, opts)?;
+    print_steps(plan, &steps, format)
+}
+
+fn print_steps(plan: &Plan, steps: &[PlannedStep], format: DryRunFormat) -> CmdResult {
     let mut out = std::io::stdout().lock();
     if format == DryRunFormat::Json {
         let doc = serde_json::json!({ "pipeline": plan.pipeline.name, "steps": steps });
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("json"));
         return Ok(0);
     }
-    let _ = out.write_all(plan_text(plan, &steps).as_bytes());
+    let _ = out.write_all(plan_text(plan, steps).as_bytes());
     Ok(0)
+}
+
+/// `forge plan -o FILE`.
+fn save_plan(
+    cli: &Cli,
+    plan: &Plan,
+    select: &Selection,
+    steps: &[PlannedStep],
+    out: &Path,
+) -> Result<(), u8> {
+    let saved = crate::saved_plan::SavedPlan::new(
+        &plan.pipeline.path,
+        &cli.store,
+        &select.force,
+        &select.only,
+        steps,
+    )
+    .and_then(|s| std::fs::write(out, serde_json::to_string_pretty(&s).expect("json") + "\n"));
+    saved.map_err(|e| {
+        eprint_error(
+            &format!("writing the plan to `{}`: {e}", out.display()),
+            None,
+        );
+        EXIT_FAILED
+    })?;
+    eprintln!(
+        "Saved the plan to {}; `forge apply {}` runs exactly it",
+        out.display(),
+        out.display()
+    );
+    Ok(())
 }
 
 pub fn plan_text(plan: &Plan, steps: &[PlannedStep]) -> String {
@@ -371,6 +418,46 @@ fn cmd_status(cli: &Cli, plan: &Plan) -> CmdResult {
 
 fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     let path = pipeline_path(&a.pipeline)?;
+    // `forge apply PLANFILE`: the saved plan's pipeline and selection, if it is still current.
+    let saved = crate::saved_plan::SavedPlan::read(&path)
+        .transpose()
+        .map_err(|m| {
+            eprint_error(&m, None);
+            EXIT_INVALID
+        })?;
+    let (path, select) = match &saved {
+        None => (path, a.select.clone()),
+        Some(_) if a.watch || !a.select.force.is_empty() || !a.select.only.is_empty() => {
+            eprint_error(
+                "a saved plan fixes what runs: --watch, --force and --only cannot change it",
+                Some("make a new plan with those options: `forge plan -o PLANFILE --only STEP`"),
+            );
+            return Err(EXIT_INVALID);
+        }
+        Some(s) => (
+            s.pipeline.clone(),
+            Selection {
+                force: s.force.clone(),
+                only: s.only.clone(),
+            },
+        ),
+    };
+    let a = &ApplyArgs {
+        select,
+        ..a.clone()
+    };
+    if let Some(saved) = &saved {
+        let plan = load_plan(&path, registry)?;
+        let opts = selection(&plan, &a.select, ApplyOptions::default())?;
+        let now = planned_steps(cli, &plan, &opts)?;
+        if let Some(why) = saved.stale_because(&cli.store, &now) {
+            eprint_error(
+                &format!("the saved plan is stale: {why}; nothing was run"),
+                Some("make a new plan (`forge plan -o PLANFILE`), review it and apply that"),
+            );
+            return Err(EXIT_INVALID);
+        }
+    }
     if let Some(format) = a.dry_run {
         let plan = load_plan(&path, registry)?;
         let opts = selection(&plan, &a.select, ApplyOptions::default())?;

@@ -20,6 +20,7 @@ pub mod params_schema;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
+pub mod saved_plan;
 pub mod schema;
 pub mod watch;
 pub mod yaml;
