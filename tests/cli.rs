@@ -1,5 +1,5 @@
 //! The command line's own surface: shell completion scripts that the shells accept and that
-//! complete forge's subcommands; `forge dag` in its three formats.
+//! complete forge's subcommands; `forge dag` in its three formats; `forge metrics`.
 
 mod common;
 
@@ -108,4 +108,80 @@ phases:
     }
     let bad = p.run(&["dag", "g.yaml", "--format", "svg"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+const DATA: &str = r#"
+version: 1
+name: m
+phases:
+  p:
+    steps:
+      data:
+        op: download
+        matrix: { n: [50, 80] }
+        with: { source: "builtin:mixed", samples: "${matrix.n}" }
+"#;
+
+/// The latest numbers with a matrix step's instances as columns; the last runs as columns; two
+/// runs compared; JSON cells; a bad glob is a usage error.
+#[test]
+fn metrics_put_instances_and_runs_side_by_side() {
+    let p = common::Project::new();
+    p.write("m.yaml", DATA);
+    let run_of = |evs: &[serde_json::Value]| {
+        evs.iter()
+            .find_map(|e| e["run_id"].as_str().map(str::to_owned))
+            .expect("a run id")
+    };
+    let first = run_of(&p.apply_ok("m.yaml", &[]));
+    p.write("m.yaml", &DATA.replace("[50, 80]", "[50, 90]"));
+    let second = run_of(&p.apply_ok("m.yaml", &[]));
+    let show = |args: &[&str]| {
+        let out = p.run(args);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = show(&["metrics", "m.yaml", "--names", "*train*"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("p.data") && lines[0].ends_with("n=50  n=90"),
+        "{table}"
+    );
+    assert!(
+        lines[1].trim_start().starts_with("data/train_records"),
+        "{table}"
+    );
+
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&show(&["metrics", "m.yaml", "-f", "json"])).unwrap();
+    let cell = |column: &str, metric: &str| {
+        json.iter()
+            .find(|c| c["column"] == column && c["metric"] == metric)
+            .and_then(|c| c["value"].as_f64())
+    };
+    let (n50, n90) = (
+        cell("n=50", "data/train_records"),
+        cell("n=90", "data/train_records"),
+    );
+    assert!(
+        n50.unwrap() < n90.unwrap(),
+        "more samples, more training rows: {json:?}"
+    );
+
+    let runs = show(&["metrics", "m.yaml", "--runs", "2", "--steps", "*n=50*"]);
+    assert!(runs.lines().next().unwrap().ends_with(&second), "{runs}");
+    assert!(runs.contains(&first), "{runs}");
+
+    let diff = show(&["metrics", "diff", &first, &second, "--names", "*train*"]);
+    assert!(diff.contains("change") && diff.contains('='), "{diff}");
+    assert!(
+        diff.contains("p.data[n=80]") && diff.contains("p.data[n=90]"),
+        "{diff}"
+    );
+
+    let bad = p.run(&["metrics", "m.yaml", "--names", "[oops"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let unknown = p.run(&["metrics", "diff", "nope", &second]);
+    assert_eq!(unknown.status.code(), Some(2));
 }

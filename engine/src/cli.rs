@@ -52,6 +52,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Each step's state in the store, and the last run.
     Status(PipelineArg),
+    /// The numbers steps recorded, side by side: each step's latest result (a matrix step's
+    /// instances as columns), its last N runs (`--runs N`), or two runs (`metrics diff A B`).
+    Metrics(MetricsArgs),
     /// The step graph: every step instance, grouped by phase, with an edge per input.
     Dag {
         pipeline: Option<PathBuf>,
@@ -103,6 +106,44 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MetricsArgs {
+    #[command(subcommand)]
+    pub diff: Option<MetricsCommand>,
+    /// Pipeline file (default: ./forge.yaml).
+    pub pipeline: Option<PathBuf>,
+    /// The last N runs of the pipeline as columns instead of each step's latest result.
+    #[arg(long, value_name = "N")]
+    pub runs: Option<usize>,
+    #[command(flatten)]
+    pub show: MetricsShow,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetricsCommand {
+    /// Two runs' numbers side by side with the change (run ids as `forge status` and
+    /// `runs/` show them; a unique prefix will do).
+    Diff {
+        run_a: String,
+        run_b: String,
+        #[command(flatten)]
+        show: MetricsShow,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MetricsShow {
+    /// Only steps whose id matches this glob (`cognate.*`, `*[variant=memory]`).
+    #[arg(long, value_name = "GLOB")]
+    pub steps: Option<String>,
+    /// Only metrics whose name matches this glob (`val/*`, `*perplexity*`).
+    #[arg(long, value_name = "GLOB")]
+    pub names: Option<String>,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub format: crate::metrics::MetricsFormat,
 }
 
 #[derive(Args, Debug)]
@@ -199,6 +240,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             )
         }),
         Command::Status(p) => with_plan(&p.pipeline, &registry, |plan| cmd_status(&cli, plan)),
+        Command::Metrics(m) => cmd_metrics(&cli, m, &registry),
         Command::Dag { pipeline, format } => with_plan(pipeline, &registry, |plan| {
             print!("{}", crate::dag::render(plan, *format));
             Ok(0)
@@ -756,6 +798,54 @@ fn cmd_verify(cli: &Cli) -> CmdResult {
         );
         Err(EXIT_FAILED)
     }
+}
+
+fn cmd_metrics(cli: &Cli, m: &MetricsArgs, registry: &OpRegistry) -> CmdResult {
+    let show = match &m.diff {
+        Some(MetricsCommand::Diff { show, .. }) => show,
+        None => &m.show,
+    };
+    let filter = crate::metrics::Filter::new(show.steps.as_deref(), show.names.as_deref())
+        .map_err(|e| {
+            eprint_error(
+                &e,
+                Some("a glob: `*` any text, `?` one character, `[ab]` a set"),
+            );
+            EXIT_INVALID
+        })?;
+    let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
+        eprint_error(
+            &format!("no store at `{}`", cli.store.display()),
+            Some("run `forge apply <pipeline>` first"),
+        );
+        return Err(EXIT_FAILED);
+    };
+    let (cells, change) = match &m.diff {
+        Some(MetricsCommand::Diff { run_a, run_b, .. }) => {
+            let find = |id: &str| {
+                crate::metrics::find_run(&store, id)
+                    .map_err(|e| store_error(&e))?
+                    .map_err(|msg| {
+                        eprint_error(&msg, Some("`forge status` names the last run"));
+                        EXIT_INVALID
+                    })
+            };
+            let (a, b) = (find(run_a)?, find(run_b)?);
+            (crate::metrics::diff(&store, &a, &b, &filter), true)
+        }
+        None => {
+            let path = pipeline_path(&m.pipeline)?;
+            let plan = load_plan(&path, registry)?;
+            let cells = match m.runs {
+                Some(n) => crate::metrics::across_runs(&store, &plan, n, &filter),
+                None => crate::metrics::latest(&store, &plan, &filter),
+            };
+            (cells, false)
+        }
+    };
+    let cells = cells.map_err(|e| store_error(&e))?;
+    print!("{}", crate::metrics::render(&cells, show.format, change));
+    Ok(0)
 }
 
 fn cmd_gc(cli: &Cli, keep_last: usize, all_pipelines: bool) -> CmdResult {

@@ -16,6 +16,7 @@ pub mod generate;
 pub mod key;
 pub mod load;
 pub mod lookup;
+pub mod metrics;
 pub mod params_schema;
 pub mod pipeline;
 pub mod plan;
