@@ -50,8 +50,8 @@ pub struct TrmTitansMag {
     pub n_inner: usize,
     pub cycles: usize,
     pub pad_id: usize,
-    /// A quantized model's embedding kept as the file stores it (then `embed` is an empty
-    /// placeholder): lookups and the tied projection read it instead.
+    /// A quantized model's embedding kept as the file stores it (then `embed` holds a 1×1
+    /// zero tensor): lookups and the tied projection read it instead.
     #[module(skip)]
     pub embed_host: Option<std::sync::Arc<super::ternary::HostTable>>,
 }
