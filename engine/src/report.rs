@@ -30,6 +30,24 @@ pub fn fancy_terminal() -> bool {
         && std::env::var_os("CI").is_none()
 }
 
+/// A step's progress for its bar: `done/total unit (pct%, ~ETA left)`, the time left estimated
+/// from the rate so far (`elapsed` since the step started); `done unit` without a total.
+fn progress_message(done: u64, total: Option<u64>, unit: &str, elapsed: Duration) -> String {
+    match total {
+        Some(t) if t > 0 => {
+            let frac = done as f64 / t as f64;
+            let left = if done > 0 && done < t {
+                let secs = elapsed.as_secs_f64() * (1.0 - frac) / frac;
+                format!(", ~{} left", human_duration((secs * 1000.0) as u64))
+            } else {
+                String::new()
+            };
+            format!("{done}/{t} {unit} ({:.0}%{left})", frac * 100.0)
+        }
+        _ => format!("{done} {unit}"),
+    }
+}
+
 pub fn human_duration(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
@@ -110,13 +128,7 @@ impl Console {
                 if let Some((_, bars)) = &mut self.bars
                     && let Some(pb) = bars.get(step)
                 {
-                    match total {
-                        Some(t) if *t > 0 => pb.set_message(format!(
-                            "{done}/{t} {unit} ({:.0}%)",
-                            *done as f64 * 100.0 / *t as f64
-                        )),
-                        _ => pb.set_message(format!("{done} {unit}")),
-                    }
+                    pb.set_message(progress_message(*done, *total, unit, pb.elapsed()));
                 }
             }
             Event::Alert {
@@ -233,5 +245,30 @@ impl Console {
             pb.finish_and_clear();
             mp.remove(&pb);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_message;
+    use std::time::Duration;
+
+    #[test]
+    fn progress_shows_the_time_left_at_the_rate_so_far() {
+        let s = Duration::from_secs;
+        // A quarter done in 30 s: 90 s to go.
+        assert_eq!(
+            progress_message(25, Some(100), "steps", s(30)),
+            "25/100 steps (25%, ~1m30s left)"
+        );
+        assert_eq!(
+            progress_message(0, Some(100), "steps", s(3)),
+            "0/100 steps (0%)"
+        );
+        assert_eq!(
+            progress_message(100, Some(100), "steps", s(3)),
+            "100/100 steps (100%)"
+        );
+        assert_eq!(progress_message(7, None, "files", s(3)), "7 files");
     }
 }
