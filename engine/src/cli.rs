@@ -488,6 +488,8 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
         select,
         ..a.clone()
     };
+    // A saved plan's pipeline is planned once: to check the plan is current, then to run it.
+    let mut checked: Option<Plan> = None;
     if let Some(saved) = &saved {
         let plan = load_plan(&path, registry)?;
         let opts = selection(&plan, &a.select, ApplyOptions::default())?;
@@ -499,9 +501,14 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
             );
             return Err(EXIT_INVALID);
         }
+        checked = Some(plan);
     }
+    let mut plan_once = || match checked.take() {
+        Some(plan) => Ok(plan),
+        None => load_plan(&path, registry),
+    };
     if let Some(format) = a.dry_run {
-        let plan = load_plan(&path, registry)?;
+        let plan = plan_once()?;
         let opts = selection(&plan, &a.select, ApplyOptions::default())?;
         return print_plan(cli, &plan, &opts, format);
     }
@@ -554,7 +561,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
         run_apply(cli, plan, opts, token, &rt)
     };
     if !a.watch {
-        let plan = load_plan(&path, registry)?;
+        let plan = plan_once()?;
         let code = once(plan)?;
         return if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
             Err(EXIT_INTERRUPTED)

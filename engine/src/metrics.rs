@@ -126,10 +126,24 @@ pub fn across_runs(
         if !filter.step(id) {
             continue;
         }
+        // A step cached across runs has one action: read it once, copy its cells per run.
+        let mut by_key: BTreeMap<forge_cache::StepKey, Vec<Cell>> = BTreeMap::new();
         for run in runs {
-            if let Some(key) = run.steps.iter().find(|s| &s.id == id).and_then(|s| s.key) {
-                cells_of(store, &key, id, &run.id, filter, &mut out)?;
-            }
+            let Some(key) = run.steps.iter().find(|s| &s.id == id).and_then(|s| s.key) else {
+                continue;
+            };
+            let cells = match by_key.entry(key) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let mut cells = Vec::new();
+                    cells_of(store, &key, id, "", filter, &mut cells)?;
+                    e.insert(cells)
+                }
+            };
+            out.extend(cells.iter().map(|c| Cell {
+                column: run.id.clone(),
+                ..c.clone()
+            }));
         }
     }
     Ok(out)

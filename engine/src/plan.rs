@@ -428,18 +428,20 @@ fn step_seed(decl: &StepDecl, scope: &Scope<'_>, default: u64, errs: &mut Vec<Di
     })
 }
 
+/// The value at `path` (map keys and list indices) inside a `with:` block.
+fn value_at<'v>(raw: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(raw, |v, seg| match v {
+        Value::Object(m) => m.get(seg.as_str()),
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
 /// The errors of the `with:` block `raw` after `first`: drop the value each error points at and
 /// parse again, keeping the errors the schema shows are about one key alone — a key it does not
 /// allow there, or a string it does not allow — and stopping at the first that is not: a missing
 /// key or a check across keys may only come from what was dropped.
 fn further_param_errors(op: &dyn Op, raw: &Value, first: &ParamsError) -> Vec<ParamsError> {
-    fn at<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
-        path.iter().try_fold(v, |v, seg| match v {
-            Value::Object(m) => m.get(seg.as_str()),
-            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
-            _ => None,
-        })
-    }
     fn remove(v: &mut Value, path: &[String]) -> bool {
         let Some((last, parents)) = path.split_last() else {
             return false;
@@ -459,14 +461,18 @@ fn further_param_errors(op: &dyn Op, raw: &Value, first: &ParamsError) -> Vec<Pa
         let Some((key, parent)) = e.path.split_last() else {
             return false;
         };
-        let unknown_key = at(raw, parent).and_then(Value::as_object).is_some_and(|m| {
-            let allowed = schema.allowed_at(raw, parent);
-            m.contains_key(key) && !allowed.keys.is_empty() && !allowed.keys.contains(key)
-        });
-        let bad_string = at(raw, &e.path).and_then(Value::as_str).is_some_and(|v| {
-            let allowed = schema.allowed_at(raw, &e.path);
-            !allowed.values.is_empty() && !allowed.values.iter().any(|a| a == v)
-        });
+        let unknown_key = value_at(raw, parent)
+            .and_then(Value::as_object)
+            .is_some_and(|m| {
+                let allowed = schema.allowed_at(raw, parent);
+                m.contains_key(key) && !allowed.keys.is_empty() && !allowed.keys.contains(key)
+            });
+        let bad_string = value_at(raw, &e.path)
+            .and_then(Value::as_str)
+            .is_some_and(|v| {
+                let allowed = schema.allowed_at(raw, &e.path);
+                !allowed.values.is_empty() && !allowed.values.iter().any(|a| a == v)
+            });
         unknown_key || bad_string
     };
     let mut out: Vec<ParamsError> = Vec::new();
@@ -499,17 +505,10 @@ fn params_diagnostic(
     e: &ParamsError,
 ) -> Diagnostic {
     let schema = ParamsSchema::of(op);
-    let value_at = |path: &[String]| {
-        path.iter().try_fold(raw, |v, seg| match v {
-            Value::Object(m) => m.get(seg.as_str()),
-            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
-            _ => None,
-        })
-    };
     // An unknown key: the path ends at a key its parent has but the schema does not know.
     let unknown_key = e.path.split_last().and_then(|(key, parent)| {
         let allowed = schema.allowed_at(raw, parent);
-        let present = value_at(parent)
+        let present = value_at(raw, parent)
             .and_then(Value::as_object)?
             .contains_key(key);
         (present && !allowed.keys.is_empty() && !allowed.keys.contains(key))
@@ -564,7 +563,7 @@ fn params_diagnostic(
         .or_else(|| {
             // A value the schema does not allow: the value itself, or an enum tag or map key
             // inside it.
-            let here = value_at(&e.path)?;
+            let here = value_at(raw, &e.path)?;
             let allowed = schema.allowed_at(raw, &e.path);
             match here {
                 Value::String(v) if !allowed.values.is_empty() && !allowed.values.contains(v) => {
@@ -598,7 +597,7 @@ fn params_diagnostic(
         })
         .or_else(|| {
             // A required key is missing.
-            let here = value_at(&e.path)?.as_object()?;
+            let here = value_at(raw, &e.path)?.as_object()?;
             let allowed = schema.allowed_at(raw, &e.path);
             allowed
                 .required
