@@ -65,15 +65,19 @@ pub struct BakeParams {
     /// Rows per optimizer step (packed records).
     #[serde(default = "d::batch_size")]
     pub batch_size: usize,
+    /// Tokens per row (records are packed into rows of this length).
     #[serde(default = "d::seq_len")]
     pub seq_len: usize,
     /// Linear warm-up steps (default: 5% of `steps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_steps: Option<u64>,
+    /// Cosine decay floor as a fraction of the peak learning rate.
     #[serde(default = "d::min_lr_ratio")]
     pub min_lr_ratio: f64,
+    /// Save a resumable checkpoint every this many optimizer steps (and at the end).
     #[serde(default = "d::checkpoint_every")]
     pub checkpoint_every: u64,
+    /// Record a row of the training history (loss, learning rate, …) every this many steps.
     #[serde(default = "d::log_every")]
     pub log_every: u64,
     /// Test-split prompts per strategy answered by greedy decoding for the `baking/*` accuracies.

@@ -75,8 +75,10 @@ pub struct QuantizeParams {
     /// Test records scored for the `evaluation/*` numbers (perplexity and answers).
     #[serde(default = "d::eval_records")]
     pub eval_records: usize,
+    /// Tokens per scored row.
     #[serde(default = "d::seq_len")]
     pub seq_len: usize,
+    /// Rows scored per forward pass.
     #[serde(default = "d::batch_size")]
     pub batch_size: usize,
     /// Tokens greedily decoded per prompt to time inference.
@@ -104,6 +106,7 @@ pub struct FineTune {
     /// Rows per optimizer step.
     #[serde(default = "d::batch_size")]
     pub batch_size: usize,
+    /// Tokens per row.
     #[serde(default = "d::seq_len")]
     pub seq_len: usize,
     /// Weight of KL(input ‖ ternary model) (0: cross-entropy alone).
@@ -115,15 +118,19 @@ pub struct FineTune {
     /// (with 1 it also trains on them, and a better score would mix both).
     #[serde(default)]
     pub cross_entropy: f64,
+    /// Optimizer settings (default: the Phase-1 preset with Grokfast off).
     #[serde(default = "d::optimizer")]
     pub optimizer: OptimizerConfig,
-    /// Default: 5% of the steps.
+    /// Linear warm-up steps (default: 5% of the steps).
     #[serde(default)]
     pub warmup_steps: Option<u64>,
+    /// Cosine decay floor as a fraction of the peak learning rate.
     #[serde(default = "d::min_lr_ratio")]
     pub min_lr_ratio: f64,
+    /// Save a resumable checkpoint every this many optimizer steps (and at the end).
     #[serde(default = "d::checkpoint_every")]
     pub checkpoint_every: u64,
+    /// Record a row of the training history (loss, learning rate, …) every this many steps.
     #[serde(default = "d::log_every")]
     pub log_every: u64,
 }

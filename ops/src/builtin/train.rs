@@ -45,8 +45,11 @@ pub struct TrainParams {
     /// (Quiet-STaR on a baked `init` model, whose config is used: leave `model` unset).
     #[serde(default = "d::objective")]
     pub objective: String,
+    /// Architecture and size: a `preset` (`tiny`, `25m`, …) and any keys that override it. With an
+    /// `init` input it must describe that model (`objective: quiet-star` takes the model's own).
     #[serde(default)]
     pub model: ModelConfig,
+    /// Muon × Grokfast (or AdamW) settings.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
     /// Optimizer steps (0: initialise and save only).
@@ -59,6 +62,7 @@ pub struct TrainParams {
     /// estimated memory fits (gradients accumulate, so the step learns from the same data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_budget_mib: Option<u64>,
+    /// Tokens per row (records are packed into rows of this length).
     #[serde(default = "d::seq_len")]
     pub seq_len: usize,
     /// Micro-batches per optimizer step.
@@ -70,8 +74,10 @@ pub struct TrainParams {
     /// Cosine decay floor as a fraction of the peak learning rate.
     #[serde(default = "d::min_lr_ratio")]
     pub min_lr_ratio: f64,
+    /// Save a resumable checkpoint every this many optimizer steps (and at the end).
     #[serde(default = "d::checkpoint_every")]
     pub checkpoint_every: u64,
+    /// Record a row of the training history (loss, learning rate, …) every this many steps.
     #[serde(default = "d::log_every")]
     pub log_every: u64,
     /// Category sampling weights (default: equal over the categories in the data).

@@ -61,22 +61,29 @@ impl fmt::Display for Comparison {
     }
 }
 
+/// What a failed check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// The step fails (after writing its report).
     #[default]
     Error,
+    /// A warning is shown and recorded; the step passes.
     Warn,
 }
 
+/// How a metric carried by several inputs is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregate {
     /// Every input carrying the metric must pass.
     #[default]
     Each,
+    /// The smallest value over the inputs.
     Min,
+    /// The largest value over the inputs.
     Max,
+    /// The mean over the inputs.
     Mean,
     /// max − min over the inputs (e.g. the diversity of three variants).
     Spread,
@@ -90,9 +97,13 @@ pub struct Check {
     pub metric: String,
     /// Comparison: the check passes when `<metric> <op> <value>`.
     pub op: Comparison,
+    /// The threshold the metric is compared with.
     pub value: f64,
+    /// `error` (default: a failed check fails the step) or `warn` (it is reported only).
     #[serde(default)]
     pub severity: Severity,
+    /// How inputs that all carry the metric are checked: `each` (default), `min`, `max`, `mean`
+    /// or `spread`.
     #[serde(default)]
     pub aggregate: Aggregate,
 }

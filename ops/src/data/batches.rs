@@ -20,8 +20,10 @@ use super::{Category, Record};
 pub struct Stage {
     /// End of the stage as a fraction of all steps, in (0, 1].
     pub until: f64,
+    /// Hardest records of the stage: difficulty 1 (easiest) to 3.
     #[serde(default = "three")]
     pub max_difficulty: u8,
+    /// This stage's category sampling weights (default: the step's `mix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<BTreeMap<Category, f64>>,
 }

@@ -50,6 +50,7 @@ pub struct EvolveConfig {
     /// Stop after this many generations without a relative improvement of `min_improvement`.
     #[serde(default = "d::patience")]
     pub patience: u32,
+    /// Relative improvement of the best fitness that counts as progress for `patience`.
     #[serde(default = "d::min_improvement")]
     pub min_improvement: f64,
 }

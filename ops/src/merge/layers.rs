@@ -49,8 +49,11 @@ pub fn depth(model: &StateDict) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LayerPick {
+    /// Index into the merge's models.
     pub model: usize,
+    /// The source model's layer (0-based).
     pub layer: usize,
+    /// Scale on what the layer writes to the residual stream (1: as trained).
     #[serde(default = "one")]
     pub scale: f64,
 }

@@ -72,36 +72,46 @@ pub enum Technique {
     },
     /// Spherical interpolation between exactly two models; `t = 0` gives the first.
     Slerp {
+        /// Interpolation position from the first model (0) to the second (1).
         #[serde(default = "half")]
         t: f64,
     },
     /// TIES over the `base`: trim to `density`, elect signs by sum, disjoint mean, × `lambda`.
     Ties {
+        /// Per-model weights of the task vectors (default: equal).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weights: Option<Vec<f64>>,
+        /// Fraction of each task vector's largest-magnitude entries kept, in (0, 1].
         #[serde(default = "defaults::density")]
         density: f64,
+        /// Scale of the merged task vector added to the base.
         #[serde(default = "defaults::lambda")]
         lambda: f64,
+        /// Divide by the sum of the weights.
         #[serde(default = "yes")]
         normalize: bool,
     },
     /// DARE over the `base`: keep entries with probability `density`, rescale, average.
     Dare {
+        /// Probability of keeping each task-vector entry, in (0, 1].
         #[serde(default = "defaults::density")]
         density: f64,
         /// How the kept entries are rescaled.
         #[serde(default)]
         rescale: Rescale,
+        /// Scale of the merged task vector added to the base.
         #[serde(default = "defaults::lambda")]
         lambda: f64,
+        /// Per-model weights of the task vectors (default: equal).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weights: Option<Vec<f64>>,
+        /// Divide by the sum of the weights.
         #[serde(default = "yes")]
         normalize: bool,
     },
     /// Layer stacking from named layer ranges of the models (mergekit passthrough slices).
     Frankenmerge {
+        /// Layer ranges, in output order: `{ model: 0, layers: [0, 2] }` takes layers 0 and 1.
         slices: Vec<Slice>,
         /// Model whose non-layer tensors (embeddings, final norm, heads) are used.
         #[serde(default)]
@@ -110,7 +120,9 @@ pub enum Technique {
     /// Per-layer routing: which model's block runs at each depth, with a residual scale (the
     /// seed plan's "DFS").
     Routing {
+        /// One pick per output layer, in order.
         routing: Vec<LayerPick>,
+        /// Model whose non-layer tensors (embeddings, final norm, heads) are used.
         #[serde(default)]
         rest_from: usize,
     },

@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// A `trm-titans-mag` model's architecture and size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -16,10 +17,13 @@ pub struct ModelConfig {
     /// Vocabulary size (must match the tokenizer's).
     #[serde(default = "d::vocab")]
     pub vocab_size: usize,
+    /// Width of the residual stream (embedding size); a multiple of `heads`.
     #[serde(default = "d::d_model")]
     pub d_model: usize,
+    /// Transformer blocks per recursion pass.
     #[serde(default = "d::layers")]
     pub layers: usize,
+    /// Attention heads per block.
     #[serde(default = "d::heads")]
     pub heads: usize,
     /// SwiGLU hidden width.
@@ -31,6 +35,7 @@ pub struct ModelConfig {
     /// Longest sequence the rotary tables are built for.
     #[serde(default = "d::max_seq")]
     pub max_seq: usize,
+    /// Base of the rotary position embedding's frequencies.
     #[serde(default = "d::rope_theta")]
     pub rope_theta: f64,
     /// Blocks (0-based) that carry a Titans long-term memory.

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_muon_param, muon_update};
 
-/// Hyper-parameters; see the phase presets in [`OptimizerConfig::preset`].
+/// Optimizer hyper-parameters (Muon × Grokfast or AdamW): a phase `preset` and any keys that
+/// override it (the presets are in `OptimizerConfig::preset`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
@@ -33,10 +34,13 @@ pub struct OptimizerConfig {
     /// Peak learning rate of the Muon group (spectral units).
     #[serde(default = "d::muon_lr")]
     pub muon_lr: f64,
+    /// Momentum of the Muon group's update.
     #[serde(default = "d::muon_momentum")]
     pub muon_momentum: f64,
+    /// AdamW's β1 and β2: decay rates of the first and second moment estimates.
     #[serde(default = "d::betas")]
     pub betas: (f64, f64),
+    /// AdamW's ε, added to the denominator for numerical stability.
     #[serde(default = "d::eps")]
     pub eps: f64,
     /// Decoupled weight decay of 2-D weights (never of norms and biases).

@@ -48,7 +48,9 @@ pub enum Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preserve {
+    /// Tensor name glob, e.g. `embed` or `*norm*`.
     pub pattern: String,
+    /// `f32`, `f16` or `int8` (per-row absmax).
     pub precision: Precision,
 }
 
