@@ -206,7 +206,7 @@ fn render(name: &str, t: &RecordTemplate, row: &Value) -> forge_ops::data::Recor
     let file = dir.path().join(format!("{name}.jsonl"));
     std::fs::write(&file, format!("{row}\n")).unwrap();
     let c =
-        convert(&[file], t, name, 0.0, 0.0, |_| {}).unwrap_or_else(|err| panic!("{name}: {err}"));
+        convert(&[file], t, name, 0.0, 0.0, |_| true).unwrap_or_else(|err| panic!("{name}: {err}"));
     c.splits
         .into_values()
         .flatten()

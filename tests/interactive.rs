@@ -1,4 +1,5 @@
-//! Long-running behaviour: Ctrl-C stops a run cleanly and the next apply resumes; `--watch`
+//! Long-running behaviour: Ctrl-C stops a run cleanly (a long tokenizer step within a second)
+//! and the next apply resumes; `--watch`
 //! re-applies when an input file changes. Also snapshots of the human-readable plan and run output.
 
 mod common;
@@ -63,6 +64,82 @@ phases:
         std::fs::read_to_string(p.path().join("exp/out/n")).unwrap(),
         "40\n"
     );
+}
+
+/// Run `apply` with JSON events on stdout; once an event of `step` whose `unit` (progress) or
+/// `event` contains `when` appears, send SIGINT. Returns the time from the signal to the exit,
+/// the exit code and the events after the signal.
+fn interrupt_at(
+    p: &Project,
+    pipeline: &str,
+    step: &str,
+    when: &str,
+) -> (Duration, Option<i32>, Vec<serde_json::Value>) {
+    let mut child = p
+        .cmd(&["--log-format", "json", "apply", pipeline])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut signalled = None;
+    let mut after = Vec::new();
+    for l in lines.by_ref() {
+        let ev: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+        if signalled.is_some() {
+            after.push(ev);
+            continue;
+        }
+        let unit = ev["unit"].as_str().unwrap_or("");
+        let kind = ev["event"].as_str().unwrap_or("");
+        if ev["step"] == step && (unit.contains(when) || kind == when) {
+            sigint(&child);
+            signalled = Some(Instant::now());
+        }
+    }
+    let status = child.wait().unwrap();
+    let signalled = signalled.unwrap_or_else(|| panic!("no `{when}` event from {step}"));
+    (signalled.elapsed(), status.code(), after)
+}
+
+#[test]
+fn ctrl_c_stops_a_long_tokenizer_step_within_a_second_in_either_phase() {
+    // 100,000 records and 16,384 tokens: a few seconds of counting words, then of learning merges.
+    let p = Project::new();
+    p.write(
+        "tk.yaml",
+        r#"
+version: 1
+name: tk
+phases:
+  data:
+    steps:
+      corpus: { op: download, with: { source: "builtin:mixed", samples: 100000 } }
+      tokenizer: { op: tokenizer, inputs: { data: corpus }, with: { vocab_size: 16384 } }
+"#,
+    );
+    for phase in ["records counted", "learning merges"] {
+        let (took, code, after) = interrupt_at(&p, "tk.yaml", "data.tokenizer", phase);
+        eprintln!("Ctrl-C while {phase}: exited {took:?} after the signal");
+        assert_eq!(code, Some(130), "{after:?}");
+        assert_eq!(
+            steps_with(&after, "cancelled"),
+            ["data.tokenizer"],
+            "{after:?}"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "Ctrl-C while {phase}: {took:?} from the signal to the exit"
+        );
+    }
+    // Nothing half-made was kept: the next apply trains the tokenizer in full.
+    let evs = p.apply_ok("tk.yaml", &[]);
+    assert_eq!(steps_with(&evs, "finished"), ["data.tokenizer"]);
+    let done = evs
+        .iter()
+        .rfind(|e| e["unit"] == "records counted")
+        .unwrap();
+    assert_eq!(done["done"], done["total"]);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Text ↔ token ids: the byte-level BPE tokenizer (Hugging Face `tokenizers`), its special
-//! tokens, and training one. The `tokenizer` op trains and saves it; every op that runs a model
+//! tokens, and training one (with progress and cancellation). The `tokenizer` op trains and saves it; every op that runs a model
 //! encodes text through [`TextCodec`].
 //!
 //! Ids 0–2 are `<pad>`, `<s>` (bos) and `</s>` (eos); ids 3–14 are reserved (`<|reserved_N|>`)
@@ -7,12 +7,16 @@
 //! shapes. Byte-level BPE has no unknown token: any text round-trips exactly.
 
 use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::models::bpe::{BPE, BpeTrainer, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, TokenizerBuilder};
+use tokenizers::{AddedToken, TokenizerBuilder, Trainer};
 
+use crate::context::StepContext;
 use crate::error::OpError;
 
 pub const PAD: &str = "<pad>";
@@ -87,6 +91,37 @@ type Trained = tokenizers::TokenizerImpl<
     ByteLevelDecoder,
 >;
 
+/// How a long training reports what it has done and learns that it should stop. The `tokenizer`
+/// op passes its [`StepContext`]; [`Unwatched`] ignores both.
+pub trait Watch: Sync {
+    /// `done` of `total` `unit`s (e.g. records counted), or a phase with no total.
+    fn progress(&self, done: u64, total: Option<u64>, unit: &str);
+    /// Whether the work should stop.
+    fn cancelled(&self) -> bool;
+}
+
+impl Watch for StepContext {
+    fn progress(&self, done: u64, total: Option<u64>, unit: &str) {
+        StepContext::progress(self, done, total, unit);
+    }
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+}
+
+/// No progress, never cancelled.
+pub struct Unwatched;
+
+impl Watch for Unwatched {
+    fn progress(&self, _: u64, _: Option<u64>, _: &str) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// How often, at most, the merge phase looks at the cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
 /// Train a BPE tokenizer of `vocab_size` tokens (special tokens included) on `texts`, merging
 /// pairs seen at least `min_frequency` times.
 pub fn train_bpe(
@@ -94,17 +129,36 @@ pub fn train_bpe(
     vocab_size: usize,
     min_frequency: u64,
 ) -> Result<tokenizers::Tokenizer, OpError> {
+    train_bpe_watched(texts, vocab_size, min_frequency, &Unwatched)
+}
+
+/// [`train_bpe`], reporting the records counted and the merge phase to `watch` and stopping
+/// within ~0.1 s of its cancellation with `OpError::Cancelled`. Counting words stops at the next
+/// record; the merges (one call into `tokenizers`, which has no way to interrupt it) run on a
+/// worker thread that is left to finish on its own, its result discarded, when cancelled —
+/// after an early stop it has only the words counted so far to merge.
+pub fn train_bpe_watched(
+    texts: &[String],
+    vocab_size: usize,
+    min_frequency: u64,
+    watch: &dyn Watch,
+) -> Result<tokenizers::Tokenizer, OpError> {
     let specials: Vec<AddedToken> = special_tokens()
         .into_iter()
         .map(|t| AddedToken::from(t, true))
         .collect();
-    let mut trainer = BpeTrainerBuilder::new()
+    let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(min_frequency)
         .special_tokens(specials)
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .show_progress(false)
         .build();
+    let mut trainer = WatchedTrainer {
+        inner: Mutex::new(Some(trainer)),
+        watch,
+        total: texts.len() as u64,
+    };
     let mut tk: Trained = TokenizerBuilder::new()
         .with_model(BPE::default())
         .with_normalizer(None)
@@ -113,9 +167,97 @@ pub fn train_bpe(
         .with_decoder(Some(ByteLevelDecoder::default()))
         .build()
         .map_err(|e| OpError::internal(format!("building the tokenizer: {e}")))?;
-    tk.train(&mut trainer, texts.iter().cloned())
-        .map_err(|e| OpError::internal(format!("training BPE: {e}")))?;
+    let trained = tk.train(&mut trainer, texts.iter());
+    if watch.cancelled() {
+        return Err(OpError::Cancelled(
+            "cancelled while training the tokenizer".into(),
+        ));
+    }
+    trained.map_err(|e| OpError::internal(format!("training BPE: {e}")))?;
     Ok(tokenizers::Tokenizer::from(tk))
+}
+
+/// A `BpeTrainer` that `tokenizers` drives as usual (so its pre-tokenization and special tokens
+/// are the library's own), with progress and cancellation around the two phases.
+struct WatchedTrainer<'w> {
+    /// Taken by the merge phase's worker thread.
+    inner: Mutex<Option<BpeTrainer>>,
+    watch: &'w dyn Watch,
+    total: u64,
+}
+
+/// The error `tokenizers` hands back when the watch cancelled the training.
+#[derive(Debug, thiserror::Error)]
+#[error("cancelled")]
+struct Stopped;
+
+impl Trainer for WatchedTrainer<'_> {
+    type Model = BPE;
+
+    fn should_show_progress(&self) -> bool {
+        false
+    }
+
+    fn feed<I, S, F>(&mut self, iterator: I, process: F) -> tokenizers::Result<()>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+        F: Fn(&str) -> tokenizers::Result<Vec<String>> + Sync,
+    {
+        let (watch, total) = (self.watch, self.total);
+        let every = (total / 100).max(1000);
+        let mut counted = 0u64;
+        let records = iterator
+            .take_while(|_| !watch.cancelled())
+            .inspect(move |_| {
+                counted += 1;
+                if counted.is_multiple_of(every) || counted == total {
+                    watch.progress(counted, Some(total), "records counted");
+                }
+            });
+        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .as_mut()
+            .expect("fed before training")
+            .feed(records, process)
+    }
+
+    fn train(&self, model: &mut BPE) -> tokenizers::Result<Vec<AddedToken>> {
+        if self.watch.cancelled() {
+            return Err(Stopped.into());
+        }
+        let trainer = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("trained once");
+        self.watch.progress(0, None, "learning merges");
+        let (tx, rx) = mpsc::channel();
+        let mut fresh = model.clone();
+        std::thread::Builder::new()
+            .name("bpe-merges".into())
+            .spawn(move || {
+                let r = trainer.train(&mut fresh);
+                // The receiver is gone when the training was cancelled: nothing to hand back.
+                let _ = tx.send((r, fresh));
+            })?;
+        loop {
+            match rx.recv_timeout(CANCEL_POLL) {
+                Ok((r, trained)) => {
+                    *model = trained;
+                    return r;
+                }
+                Err(RecvTimeoutError::Timeout) if self.watch.cancelled() => {
+                    return Err(Stopped.into());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("the BPE merge thread panicked".into());
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -130,12 +272,65 @@ mod tests {
             val_fraction: 0.0,
             test_fraction: 0.0,
         };
-        data::generate(&spec, |_| {})
+        data::generate(&spec, |_| true)
             .unwrap()
             .into_values()
             .flatten()
             .map(|r| r.text)
             .collect()
+    }
+
+    /// Cancels once a progress report's unit contains `at`; remembers the units it saw.
+    struct CancelAt {
+        at: &'static str,
+        cancelled: std::sync::atomic::AtomicBool,
+        units: Mutex<Vec<String>>,
+    }
+
+    impl Watch for CancelAt {
+        fn progress(&self, _: u64, _: Option<u64>, unit: &str) {
+            self.units.lock().unwrap().push(unit.into());
+            if unit.contains(self.at) {
+                self.cancelled
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        fn cancelled(&self) -> bool {
+            self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn training_reports_both_phases_and_stops_when_cancelled_in_either() {
+        let texts = corpus();
+        let never = CancelAt {
+            at: "nothing",
+            cancelled: false.into(),
+            units: Mutex::default(),
+        };
+        let watched = train_bpe_watched(&texts, 500, 2, &never).unwrap();
+        assert_eq!(
+            *never.units.lock().unwrap(),
+            ["records counted", "learning merges"]
+        );
+        // Watching changes nothing in the result.
+        assert_eq!(
+            watched.to_string(false).unwrap(),
+            train_bpe(&texts, 500, 2).unwrap().to_string(false).unwrap()
+        );
+        for (at, units) in [
+            ("records", vec!["records counted"]),
+            ("merges", vec!["records counted", "learning merges"]),
+        ] {
+            let w = CancelAt {
+                at,
+                cancelled: false.into(),
+                units: Mutex::default(),
+            };
+            let r = train_bpe_watched(&texts, 500, 2, &w);
+            assert!(matches!(r, Err(OpError::Cancelled(_))), "cancelled at {at}");
+            assert_eq!(*w.units.lock().unwrap(), units, "cancelled at {at}");
+        }
     }
 
     #[test]

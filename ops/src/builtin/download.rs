@@ -503,13 +503,18 @@ fn generate_builtin(
         val_fraction: p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         test_fraction: p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
     };
-    let progress = |done| ctx.progress(done, Some(samples), "records");
+    // Every 1,000 records: progress, and stop on Ctrl-C.
+    let progress = |done| {
+        ctx.progress(done, Some(samples), "records");
+        !ctx.is_cancelled()
+    };
     let splits = if name == "reasoning" {
         data::generate_reasoning(samples, &spec, progress)
     } else {
         data::generate(&spec, progress)
     }
     .map_err(|e| OpError::user(e.to_string()))?;
+    ctx.check_cancelled()?;
     let manifest = serde_json::Map::from_iter([
         ("source".to_owned(), json!(format!("builtin:{name}"))),
         ("seed".to_owned(), json!(ctx.seed())),
@@ -545,9 +550,13 @@ fn convert_tables(
         stem,
         p.val_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
         p.test_fraction.unwrap_or(DEFAULT_SPLIT_FRACTION),
-        |rows| ctx.progress(rows, None, "rows"),
+        |rows| {
+            ctx.progress(rows, None, "rows");
+            !ctx.is_cancelled()
+        },
     )
     .map_err(|e| OpError::user(e.to_string()))?;
+    ctx.check_cancelled()?;
     let kept: usize = converted.splits.values().map(Vec::len).sum();
     ctx.log(format!(
         "converted {} rows of {} table file(s) into {kept} records ({} with an empty prompt, {} repeated prompts skipped)",

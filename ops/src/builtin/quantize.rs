@@ -28,7 +28,7 @@ use crate::data::{Corpus, Sampler, Stage};
 use crate::device;
 use crate::error::{OpError, ParamsError};
 use crate::eval::fitness::EvalData;
-use crate::eval::{Decoding, eval_batches, greedy_ids, score};
+use crate::eval::{Decoding, eval_batches, greedy_ids, score, score_until};
 use crate::merge::tensors::StateDict;
 use crate::model::files::{self, ModelFiles};
 use crate::model::{ModelConfig, Tables, TrmTitansMag, ternary, weights};
@@ -380,17 +380,35 @@ impl TypedOp for Quantize {
                 .map_err(|e| OpError::user(e.to_string()))
         };
         let mut failure = None;
+        let mut calibrations = 0;
+        // Each calibration reports progress; once cancelled (Ctrl-C), the running one stops at
+        // its next batch and the rest return at once: the pass ends with the cancellation.
+        let stop = || ctx.is_cancelled();
         let mut calibrate = |sd: &StateDict, ternary_names: &BTreeSet<String>| -> f64 {
-            match load(sd) {
-                Ok(mut m) => {
+            calibrations += 1;
+            ctx.progress(calibrations, None, "calibrations");
+            let scored = match load(sd) {
+                Ok(mut m) if !stop() => {
                     ternary::in_burn(&mut m, ternary_names);
-                    score(&m, &cfg, &calibration, &tables, &dev).perplexity()
+                    score_until(&m, &cfg, &calibration, &tables, &dev, &stop)
                 }
+                Ok(_) => None,
                 Err(e) => {
                     failure.get_or_insert(e);
-                    f64::NAN
+                    return f64::NAN;
                 }
-            }
+            };
+            scored.map_or_else(
+                || {
+                    failure.get_or_insert_with(|| {
+                        ctx.check_cancelled().err().unwrap_or_else(|| {
+                            OpError::internal("calibration stopped without a cancellation")
+                        })
+                    });
+                    f64::NAN
+                },
+                |m| m.perplexity(),
+            )
         };
         // STE fine-tuning first: the layer-by-layer pass then starts from the latent weights it
         // leaves, all candidates ternary, and reverts a layer to the input's weights.
@@ -483,10 +501,14 @@ impl TypedOp for Quantize {
         let original = load(&sd)?;
         let quantized = ternary::load_quantized(&cfg, s.model.clone(), &dev)
             .map_err(|e| OpError::user(e.to_string()))?;
+        ctx.check_cancelled()?;
         let m_before = score(&original, &cfg, &test, &tables, &dev);
+        ctx.check_cancelled()?;
         let m_after = score(&quantized, &cfg, &test, &tables, &dev);
+        ctx.check_cancelled()?;
         let time = |m: &TrmTitansMag| timing(m, &cfg, &data, p.timing_tokens, &tables, &dev);
         let (t_before, t_after) = (time(&original), time(&quantized));
+        ctx.check_cancelled()?;
         // The control for fine-tuning: the input quantized as it is, the same layers reverted.
         let ptq = match &tuned {
             Some(_) => {

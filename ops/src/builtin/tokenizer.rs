@@ -15,7 +15,7 @@ use crate::context::StepContext;
 use crate::data;
 use crate::error::{OpError, ParamsError};
 use crate::op::{StepOutcome, TypedOp};
-use crate::text::{special_tokens, train_bpe};
+use crate::text::{special_tokens, train_bpe_watched};
 
 /// Parameters of `tokenizer`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -86,6 +86,7 @@ impl TypedOp for Tokenizer {
         let texts = |split| -> Result<Vec<String>, OpError> {
             let mut out = Vec::new();
             for d in &inputs["data"] {
+                ctx.check_cancelled()?;
                 out.extend(data::read_texts(&d.path, split)?);
             }
             Ok(out)
@@ -106,7 +107,17 @@ impl TypedOp for Tokenizer {
             p.vocab_size,
             train_texts.len()
         ));
-        let tk = train_bpe(&train_texts, p.vocab_size, p.min_frequency)?;
+        // Progress (records counted, then the merge phase) and Ctrl-C within ~0.1 s.
+        // (A cancellation says why: the step context's reason, e.g. Ctrl-C.)
+        let tk = train_bpe_watched(&train_texts, p.vocab_size, p.min_frequency, ctx).map_err(
+            |e| match e {
+                OpError::Cancelled(why) => ctx
+                    .check_cancelled()
+                    .err()
+                    .unwrap_or(OpError::Cancelled(why)),
+                e => e,
+            },
+        )?;
         let out = ctx.output_dir("tokenizer")?;
         let path = out.join("tokenizer.json");
         tk.save(&path, true)

@@ -146,10 +146,12 @@ pub fn apportion(total: u64, weights: &BTreeMap<Category, f64>) -> BTreeMap<Cate
     out
 }
 
-/// Generate the dataset: records per split, in generation order.
+/// Generate the dataset: records per split, in generation order. `progress` gets the number of
+/// records made so far, every 1,000, and returns whether to go on; told to stop, generation
+/// returns the records made so far (the caller, which asked, discards them).
 pub fn generate(
     spec: &Spec,
-    progress: impl FnMut(u64),
+    progress: impl FnMut(u64) -> bool,
 ) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
     let categories: Vec<Category> = spec.counts.keys().copied().collect();
     let counts: Vec<(&'static str, u64)> =
@@ -160,11 +162,11 @@ pub fn generate(
 }
 
 /// `builtin:reasoning`: `samples` traces, as equal a share per strategy as `samples` allows
-/// (`spec.counts` is not used).
+/// (`spec.counts` is not used). `progress` as for [`generate`].
 pub fn generate_reasoning(
     samples: u64,
     spec: &Spec,
-    progress: impl FnMut(u64),
+    progress: impl FnMut(u64) -> bool,
 ) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
     let strategies = crate::bake::strategies::STRATEGIES;
     let n = strategies.len() as u64;
@@ -185,7 +187,7 @@ pub fn generate_reasoning(
 fn generate_named(
     counts: &[(&'static str, u64)],
     spec: &Spec,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64) -> bool,
     draw: impl Fn(usize, &mut ChaCha8Rng, u8) -> Item,
 ) -> Result<BTreeMap<Split, Vec<Record>>, Exhausted> {
     let mut out: BTreeMap<Split, Vec<Record>> = BTreeMap::new();
@@ -228,8 +230,8 @@ fn generate_named(
             });
             found += 1;
             done += 1;
-            if done % 1000 == 0 {
-                progress(done);
+            if done % 1000 == 0 && !progress(done) {
+                return Ok(out);
             }
         }
     }
@@ -270,18 +272,37 @@ mod tests {
     }
 
     #[test]
+    fn progress_every_thousand_records_and_stopping_when_told() {
+        let mut seen = Vec::new();
+        let all = generate(&spec(500), |n| {
+            seen.push(n);
+            true
+        })
+        .unwrap();
+        let total: usize = all.values().map(Vec::len).sum();
+        assert_eq!(
+            seen,
+            (1..=total as u64 / 1000)
+                .map(|k| k * 1000)
+                .collect::<Vec<_>>()
+        );
+        let stopped = generate(&spec(500), |n| n < 2000).unwrap();
+        assert_eq!(stopped.values().map(Vec::len).sum::<usize>(), 2000);
+    }
+
+    #[test]
     fn deterministic_from_the_seed() {
-        let a = generate(&spec(60), |_| {}).unwrap();
-        let b = generate(&spec(60), |_| {}).unwrap();
+        let a = generate(&spec(60), |_| true).unwrap();
+        let b = generate(&spec(60), |_| true).unwrap();
         assert_eq!(a, b);
         let mut other = spec(60);
         other.seed = 43;
-        assert_ne!(generate(&other, |_| {}).unwrap(), a);
+        assert_ne!(generate(&other, |_| true).unwrap(), a);
     }
 
     #[test]
     fn splits_never_overlap_and_counts_are_exact() {
-        let data = generate(&spec(300), |_| {}).unwrap();
+        let data = generate(&spec(300), |_| true).unwrap();
         let mut seen = HashSet::new();
         let mut total = 0;
         for records in data.values() {
@@ -297,7 +318,7 @@ mod tests {
         assert_eq!(total, 300 * 5);
         assert!(data[&Split::Val].len() > 50 && data[&Split::Test].len() > 50);
         // A bigger dataset keeps every prompt in the split it had.
-        let bigger = generate(&spec(400), |_| {}).unwrap();
+        let bigger = generate(&spec(400), |_| true).unwrap();
         for (split, records) in &data {
             let there: HashSet<&str> = bigger[split].iter().map(|r| r.prompt.as_str()).collect();
             assert!(records.iter().all(|r| there.contains(r.prompt.as_str())));
@@ -306,7 +327,7 @@ mod tests {
 
     #[test]
     fn reasoning_traces_are_balanced_over_the_ten_strategies() {
-        let data = generate_reasoning(1003, &spec(0), |_| {}).unwrap();
+        let data = generate_reasoning(1003, &spec(0), |_| true).unwrap();
         let mut per: BTreeMap<String, u64> = BTreeMap::new();
         for r in data.values().flatten() {
             *per.entry(r.category.clone()).or_default() += 1;
@@ -317,7 +338,7 @@ mod tests {
         assert_eq!(per.values().sum::<u64>(), 1003);
         assert!(per.values().all(|&n| n == 100 || n == 101), "{per:?}");
         assert!(data[&Split::Val].len() > 50 && data[&Split::Test].len() > 50);
-        assert_eq!(generate_reasoning(1003, &spec(0), |_| {}).unwrap(), data);
+        assert_eq!(generate_reasoning(1003, &spec(0), |_| true).unwrap(), data);
     }
 
     #[test]

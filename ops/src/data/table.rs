@@ -243,14 +243,15 @@ fn table_format(p: &Path) -> Option<TableFormat> {
 }
 
 /// Convert the tables in `files` (in order) into records. `name` prefixes the record ids;
-/// `progress` gets the number of rows read so far.
+/// `progress` gets the number of rows read so far, every 10,000, and returns whether to go on
+/// (told to stop, the records so far are returned; the caller, which asked, discards them).
 pub fn convert(
     files: &[PathBuf],
     t: &RecordTemplate,
     name: &str,
     val_fraction: f64,
     test_fraction: f64,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64) -> bool,
 ) -> Result<Converted, ConvertError> {
     let templates = Templates::compile(t)?;
     let mut out = Converted::default();
@@ -261,8 +262,8 @@ pub fn convert(
         let mut each = |row: Value| -> Result<bool, ConvertError> {
             row_no += 1;
             out.rows += 1;
-            if out.rows % 10_000 == 0 {
-                progress(out.rows);
+            if out.rows % 10_000 == 0 && !progress(out.rows) {
+                return Ok(false);
             }
             let [prompt, answer, text] =
                 templates
@@ -443,7 +444,7 @@ mod tests {
                 "{{ (answer | split('####')) | last | trim }}",
             )
         };
-        let c = convert(&[f], &t, "gsm8k", 0.0, 0.0, |_| {}).unwrap();
+        let c = convert(&[f], &t, "gsm8k", 0.0, 0.0, |_| true).unwrap();
         let train = &c.splits[&Split::Train];
         assert_eq!(train.len(), 2);
         assert_eq!(train[0].id, "gsm8k-0000000");
@@ -470,7 +471,7 @@ mod tests {
             "{{ question }}{% for c in choices.text %}\n({{ choices.label[loop.index0] }}) {{ c }}{% endfor %}",
             "{{ answerKey }}",
         );
-        let c = convert(&[f], &t, "arc", 0.0, 0.0, |_| {}).unwrap();
+        let c = convert(&[f], &t, "arc", 0.0, 0.0, |_| true).unwrap();
         let r = &c.splits[&Split::Train][0];
         assert_eq!(r.prompt, "Which is a metal?\n(A) wood\n(B) iron");
         assert_eq!(r.text, "Which is a metal?\n(A) wood\n(B) iron\nB");
@@ -480,9 +481,11 @@ mod tests {
     fn missing_columns_name_the_row_and_the_columns() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "t.jsonl", "{\"q\": \"x\", \"a\": \"1\"}\n");
-        let err = convert(&[f], &template("{{ question }}", ""), "t", 0.0, 0.0, |_| {})
-            .unwrap_err()
-            .to_string();
+        let err = convert(&[f], &template("{{ question }}", ""), "t", 0.0, 0.0, |_| {
+            true
+        })
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("row 1"), "{err}");
         assert!(err.contains("records.prompt"), "{err}");
         assert!(err.contains("the row's columns: a, q"), "{err}");
@@ -514,7 +517,7 @@ mod tests {
             limit: Some(3),
             ..template("{{ text }}", "")
         };
-        let c = convert(&[f], &t, "wiki", 0.0, 0.0, |_| {}).unwrap();
+        let c = convert(&[f], &t, "wiki", 0.0, 0.0, |_| true).unwrap();
         let texts: Vec<&str> = c.splits[&Split::Train]
             .iter()
             .map(|r| r.text.as_str())
@@ -534,7 +537,7 @@ mod tests {
             split: SplitChoice::Auto,
             ..template("{{ q }}", "")
         };
-        let c = convert(&[f], &t, "q", 0.2, 0.1, |_| {}).unwrap();
+        let c = convert(&[f], &t, "q", 0.2, 0.1, |_| true).unwrap();
         for (split, recs) in &c.splits {
             for r in recs {
                 assert_eq!(split_of(&r.prompt, 0.2, 0.1), *split);
@@ -606,7 +609,7 @@ mod tests {
             "{{ question }}{% for c in choices.text %} ({{ choices.label[loop.index0] }}) {{ c }}{% endfor %}",
             "{{ answerKey }}",
         );
-        let c = convert(&files, &t, "arc", 0.0, 0.0, |_| {}).unwrap();
+        let c = convert(&files, &t, "arc", 0.0, 0.0, |_| true).unwrap();
         let recs = &c.splits[&Split::Train];
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].prompt, "Which is a metal? (A) wood (B) iron");

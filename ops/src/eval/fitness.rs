@@ -37,6 +37,7 @@
 //! 95% intervals ([`super::bootstrap`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use schemars::JsonSchema;
@@ -44,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::bootstrap::{perplexity, relative_perplexity};
-use super::{Decoding, EvalBatch, Scores, block_passes, eval_batches, math_accuracy, score};
+use super::{Decoding, EvalBatch, Scores, block_passes, eval_batches, math_accuracy, score_until};
 use crate::artifact::InputArtifact;
 use crate::context::{AlertLevel, StepContext};
 use crate::data::{Record, Split, load_all_records};
@@ -166,14 +167,15 @@ pub fn composite(
         + w[3] * (reference_mb / size_mb.max(1e-9) - 1.0)
 }
 
-/// Run `model` on `rows` under ACT.
+/// Run `model` on `rows` under ACT; `None` once `stop` says so (asked before each batch).
 fn measure(
     model: &TrmTitansMag,
     cfg: &ModelConfig,
     rows: &[EvalBatch],
     device: &burn::tensor::Device,
-) -> Scores {
-    score(model, cfg, rows, &Tables::new(cfg, device), device)
+    stop: &dyn Fn() -> bool,
+) -> Option<Scores> {
+    score_until(model, cfg, rows, &Tables::new(cfg, device), device, stop)
 }
 
 /// The evaluator: fixed validation rows and answer spans, the model config, the memo.
@@ -297,7 +299,9 @@ impl<'a> Fitness<'a> {
     /// Run one candidate, given as safetensors bytes with `numel` parameters.
     fn fitness_of(&self, bytes: Vec<u8>, numel: usize) -> Result<FitnessReport, String> {
         let model = self.load(bytes, "the candidate")?;
-        let m = measure(&model, &self.cfg, &self.val, &self.device);
+        let stop = || self.ctx.is_cancelled();
+        let m = measure(&model, &self.cfg, &self.val, &self.device, &stop)
+            .ok_or_else(|| CANCELLED.to_owned())?;
         let perplexity = m.perplexity();
         let accuracy = self.fc.accuracy.of(&m);
         let latency = block_passes(&self.cfg, m.halting_stats().avg);
@@ -371,7 +375,11 @@ impl<'a> Fitness<'a> {
             let model = self
                 .load(c.weights.clone(), &c.prefix)
                 .map_err(OpError::internal)?;
-            measured.push(measure(&model, &self.cfg, &test, &self.device));
+            let stop = || self.ctx.is_cancelled();
+            match measure(&model, &self.cfg, &test, &self.device, &stop) {
+                Some(m) => measured.push(m),
+                None => self.ctx.check_cancelled()?,
+            }
         }
         let champion = &measured[0];
         for (c, m) in contenders.iter().zip(&measured) {
@@ -472,7 +480,14 @@ fn size_mb(numel: usize) -> f64 {
     numel as f64 * 4.0 / f64::from(1u32 << 20)
 }
 
+/// What a candidate cut short by cancellation reports.
+const CANCELLED: &str = "cancelled";
+
 impl evolve::Evaluator for Fitness<'_> {
+    fn stopped(&self) -> bool {
+        self.ctx.is_cancelled()
+    }
+
     fn evaluate(&self, models: &[&StateDict]) -> Vec<Result<FitnessReport, String>> {
         // Each candidate is serialised once: its digest names its cache entry, and the same
         // bytes load it into the model.
@@ -506,19 +521,29 @@ impl evolve::Evaluator for Fitness<'_> {
         }
         let threads = (self.ctx.cpus() as usize).clamp(1, todo.len().max(1));
         let t0 = Instant::now();
+        // Progress per candidate; Ctrl-C stops each thread before its next candidate and the
+        // running one before its next batch (`stopped` then tells the evolution to record
+        // nothing of this generation).
+        let evaluated = AtomicU64::new(0);
+        let total = todo.len() as u64;
         let results: Vec<(usize, Result<FitnessReport, String>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let mine: Vec<usize> = todo.iter().copied().skip(t).step_by(threads).collect();
-                    let bytes = &bytes;
+                    let (bytes, evaluated) = (&bytes, &evaluated);
                     s.spawn(move || {
                         mine.into_iter()
                             .map(|i| {
+                                if self.ctx.is_cancelled() {
+                                    return (i, Err(CANCELLED.to_owned()));
+                                }
                                 let r =
                                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                         self.fitness_of(bytes[i].clone(), models[i].numel())
                                     }))
                                     .unwrap_or_else(|_| Err("the forward pass panicked".into()));
+                                let done = evaluated.fetch_add(1, Ordering::SeqCst) + 1;
+                                self.ctx.progress(done, Some(total), "candidates");
                                 (i, r)
                             })
                             .collect::<Vec<_>>()

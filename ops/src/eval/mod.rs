@@ -223,10 +223,25 @@ pub fn score(
     t: &Tables,
     device: &Device,
 ) -> Scores {
+    score_until(model, cfg, batches, t, device, &|| false).expect("never stopped")
+}
+
+/// [`score`], asking `stop` before each batch: `None` once it says to stop.
+pub fn score_until(
+    model: &TrmTitansMag,
+    cfg: &ModelConfig,
+    batches: &[EvalBatch],
+    t: &Tables,
+    device: &Device,
+    stop: &dyn Fn() -> bool,
+) -> Option<Scores> {
     let mut out = Scores::default();
     let mut usage = Vec::new();
     let t0 = Instant::now();
     for batch in batches {
+        if stop() {
+            return None;
+        }
         let (x, y) = to_tensors(&batch.rows, device);
         let [b, s] = x.dims();
         let inf = act(model, cfg, x, t);
@@ -289,7 +304,7 @@ pub fn score(
     }
     out.memory_usage = (!usage.is_empty()).then(|| usage.iter().sum::<f64>() / usage.len() as f64);
     out.seconds = t0.elapsed().as_secs_f64();
-    out
+    Some(out)
 }
 
 /// The integer after `####` in generated text.

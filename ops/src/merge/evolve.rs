@@ -116,6 +116,11 @@ pub struct FitnessReport {
 /// Runs candidates. Implementations may cache and parallelise; results come back in order.
 pub trait Evaluator {
     fn evaluate(&self, models: &[&StateDict]) -> Vec<Result<FitnessReport, String>>;
+    /// Whether the last `evaluate` was cut short (cancelled): its results are then incomplete,
+    /// and the evolution stops without recording the generation, so a resume redoes it whole.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// How a candidate's weights are made from the inputs.
@@ -446,6 +451,9 @@ fn add_generation(
         built.push(w);
     }
     let reports = evaluator.evaluate(&built.iter().collect::<Vec<_>>());
+    if evaluator.stopped() {
+        return Err("cancelled while evaluating candidates".into());
+    }
     for (&id, r) in ids.iter().zip(reports) {
         let node = &mut st.nodes[id as usize];
         match r {
@@ -792,6 +800,80 @@ mod tests {
         assert_eq!(st2.history, st.history);
         assert_eq!(st2.nodes, st.nodes);
         assert_eq!(st2, st);
+        assert_eq!(champ2.to_bytes(), champ.to_bytes());
+    }
+
+    /// Closeness that is "cancelled" during its `stop_at`-th evaluation: that call's later
+    /// candidates come back as errors, as the real evaluator's do.
+    struct CancelledDuring {
+        inner: Closeness,
+        stop_at: usize,
+        evaluations: Cell<usize>,
+    }
+
+    impl Evaluator for CancelledDuring {
+        fn evaluate(&self, models: &[&StateDict]) -> Vec<Result<FitnessReport, String>> {
+            self.evaluations.set(self.evaluations.get() + 1);
+            let mut out = self.inner.evaluate(models);
+            if self.stopped() {
+                for r in out.iter_mut().skip(1) {
+                    *r = Err("cancelled".into());
+                }
+            }
+            out
+        }
+        fn stopped(&self) -> bool {
+            self.evaluations.get() >= self.stop_at
+        }
+    }
+
+    #[test]
+    fn a_generation_cancelled_mid_evaluation_is_not_recorded_and_the_resume_redoes_it() {
+        let (base, ps, target) = setup();
+        let inp = inputs(&base, &ps);
+        let cfg = EvolveConfig {
+            generations: 6,
+            patience: 100,
+            ..EvolveConfig::default()
+        };
+        let closeness = |target: &StateDict| Closeness {
+            target: target.clone(),
+            calls: Cell::new(0),
+        };
+        let (whole, champ) = evolve(
+            &cfg,
+            &inp,
+            &closeness(&target),
+            &mut Record::default(),
+            None,
+        )
+        .unwrap();
+        // Cancelled during generation 3's evaluation (the 4th call: generations 0, 1, 2 done).
+        let cancelled = CancelledDuring {
+            inner: closeness(&target),
+            stop_at: 4,
+            evaluations: Cell::new(0),
+        };
+        let mut seen = Record::default();
+        let err = evolve(&cfg, &inp, &cancelled, &mut seen, None).unwrap_err();
+        assert!(err.contains("cancelled"), "{err}");
+        let generations: Vec<u32> = seen.states.iter().map(|s| s.generation).collect();
+        assert_eq!(
+            generations,
+            [0, 1, 2],
+            "no hook saw the cut-short generation"
+        );
+        // Resuming from the last checkpoint gives the uninterrupted run's state and champion.
+        let last = seen.states.pop().unwrap();
+        let (resumed, champ2) = evolve(
+            &cfg,
+            &inp,
+            &closeness(&target),
+            &mut Record::default(),
+            Some(last),
+        )
+        .unwrap();
+        assert_eq!(resumed, whole);
         assert_eq!(champ2.to_bytes(), champ.to_bytes());
     }
 

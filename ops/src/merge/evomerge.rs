@@ -74,14 +74,23 @@ pub fn run(
         seed,
         task,
     };
-    let (st, champion) = evolve::evolve(cfg, &inp, evaluator, &mut Checkpoints { ctx }, resume)
-        .map_err(|e| {
-            if ctx.is_cancelled() {
-                OpError::Cancelled(e)
-            } else {
-                OpError::user(e)
-            }
-        })?;
+    let (st, champion) = evolve::evolve(
+        cfg,
+        &inp,
+        evaluator,
+        &mut Checkpoints {
+            ctx,
+            generations: cfg.generations,
+        },
+        resume,
+    )
+    .map_err(|e| {
+        if ctx.is_cancelled() {
+            OpError::Cancelled(e)
+        } else {
+            OpError::user(e)
+        }
+    })?;
     let champ = st.node(st.champion()).clone();
     let metrics = metrics(&st, &champ);
     ctx.log(format!(
@@ -194,6 +203,8 @@ fn metrics(st: &EvolveState, champ: &evolve::Node) -> Map<String, Value> {
 /// Generation checkpoints: the evolution's state (candidates are rebuilt from their recipes).
 struct Checkpoints<'a> {
     ctx: &'a StepContext,
+    /// The most generations the search runs (it may stop earlier, on `patience`).
+    generations: u32,
 }
 
 impl evolve::Hooks for Checkpoints<'_> {
@@ -227,7 +238,11 @@ impl evolve::Hooks for Checkpoints<'_> {
         }
         ctx.save_checkpoint_json("evolve.json", st)
             .map_err(|e| e.to_string())?;
-        ctx.progress(u64::from(st.generation), None, "generations");
+        ctx.progress(
+            u64::from(st.generation),
+            Some(u64::from(self.generations)),
+            "generations",
+        );
         ctx.check_cancelled().map_err(|e| e.to_string())
     }
 }
