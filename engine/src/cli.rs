@@ -97,6 +97,11 @@ pub enum Command {
     /// Continue a prompt with a model the pipeline built (incremental decoding under ACT;
     /// thoughts hidden unless --show-thoughts).
     Generate(crate::generate::GenerateArgs),
+    /// Convert another tool's config into a forge pipeline.
+    Import {
+        #[command(subcommand)]
+        from: ImportCommand,
+    },
     /// Print the pipeline JSON Schema.
     Schema,
     /// Print a shell completion script: `source <(forge completions bash)`, or save it where
@@ -105,6 +110,19 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// A mergekit YAML (`merge_method`, `models`/`slices`, `base_model`, `parameters`) as a
+    /// pipeline with a `download` step per model and one `merge` step; what forge cannot
+    /// express is an error naming it.
+    Mergekit {
+        config: PathBuf,
+        /// Write the pipeline here instead of to stdout (refused if it exists).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -262,6 +280,9 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         } => cmd_gc(&cli, *keep_last, *all_pipelines),
         Command::Eval(a) => crate::eval::run(&cli.store, a, &registry),
         Command::Generate(a) => crate::generate::run(&cli.store, a, &registry),
+        Command::Import {
+            from: ImportCommand::Mergekit { config, output },
+        } => cmd_import_mergekit(config, output.as_deref()),
         Command::Schema => {
             print!("{}", crate::schema::pipeline_schema_text(&registry));
             Ok(0)
@@ -275,6 +296,53 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
 }
 
 type CmdResult = Result<u8, u8>;
+
+fn cmd_import_mergekit(config: &Path, output: Option<&Path>) -> CmdResult {
+    let imported = match crate::import::mergekit_file(config) {
+        Ok(i) => i,
+        Err(crate::import::ImportError::Unsupported { problems }) => {
+            for p in &problems {
+                eprint_error(&format!("{}: {p}", config.display()), None);
+            }
+            eprintln!(
+                "hint: forge converts merge_method {} with one value per parameter; see `forge import mergekit --help`",
+                crate::import::SUPPORTED.join(", ")
+            );
+            return Err(EXIT_INVALID);
+        }
+        Err(e) => {
+            eprint_error(&e.to_string(), None);
+            return Err(EXIT_INVALID);
+        }
+    };
+    for n in &imported.notes {
+        eprintln!("note: {n}");
+    }
+    match output {
+        None => print!("{}", imported.yaml),
+        Some(out) => {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, imported.yaml.as_bytes()));
+            if let Err(e) = written {
+                eprint_error(&format!("writing `{}`: {e}", out.display()), None);
+                return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    EXIT_INVALID
+                } else {
+                    EXIT_FAILED
+                });
+            }
+            eprintln!(
+                "Wrote {} (check it with `forge plan {}`)",
+                out.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(0)
+}
 
 fn pipeline_path(p: &Option<PathBuf>) -> Result<PathBuf, u8> {
     match p {
