@@ -380,7 +380,7 @@ impl TypedOp for Download {
                     if let Some(r) = &p.records {
                         return convert_tables(ctx, p, r, &source, &path, &name, &out);
                     }
-                    copy_dir(&path, &out)?;
+                    copy_dir(ctx, &path, &out)?;
                     return Ok(outcome(&out));
                 }
                 if let Some(pin) = &pin {
@@ -640,7 +640,47 @@ fn outcome(out: &Path) -> StepOutcome {
     StepOutcome { metrics }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<(), OpError> {
+/// Copy the tree at `from` into `to`, reporting bytes copied and stopping on cancellation
+/// between files and every [`COPY_SLICE`] bytes of a large one.
+fn copy_dir(ctx: &StepContext, from: &Path, to: &Path) -> Result<(), OpError> {
+    let mut files = Vec::new();
+    list_files(from, to, &mut files)?;
+    let total: u64 = files.iter().map(|(_, _, len)| len).sum();
+    let mut done = 0;
+    for (src, dest, _) in files {
+        let mut r = std::fs::File::open(&src).map_err(|e| OpError::io(&src, e))?;
+        let mut w = std::fs::File::create(&dest).map_err(|e| OpError::io(&dest, e))?;
+        loop {
+            ctx.progress(done, Some(total), "bytes");
+            ctx.check_cancelled()?;
+            let n = std::io::copy(&mut std::io::Read::take(&mut r, COPY_SLICE), &mut w)
+                .map_err(|e| OpError::io(&dest, e))?;
+            done += n;
+            if n < COPY_SLICE {
+                break;
+            }
+        }
+        // As `std::fs::copy` does: the copy keeps the file's permissions.
+        let perms = r
+            .metadata()
+            .map_err(|e| OpError::io(&src, e))?
+            .permissions();
+        std::fs::set_permissions(&dest, perms).map_err(|e| OpError::io(&dest, e))?;
+    }
+    ctx.progress(done, Some(total), "bytes");
+    Ok(())
+}
+
+/// How much of one file is copied between two looks at the cancel flag.
+const COPY_SLICE: u64 = 256 << 20;
+
+/// Every file under `from` with where it goes under `to` and its size; directories are made,
+/// links refused.
+fn list_files(
+    from: &Path,
+    to: &Path,
+    out: &mut Vec<(PathBuf, PathBuf, u64)>,
+) -> Result<(), OpError> {
     for e in std::fs::read_dir(from).map_err(|e| OpError::io(from, e))? {
         let e = e.map_err(|e| OpError::io(from, e))?;
         let ty = e.file_type().map_err(|x| OpError::io(&e.path(), x))?;
@@ -652,9 +692,10 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), OpError> {
             )));
         } else if ty.is_dir() {
             std::fs::create_dir_all(&dest).map_err(|x| OpError::io(&dest, x))?;
-            copy_dir(&e.path(), &dest)?;
+            list_files(&e.path(), &dest, out)?;
         } else {
-            std::fs::copy(e.path(), &dest).map_err(|x| OpError::io(&dest, x))?;
+            let len = e.metadata().map_err(|x| OpError::io(&e.path(), x))?.len();
+            out.push((e.path(), dest, len));
         }
     }
     Ok(())

@@ -33,7 +33,7 @@ use crate::eval::fitness::{Contender, EvalData, Fitness, FitnessConfig};
 use crate::merge::combo;
 use crate::merge::evolve::EvolveConfig;
 use crate::merge::evomerge::{self, parse_combo};
-use crate::merge::files::merge_files;
+use crate::merge::files::{STOPPED, merge_files_watched};
 use crate::merge::technique::{TaskArithmetic, Technique};
 use crate::merge::tensors::{StateDict, TensorFile, TensorInfo};
 use crate::model::files::{self, ModelFiles};
@@ -269,8 +269,24 @@ impl Strategies<'_> {
             .and_then(|b| b.first())
             .map(weights_of);
         let t0 = Instant::now();
-        let stats =
-            merge_files(t, &refs, base.as_deref(), &self.out, self.seed).map_err(OpError::user)?;
+        // Progress per tensor; Ctrl-C stops before the next one.
+        let ctx = self.ctx;
+        let mut keep_going = |done: usize, total: usize| {
+            ctx.progress(done as u64, Some(total as u64), "tensors");
+            !ctx.is_cancelled()
+        };
+        let stats = merge_files_watched(
+            t,
+            &refs,
+            base.as_deref(),
+            &self.out,
+            self.seed,
+            &mut keep_going,
+        )
+        .map_err(|e| match ctx.check_cancelled() {
+            Err(cancelled) if e == STOPPED => cancelled,
+            _ => OpError::user(e),
+        })?;
         self.ctx.log(format!(
             "{}: {} tensors, {} parameters in {:.2}s",
             t.name(),

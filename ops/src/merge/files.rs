@@ -29,6 +29,23 @@ pub fn merge_files(
     out: &Path,
     seed: u64,
 ) -> Result<FileMergeStats, String> {
+    merge_files_watched(technique, models, base, out, seed, &mut |_, _| true)
+}
+
+/// What a merge stopped by its watcher returns.
+pub const STOPPED: &str = "stopped";
+
+/// [`merge_files`], calling `keep_going(tensors done, tensors in all)` before each output
+/// tensor: progress, and a way to stop (it returns `false`; the merge then returns
+/// `Err(STOPPED)`, leaving `out` unfinished).
+pub fn merge_files_watched(
+    technique: &Technique,
+    models: &[&Path],
+    base: Option<&Path>,
+    out: &Path,
+    seed: u64,
+    keep_going: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<FileMergeStats, String> {
     if let Some(problem) = technique
         .check_params()
         .or_else(|| technique.check_inputs(models.len()))
@@ -57,7 +74,7 @@ pub fn merge_files(
                 (out.clone(), (info.dtype, info.shape.clone()))
             })
             .collect();
-        return write_streamed(out, &layout, |name| {
+        return write_streamed(out, &layout, keep_going, |name| {
             let source = &route[name];
             let mut v = files[source.model]
                 .read(&source.name)
@@ -119,7 +136,7 @@ pub fn merge_files(
         Technique::Linear { weights: w, .. } => weights(w),
         _ => Vec::new(),
     };
-    write_streamed(out, &layout, |name| {
+    write_streamed(out, &layout, keep_going, |name| {
         let inputs: Vec<Vec<f32>> = files
             .iter()
             .map(|f| f.read(name).expect("checked"))
@@ -143,11 +160,15 @@ pub fn merge_files(
 fn write_streamed(
     out: &Path,
     layout: &BTreeMap<String, (DType, Vec<usize>)>,
+    keep_going: &mut dyn FnMut(usize, usize) -> bool,
     mut produce: impl FnMut(&str) -> Vec<f32>,
 ) -> Result<FileMergeStats, String> {
     let mut w = TensorWriter::create(out, layout).map_err(|e| e.to_string())?;
     let mut stats = FileMergeStats::default();
     for (name, (dtype, shape)) in layout {
+        if !keep_going(stats.tensors, layout.len()) {
+            return Err(STOPPED.into());
+        }
         let values = produce(name);
         w.write(name, &values).map_err(|e| e.to_string())?;
         stats.tensors += 1;
@@ -163,6 +184,35 @@ mod tests {
     use super::*;
     use crate::merge::combo::tests::toy;
     use crate::merge::layers::LayerPick;
+
+    #[test]
+    fn a_watched_merge_reports_every_tensor_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        for (n, seed) in [("a", 2), ("b", 3)] {
+            std::fs::write(p(n), toy(seed, None).to_bytes()).unwrap();
+        }
+        let lin = Technique::Linear {
+            weights: None,
+            normalize: true,
+        };
+        let mut seen = Vec::new();
+        let stats =
+            merge_files_watched(&lin, &[&p("a"), &p("b")], None, &p("o"), 0, &mut |d, n| {
+                seen.push((d, n));
+                true
+            })
+            .unwrap();
+        let n = stats.tensors;
+        assert_eq!(seen, (0..n).map(|d| (d, n)).collect::<Vec<_>>());
+        let mut calls = 0;
+        let r = merge_files_watched(&lin, &[&p("a"), &p("b")], None, &p("o2"), 0, &mut |d, _| {
+            calls += 1;
+            d < 1
+        });
+        assert_eq!(r.unwrap_err(), STOPPED);
+        assert_eq!(calls, 2, "stopped before the second tensor");
+    }
 
     #[test]
     fn file_merges_match_the_in_memory_formulas() {
