@@ -19,7 +19,8 @@ use crate::plan::Plan;
 use crate::report::{Console, LogFormat, human_duration};
 
 use crate::exit::{
-    FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, INVALID as EXIT_INVALID,
+    FAILED as EXIT_FAILED, INFRA as EXIT_INFRA, INTERRUPTED as EXIT_INTERRUPTED,
+    INVALID as EXIT_INVALID,
 };
 use crate::load::load_plan;
 use crate::lookup::{eprint_error, find_refs, store_error};
@@ -72,12 +73,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Copy a step's outputs out of the store into DIR (writable copies).
+    /// Copy a step's outputs out of the store into DIR (writable copies), or with `--format hf`
+    /// write its model as a Hugging Face transformers directory.
     Export {
         step: String,
         dir: PathBuf,
         #[arg(long, short)]
         pipeline: Option<PathBuf>,
+        /// `files`: the outputs as stored; `hf`: the `model` output for
+        /// `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`.
+        #[arg(long, short, value_enum, default_value = "files")]
+        format: ExportFormat,
     },
     /// Re-hash every object in the store; quarantine corrupt ones so the next apply rebuilds them.
     Verify,
@@ -111,6 +117,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// What `forge export` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    Files,
+    Hf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,7 +285,8 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             step,
             dir,
             pipeline,
-        } => cmd_export(&cli, step, dir, pipeline.as_deref(), &registry),
+            format,
+        } => cmd_export(&cli, step, dir, pipeline.as_deref(), *format, &registry),
         Command::Verify => cmd_verify(&cli),
         Command::Gc {
             keep_last,
@@ -806,6 +820,7 @@ fn cmd_export(
     sel: &str,
     dir: &Path,
     pipeline: Option<&Path>,
+    format: ExportFormat,
     registry: &OpRegistry,
 ) -> CmdResult {
     let (store, refs) = find_refs(&cli.store, sel, pipeline, registry)?;
@@ -818,6 +833,15 @@ fn cmd_export(
             );
             return Err(EXIT_FAILED);
         };
+        if format == ExportFormat::Hf {
+            let dest = if several {
+                dir.join(&r.step)
+            } else {
+                dir.to_owned()
+            };
+            export_hf(&store, &r.step, &rec.outputs, &dest)?;
+            continue;
+        }
         for (name, d) in &rec.outputs {
             let dest = if several {
                 dir.join(&r.step).join(name)
@@ -834,6 +858,61 @@ fn cmd_export(
         }
     }
     Ok(0)
+}
+
+/// `forge export --format hf`: the step's `model` output as a Hugging Face directory.
+fn export_hf(
+    store: &Store,
+    step: &str,
+    outputs: &std::collections::BTreeMap<String, forge_cache::ObjectDigest>,
+    dest: &Path,
+) -> Result<(), u8> {
+    let Some(model) = outputs.get("model") else {
+        eprint_error(
+            &format!("`{step}` has no `model` output to export for Hugging Face"),
+            Some("export a step of `train`, `merge`, `bake` or `quantize`"),
+        );
+        return Err(EXIT_INVALID);
+    };
+    if dest.join("config.json").exists() {
+        eprint_error(
+            &format!("`{}` already holds a model", dest.display()),
+            Some("export into a new or empty directory"),
+        );
+        return Err(EXIT_INVALID);
+    }
+    std::fs::create_dir_all(dest).map_err(|e| {
+        eprint_error(&format!("creating `{}`: {e}", dest.display()), None);
+        EXIT_INFRA
+    })?;
+    let staged = tempfile::tempdir_in(dest).map_err(|e| {
+        eprint_error(&format!("writing into `{}`: {e}", dest.display()), None);
+        EXIT_INFRA
+    })?;
+    let files = staged.path().join("model");
+    store.export(model, &files).map_err(|e| store_error(&e))?;
+    let done = forge_ops::model::hf::export(&files, dest).map_err(|e| {
+        eprint_error(&e.to_string(), None);
+        EXIT_FAILED
+    })?;
+    eprintln!(
+        "{:>12} {step} as a Hugging Face model ({} tensors{}) to {}",
+        "Exported",
+        done.tensors,
+        if done.dequantized {
+            ", dequantized"
+        } else {
+            ""
+        },
+        dest.display()
+    );
+    if !done.skipped.is_empty() {
+        eprintln!(
+            "        note: left out {} (Quiet-STaR's mixing head)",
+            done.skipped.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn cmd_verify(cli: &Cli) -> CmdResult {

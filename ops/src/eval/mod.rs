@@ -89,6 +89,33 @@ pub fn act(
     model.infer(tokens, cfg.act_threshold, cfg.sup_steps, t)
 }
 
+/// The next-token logits forge computes for `text` as deployed (ACT, on the CPU), with the ids
+/// they are for (`<s>` and the text's tokens), row-major `[ids, vocab]`: what an exported copy
+/// of the model must reproduce.
+pub fn logits_of_text(
+    model_dir: &std::path::Path,
+    text: &str,
+) -> Result<(Vec<i64>, Vec<f32>), OpError> {
+    let l = load_artifact(model_dir, "cpu")?;
+    let mut ids = vec![l.codec.bos];
+    let enc = l
+        .codec
+        .tokenizer
+        .encode(text, false)
+        .map_err(|e| OpError::user(format!("encoding the text: {e}")))?;
+    ids.extend(enc.get_ids().iter().map(|&i| i64::from(i)));
+    let n = ids.len();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), &l.device);
+    let out = act(&l.model, &l.cfg, tokens, &Tables::new(&l.cfg, &l.device));
+    let logits = out
+        .logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| OpError::internal(format!("{e:?}")))?;
+    Ok((ids, logits))
+}
+
 /// Held-out rows to score: `<s>`, a record's text, `</s>` (cut to `seq + 1` ids), padded with id 0
 /// to the batch's longest row (padding is never a target, and a causal model cannot see it from
 /// earlier positions), and per row the input positions whose argmax must give the record's

@@ -19,6 +19,7 @@
 //! | [`weights`] | weight I/O: byte-stable safetensors, exact, partial and renamed loading |
 //! | [`inputs`] | token rows into input ids and shifted labels |
 //! | [`files`] | the files of a `model` artifact |
+//! | [`hf`] | a model artifact as a Hugging Face transformers directory (with `hf/modeling_forge.py`) |
 
 pub mod attention;
 pub mod block;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod decode;
 pub mod files;
 pub mod fused;
+pub mod hf;
 pub mod inputs;
 pub mod layers;
 pub mod memory;
