@@ -183,7 +183,7 @@ fn generation_config(forge: &Value) -> Value {
 
 /// The tokenizer with a post-processor that puts `<s>` first (as forge encodes every row), its
 /// `tokenizer_config.json` and `special_tokens_map.json` (bos, eos, pad and the 12 tokens at
-/// ids 3–14: Phase 3's thinking tokens, or their reserved placeholders).
+/// ids 3–14: Phase 3's thinking tokens, or the reserved tokens that keep their ids).
 fn tokenizer_files(mut tk: Value, max_seq: usize) -> Result<(Value, Value, Value), OpError> {
     let added = tk["added_tokens"].as_array().cloned().unwrap_or_default();
     let content = |id: u64| {
