@@ -298,7 +298,15 @@ pub fn pipeline_schema(registry: &OpRegistry) -> Value {
             "then": { "properties": { "with": s } }
         }));
     }
+    // The document's own definitions (steps, phases, defaults) are not interpolated by the
+    // planner; only what op parameters use is.
+    let doc_defs: Vec<String> = root
+        .get("$defs")
+        .and_then(Value::as_object)
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
     let mut defs = generator.take_definitions(true);
+    defs.retain(|name, _| !doc_defs.contains(name));
     for v in defs.values_mut() {
         allow_interpolation(v);
     }
@@ -487,6 +495,33 @@ mod tests {
         );
         assert!(p["stages"].get("default").is_none());
         assert_eq!(p["betas"], json!({ "default": [0.9, 0.95] }));
+    }
+
+    #[test]
+    fn only_with_values_and_the_seed_take_an_interpolation_outside_with() {
+        let s = pipeline_schema(&OpRegistry::builtin());
+        let step = &s["$defs"]["StepDoc"]["properties"];
+        for key in [
+            "retries",
+            "needs",
+            "timeout",
+            "resources",
+            "inputs",
+            "matrix",
+        ] {
+            assert!(
+                !step[key].to_string().contains("Interpolation"),
+                "step `{key}` must not take `${{…}}`: {}",
+                step[key]
+            );
+        }
+        assert!(
+            step["seed"].to_string().contains("Seed"),
+            "{}",
+            step["seed"]
+        );
+        let defaults = &s["$defs"]["DefaultsDoc"]["properties"];
+        assert!(!defaults["seed"].to_string().contains("Interpolation"));
     }
 
     #[test]
