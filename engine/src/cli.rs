@@ -129,8 +129,9 @@ pub enum ExportFormat {
 #[derive(Subcommand, Debug)]
 pub enum ImportCommand {
     /// A mergekit YAML (`merge_method`, `models`/`slices`, `base_model`, `parameters`) as a
-    /// pipeline with a `download` step per model and one `merge` step; what forge cannot
-    /// express is an error naming it.
+    /// pipeline with a `download` step per model and one `merge` step of the same arithmetic.
+    /// Converts linear, slerp, task_arithmetic, ties, dare_linear and passthrough slices with
+    /// one value per parameter; anything else is an error naming it.
     Mergekit {
         config: PathBuf,
         /// Write the pipeline here instead of to stdout (refused if it exists).
@@ -319,7 +320,7 @@ fn cmd_import_mergekit(config: &Path, output: Option<&Path>) -> CmdResult {
                 eprint_error(&format!("{}: {p}", config.display()), None);
             }
             eprintln!(
-                "hint: forge converts merge_method {} with one value per parameter; see `forge import mergekit --help`",
+                "hint: forge converts merge_method {} with one value per parameter (a number, not a per-layer list)",
                 crate::import::SUPPORTED.join(", ")
             );
             return Err(EXIT_INVALID);
