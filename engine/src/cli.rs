@@ -886,12 +886,8 @@ fn export_hf(
         eprint_error(&format!("creating `{}`: {e}", dest.display()), None);
         EXIT_INFRA
     })?;
-    let staged = tempfile::tempdir_in(dest).map_err(|e| {
-        eprint_error(&format!("writing into `{}`: {e}", dest.display()), None);
-        EXIT_INFRA
-    })?;
-    let files = staged.path().join("model");
-    store.export(model, &files).map_err(|e| store_error(&e))?;
+    // The store's read-only view of the model: read in place, not copied first.
+    let files = store.checkout(model).map_err(|e| store_error(&e))?;
     let done = forge_ops::model::hf::export(&files, dest).map_err(|e| {
         eprint_error(&e.to_string(), None);
         EXIT_FAILED

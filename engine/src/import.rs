@@ -17,7 +17,7 @@
 //! references, slices mixing several models — is an error naming it; everything is checked and
 //! reported at once.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -568,17 +568,8 @@ fn render(c: &Converter, m: &MergeStep, name: &str, origin: &str) -> String {
         m.method
     );
     let _ = writeln!(y, "version: 1\nname: {name}\nphases:\n  merge:\n    steps:");
-    let used: BTreeMap<&str, ()> = m
-        .models
-        .iter()
-        .chain(&m.base)
-        .map(|s| (s.as_str(), ()))
-        .collect();
-    for (reference, step) in c
-        .models
-        .iter()
-        .filter(|(_, s)| used.contains_key(s.as_str()))
-    {
+    let used: BTreeSet<&str> = m.models.iter().chain(&m.base).map(String::as_str).collect();
+    for (reference, step) in c.models.iter().filter(|(_, s)| used.contains(s.as_str())) {
         let source = if is_local(reference) {
             format!("file:{reference}")
         } else {
@@ -612,10 +603,7 @@ fn render(c: &Converter, m: &MergeStep, name: &str, origin: &str) -> String {
 /// need it.
 fn flow(v: &Value) -> String {
     match v {
-        Value::Object(m) => {
-            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}: {}", flow(v))).collect();
-            format!("{{ {} }}", parts.join(", "))
-        }
+        Value::Object(m) => flow_map(m.iter()),
         Value::Array(a) => format!("[{}]", a.iter().map(flow).collect::<Vec<_>>().join(", ")),
         Value::String(s) => {
             let plain = !s.is_empty()
@@ -635,10 +623,14 @@ fn flow(v: &Value) -> String {
 
 /// A technique as a flow mapping with `method` first, as people write it.
 fn method_first(t: &Value) -> String {
-    let mut rest = t.as_object().cloned().unwrap_or_default();
-    let method = rest.remove("method").unwrap_or(Value::Null);
-    let mut parts = vec![format!("method: {}", flow(&method))];
-    parts.extend(rest.iter().map(|(k, v)| format!("{k}: {}", flow(v))));
+    let fields = t.as_object().into_iter().flatten();
+    let (method, rest): (Vec<_>, Vec<_>) = fields.partition(|(k, _)| *k == "method");
+    flow_map(method.into_iter().chain(rest))
+}
+
+/// `{ k: v, … }` in the order given.
+fn flow_map<'a>(fields: impl Iterator<Item = (&'a String, &'a Value)>) -> String {
+    let parts: Vec<String> = fields.map(|(k, v)| format!("{k}: {}", flow(v))).collect();
     format!("{{ {} }}", parts.join(", "))
 }
 

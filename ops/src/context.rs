@@ -322,12 +322,15 @@ impl StepContext {
     /// `Err(OpError::Cancelled)` once cancelled; call between units of work, after checkpointing.
     pub fn check_cancelled(&self) -> Result<(), OpError> {
         if self.is_cancelled() {
-            Err(OpError::Cancelled(
-                self.cancel.reason().unwrap_or_else(|| "cancelled".into()),
-            ))
+            Err(self.cancellation())
         } else {
             Ok(())
         }
+    }
+    /// What a step stopped by its cancellation returns: `OpError::Cancelled` with the reason
+    /// (Ctrl-C, a timeout, a failing sibling), for work that learned of it some other way.
+    pub fn cancellation(&self) -> OpError {
+        OpError::Cancelled(self.cancel.reason().unwrap_or_else(|| "cancelled".into()))
     }
 }
 

@@ -283,9 +283,12 @@ impl Strategies<'_> {
             self.seed,
             &mut keep_going,
         )
-        .map_err(|e| match ctx.check_cancelled() {
-            Err(cancelled) if e == STOPPED => cancelled,
-            _ => OpError::user(e),
+        .map_err(|e| {
+            if e == STOPPED {
+                ctx.cancellation()
+            } else {
+                OpError::user(e)
+            }
         })?;
         self.ctx.log(format!(
             "{}: {} tensors, {} parameters in {:.2}s",

@@ -387,27 +387,20 @@ impl TypedOp for Quantize {
         let mut calibrate = |sd: &StateDict, ternary_names: &BTreeSet<String>| -> f64 {
             calibrations += 1;
             ctx.progress(calibrations, None, "calibrations");
-            let scored = match load(sd) {
-                Ok(mut m) if !stop() => {
-                    ternary::in_burn(&mut m, ternary_names);
-                    score_until(&m, &cfg, &calibration, &tables, &dev, &stop)
-                }
-                Ok(_) => None,
+            let mut m = match load(sd) {
+                Ok(m) => m,
                 Err(e) => {
                     failure.get_or_insert(e);
                     return f64::NAN;
                 }
             };
-            scored.map_or_else(
+            ternary::in_burn(&mut m, ternary_names);
+            score_until(&m, &cfg, &calibration, &tables, &dev, &stop).map_or_else(
                 || {
-                    failure.get_or_insert_with(|| {
-                        ctx.check_cancelled().err().unwrap_or_else(|| {
-                            OpError::internal("calibration stopped without a cancellation")
-                        })
-                    });
+                    failure.get_or_insert_with(|| ctx.cancellation());
                     f64::NAN
                 },
-                |m| m.perplexity(),
+                |scores| scores.perplexity(),
             )
         };
         // STE fine-tuning first: the layer-by-layer pass then starts from the latent weights it

@@ -111,10 +111,7 @@ impl TypedOp for Tokenizer {
         // (A cancellation says why: the step context's reason, e.g. Ctrl-C.)
         let tk = train_bpe_watched(&train_texts, p.vocab_size, p.min_frequency, ctx).map_err(
             |e| match e {
-                OpError::Cancelled(why) => ctx
-                    .check_cancelled()
-                    .err()
-                    .unwrap_or(OpError::Cancelled(why)),
+                OpError::Cancelled(_) => ctx.cancellation(),
                 e => e,
             },
         )?;

@@ -378,7 +378,7 @@ impl<'a> Fitness<'a> {
             let stop = || self.ctx.is_cancelled();
             match measure(&model, &self.cfg, &test, &self.device, &stop) {
                 Some(m) => measured.push(m),
-                None => self.ctx.check_cancelled()?,
+                None => return Err(self.ctx.cancellation()),
             }
         }
         let champion = &measured[0];

@@ -42,7 +42,7 @@ class RmsNorm(nn.Module):
         self.gain = nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.gain
+        return rms(x) * self.gain
 
 
 def linear(d_in, d_out):
