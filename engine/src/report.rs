@@ -22,6 +22,10 @@ pub struct Console {
     format: LogFormat,
     verbose: bool,
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    /// Per step, where its progress in the current unit was first seen: (unit, done, the bar's
+    /// elapsed time then). The rate for the time left counts from there, so a step resumed
+    /// halfway is not credited with the work its checkpoint already held.
+    since: HashMap<String, (String, u64, Duration)>,
 }
 
 pub fn fancy_terminal() -> bool {
@@ -31,13 +35,20 @@ pub fn fancy_terminal() -> bool {
 }
 
 /// A step's progress for its bar: `done/total unit (pct%, ~ETA left)`, the time left estimated
-/// from the rate so far (`elapsed` since the step started); `done unit` without a total.
-fn progress_message(done: u64, total: Option<u64>, unit: &str, elapsed: Duration) -> String {
+/// from the rate since progress was first seen at `from` done, `elapsed` ago; `done unit`
+/// without a total.
+fn progress_message(
+    done: u64,
+    total: Option<u64>,
+    unit: &str,
+    from: u64,
+    elapsed: Duration,
+) -> String {
     match total {
         Some(t) if t > 0 => {
             let frac = done as f64 / t as f64;
-            let left = if done > 0 && done < t {
-                let secs = elapsed.as_secs_f64() * (1.0 - frac) / frac;
+            let left = if done > from && done < t {
+                let secs = elapsed.as_secs_f64() * (t - done) as f64 / (done - from) as f64;
                 format!(", ~{} left", human_duration((secs * 1000.0) as u64))
             } else {
                 String::new()
@@ -70,6 +81,7 @@ impl Console {
             format,
             verbose,
             bars,
+            since: HashMap::new(),
         }
     }
 
@@ -128,7 +140,15 @@ impl Console {
                 if let Some((_, bars)) = &mut self.bars
                     && let Some(pb) = bars.get(step)
                 {
-                    pb.set_message(progress_message(*done, *total, unit, pb.elapsed()));
+                    let now = pb.elapsed();
+                    let base = self
+                        .since
+                        .entry(step.clone())
+                        .or_insert_with(|| (unit.clone(), *done, now));
+                    if base.0 != *unit {
+                        *base = (unit.clone(), *done, now);
+                    }
+                    pb.set_message(progress_message(*done, *total, unit, base.1, now - base.2));
                 }
             }
             Event::Alert {
@@ -239,6 +259,7 @@ impl Console {
     }
 
     fn finish_bar(&mut self, step: &str) {
+        self.since.remove(step);
         if let Some((mp, bars)) = &mut self.bars
             && let Some(pb) = bars.remove(step)
         {
@@ -258,17 +279,22 @@ mod tests {
         let s = Duration::from_secs;
         // A quarter done in 30 s: 90 s to go.
         assert_eq!(
-            progress_message(25, Some(100), "steps", s(30)),
+            progress_message(25, Some(100), "steps", 0, s(30)),
             "25/100 steps (25%, ~1m30s left)"
         );
         assert_eq!(
-            progress_message(0, Some(100), "steps", s(3)),
+            progress_message(0, Some(100), "steps", 0, s(3)),
             "0/100 steps (0%)"
         );
         assert_eq!(
-            progress_message(100, Some(100), "steps", s(3)),
+            progress_message(100, Some(100), "steps", 0, s(3)),
             "100/100 steps (100%)"
         );
-        assert_eq!(progress_message(7, None, "files", s(3)), "7 files");
+        assert_eq!(progress_message(7, None, "files", 0, s(3)), "7 files");
+        // Resumed at 50: 10 steps in 10 s since, 40 to go at that rate.
+        assert_eq!(
+            progress_message(60, Some(100), "steps", 50, s(10)),
+            "60/100 steps (60%, ~40.0s left)"
+        );
     }
 }
