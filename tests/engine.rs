@@ -98,6 +98,79 @@ fn changed_value_reruns_exactly_that_step_and_dependents_and_plan_names_it() {
     assert_eq!(steps_with(&evs, "cache-hit"), ["p.lone"]);
 }
 
+/// `--var name=value` overrides a declared var for `plan` and `apply` (and a saved plan keeps
+/// it); `plan` names the var as the reason for a re-run; an unknown name or a value of another
+/// type is a located exit-2 error that writes nothing.
+#[test]
+fn var_overrides_plan_apply_and_explain_reruns() {
+    let p = Project::new();
+    p.write("chain.yaml", CHAIN);
+    let plan = p.run(&["plan", "chain.yaml", "--var", "greeting=howdy"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    assert!(!p.store().exists(), "planning writes no store");
+    let evs = p.apply_ok("chain.yaml", &["--var", "greeting=howdy"]);
+    assert_eq!(steps_with(&evs, "started").len(), 4);
+    let out = p.run(&["export", "p.c", "out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("out/out/c.txt")).unwrap(),
+        "HOWDY\nHOWDY\n"
+    );
+    // Same override: nothing to do. Without it, the file's value: the var is the reason.
+    let again = p.run(&["plan", "chain.yaml", "--var", "greeting=howdy"]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("4 cached, 0 to run"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let back = p.run(&["plan", "chain.yaml"]);
+    let text = String::from_utf8_lossy(&back.stdout);
+    let a = text.split("run     p.a").nth(1).unwrap_or("");
+    let a = &a[..a.find("p.b").unwrap_or(a.len())];
+    assert!(a.contains(r#"var greeting: "howdy" → "hello""#), "{text}");
+    assert!(a.contains("with.run: \"echo howdy"), "{text}");
+
+    // Mistakes: exit 2, a located diagnostic with a hint, no run recorded.
+    let runs = || std::fs::read_dir(p.store().join("runs")).unwrap().count();
+    let before = runs();
+    let unknown = p.run(&["apply", "chain.yaml", "--var", "greting=hi"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let mistyped = p.run(&["apply", "chain.yaml", "--var", "greeting=[hi, there]"]);
+    assert_eq!(mistyped.status.code(), Some(2));
+    let malformed = p.run(&["plan", "chain.yaml", "--var", "greeting"]);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(
+        stderr(&malformed).contains("is not `name=value`"),
+        "{}",
+        stderr(&malformed)
+    );
+    assert_eq!(runs(), before, "a refused --var records no run");
+    insta::assert_snapshot!(
+        "var_unknown_and_mistyped",
+        format!("{}\n{}", stderr(&unknown), stderr(&mistyped))
+    );
+
+    // A saved plan keeps its overrides, and refuses new ones.
+    let saved = p.run(&[
+        "plan",
+        "chain.yaml",
+        "--var",
+        "greeting=hey",
+        "-o",
+        "v.plan",
+    ]);
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    let extra = p.run(&["apply", "v.plan", "--var", "greeting=yo"]);
+    assert_eq!(extra.status.code(), Some(2));
+    let evs = p.apply_ok("v.plan", &[]);
+    assert_eq!(steps_with(&evs, "started"), ["p.a", "p.b", "p.c"]);
+    assert!(p.run(&["export", "p.c", "out2"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("out2/out/c.txt")).unwrap(),
+        "HEY\nHEY\n"
+    );
+}
+
 /// `plan -o` then `apply PLANFILE` runs exactly the plan; a plan is refused (exit 2, nothing
 /// run) once it is stale: applied already, the pipeline edited, or combined with --only.
 #[test]

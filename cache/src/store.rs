@@ -83,6 +83,10 @@ pub struct StepRef {
     pub key: StepKey,
     pub preimage: serde_json::Value,
     pub updated_unix_ms: u64,
+    /// The pipeline vars the step read and their values (not part of the key: only there to
+    /// name a changed var as the reason for a re-run).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vars: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Handle to a store directory.

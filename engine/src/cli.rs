@@ -202,6 +202,16 @@ pub struct PlanArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub select: Selection,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct VarArgs {
+    /// Override a pipeline var (repeatable): `--var base_steps=300`. The value is read as YAML
+    /// (`300`, `2.5e-4`, `'[0.9, 0.1]'`) and must have the type the pipeline gives the var.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<crate::vars::VarOverride>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -237,6 +247,8 @@ pub struct ApplyArgs {
     pub lock_timeout: Duration,
     #[command(flatten)]
     pub select: Selection,
+    #[command(flatten)]
+    pub vars: VarArgs,
 }
 
 /// Entry point for `forge` and for custom binaries that add their own ops.
@@ -253,11 +265,11 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
     crate::load::diagnostics_as_json(cli.log_format == LogFormat::Json);
     let code = match &cli.command {
         Command::Apply(a) => cmd_apply(&cli, a, &registry),
-        Command::Plan(p) => with_plan(&p.pipeline, &registry, |plan| {
+        Command::Plan(p) => with_plan(&p.pipeline, &p.vars.vars, &registry, |plan| {
             let opts = selection(plan, &p.select, ApplyOptions::default())?;
             let steps = planned_steps(&cli, plan, &opts)?;
             if let Some(out) = &p.out {
-                save_plan(&cli, plan, &p.select, &steps, out)?;
+                save_plan(&cli, plan, &p.select, &p.vars.vars, &steps, out)?;
             }
             // Under `--log-format json` stdout carries JSON only: the plan as `--json` gives it.
             let json = p.json || cli.log_format == LogFormat::Json;
@@ -271,9 +283,9 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
                 },
             )
         }),
-        Command::Status(p) => with_plan(&p.pipeline, &registry, |plan| cmd_status(&cli, plan)),
+        Command::Status(p) => with_plan(&p.pipeline, &[], &registry, |plan| cmd_status(&cli, plan)),
         Command::Metrics(m) => cmd_metrics(&cli, m, &registry),
-        Command::Dag { pipeline, format } => with_plan(pipeline, &registry, |plan| {
+        Command::Dag { pipeline, format } => with_plan(pipeline, &[], &registry, |plan| {
             print!("{}", crate::dag::render(plan, *format));
             Ok(0)
         }),
@@ -375,11 +387,12 @@ fn pipeline_path(p: &Option<PathBuf>) -> Result<PathBuf, u8> {
 
 fn with_plan(
     p: &Option<PathBuf>,
+    vars: &[crate::vars::VarOverride],
     registry: &OpRegistry,
     f: impl FnOnce(&Plan) -> CmdResult,
 ) -> CmdResult {
     let path = pipeline_path(p)?;
-    let plan = load_plan(&path, registry)?;
+    let plan = load_plan(&path, vars, registry)?;
     f(&plan)
 }
 
@@ -458,6 +471,7 @@ fn save_plan(
     cli: &Cli,
     plan: &Plan,
     select: &Selection,
+    vars: &[crate::vars::VarOverride],
     steps: &[PlannedStep],
     out: &Path,
 ) -> Result<(), u8> {
@@ -466,6 +480,7 @@ fn save_plan(
         &cli.store,
         &select.force,
         &select.only,
+        vars,
         steps,
     )
     .and_then(|s| std::fs::write(out, serde_json::to_string_pretty(&s).expect("json") + "\n"));
@@ -550,12 +565,19 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
             eprint_error(&m, None);
             EXIT_INVALID
         })?;
-    let (path, select) = match &saved {
-        None => (path, a.select.clone()),
-        Some(_) if a.watch || !a.select.force.is_empty() || !a.select.only.is_empty() => {
+    let (path, select, vars) = match &saved {
+        None => (path, a.select.clone(), a.vars.clone()),
+        Some(_)
+            if a.watch
+                || !a.select.force.is_empty()
+                || !a.select.only.is_empty()
+                || !a.vars.vars.is_empty() =>
+        {
             eprint_error(
-                "a saved plan fixes what runs: --watch, --force and --only cannot change it",
-                Some("make a new plan with those options: `forge plan -o PLANFILE --only STEP`"),
+                "a saved plan fixes what runs: --watch, --force, --only and --var cannot change it",
+                Some(
+                    "make a new plan with those options: `forge plan -o PLANFILE --var NAME=VALUE`",
+                ),
             );
             return Err(EXIT_INVALID);
         }
@@ -565,16 +587,21 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
                 force: s.force.clone(),
                 only: s.only.clone(),
             },
+            VarArgs {
+                vars: s.vars.clone(),
+            },
         ),
     };
     let a = &ApplyArgs {
         select,
+        vars,
         ..a.clone()
     };
+    let vars = a.vars.vars.as_slice();
     // A saved plan's pipeline is planned once: to check the plan is current, then to run it.
     let mut checked: Option<Plan> = None;
     if let Some(saved) = &saved {
-        let plan = load_plan(&path, registry)?;
+        let plan = load_plan(&path, vars, registry)?;
         let opts = selection(&plan, &a.select, ApplyOptions::default())?;
         let now = planned_steps(cli, &plan, &opts)?;
         if let Some(why) = saved.stale_because(&cli.store, &now) {
@@ -588,7 +615,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     }
     let mut plan_once = || match checked.take() {
         Some(plan) => Ok(plan),
-        None => load_plan(&path, registry),
+        None => load_plan(&path, vars, registry),
     };
     if let Some(format) = a.dry_run {
         let plan = plan_once()?;
@@ -652,7 +679,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
             Ok(code)
         };
     }
-    crate::watch::watch(&path, registry, &interrupted, |plan| {
+    crate::watch::watch(&path, vars, registry, &interrupted, |plan| {
         once(plan).unwrap_or_else(|c| c)
     })
 }
@@ -986,7 +1013,7 @@ fn cmd_metrics(cli: &Cli, m: &MetricsArgs, registry: &OpRegistry) -> CmdResult {
         }
         None => {
             let path = pipeline_path(&m.pipeline)?;
-            let plan = load_plan(&path, registry)?;
+            let plan = load_plan(&path, &[], registry)?;
             let cells = match m.runs {
                 Some(n) => crate::metrics::across_runs(&store, &plan, n, &filter),
                 None => crate::metrics::latest(&store, &plan, &filter),

@@ -181,11 +181,13 @@ fn own_changes(plan: &Plan, store: &Store, i: usize) -> Result<Vec<String>, OpEr
         v
     };
     let now = own_preimage(plan, store, i, BTreeMap::new())?.to_json();
-    Ok(explain(
+    let mut lines = crate::vars::changes(&prev.vars, &plan.steps[i].vars);
+    lines.extend(explain(
         &without_inputs(prev.preimage),
         &without_inputs(now),
         8,
-    ))
+    ));
+    Ok(lines)
 }
 
 /// One line of `forge plan`.
@@ -253,7 +255,9 @@ pub fn dry_run(
                             vec![],
                         ),
                         Some(r) => {
-                            let changes = explain(&r.preimage, &pre.to_json(), 8);
+                            // The vars behind the changed values first: what the user edited.
+                            let mut changes = crate::vars::changes(&r.vars, &s.vars);
+                            changes.extend(explain(&r.preimage, &pre.to_json(), 8));
                             let reason = if changes.is_empty() {
                                 "key changed".into()
                             } else {
@@ -691,7 +695,8 @@ impl StepRun<'_> {
     fn set_ref(&self, k: &ResolvedKey) {
         let (store, pipeline, id) = (&self.sh.store, &self.sh.plan.pipeline.name, self.id());
         let current = store.step_ref(pipeline, &id).ok().flatten();
-        if current.is_some_and(|r| r.key == k.key && r.preimage == k.preimage) {
+        let vars = &self.s().vars;
+        if current.is_some_and(|r| r.key == k.key && r.preimage == k.preimage && r.vars == *vars) {
             return;
         }
         let r = StepRef {
@@ -700,6 +705,7 @@ impl StepRun<'_> {
             key: k.key,
             preimage: k.preimage.clone(),
             updated_unix_ms: now_ms(),
+            vars: vars.clone(),
         };
         if let Err(e) = store.set_step_ref(&r) {
             self.sh.emitter.emit(Event::Alert {

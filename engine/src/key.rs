@@ -135,7 +135,8 @@ fn display_path(p: &str) -> String {
     p.to_owned()
 }
 
-fn short(v: &Value) -> String {
+/// A value as a plan line shows it: digests cut to 12 characters, long values elided.
+pub(crate) fn short(v: &Value) -> String {
     match v {
         Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
             s[..12].to_owned()

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod report;
 pub mod saved_plan;
 pub mod schema;
+pub mod vars;
 pub mod watch;
 pub mod yaml;
 

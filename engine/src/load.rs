@@ -12,6 +12,7 @@ use crate::diag::render;
 use crate::exit;
 use crate::plan::Plan;
 use crate::report::fancy_terminal;
+use crate::vars::VarOverride;
 
 /// Whether invalid pipelines are also reported as JSON lines on stdout (the process's
 /// `--log-format`, set once by the command line before anything is loaded).
@@ -22,9 +23,17 @@ pub fn diagnostics_as_json(on: bool) {
     JSON.store(on, Ordering::Relaxed);
 }
 
-/// Load and plan a pipeline; on any problem print every diagnostic and return exit code 2.
-pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
+/// Load and plan a pipeline with `--var` overrides applied; on any problem print every
+/// diagnostic and return exit code 2.
+pub fn load_plan(path: &Path, vars: &[VarOverride], registry: &OpRegistry) -> Result<Plan, u8> {
     let plan = |mut p: crate::pipeline::Pipeline| {
+        if let Err(diagnostics) = crate::vars::apply(&mut p, vars) {
+            return Err(crate::pipeline::Invalid {
+                file: p.file.clone(),
+                diagnostics,
+                partial: None,
+            });
+        }
         // Absolute, so ops (e.g. `exec`'s working directory) see the same dir wherever they run.
         if let Ok(d) = std::fs::canonicalize(&p.dir) {
             p.dir = d;
@@ -56,12 +65,28 @@ pub fn load_plan(path: &Path, registry: &OpRegistry) -> Result<Plan, u8> {
         let text = render(&invalid.file, &invalid.diagnostics, fancy_terminal());
         let mut e = std::io::stderr().lock();
         let _ = e.write_all(text.as_bytes());
-        let _ = writeln!(
-            e,
-            "error: `{}` is not a valid pipeline ({n} error{}); nothing was run",
-            path.display(),
-            if n == 1 { "" } else { "s" }
-        );
+        let s = if n == 1 { "" } else { "s" };
+        let only_vars = invalid
+            .diagnostics
+            .iter()
+            .all(|d| d.code.is_some_and(|c| c.starts_with("vars::")));
+        let _ = if only_vars {
+            let file = path.display();
+            writeln!(
+                e,
+                "error: the --var values do not fit `{file}` ({n} error{s}); nothing was run"
+            )
+        } else {
+            let file = path.display();
+            writeln!(
+                e,
+                "error: `{file}` is not a valid pipeline ({n} error{s}); nothing was run"
+            )
+        };
+        if !vars.is_empty() {
+            let flags: Vec<String> = vars.iter().map(|v| format!("--var {v}")).collect();
+            let _ = writeln!(e, "note: read with {}", flags.join(" "));
+        }
         exit::INVALID
     })
 }

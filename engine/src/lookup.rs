@@ -47,7 +47,7 @@ pub fn find_refs(
         return Err(EXIT_FAILED);
     };
     let pipeline_name = match pipeline {
-        Some(p) => Some(load_plan(p, registry)?.pipeline.name),
+        Some(p) => Some(load_plan(p, &[], registry)?.pipeline.name),
         None => None,
     };
     let matches = |id: &str| {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::executor::PlannedStep;
+use crate::vars::VarOverride;
 
 /// What identifies a saved plan file (and tells it apart from a pipeline).
 pub const FORMAT: &str = "forge-plan";
@@ -26,6 +27,9 @@ pub struct SavedPlan {
     /// The selection it was made with (`--force`, `--only`).
     pub force: Vec<String>,
     pub only: Vec<String>,
+    /// The `--var` overrides it was made with; `apply PLANFILE` plans with the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vars: Vec<VarOverride>,
     pub steps: Vec<SavedStep>,
 }
 
@@ -63,6 +67,7 @@ impl SavedPlan {
         store: &Path,
         force: &[String],
         only: &[String],
+        vars: &[VarOverride],
         steps: &[PlannedStep],
     ) -> std::io::Result<Self> {
         Ok(Self {
@@ -73,6 +78,7 @@ impl SavedPlan {
             store: absolute(store),
             force: force.to_vec(),
             only: only.to_vec(),
+            vars: vars.to_vec(),
             steps: saved_steps(steps),
         })
     }

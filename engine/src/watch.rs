@@ -29,13 +29,14 @@ fn watched_paths(path: &Path, plan: Option<&Plan>) -> BTreeSet<PathBuf> {
 
 pub fn watch(
     path: &Path,
+    vars: &[crate::vars::VarOverride],
     registry: &OpRegistry,
     interrupted: &AtomicBool,
     mut apply: impl FnMut(Plan) -> u8,
 ) -> Result<u8, u8> {
     let mut last_code = 0;
     loop {
-        let plan = crate::load::load_plan(path, registry).ok();
+        let plan = crate::load::load_plan(path, vars, registry).ok();
         let paths = watched_paths(path, plan.as_ref());
         if let Some(plan) = plan {
             last_code = apply(plan);
