@@ -13,7 +13,7 @@ use forge_cache::Store;
 use forge_ops::{CancelToken, OpRegistry};
 
 use crate::diag::did_you_mean;
-use crate::events::{Emitter, Stamped};
+use crate::events::{Emitter, Event, Stamped};
 use crate::executor::{ApplyOptions, PlannedStep, Status, apply, dry_run};
 use crate::plan::Plan;
 use crate::report::{Console, LogFormat, human_duration};
@@ -56,6 +56,15 @@ pub enum Command {
     /// The numbers steps recorded, side by side: each step's latest result (a matrix step's
     /// instances as columns), its last N runs (`--runs N`), or two runs (`metrics diff A B`).
     Metrics(MetricsArgs),
+    /// One run's numbers (every metric its steps logged, and the results of the steps it
+    /// finished) written to DIR as TensorBoard event files, CSV or JSON lines.
+    ExportMetrics {
+        /// Run id as `forge status` and `runs/` show it (a unique prefix will do), or `latest`.
+        run: String,
+        dir: PathBuf,
+        #[arg(long, short, value_enum, default_value = "tensorboard")]
+        format: crate::metrics_export::ExportFormat,
+    },
     /// The step graph: every step instance, grouped by phase, with an edge per input.
     Dag {
         pipeline: Option<PathBuf>,
@@ -285,6 +294,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         }),
         Command::Status(p) => with_plan(&p.pipeline, &[], &registry, |plan| cmd_status(&cli, plan)),
         Command::Metrics(m) => cmd_metrics(&cli, m, &registry),
+        Command::ExportMetrics { run, dir, format } => cmd_export_metrics(&cli, run, dir, *format),
         Command::Dag { pipeline, format } => with_plan(pipeline, &[], &registry, |plan| {
             print!("{}", crate::dag::render(plan, *format));
             Ok(0)
@@ -684,6 +694,57 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     })
 }
 
+fn cmd_export_metrics(
+    cli: &Cli,
+    run: &str,
+    dir: &Path,
+    format: crate::metrics_export::ExportFormat,
+) -> CmdResult {
+    let Some(store) = Store::open_existing(&cli.store).map_err(|e| store_error(&e))? else {
+        eprint_error(
+            &format!("no store at `{}`", cli.store.display()),
+            Some("run `forge apply` first, or pass --store"),
+        );
+        return Err(EXIT_INVALID);
+    };
+    let found = if run == "latest" {
+        let runs = store.runs().map_err(|e| store_error(&e))?;
+        runs.into_iter()
+            .last()
+            .ok_or_else(|| "the store has no runs yet".to_string())
+    } else {
+        crate::metrics::find_run(&store, run).map_err(|e| store_error(&e))?
+    };
+    let summary = found.map_err(|msg| {
+        eprint_error(&msg, Some("`forge status` names the last run"));
+        EXIT_INVALID
+    })?;
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        eprint_error(
+            &format!(
+                "`{}` exists and is not empty; nothing was written",
+                dir.display()
+            ),
+            Some("export into a new or empty directory"),
+        );
+        return Err(EXIT_INVALID);
+    }
+    let run_dir = store.root().join("runs").join(&summary.id);
+    let (points, steps) =
+        crate::metrics_export::export(&store, &run_dir, format, dir).map_err(|e| {
+            eprint_error(&format!("exporting run {}: {e}", summary.id), None);
+            EXIT_FAILED
+        })?;
+    eprintln!(
+        "Wrote {points} number{} of {steps} step{} from run {} to {}",
+        if points == 1 { "" } else { "s" },
+        if steps == 1 { "" } else { "s" },
+        summary.id,
+        dir.display()
+    );
+    Ok(0)
+}
+
 fn retry_base() -> Duration {
     std::env::var("FORGE_RETRY_BASE_MS")
         .ok()
@@ -713,12 +774,34 @@ fn run_apply(
     let (tx, rx) = std::sync::mpsc::channel::<Stamped>();
     let emitter = Emitter::new(tx);
     let mut console = Console::new(cli.log_format, cli.verbose);
+    // Every metric also goes to TensorBoard event files beside the run's events.
+    let mut board = Some(crate::tensorboard::Board::new(
+        run.dir().join("tensorboard"),
+    ));
+    let board_store = store.clone();
     let reporter = std::thread::spawn(move || {
+        let results_of = crate::metrics_export::results_in(&board_store);
         for ev in rx {
             if let Ok(line) = serde_json::to_string(&ev) {
                 let _ = events_file.write_all(line.as_bytes());
                 let _ = events_file.write_all(b"\n");
                 let _ = events_file.flush();
+            }
+            if let Some(b) = &mut board
+                && matches!(ev.event, Event::Metric { .. } | Event::Finished { .. })
+                && let Err(e) = serde_json::to_value(&ev)
+                    .map_err(std::io::Error::other)
+                    .and_then(|v| b.event(&v, &results_of))
+                    .and_then(|()| b.flush())
+            {
+                // The run goes on: its events and results do not depend on these files.
+                board = None;
+                console.handle(&Stamped {
+                    event: Event::Warning {
+                        message: format!("writing TensorBoard files stopped: {e}"),
+                    },
+                    ..ev.clone()
+                });
             }
             console.handle(&ev);
         }
