@@ -65,6 +65,9 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "tensorboard")]
         format: crate::metrics_export::ExportFormat,
     },
+    /// Serve the store and pipeline over HTTP: REST, a WebSocket of live events, and start,
+    /// pause and resume of `apply` (prints the address with its token).
+    Serve(ServeArgs),
     /// The step graph: every step instance, grouped by phase, with an edge per input.
     Dag {
         pipeline: Option<PathBuf>,
@@ -215,6 +218,24 @@ pub struct PlanArgs {
     pub vars: VarArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Pipeline file (default: ./forge.yaml).
+    pub pipeline: Option<PathBuf>,
+    /// Address to listen on. Anything but a loopback address requires the token for every
+    /// request.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port (0: any free one; the address printed says which).
+    #[arg(long, default_value_t = 8420)]
+    pub port: u16,
+    /// The token requests must carry (at least 16 characters); default: a random one, printed.
+    #[arg(long, env = "FORGE_SERVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct VarArgs {
     /// Override a pipeline var (repeatable): `--var base_steps=300`. The value is read as YAML
@@ -295,6 +316,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
         Command::Status(p) => with_plan(&p.pipeline, &[], &registry, |plan| cmd_status(&cli, plan)),
         Command::Metrics(m) => cmd_metrics(&cli, m, &registry),
         Command::ExportMetrics { run, dir, format } => cmd_export_metrics(&cli, run, dir, *format),
+        Command::Serve(s) => cmd_serve(&cli, s, &registry),
         Command::Dag { pipeline, format } => with_plan(pipeline, &[], &registry, |plan| {
             print!("{}", crate::dag::render(plan, *format));
             Ok(0)
@@ -694,6 +716,29 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     })
 }
 
+fn cmd_serve(cli: &Cli, s: &ServeArgs, registry: &OpRegistry) -> CmdResult {
+    let path = pipeline_path(&s.pipeline)?;
+    // Checked once now, so a typo is an exit-2 error rather than a page of 422s.
+    load_plan(&path, &s.vars.vars, registry)?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    crate::serve::serve(
+        crate::serve::Options {
+            store: absolute(&cli.store),
+            pipeline: absolute(&path),
+            vars: s.vars.vars.clone(),
+            host: s.host,
+            port: s.port,
+            token: s.token.clone(),
+        },
+        registry.clone(),
+    )
+    .map(|()| 0)
+    .map_err(|e| {
+        eprint_error(&e, None);
+        EXIT_INFRA
+    })
+}
+
 fn cmd_export_metrics(
     cli: &Cli,
     run: &str,
@@ -837,43 +882,9 @@ fn cmd_show(
     let (store, refs) = find_refs(&cli.store, sel, pipeline, registry)?;
     let mut docs = Vec::new();
     for r in &refs {
-        let Some(rec) = store.read_action(&r.key).map_err(|e| store_error(&e))? else {
-            continue;
-        };
-        let intact = store
-            .get_action(&r.key)
-            .map_err(|e| store_error(&e))?
-            .is_some();
-        let mut outputs = serde_json::Map::new();
-        for (name, d) in &rec.outputs {
-            let tree = store.read_tree(d).ok();
-            let path = if intact {
-                store.checkout(d).ok().map(|p| p.display().to_string())
-            } else {
-                None
-            };
-            outputs.insert(
-                name.clone(),
-                serde_json::json!({
-                    "digest": d.to_hex(),
-                    "path": path,
-                    "files": tree.as_ref().map(|t| t.entries.len()),
-                    "bytes": tree.as_ref().map(forge_cache::Tree::total_size),
-                }),
-            );
+        if let Some(doc) = crate::lookup::step_doc(&store, r).map_err(|e| store_error(&e))? {
+            docs.push(doc);
         }
-        docs.push(serde_json::json!({
-            "pipeline": r.pipeline,
-            "step": r.step,
-            "op": rec.op,
-            "key": rec.key.to_hex(),
-            "intact": intact,
-            "created_unix_ms": rec.created_unix_ms,
-            "duration_ms": rec.duration_ms,
-            "run_id": rec.run_id,
-            "outputs": outputs,
-            "metrics": rec.metrics,
-        }));
     }
     if json {
         let v = if docs.len() == 1 {

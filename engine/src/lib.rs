@@ -25,6 +25,7 @@ pub mod plan;
 pub mod report;
 pub mod saved_plan;
 pub mod schema;
+pub mod serve;
 pub mod tensorboard;
 pub mod vars;
 pub mod watch;

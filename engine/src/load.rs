@@ -23,9 +23,12 @@ pub fn diagnostics_as_json(on: bool) {
     JSON.store(on, Ordering::Relaxed);
 }
 
-/// Load and plan a pipeline with `--var` overrides applied; on any problem print every
-/// diagnostic and return exit code 2.
-pub fn load_plan(path: &Path, vars: &[VarOverride], registry: &OpRegistry) -> Result<Plan, u8> {
+/// Load and plan a pipeline with `--var` overrides applied, returning every problem found.
+pub fn try_plan(
+    path: &Path,
+    vars: &[VarOverride],
+    registry: &OpRegistry,
+) -> Result<Plan, crate::pipeline::Invalid> {
     let plan = |mut p: crate::pipeline::Pipeline| {
         if let Err(diagnostics) = crate::vars::apply(&mut p, vars) {
             return Err(crate::pipeline::Invalid {
@@ -40,7 +43,7 @@ pub fn load_plan(path: &Path, vars: &[VarOverride], registry: &OpRegistry) -> Re
         }
         crate::plan::build(p, registry)
     };
-    let result = crate::pipeline::load(path)
+    crate::pipeline::load(path)
         .and_then(plan)
         .map_err(|mut invalid| {
             // The file's structure held: plan what was read, so every problem shows at once.
@@ -53,7 +56,13 @@ pub fn load_plan(path: &Path, vars: &[VarOverride], registry: &OpRegistry) -> Re
                     .sort_by_key(|d| d.labels.first().map(|(s, _)| s.offset).unwrap_or(0));
             }
             invalid
-        });
+        })
+}
+
+/// Load and plan a pipeline with `--var` overrides applied; on any problem print every
+/// diagnostic and return exit code 2.
+pub fn load_plan(path: &Path, vars: &[VarOverride], registry: &OpRegistry) -> Result<Plan, u8> {
+    let result = try_plan(path, vars, registry);
     result.map_err(|invalid| {
         let n = invalid.diagnostics.len();
         if JSON.load(Ordering::Relaxed) {

@@ -163,3 +163,46 @@ pub fn step_output(
     };
     store.checkout(&digest).map_err(|e| store_error(&e))
 }
+
+/// What `forge show --json` prints for one step's latest result (and `forge serve` serves):
+/// key, op, whether its outputs are intact, each output's digest, read-only path, files and
+/// bytes, and its metrics. `None` when the ref points at a result the store no longer has.
+pub fn step_doc(
+    store: &Store,
+    r: &forge_cache::StepRef,
+) -> Result<Option<serde_json::Value>, forge_cache::StoreError> {
+    let Some(rec) = store.read_action(&r.key)? else {
+        return Ok(None);
+    };
+    let intact = store.get_action(&r.key)?.is_some();
+    let mut outputs = serde_json::Map::new();
+    for (name, d) in &rec.outputs {
+        let tree = store.read_tree(d).ok();
+        let path = if intact {
+            store.checkout(d).ok().map(|p| p.display().to_string())
+        } else {
+            None
+        };
+        outputs.insert(
+            name.clone(),
+            serde_json::json!({
+                "digest": d.to_hex(),
+                "path": path,
+                "files": tree.as_ref().map(|t| t.entries.len()),
+                "bytes": tree.as_ref().map(forge_cache::Tree::total_size),
+            }),
+        );
+    }
+    Ok(Some(serde_json::json!({
+        "pipeline": r.pipeline,
+        "step": r.step,
+        "op": rec.op,
+        "key": rec.key.to_hex(),
+        "intact": intact,
+        "created_unix_ms": rec.created_unix_ms,
+        "duration_ms": rec.duration_ms,
+        "run_id": rec.run_id,
+        "outputs": outputs,
+        "metrics": rec.metrics,
+    })))
+}

@@ -1,0 +1,516 @@
+//! The read-only REST handlers of `forge serve` and its WebSocket: the pipeline's plan against
+//! the store with the latest run's live state, runs and their recorded events, a step's result
+//! and series, hardware samples. Every path parameter is matched against what the store or the
+//! plan lists (a run id in `runs/`, a step id of the plan), never joined into a path as given.
+
+use std::path::Path;
+
+use axum::Json;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use forge_cache::{RunSummary, Store};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::error;
+use super::feed::phase_of;
+use crate::executor::{ApplyOptions, dry_run};
+use crate::plan::Plan;
+
+/// An error answer, boxed: a `Response` is too large to travel in every `Result`.
+pub struct Fail(Box<Response>);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl From<Response> for Fail {
+    fn from(r: Response) -> Self {
+        Self(Box::new(r))
+    }
+}
+
+fn fail(status: StatusCode, message: &str, hint: &str) -> Fail {
+    error(status, message, hint).into()
+}
+
+type Answer = Result<Json<Value>, Fail>;
+
+fn internal(e: impl std::fmt::Display) -> Fail {
+    fail(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &e.to_string(),
+        "see the server's output",
+    )
+}
+
+pub async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such route",
+        "GET /api/openapi.json lists the routes",
+    )
+}
+
+/// Run blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Fail> + Send + 'static,
+) -> Result<T, Fail> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+/// The pipeline planned with the server's vars; an invalid pipeline is a 422 with its
+/// diagnostics as text.
+fn plan(app: &super::App) -> Result<Plan, Fail> {
+    crate::load::try_plan(&app.pipeline, &app.vars, &app.registry).map_err(|invalid| {
+        let text = crate::diag::render(&invalid.file, &invalid.diagnostics, false);
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": format!("`{}` is not a valid pipeline", app.pipeline.display()),
+                "hint": "fix it; `forge plan` shows the same diagnostics",
+                "diagnostics": text,
+            })),
+        )
+            .into_response()
+            .into()
+    })
+}
+
+/// The store if it exists (a server may start before the first apply).
+fn store(app: &super::App) -> Result<Option<Store>, Fail> {
+    Store::open_existing(&app.store).map_err(internal)
+}
+
+/// The newest run of pipeline `name`, reading run summaries newest first.
+fn latest_run(store: &Store, name: &str) -> Option<RunSummary> {
+    let runs = store.root().join("runs");
+    let mut ids: Vec<String> = std::fs::read_dir(&runs)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.iter().find_map(|id| {
+        let text = std::fs::read(runs.join(id).join("run.json")).ok()?;
+        let s: RunSummary = serde_json::from_slice(&text).ok()?;
+        (s.pipeline == name).then_some(s)
+    })
+}
+
+/// Whether the process of a run (`<ms>-<pid>`) is still alive on this machine.
+pub fn run_alive(s: &RunSummary) -> bool {
+    s.status == "running"
+        && s.id
+            .rsplit('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .is_some_and(forge_cache::pid_alive)
+}
+
+/// The status document, all phases or one.
+fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
+    let plan = plan(app)?;
+    let store = store(app)?;
+    let steps = if let Some(s) = &store {
+        dry_run(&plan, s, &ApplyOptions::default()).map_err(internal)?
+    } else {
+        // No store yet: plan against an empty one (everything runs).
+        let tmp = tempfile::tempdir().map_err(internal)?;
+        let s = Store::open(tmp.path().join("store")).map_err(internal)?;
+        dry_run(&plan, &s, &ApplyOptions::default()).map_err(internal)?
+    };
+    let run = store
+        .as_ref()
+        .and_then(|s| latest_run(s, &plan.pipeline.name));
+    let live = run.as_ref().and_then(|r| app.live.run(&r.id));
+    let running = run.as_ref().is_some_and(run_alive);
+    let mut phases: Vec<(String, Vec<Value>)> = Vec::new();
+    for (i, p) in steps.iter().enumerate() {
+        let phase = phase_of(&p.id).to_owned();
+        if only_phase.is_some_and(|o| o != phase) {
+            continue;
+        }
+        let step_live = live.as_ref().and_then(|l| l.steps.get(&p.id));
+        let recorded = run
+            .as_ref()
+            .and_then(|r| r.steps.iter().find(|s| s.id == p.id))
+            .map(|s| s.status.clone());
+        let state = match step_live.map(|s| s.state.as_str()) {
+            Some(s) if !s.is_empty() && (running || !matches!(s, "running" | "queued")) => {
+                s.to_owned()
+            }
+            _ => recorded.unwrap_or_else(|| "pending".into()),
+        };
+        let idx = plan.steps.iter().position(|s| s.id == p.id).unwrap_or(i);
+        let needs: Vec<&str> = plan.deps[idx]
+            .iter()
+            .map(|&d| plan.steps[d].id.as_str())
+            .collect();
+        let doc = json!({
+            "id": p.id,
+            "phase": phase,
+            "op": p.op,
+            "plan": p.status,
+            "reason": p.reason,
+            "key": p.key,
+            "state": state,
+            "progress": step_live.and_then(|s| s.progress.clone()),
+            "needs": needs,
+        });
+        match phases.iter_mut().find(|(n, _)| *n == phase) {
+            Some((_, v)) => v.push(doc),
+            None => phases.push((phase, vec![doc])),
+        }
+    }
+    if only_phase.is_some() && phases.is_empty() {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no phase `{}` in `{}`",
+                only_phase.unwrap_or(""),
+                plan.pipeline.name
+            ),
+            "GET /api/pipeline/status lists the phases",
+        ));
+    }
+    let phases: Vec<Value> = phases
+        .into_iter()
+        .map(|(name, steps)| {
+            let states: Vec<&str> = steps.iter().filter_map(|s| s["state"].as_str()).collect();
+            let state = if states.iter().any(|s| matches!(*s, "running" | "retrying")) {
+                "running"
+            } else if states.contains(&"failed") {
+                "failed"
+            } else if states.iter().all(|s| matches!(*s, "ran" | "cached")) {
+                "complete"
+            } else {
+                "pending"
+            };
+            json!({ "name": name, "state": state, "steps": steps })
+        })
+        .collect();
+    Ok(json!({
+        "pipeline": plan.pipeline.name,
+        "file": app.pipeline.display().to_string(),
+        "running": running,
+        "run": run.map(|r| json!({
+            "id": r.id, "status": if running || r.status != "running" { r.status.clone() } else { "interrupted".into() },
+            "started_unix_ms": r.started_unix_ms, "finished_unix_ms": r.finished_unix_ms,
+        })),
+        "phases": phases,
+        "alerts": live.map(|l| l.alerts).unwrap_or_default(),
+        "next_seq": app.feed.next_seq(),
+        "server_id": app.feed.server_id,
+    }))
+}
+
+pub async fn pipeline_status(State(app): State<super::State>) -> Answer {
+    blocking(move || status(&app, None).map(Json)).await
+}
+
+pub async fn phase_status(
+    State(app): State<super::State>,
+    UrlPath(phase): UrlPath<String>,
+) -> Answer {
+    blocking(move || status(&app, Some(&phase)).map(Json)).await
+}
+
+#[derive(Deserialize)]
+pub struct Limit {
+    limit: Option<usize>,
+    since: Option<u64>,
+}
+
+pub async fn runs(State(app): State<super::State>, Query(q): Query<Limit>) -> Answer {
+    blocking(move || {
+        let name = plan(&app)?.pipeline.name;
+        let Some(store) = store(&app)? else {
+            return Ok(Json(json!([])));
+        };
+        let mut runs: Vec<RunSummary> = store
+            .runs()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|r| r.pipeline == name)
+            .collect();
+        runs.reverse();
+        runs.truncate(q.limit.unwrap_or(100));
+        Ok(Json(serde_json::to_value(runs).map_err(internal)?))
+    })
+    .await
+}
+
+/// The directory of run `id` when the store has that run (matched against `runs/`, so no
+/// `..` or encoded path can reach anything else).
+fn run_dir(app: &super::App, id: &str) -> Result<std::path::PathBuf, Fail> {
+    let runs = app.store.join("runs");
+    let known = std::fs::read_dir(&runs)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_str() == Some(id));
+    if !known || id.starts_with('.') {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!("no run `{id}` in the store"),
+            "GET /api/runs lists them",
+        ));
+    }
+    Ok(runs.join(id))
+}
+
+/// Lines `since..since+limit` of a run's `events.jsonl`, each with `seq` = its line number.
+fn lines(path: &Path, since: u64, limit: usize) -> std::io::Result<Vec<Value>> {
+    use std::io::BufRead;
+    let f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut out = Vec::new();
+    for (i, line) in f
+        .lines()
+        .enumerate()
+        .skip(usize::try_from(since).unwrap_or(usize::MAX))
+    {
+        if out.len() >= limit {
+            break;
+        }
+        if let Ok(mut v) = serde_json::from_str::<Value>(&line?) {
+            v["seq"] = json!(i);
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run_events(
+    State(app): State<super::State>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<Limit>,
+) -> Answer {
+    blocking(move || {
+        let dir = run_dir(&app, &id)?;
+        let evs = lines(
+            &dir.join("events.jsonl"),
+            q.since.unwrap_or(0),
+            q.limit.unwrap_or(1000),
+        )
+        .map_err(internal)?;
+        Ok(Json(json!({ "run": id, "events": evs })))
+    })
+    .await
+}
+
+/// A step of the plan by id, its latest result, and the metric series of the run that made it.
+fn step_with_series(app: &super::App, id: &str) -> Result<(Value, Value), Fail> {
+    let plan = plan(app)?;
+    if !plan.steps.iter().any(|s| s.id == id) {
+        let ids = plan.steps.iter().map(|s| s.id.as_str());
+        let hint = crate::diag::did_you_mean(id, ids)
+            .unwrap_or_else(|| "GET /api/pipeline/status lists the steps".into());
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!("no step `{id}` in `{}`", plan.pipeline.name),
+            &hint,
+        ));
+    }
+    let none = || {
+        fail(
+            StatusCode::NOT_FOUND,
+            &format!("step `{id}` has no result yet"),
+            "apply the pipeline (POST /api/pipeline/start)",
+        )
+    };
+    let store = store(app)?.ok_or_else(none)?;
+    let r = store
+        .step_ref(&plan.pipeline.name, id)
+        .map_err(internal)?
+        .ok_or_else(none)?;
+    let doc = crate::lookup::step_doc(&store, &r)
+        .map_err(internal)?
+        .ok_or_else(none)?;
+    let mut series = serde_json::Map::new();
+    if let Some(run) = doc["run_id"].as_str()
+        && let Ok(dir) = run_dir(app, run)
+    {
+        for ev in lines(&dir.join("events.jsonl"), 0, usize::MAX).map_err(internal)? {
+            if ev["event"] == "metric" && ev["step"] == id {
+                let name = ev["name"].as_str().unwrap_or("").to_owned();
+                let points = series.entry(name).or_insert_with(|| json!([]));
+                if let Some(a) = points.as_array_mut() {
+                    a.push(json!([ev["at"], ev["value"]]));
+                }
+            }
+        }
+    }
+    Ok((doc, Value::Object(series)))
+}
+
+pub async fn step(State(app): State<super::State>, UrlPath(id): UrlPath<String>) -> Answer {
+    blocking(move || {
+        let (mut doc, series) = step_with_series(&app, &id)?;
+        doc["series"] = series;
+        Ok(Json(doc))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct Names {
+    names: Option<String>,
+}
+
+pub async fn step_metrics(
+    State(app): State<super::State>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<Names>,
+) -> Answer {
+    blocking(move || {
+        let (_, series) = step_with_series(&app, &id)?;
+        let pattern = match q.names.as_deref() {
+            Some(g) => Some(glob::Pattern::new(g).map_err(|e| {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    &format!("`names={g}` is not a glob: {e}"),
+                    "e.g. `names=train/*`",
+                )
+            })?),
+            None => None,
+        };
+        let kept: serde_json::Map<String, Value> = series
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| pattern.as_ref().is_none_or(|p| p.matches(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Json(json!({ "step": id, "series": kept })))
+    })
+    .await
+}
+
+/// The sampler behind `/api/hardware/status` and `hardware:update`.
+pub struct Hardware {
+    system: sysinfo::System,
+    store: std::path::PathBuf,
+}
+
+impl Hardware {
+    pub fn new(store: &Path) -> Self {
+        Self {
+            system: sysinfo::System::new(),
+            store: store.to_owned(),
+        }
+    }
+
+    fn sample(&mut self) -> Value {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        let disks = sysinfo::Disks::new_with_refreshed_list();
+        let store = std::fs::canonicalize(&self.store).unwrap_or_else(|_| self.store.clone());
+        // The filesystem holding the store: the disk with the longest mount point above it.
+        let disk = disks
+            .list()
+            .iter()
+            .filter(|d| store.starts_with(d.mount_point()))
+            .max_by_key(|d| d.mount_point().as_os_str().len());
+        let load = sysinfo::System::load_average();
+        json!({
+            "ts_unix_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "cpu": {
+                "cores": self.system.cpus().len(),
+                "usage_percent": self.system.global_cpu_usage(),
+                "load_1m": load.one,
+            },
+            "memory": {
+                "total_bytes": self.system.total_memory(),
+                "available_bytes": self.system.available_memory(),
+                "used_bytes": self.system.used_memory(),
+            },
+            "disk": disk.map(|d| json!({
+                "mount_point": d.mount_point().display().to_string(),
+                "total_bytes": d.total_space(),
+                "available_bytes": d.available_space(),
+            })),
+        })
+    }
+}
+
+pub fn sample_hardware(app: &super::App) -> Value {
+    app.hardware
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .sample()
+}
+
+pub async fn hardware_status(State(app): State<super::State>) -> Answer {
+    blocking(move || Ok(Json(sample_hardware(&app)))).await
+}
+
+/// `GET /api/events` (WebSocket): a `hello` with the server id and the next sequence number,
+/// then every event from `since` (default: only new ones) as it arrives; a `reset` when `since`
+/// is older than the server keeps.
+pub async fn events_ws(
+    State(app): State<super::State>,
+    Query(q): Query<Limit>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| stream(app, socket, q.since))
+}
+
+async fn stream(app: super::State, mut socket: WebSocket, since: Option<u64>) {
+    let mut changed = app.feed.subscribe();
+    let mut cursor = since.unwrap_or_else(|| app.feed.next_seq());
+    let hello = json!({
+        "type": "hello",
+        "server_id": app.feed.server_id,
+        "next_seq": app.feed.next_seq(),
+    });
+    if socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        match app.feed.since(cursor) {
+            Ok(evs) => {
+                for e in evs {
+                    cursor = e.seq + 1;
+                    if socket
+                        .send(Message::Text(e.text.to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            Err(first) => {
+                let reset = json!({ "type": "reset", "first_seq": first, "missed_from": cursor });
+                if socket
+                    .send(Message::Text(reset.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                cursor = first;
+                continue;
+            }
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            msg = socket.recv() => match msg {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
