@@ -1,6 +1,6 @@
 //! `forge serve`: an HTTP server (axum on tokio) over one store — REST for the pipeline's state,
 //! runs, steps and hardware, start/pause/resume of `forge apply`, a WebSocket of live events —
-//! guarded by a token and an Origin/Host check. It reads what forge already records (plans,
+//! and the dashboard page that shows them, guarded by a token and an Origin/Host check. It reads what forge already records (plans,
 //! action records, runs' `events.jsonl`); it never keeps state of its own that a run depends on.
 //!
 //! Routes and their OpenAPI document come from one table ([`routes`]), so the document cannot
@@ -11,6 +11,7 @@ mod auth;
 mod control;
 mod feed;
 mod openapi;
+mod page;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -201,6 +202,8 @@ fn router(app: State) -> Router {
         router = router.route(route.path, handler);
     }
     router
+        .route("/", get(page::index))
+        .route("/assets/{name}", get(page::asset))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

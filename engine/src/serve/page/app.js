@@ -1,0 +1,253 @@
+// forge serve's dashboard: the pipeline's steps by phase with their state and progress, alerts,
+// and charts of the numbers steps log, kept current by the WebSocket (/api/events) without
+// reloading. Everything it shows comes from the REST routes and the event stream.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const CHARTS = [
+  { title: "Training loss", metrics: ["train/loss"], ops: ["train", "bake"] },
+  { title: "Long-term memory used (fraction of slots written)", metrics: ["ltm/memory_usage"], ops: ["train"] },
+  { title: "Evolution fitness (best / mean / worst per generation)", ops: ["merge"],
+    metrics: ["evolution/best_fitness", "evolution/avg_fitness", "evolution/worst_fitness"] },
+];
+const COLORS = ["#0a66c2", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a"];
+
+let status = null;
+let lastSeq = -1;
+let serverId = null;
+const series = new Map(); // chart index -> Map(label -> Map(at -> value))
+const plots = new Map(); // chart index -> uPlot
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else if (k.startsWith("data-")) e.setAttribute(k, v); else e[k] = v;
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function stepOp(id) {
+  for (const ph of status?.phases ?? []) for (const s of ph.steps) if (s.id === id) return s.op;
+  return null;
+}
+
+function progressText(p) {
+  if (!p) return "";
+  return p.total ? `${p.done} / ${p.total} ${p.unit}` : `${p.done} ${p.unit}`;
+}
+
+function renderStatus() {
+  $("pipeline").textContent = status.pipeline;
+  const run = status.run;
+  const runEl = $("run");
+  runEl.dataset.status = run ? run.status : "none";
+  runEl.textContent = run ? `run ${run.id}: ${run.status}` : "no run yet";
+  $("start").disabled = status.running;
+  $("resume").disabled = status.running;
+  $("pause").disabled = !status.running;
+  const dag = $("dag");
+  dag.replaceChildren();
+  for (const ph of status.phases) {
+    const box = el("div", { class: "phase", "data-phase": ph.name },
+      el("h3", {}, ph.name, el("span", { class: `state s-${ph.state}` }, ph.state)));
+    for (const s of ph.steps) {
+      const card = el("div", { class: `step ${s.state}`, "data-step": s.id, "data-state": s.state, title: s.reason },
+        el("div", {}, el("span", { class: "id" }, s.id), " ", el("span", { class: `state s-${s.state}` }, s.state)),
+        el("div", { class: "meta" }, `${s.op}${s.needs.length ? " ← " + s.needs.join(", ") : ""}`));
+      const p = s.progress;
+      if (p && (s.state === "running" || s.state === "retrying")) {
+        const bar = el("progress", { max: p.total || 1, value: p.total ? p.done : 0 });
+        card.append(bar, el("div", { class: "meta progress-text" }, progressText(p)));
+      }
+      box.append(card);
+    }
+    dag.append(box);
+  }
+  const alerts = $("alerts");
+  alerts.replaceChildren();
+  for (const a of (status.alerts ?? []).slice(-30)) addAlert(a.level, a.step, a.message);
+  if (!alerts.children.length) alerts.append(el("li", { class: "none" }, "none"));
+}
+
+function addAlert(level, step, message) {
+  const alerts = $("alerts");
+  alerts.querySelector(".none")?.remove();
+  alerts.append(el("li", { class: String(level) }, `${step ?? ""} ${message}`));
+  alerts.scrollTop = alerts.scrollHeight;
+}
+
+function chartsFor(step, name) {
+  const op = stepOp(step);
+  return CHARTS.map((c, i) => (c.metrics.includes(name) && c.ops.includes(op) ? i : -1)).filter((i) => i >= 0);
+}
+
+function addPoint(step, name, at, value) {
+  if (typeof value !== "number" || !Number.isFinite(value)) return [];
+  const touched = chartsFor(step, name);
+  for (const i of touched) {
+    if (!series.has(i)) series.set(i, new Map());
+    const label = CHARTS[i].metrics.length > 1 ? `${step} ${name.split("/").pop()}` : step;
+    const m = series.get(i);
+    if (!m.has(label)) m.set(label, new Map());
+    const pts = m.get(label);
+    pts.set(at ?? pts.size, value);
+  }
+  return touched;
+}
+
+function drawChart(i) {
+  const c = CHARTS[i];
+  let box = document.querySelector(`.chart[data-chart="${i}"]`);
+  if (!box) {
+    box = el("div", { class: "chart", "data-chart": String(i), "data-points": "0" }, el("h3", {}, c.title));
+    $("charts").append(box);
+  }
+  const m = series.get(i) ?? new Map();
+  const labels = [...m.keys()].sort();
+  const xs = [...new Set(labels.flatMap((l) => [...m.get(l).keys()]))].sort((a, b) => a - b);
+  const data = [xs, ...labels.map((l) => xs.map((x) => m.get(l).get(x) ?? null))];
+  const points = labels.reduce((n, l) => n + m.get(l).size, 0);
+  box.dataset.points = String(points);
+  plots.get(i)?.destroy();
+  plots.delete(i);
+  box.querySelector(".empty")?.remove();
+  if (!points) {
+    box.append(el("div", { class: "empty" }, "no points yet"));
+    return;
+  }
+  const width = Math.max(240, box.clientWidth - 16);
+  const opts = {
+    width, height: 220,
+    scales: { x: { time: false } },
+    axes: [{ label: i === 2 ? "generation" : "step" }, {}],
+    series: [{}, ...labels.map((l, k) => ({ label: l, stroke: COLORS[k % COLORS.length], spanGaps: true }))],
+  };
+  plots.set(i, new uPlot(opts, data, box));
+}
+
+function drawCharts(which) {
+  for (const i of which ?? CHARTS.keys()) drawChart(i);
+}
+
+async function api(path, init) {
+  const r = await fetch(path, init);
+  const body = await r.json().catch(() => ({}));
+  return { ok: r.ok, code: r.status, body };
+}
+
+function showMessage(text) {
+  const m = $("message");
+  m.hidden = !text;
+  m.textContent = text ?? "";
+}
+
+async function refresh() {
+  const r = await api("/api/pipeline/status");
+  if (!r.ok) {
+    showMessage(`${r.body.error ?? r.code}\n${r.body.diagnostics ?? r.body.hint ?? ""}`);
+    return false;
+  }
+  status = r.body;
+  renderStatus();
+  return true;
+}
+
+async function loadSeries() {
+  // Finished steps: their recorded series. Steps of a run in progress: its events so far.
+  const names = [...new Set(CHARTS.flatMap((c) => c.metrics))];
+  for (const ph of status.phases) {
+    for (const s of ph.steps) {
+      if (!CHARTS.some((c) => c.ops.includes(s.op)) || s.plan !== "cached") continue;
+      const r = await api(`/api/steps/${encodeURIComponent(s.id)}/metrics`);
+      if (!r.ok) continue;
+      for (const [name, pts] of Object.entries(r.body.series)) {
+        if (names.includes(name)) for (const [at, v] of pts) addPoint(s.id, name, at, v);
+      }
+    }
+  }
+  if (status.running && status.run) {
+    const r = await api(`/api/runs/${encodeURIComponent(status.run.id)}/events?limit=1000000`);
+    if (r.ok) for (const e of r.body.events) if (e.event === "metric") addPoint(e.step, e.name, e.at, e.value);
+  }
+  drawCharts();
+}
+
+let refreshTimer = null;
+function refreshSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, 150);
+}
+
+function onEvent(ev) {
+  if (typeof ev.seq === "number") lastSeq = ev.seq;
+  switch (ev.type) {
+    case "hello":
+      if (serverId && ev.server_id !== serverId) location.reload();
+      serverId = ev.server_id;
+      break;
+    case "reset":
+      refresh();
+      break;
+    case "phase:progress": {
+      const card = document.querySelector(`.step[data-step="${CSS.escape(ev.step)}"]`);
+      if (!card) { refreshSoon(); break; }
+      let bar = card.querySelector("progress");
+      let text = card.querySelector(".progress-text");
+      if (!bar) {
+        bar = el("progress");
+        text = el("div", { class: "meta progress-text" });
+        card.append(bar, text);
+      }
+      bar.max = ev.data.total || 1;
+      bar.value = ev.data.total ? ev.data.done : 0;
+      text.textContent = progressText(ev.data);
+      if (card.dataset.state !== "running") refreshSoon();
+      break;
+    }
+    case "phase:metric":
+      drawCharts(addPoint(ev.step, ev.data.name, ev.data.at, ev.data.value));
+      break;
+    case "phase:alert":
+      addAlert(ev.data.level, ev.step, ev.data.message);
+      break;
+    case "phase:complete":
+      refreshSoon();
+      break;
+    case "hardware:update": {
+      const d = ev.data;
+      const gib = (b) => (b / 2 ** 30).toFixed(1);
+      $("hardware").textContent =
+        `CPU ${d.cpu.usage_percent.toFixed(0)}% of ${d.cpu.cores} · memory ${gib(d.memory.total_bytes - d.memory.available_bytes)} / ${gib(d.memory.total_bytes)} GiB` +
+        (d.disk ? ` · disk free ${gib(d.disk.available_bytes)} GiB` : "");
+      break;
+    }
+  }
+}
+
+function connect(since) {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/api/events?since=${since}`);
+  ws.onmessage = (m) => onEvent(JSON.parse(m.data));
+  ws.onclose = () => setTimeout(() => connect(lastSeq + 1), 1000);
+}
+
+async function control(action) {
+  showMessage(null);
+  const r = await api(`/api/pipeline/${action}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+  if (!r.ok) showMessage(`${r.body.error}\n${r.body.output ?? r.body.hint ?? ""}`);
+  refreshSoon();
+}
+
+async function main() {
+  for (const a of ["start", "pause", "resume"]) $(a).addEventListener("click", () => control(a));
+  if (!(await refresh())) return;
+  lastSeq = status.next_seq - 1;
+  serverId = status.server_id;
+  connect(status.next_seq);
+  await loadSeries();
+  setInterval(refresh, 5000);
+  window.addEventListener("resize", () => drawCharts());
+}
+
+main();
