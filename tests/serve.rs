@@ -147,10 +147,12 @@ fn every_documented_route_answers_and_nothing_else_does() {
             }
             let r = req.send().unwrap();
             let code = r.status().as_u16();
+            let body = r.text().unwrap_or_default();
+            // Answered by its route: not the fallback's "no such route" (a route may still say
+            // 404 about what it looks for: this pipeline has no `evomerge` phase).
             assert!(
-                code != 404 && code != 405 && code < 500,
-                "{method} {path} answered {code}: {}",
-                r.text().unwrap_or_default()
+                code != 405 && code < 500 && !body.contains("no such route"),
+                "{method} {path} answered {code}: {body}"
             );
         }
     }

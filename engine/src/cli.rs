@@ -275,6 +275,13 @@ pub struct ApplyArgs {
     /// Give up waiting for a step locked by another process after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
     pub lock_timeout: Duration,
+    /// Warn when free disk on the store's filesystem falls below this (the seed's 10 GB).
+    #[arg(long, value_parser = crate::hardware::parse_size, default_value = "10GB", value_name = "SIZE")]
+    pub disk_warn: u64,
+    /// Start no step that would leave less free disk than this (after 1.5 × what it will
+    /// write), and stop running steps cleanly when free disk falls below it; `0` turns it off.
+    #[arg(long, value_parser = crate::hardware::parse_size, default_value = "500MB", value_name = "SIZE")]
+    pub disk_stop: u64,
     #[command(flatten)]
     pub select: Selection,
     #[command(flatten)]
@@ -693,6 +700,8 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
                 keep_going: a.keep_going,
                 lock_timeout: a.lock_timeout,
                 retry_base: retry_base(),
+                disk_warn: a.disk_warn,
+                disk_stop: a.disk_stop,
                 ..ApplyOptions::default()
             },
         )?;
@@ -790,6 +799,14 @@ fn cmd_export_metrics(
     Ok(0)
 }
 
+/// How often `apply` samples the machine (`FORGE_HARDWARE_INTERVAL_MS`, default 10 s).
+fn hardware_interval() -> Duration {
+    std::env::var("FORGE_HARDWARE_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
 fn retry_base() -> Duration {
     std::env::var("FORGE_RETRY_BASE_MS")
         .ok()
@@ -851,6 +868,52 @@ fn run_apply(
             console.handle(&ev);
         }
     });
+    // The machine every 10 s as `hardware` events; below --disk-stop, a clean stop.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let disk_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (emitter, token) = (emitter.clone(), token.clone());
+        let (sampling, disk_stopped) = (sampling.clone(), disk_stopped.clone());
+        let (root, stop, warn) = (store.root().to_owned(), opts.disk_stop, opts.disk_warn);
+        std::thread::spawn(move || {
+            let mut hw = crate::hardware::Sampler::new(&root);
+            let mut warned = false;
+            let interval = hardware_interval();
+            loop {
+                let sample = hw.sample();
+                if let Some(d) = &sample.disk {
+                    let free = crate::hardware::human_bytes(d.available_bytes);
+                    if d.available_bytes < stop && !token.is_cancelled() {
+                        disk_stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+                        let why = format!(
+                            "only {free} free on the store's filesystem (--disk-stop {}): stopping; running steps keep their checkpoints",
+                            crate::hardware::human_bytes(stop)
+                        );
+                        emitter.emit(Event::Warning {
+                            message: why.clone(),
+                        });
+                        token.cancel(why);
+                    } else if d.available_bytes < warn && !warned {
+                        warned = true;
+                        emitter.emit(Event::Warning {
+                            message: format!(
+                                "only {free} free on the store's filesystem (below --disk-warn {})",
+                                crate::hardware::human_bytes(warn)
+                            ),
+                        });
+                    }
+                }
+                emitter.emit(Event::Hardware(sample));
+                let t = std::time::Instant::now();
+                while t.elapsed() < interval {
+                    if !sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
     let plan = Arc::new(plan);
     let report = rt.block_on(apply(
         plan.clone(),
@@ -860,7 +923,12 @@ fn run_apply(
         token.clone(),
         &mut run,
     ));
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = sampler.join();
     let _ = reporter.join();
+    if disk_stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(EXIT_INFRA);
+    }
     if report.results.iter().any(|r| r.status == Status::Failed) {
         return Err(crate::exit::for_failures(
             report.results.iter().filter_map(|r| r.tier),

@@ -87,6 +87,9 @@ pub enum Event {
         step: String,
         reason: String,
     },
+    /// The machine, sampled every 10 s during a run: CPU, memory, free disk on the store's
+    /// filesystem.
+    Hardware(crate::hardware::Sample),
     /// Something went wrong outside any step that the run survives (e.g. writing its summary).
     Warning {
         message: String,

@@ -46,6 +46,12 @@ pub struct ApplyOptions {
     pub lock_timeout: Duration,
     /// First retry delay; doubled per attempt, capped at a minute.
     pub retry_base: Duration,
+    /// Free disk (bytes) on the store's filesystem below which a starting step raises a
+    /// warning (0: never).
+    pub disk_warn: u64,
+    /// Free disk (bytes) a step must leave, beyond 1.5 × what it will write, to start; a step
+    /// that cannot fails as an infrastructure failure before writing anything (0: no check).
+    pub disk_stop: u64,
 }
 
 impl Default for ApplyOptions {
@@ -60,6 +66,8 @@ impl Default for ApplyOptions {
             only: None,
             lock_timeout: Duration::from_secs(24 * 3600),
             retry_base: Duration::from_secs(1),
+            disk_warn: crate::hardware::SEED_DISK_WARN,
+            disk_stop: crate::hardware::SEED_DISK_STOP,
         }
     }
 }
@@ -598,6 +606,7 @@ fn run_step(sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
         {
             return Ok(hit);
         }
+        step.preflight(inputs, &key)?;
         let checked_out = step.checkout(inputs, &key)?;
         let outcome = step.execute(&key, &checked_out)?;
         let result = step.record(&key, outcome);
@@ -769,6 +778,69 @@ impl StepRun<'_> {
     }
 
     /// Phase 5: the inputs as read-only checkouts.
+    /// What the step will write, roughly: its last result's outputs when it has one, else the
+    /// size of its inputs (a model step writes about the model it reads), with where that came
+    /// from.
+    fn output_estimate(&self, inputs: &Inputs) -> (u64, &'static str) {
+        let store = &self.sh.store;
+        let size = |d: &ObjectDigest| store.read_tree(d).map_or(0, |t| t.total_size());
+        let previous = store
+            .step_ref(&self.sh.plan.pipeline.name, &self.s().id)
+            .ok()
+            .flatten()
+            .and_then(|r| store.read_action(&r.key).ok().flatten());
+        if let Some(rec) = previous {
+            return (
+                rec.outputs.values().map(size).sum(),
+                "its last result's size",
+            );
+        }
+        let sum = inputs.values().flatten().map(|(d, _, _)| size(d)).sum();
+        (sum, "the size of its inputs")
+    }
+
+    /// The seed's storage pre-flight: free space on the store's filesystem must hold 1.5 × what
+    /// the step will write and still leave `--disk-stop`; otherwise the step fails before it
+    /// writes anything (an infrastructure failure: exit 3; the steps before it stay cached).
+    fn preflight(&self, inputs: &Inputs, k: &ResolvedKey) -> Result<(), StepResult> {
+        use crate::hardware::{PREFLIGHT_MARGIN, disk_space, human_bytes};
+        let opts = &self.sh.opts;
+        if opts.disk_stop == 0 && opts.disk_warn == 0 {
+            return Ok(());
+        }
+        let Some((free, _)) = disk_space(self.sh.store.root()) else {
+            return Ok(());
+        };
+        let (estimate, from) = self.output_estimate(inputs);
+        let need = (estimate as f64 * PREFLIGHT_MARGIN) as u64;
+        if free < need.saturating_add(opts.disk_stop) {
+            let e = OpError::infra(format!(
+                "not enough free disk to start: {} free on the store's filesystem",
+                human_bytes(free)
+            ))
+            .with_detail(format!(
+                "the step will write about {} ({from}); with the 1.5× margin that is {}, and --disk-stop keeps {} free. Free some space (`forge gc` drops old results) and apply again: the steps that finished stay cached.",
+                human_bytes(estimate),
+                human_bytes(need),
+                human_bytes(opts.disk_stop)
+            ));
+            return Err(self.failed(e, Some(k.key)));
+        }
+        if free.saturating_sub(need) < opts.disk_warn {
+            self.sh.emitter.emit(Event::Alert {
+                step: self.id(),
+                level: forge_ops::AlertLevel::Warn,
+                message: format!(
+                    "disk: {} free on the store's filesystem, {} after this step (below --disk-warn {})",
+                    human_bytes(free),
+                    human_bytes(free - need),
+                    human_bytes(opts.disk_warn)
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn checkout(&self, inputs: &Inputs, k: &ResolvedKey) -> Result<StepInputs, StepResult> {
         let mut out = StepInputs::new();
         for (name, arts) in inputs {

@@ -13,6 +13,7 @@ pub mod events;
 pub mod executor;
 pub mod exit;
 pub mod generate;
+pub mod hardware;
 pub mod import;
 pub mod key;
 pub mod load;

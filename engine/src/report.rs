@@ -109,7 +109,7 @@ impl Console {
             Event::RunStarted {
                 pipeline, steps, ..
             } => self.line("Applying", &format!("{pipeline} ({steps} steps)")),
-            Event::Queued { .. } | Event::Metric { .. } => {}
+            Event::Queued { .. } | Event::Metric { .. } | Event::Hardware(_) => {}
             Event::CacheHit { step, key } => {
                 self.line("Cached", &format!("{step} ({})", &key[..12]));
             }

@@ -392,60 +392,20 @@ pub async fn step_metrics(
     .await
 }
 
-/// The sampler behind `/api/hardware/status` and `hardware:update`.
-pub struct Hardware {
-    system: sysinfo::System,
-    store: std::path::PathBuf,
-}
-
-impl Hardware {
-    pub fn new(store: &Path) -> Self {
-        Self {
-            system: sysinfo::System::new(),
-            store: store.to_owned(),
-        }
-    }
-
-    fn sample(&mut self) -> Value {
-        self.system.refresh_cpu_usage();
-        self.system.refresh_memory();
-        let disks = sysinfo::Disks::new_with_refreshed_list();
-        let store = std::fs::canonicalize(&self.store).unwrap_or_else(|_| self.store.clone());
-        // The filesystem holding the store: the disk with the longest mount point above it.
-        let disk = disks
-            .list()
-            .iter()
-            .filter(|d| store.starts_with(d.mount_point()))
-            .max_by_key(|d| d.mount_point().as_os_str().len());
-        let load = sysinfo::System::load_average();
-        json!({
-            "ts_unix_ms": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            "cpu": {
-                "cores": self.system.cpus().len(),
-                "usage_percent": self.system.global_cpu_usage(),
-                "load_1m": load.one,
-            },
-            "memory": {
-                "total_bytes": self.system.total_memory(),
-                "available_bytes": self.system.available_memory(),
-                "used_bytes": self.system.used_memory(),
-            },
-            "disk": disk.map(|d| json!({
-                "mount_point": d.mount_point().display().to_string(),
-                "total_bytes": d.total_space(),
-                "available_bytes": d.available_space(),
-            })),
-        })
-    }
-}
-
+/// The machine now (`/api/hardware/status`, `hardware:update`), with the time it was taken.
 pub fn sample_hardware(app: &super::App) -> Value {
-    app.hardware
+    let sample = app
+        .hardware
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .sample()
+        .sample();
+    let mut v = serde_json::to_value(sample).unwrap_or_default();
+    v["ts_unix_ms"] = json!(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    );
+    v
 }
 
 pub async fn hardware_status(State(app): State<super::State>) -> Answer {
@@ -513,4 +473,168 @@ async fn stream(app: super::State, mut socket: WebSocket, since: Option<u64>) {
             },
         }
     }
+}
+
+/// The result of step `id` of the plan: its action record, if it has one.
+fn result_of(
+    plan: &Plan,
+    store: &Store,
+    id: &str,
+) -> Result<Option<forge_cache::ActionRecord>, Fail> {
+    let Some(r) = store.step_ref(&plan.pipeline.name, id).map_err(internal)? else {
+        return Ok(None);
+    };
+    store.get_action(&r.key).map_err(internal)
+}
+
+/// A file of one output of a result, parsed as JSON (read-only view of the store's copy).
+fn output_json(
+    store: &Store,
+    rec: &forge_cache::ActionRecord,
+    output: &str,
+    file: &str,
+) -> Result<Option<Value>, Fail> {
+    let Some(d) = rec.outputs.get(output) else {
+        return Ok(None);
+    };
+    let dir = store.checkout(d).map_err(internal)?;
+    match std::fs::read(dir.join(file)) {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// The checks of a phase's `validate` steps as they were last measured, each with the value of
+/// its metric for every input (so a spread check shows the models it spreads over).
+fn checks_view(app: &super::App, phase: &str) -> Result<Value, Fail> {
+    let plan = plan(app)?;
+    let steps: Vec<&crate::plan::StepInstance> = plan
+        .steps
+        .iter()
+        .filter(|s| phase_of(&s.id) == phase && s.op.name() == "validate")
+        .collect();
+    if steps.is_empty() {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "phase `{phase}` of `{}` has no validate step",
+                plan.pipeline.name
+            ),
+            "this view shows a phase's checks (the tiny pipeline's `cognate.diversity`)",
+        ));
+    }
+    let store = store(app)?;
+    let mut out = Vec::new();
+    for s in steps {
+        let rec = match &store {
+            Some(st) => result_of(&plan, st, &s.id)?,
+            None => None,
+        };
+        let report = match (&store, &rec) {
+            (Some(st), Some(r)) => output_json(st, r, "report", "report.json")?,
+            _ => None,
+        };
+        // Every input's recorded metrics, by the input's step id.
+        let mut inputs: Vec<(String, serde_json::Map<String, Value>)> = Vec::new();
+        for up in s.inputs.values().flatten() {
+            let id = &plan.steps[up.step].id;
+            let metrics = match &store {
+                Some(st) => result_of(&plan, st, id)?
+                    .map(|r| r.metrics)
+                    .unwrap_or_default(),
+                None => serde_json::Map::new(),
+            };
+            inputs.push((id.clone(), metrics));
+        }
+        let checks: Vec<Value> = s.params.value()["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let metric = c["metric"].as_str().unwrap_or("");
+                let per_input: serde_json::Map<String, Value> = inputs
+                    .iter()
+                    .filter_map(|(id, m)| Some((id.clone(), m.get(metric)?.clone())))
+                    .collect();
+                let measured: Vec<&Value> = report
+                    .as_ref()
+                    .and_then(|r| r["checks"].as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["metric"] == metric)
+                    .collect();
+                json!({
+                    "metric": metric, "op": c["op"], "threshold": c["value"],
+                    "severity": c.get("severity").cloned().unwrap_or(json!("error")),
+                    "aggregate": c.get("aggregate").cloned().unwrap_or(json!("each")),
+                    "measured": measured, "per_input": per_input,
+                })
+            })
+            .collect();
+        out.push(json!({
+            "step": s.id,
+            "ran": rec.is_some(),
+            "passed": report.as_ref().map(|r| r["passed"].clone()),
+            "checks": checks,
+        }));
+    }
+    Ok(json!({ "phase": phase, "validations": out }))
+}
+
+pub async fn cognate_diversity(State(app): State<super::State>) -> Answer {
+    blocking(move || checks_view(&app, "cognate").map(Json)).await
+}
+
+/// The evolution of each `merge` step of phase `evomerge` that ran with `strategy: evolve`:
+/// per generation its best/mean/worst fitness, every candidate (kind, recipe with its parents,
+/// fitness), the stop reason and the champion's lineage — from the step's own
+/// `evolution_log.json` and `lineage.json`.
+fn population(app: &super::App) -> Result<Value, Fail> {
+    let plan = plan(app)?;
+    let merges: Vec<&crate::plan::StepInstance> = plan
+        .steps
+        .iter()
+        .filter(|s| phase_of(&s.id) == "evomerge" && s.op.name() == "merge")
+        .collect();
+    if merges.is_empty() {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "`{}` has no merge step in a phase `evomerge`",
+                plan.pipeline.name
+            ),
+            "this view shows an EvoMerge evolution (`strategy: evolve`)",
+        ));
+    }
+    let store = store(app)?;
+    let mut out = Vec::new();
+    for s in merges {
+        let rec = match &store {
+            Some(st) => result_of(&plan, st, &s.id)?,
+            None => None,
+        };
+        let (log, lineage) = match (&store, &rec) {
+            (Some(st), Some(r)) => (
+                output_json(st, r, "model", "evolution_log.json")?,
+                output_json(st, r, "model", "lineage.json")?,
+            ),
+            _ => (None, None),
+        };
+        out.push(json!({
+            "step": s.id,
+            "ran": rec.is_some(),
+            "improvement_over_parents": rec.as_ref().and_then(|r| r.metrics.get("evolution/improvement_over_parents").cloned()),
+            "parents_avg_fitness": rec.as_ref().and_then(|r| r.metrics.get("parents/avg_fitness").cloned()),
+            "generations": log.as_ref().map(|l| l["generations"].clone()),
+            "candidates": log.as_ref().map(|l| l["candidates"].clone()),
+            "stop_reason": log.as_ref().map(|l| l["stop_reason"].clone()),
+            "lineage": lineage,
+        }));
+    }
+    Ok(json!({ "phase": "evomerge", "evolutions": out }))
+}
+
+pub async fn evomerge_population(State(app): State<super::State>) -> Answer {
+    blocking(move || population(&app).map(Json)).await
 }

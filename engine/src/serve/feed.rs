@@ -150,6 +150,12 @@ pub fn to_seed_event(run: &str, ev: &Value) -> Option<Value> {
             "phase:complete",
             json!({ "status": "skipped", "reason": ev["reason"] }),
         ),
+        "hardware" => json!({
+            "type": "hardware:update",
+            "run": run,
+            "ts_unix_ms": ev["ts_unix_ms"],
+            "data": { "cpu": ev["cpu"], "memory": ev["memory"], "disk": ev["disk"] },
+        }),
         "run-finished" => base(
             "phase:complete",
             json!({ "status": ev["status"], "run_finished": true }),
@@ -274,40 +280,74 @@ fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Vec<Value>> {
         .collect())
 }
 
-/// Tail the store's runs into `feed` and `live` until `stop` is set: runs that exist at the
-/// start are followed from their current end (the newest of them is read whole into `live`, not
-/// into the feed); runs that appear later, from their first line.
+/// Whether a run's summary says it is still going (read once, when the server first sees it).
+fn still_running(run_dir: &Path) -> bool {
+    std::fs::read(run_dir.join("run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v["status"] == "running")
+}
+
+/// Tail the store's runs into `feed` and `live` until `stop` is set. Of the runs there at the
+/// start, the newest is read whole into `live` (not into the feed) and the others that are
+/// still running are followed from their current end; runs that appear later are followed
+/// from their first line. A run is let go once its `run-finished` event is read, so a store of
+/// thousands of finished runs costs one `stat` of `runs/` per poll.
 pub fn tail_runs(runs: &Path, feed: &Feed, live: &Live, stop: &std::sync::atomic::AtomicBool) {
-    let mut tails: BTreeMap<String, Tail> = BTreeMap::new();
+    let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut active: BTreeMap<String, (Tail, bool)> = BTreeMap::new();
+    let mut listed_at = None;
     let mut first = true;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        if let Ok(rd) = std::fs::read_dir(runs) {
-            let mut ids: Vec<String> = rd
+        let mtime = std::fs::metadata(runs).and_then(|m| m.modified()).ok();
+        if mtime.is_none() || mtime != listed_at {
+            listed_at = mtime;
+            let mut ids: Vec<String> = std::fs::read_dir(runs)
+                .into_iter()
+                .flatten()
                 .flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|id| !seen.contains(id))
                 .collect();
             ids.sort();
             let newest = ids.last().cloned();
             for id in ids {
+                seen.insert(id.clone());
                 let path = runs.join(&id).join("events.jsonl");
                 let replay = first && Some(&id) == newest.as_ref();
-                let tail = tails.entry(id.clone()).or_insert_with(|| Tail {
-                    offset: if first && !replay {
-                        std::fs::metadata(&path).map_or(0, |m| m.len())
-                    } else {
-                        0
-                    },
+                let offset = if !first || replay {
+                    0
+                } else if still_running(&runs.join(&id)) {
+                    std::fs::metadata(&path).map_or(0, |m| m.len())
+                } else {
+                    continue;
+                };
+                let tail = Tail {
+                    offset,
                     partial: Vec::new(),
-                });
-                if let Ok(evs) = read_new(&path, tail) {
-                    for ev in &evs {
-                        live.observe(&id, ev);
-                        if !replay && let Some(e) = to_seed_event(&id, ev) {
-                            feed.push(e);
-                        }
+                };
+                active.insert(id, (tail, replay));
+            }
+        }
+        let mut done = Vec::new();
+        for (id, (tail, replay)) in &mut active {
+            let path = runs.join(id).join("events.jsonl");
+            if let Ok(evs) = read_new(&path, tail) {
+                for ev in &evs {
+                    live.observe(id, ev);
+                    if !*replay && let Some(e) = to_seed_event(id, ev) {
+                        feed.push(e);
+                    }
+                    if ev["event"] == "run-finished" {
+                        done.push(id.clone());
                     }
                 }
             }
+            // Replayed once; from now on its new lines are news.
+            *replay = false;
+        }
+        for id in done {
+            active.remove(&id);
         }
         first = false;
         std::thread::sleep(POLL);

@@ -60,7 +60,7 @@ pub struct App {
     pub feed: Arc<Feed>,
     pub live: Arc<Live>,
     pub control: control::Control,
-    pub hardware: std::sync::Mutex<api::Hardware>,
+    pub hardware: std::sync::Mutex<crate::hardware::Sampler>,
 }
 
 pub type State = Arc<App>;
@@ -95,6 +95,26 @@ pub fn routes() -> Vec<(Route, MethodRouter<State>)> {
                 &[],
             ),
             get(api::phase_status),
+        ),
+        (
+            r(
+                "get",
+                "/api/phases/cognate/diversity",
+                "Phase 1's checks as last measured (the seed's diversity gates): each threshold, the measured value, and every model's own value.",
+                Read,
+                &[],
+            ),
+            get(api::cognate_diversity),
+        ),
+        (
+            r(
+                "get",
+                "/api/phases/evomerge/population",
+                "The evolution per generation (best/mean/worst fitness), every candidate with its recipe and fitness, the stop reason and the champion's lineage.",
+                Read,
+                &[],
+            ),
+            get(api::evomerge_population),
         ),
         (
             r(
@@ -270,7 +290,7 @@ pub fn serve(opts: Options, registry: OpRegistry) -> Result<(), String> {
             feed: feed.clone(),
             live,
             control: control::Control::default(),
-            hardware: std::sync::Mutex::new(api::Hardware::new(&opts.store)),
+            hardware: std::sync::Mutex::new(crate::hardware::Sampler::new(&opts.store)),
         });
         // hardware:update every 10 s.
         {

@@ -13,6 +13,7 @@ const CHARTS = [
 const COLORS = ["#0a66c2", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a"];
 
 let status = null;
+let fitnessTarget = null; // parents' mean fitness × 1.2: the seed's +20% gate
 let lastSeq = -1;
 let serverId = null;
 const series = new Map(); // chart index -> Map(label -> Map(at -> value))
@@ -107,6 +108,10 @@ function drawChart(i) {
   const labels = [...m.keys()].sort();
   const xs = [...new Set(labels.flatMap((l) => [...m.get(l).keys()]))].sort((a, b) => a - b);
   const data = [xs, ...labels.map((l) => xs.map((x) => m.get(l).get(x) ?? null))];
+  if (i === 2 && fitnessTarget !== null && xs.length) {
+    labels.push("+20% over the parents (the seed's gate)");
+    data.push(xs.map(() => fitnessTarget));
+  }
   const points = labels.reduce((n, l) => n + m.get(l).size, 0);
   box.dataset.points = String(points);
   plots.get(i)?.destroy();
@@ -121,7 +126,7 @@ function drawChart(i) {
     width, height: 220,
     scales: { x: { time: false } },
     axes: [{ label: i === 2 ? "generation" : "step" }, {}],
-    series: [{}, ...labels.map((l, k) => ({ label: l, stroke: COLORS[k % COLORS.length], spanGaps: true }))],
+    series: [{}, ...labels.map((l, k) => ({ label: l, stroke: COLORS[k % COLORS.length], spanGaps: true, dash: l.startsWith("+20%") ? [6, 4] : undefined }))],
   };
   plots.set(i, new uPlot(opts, data, box));
 }
@@ -150,6 +155,8 @@ async function refresh() {
   }
   status = r.body;
   renderStatus();
+  renderDiversity();
+  renderPopulation();
   return true;
 }
 
@@ -171,6 +178,73 @@ async function loadSeries() {
     if (r.ok) for (const e of r.body.events) if (e.event === "metric") addPoint(e.step, e.name, e.at, e.value);
   }
   drawCharts();
+}
+
+function hasStep(phase, op) {
+  return (status?.phases ?? []).some((p) => p.name === phase && p.steps.some((s) => s.op === op && s.plan === "cached"));
+}
+
+function fmt(v) {
+  return typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)) : String(v ?? "–");
+}
+
+/** Phase 1: each check of the phase's validate steps, its threshold and every model's value. */
+async function renderDiversity() {
+  const box = $("diversity");
+  if (!hasStep("cognate", "validate")) { box.hidden = true; return; }
+  const r = await api("/api/phases/cognate/diversity");
+  if (!r.ok) return;
+  box.hidden = false;
+  const body = box.querySelector("div");
+  body.replaceChildren();
+  for (const v of r.body.validations) {
+    for (const c of v.checks) {
+      const measured = c.measured.map((m) => `${fmt(m.value)} ${m.passed ? "✓" : "✗"}`).join(", ");
+      const row = el("div", { class: "check", "data-metric": c.metric },
+        el("div", {}, el("span", { class: "id" }, c.metric), ` ${c.aggregate} ${c.op} ${fmt(c.threshold)} (${c.severity}): ${measured || "not measured"}`));
+      const vals = Object.entries(c.per_input);
+      const top = Math.max(Math.abs(c.threshold), ...vals.map(([, x]) => Math.abs(x))) || 1;
+      for (const [id, x] of vals) {
+        row.append(el("div", { class: "bar" },
+          el("span", { class: "label" }, id),
+          el("span", { class: "fill", style: `width:${(100 * Math.abs(x) / top).toFixed(1)}%` }),
+          el("span", { class: "num" }, fmt(x))));
+      }
+      body.append(row);
+    }
+  }
+}
+
+/** Phase 2: generations, the best candidates and the champion, from the evolution's own log. */
+async function renderPopulation() {
+  const box = $("population");
+  if (!hasStep("evomerge", "merge")) { box.hidden = true; return; }
+  const r = await api("/api/phases/evomerge/population");
+  if (!r.ok) return;
+  const evo = r.body.evolutions.find((e) => e.candidates);
+  if (!evo) { box.hidden = true; return; }
+  box.hidden = false;
+  if (typeof evo.parents_avg_fitness === "number") fitnessTarget = evo.parents_avg_fitness * 1.2;
+  for (const g of evo.generations ?? []) {
+    addPoint(evo.step, "evolution/best_fitness", g.generation, g.best_fitness);
+    addPoint(evo.step, "evolution/avg_fitness", g.generation, g.avg_fitness);
+    addPoint(evo.step, "evolution/worst_fitness", g.generation, g.worst_fitness);
+  }
+  drawCharts([2]);
+  const champion = evo.lineage?.champion?.id;
+  const rows = [...evo.candidates]
+    .filter((c) => c.fitness)
+    .sort((a, b) => (b.fitness.fitness ?? 0) - (a.fitness.fitness ?? 0))
+    .slice(0, 12);
+  const table = el("table", {}, el("tr", {}, ...["id", "generation", "kind", "fitness", ""].map((h) => el("th", {}, h))));
+  for (const c of rows) {
+    table.append(el("tr", { class: c.id === champion ? "champion" : "" },
+      el("td", {}, String(c.id)), el("td", {}, String(c.generation)), el("td", {}, c.kind),
+      el("td", {}, fmt(c.fitness.fitness)), el("td", {}, c.id === champion ? "champion" : "")));
+  }
+  const body = box.querySelector("div");
+  const gain = typeof evo.improvement_over_parents === "number" ? ` · improvement over the parents ${(100 * evo.improvement_over_parents).toFixed(1)}% (the seed's gate: 20%)` : "";
+  body.replaceChildren(el("p", { class: "meta" }, `${evo.step}: ${evo.candidates.length} candidates, stopped: ${evo.stop_reason ?? "–"}${gain}`), table);
 }
 
 let refreshTimer = null;
