@@ -145,7 +145,12 @@ fn a_run_whose_disk_fills_while_a_step_writes_stops_cleanly() {
             let path = e.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.file_name().unwrap().to_string_lossy().starts_with("part") {
+            } else if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part")
+            {
                 parts.push(path);
             }
         }

@@ -112,8 +112,39 @@ pub fn run_alive(s: &RunSummary) -> bool {
             .is_some_and(forge_cache::pid_alive)
 }
 
-/// The status document, all phases or one.
-fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
+/// What the status document needs from the plan and the store: the plan against the store
+/// (each step cached or to run, and why), each step's dependencies, and the latest run.
+pub struct StatusBase {
+    name: String,
+    steps: Vec<crate::executor::PlannedStep>,
+    needs: Vec<Vec<String>>,
+    run: Option<RunSummary>,
+}
+
+/// When a [`StatusBase`] must be recomputed: the pipeline file, the runs or a step's state
+/// changed (a step finishing changes the store), or it is a second old (the store may change
+/// under other commands: `gc`, `verify`).
+#[derive(PartialEq, Eq, Clone)]
+pub struct BaseKey {
+    pipeline: Option<(std::time::SystemTime, u64)>,
+    runs: Option<std::time::SystemTime>,
+    changes: u64,
+}
+
+const BASE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn base_key(app: &super::App) -> BaseKey {
+    let meta = std::fs::metadata(&app.pipeline).ok();
+    BaseKey {
+        pipeline: meta.and_then(|m| Some((m.modified().ok()?, m.len()))),
+        runs: std::fs::metadata(app.store.join("runs"))
+            .and_then(|m| m.modified())
+            .ok(),
+        changes: app.live.changes(),
+    }
+}
+
+fn compute_base(app: &super::App) -> Result<StatusBase, Fail> {
     let plan = plan(app)?;
     let store = store(app)?;
     let steps = if let Some(s) = &store {
@@ -124,9 +155,54 @@ fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
         let s = Store::open(tmp.path().join("store")).map_err(internal)?;
         dry_run(&plan, &s, &ApplyOptions::default()).map_err(internal)?
     };
+    let needs = steps
+        .iter()
+        .map(|p| {
+            let idx = plan.steps.iter().position(|s| s.id == p.id).unwrap_or(0);
+            plan.deps[idx]
+                .iter()
+                .map(|&d| plan.steps[d].id.clone())
+                .collect()
+        })
+        .collect();
     let run = store
         .as_ref()
         .and_then(|s| latest_run(s, &plan.pipeline.name));
+    Ok(StatusBase {
+        name: plan.pipeline.name.clone(),
+        steps,
+        needs,
+        run,
+    })
+}
+
+/// The current [`StatusBase`], from the cache while nothing it depends on changed.
+fn base(app: &super::App) -> Result<std::sync::Arc<StatusBase>, Fail> {
+    let key = base_key(app);
+    {
+        let cache = app
+            .status_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((k, at, b)) = cache.as_ref()
+            && *k == key
+            && at.elapsed() < BASE_TTL
+        {
+            return Ok(b.clone());
+        }
+    }
+    let b = std::sync::Arc::new(compute_base(app)?);
+    *app.status_cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((key, std::time::Instant::now(), b.clone()));
+    Ok(b)
+}
+
+/// The status document, all phases or one.
+fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
+    let base = base(app)?;
+    let (steps, run) = (&base.steps, &base.run);
     let live = run.as_ref().and_then(|r| app.live.run(&r.id));
     let running = run.as_ref().is_some_and(run_alive);
     let mut phases: Vec<(String, Vec<Value>)> = Vec::new();
@@ -146,11 +222,7 @@ fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
             }
             _ => recorded.unwrap_or_else(|| "pending".into()),
         };
-        let idx = plan.steps.iter().position(|s| s.id == p.id).unwrap_or(i);
-        let needs: Vec<&str> = plan.deps[idx]
-            .iter()
-            .map(|&d| plan.steps[d].id.as_str())
-            .collect();
+        let needs = &base.needs[i];
         let doc = json!({
             "id": p.id,
             "phase": phase,
@@ -173,7 +245,7 @@ fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
             &format!(
                 "no phase `{}` in `{}`",
                 only_phase.unwrap_or(""),
-                plan.pipeline.name
+                base.name
             ),
             "GET /api/pipeline/status lists the phases",
         ));
@@ -195,10 +267,10 @@ fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
         })
         .collect();
     Ok(json!({
-        "pipeline": plan.pipeline.name,
+        "pipeline": base.name,
         "file": app.pipeline.display().to_string(),
         "running": running,
-        "run": run.map(|r| json!({
+        "run": run.as_ref().map(|r| json!({
             "id": r.id, "status": if running || r.status != "running" { r.status.clone() } else { "interrupted".into() },
             "started_unix_ms": r.started_unix_ms, "finished_unix_ms": r.finished_unix_ms,
         })),

@@ -169,6 +169,8 @@ pub fn to_seed_event(run: &str, ev: &Value) -> Option<Value> {
 #[derive(Default)]
 pub struct Live {
     runs: Mutex<BTreeMap<String, RunLive>>,
+    /// Counts events that change a step's state (and so, maybe, the store).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// How many runs [`Live`] keeps (the newest by id).
@@ -227,6 +229,10 @@ impl Live {
             }
             _ => None,
         };
+        if state.is_some() || ev["event"] == "run-finished" {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(state) = state
             && !step.is_empty()
         {
@@ -236,6 +242,11 @@ impl Live {
             let oldest = runs.keys().next().cloned().expect("not empty");
             runs.remove(&oldest);
         }
+    }
+
+    /// How many state-changing events were seen (see [`Live::observe`]).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn run(&self, id: &str) -> Option<RunLive> {

@@ -61,6 +61,9 @@ pub struct App {
     pub live: Arc<Live>,
     pub control: control::Control,
     pub hardware: std::sync::Mutex<crate::hardware::Sampler>,
+    /// The plan against the store, kept while nothing it depends on changes.
+    pub status_cache:
+        std::sync::Mutex<Option<(api::BaseKey, std::time::Instant, Arc<api::StatusBase>)>>,
 }
 
 pub type State = Arc<App>;
@@ -291,6 +294,7 @@ pub fn serve(opts: Options, registry: OpRegistry) -> Result<(), String> {
             live,
             control: control::Control::default(),
             hardware: std::sync::Mutex::new(crate::hardware::Sampler::new(&opts.store)),
+            status_cache: std::sync::Mutex::new(None),
         });
         // hardware:update every 10 s.
         {
