@@ -242,11 +242,7 @@ fn status(app: &super::App, only_phase: Option<&str>) -> Result<Value, Fail> {
     if only_phase.is_some() && phases.is_empty() {
         return Err(fail(
             StatusCode::NOT_FOUND,
-            &format!(
-                "no phase `{}` in `{}`",
-                only_phase.unwrap_or(""),
-                base.name
-            ),
+            &format!("no phase `{}` in `{}`", only_phase.unwrap_or(""), base.name),
             "GET /api/pipeline/status lists the phases",
         ));
     }
@@ -709,4 +705,204 @@ fn population(app: &super::App) -> Result<Value, Fail> {
 
 pub async fn evomerge_population(State(app): State<super::State>) -> Answer {
     blocking(move || population(&app).map(Json)).await
+}
+
+/// The steps of `phase` running `op` (optionally with a param `key` equal to `value`).
+fn steps_of<'p>(
+    plan: &'p Plan,
+    phase: &str,
+    op: &str,
+    param: Option<(&str, &str)>,
+) -> Vec<&'p crate::plan::StepInstance> {
+    plan.steps
+        .iter()
+        .filter(|s| phase_of(&s.id) == phase && s.op.name() == op)
+        .filter(|s| param.is_none_or(|(k, v)| s.params.value()[k] == v))
+        .collect()
+}
+
+/// Quiet-STaR's anti-theater checks over training: for each `train` step of phase `quietstar`
+/// with `objective: quiet-star`, every `anti_theater/*` series it logged (measured every
+/// `check_every` steps on validation prompts) and its final values.
+fn anti_theater(app: &super::App) -> Result<Value, Fail> {
+    let plan = plan(app)?;
+    let steps = steps_of(
+        &plan,
+        "quietstar",
+        "train",
+        Some(("objective", "quiet-star")),
+    );
+    if steps.is_empty() {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "`{}` has no Quiet-STaR training in a phase `quietstar`",
+                plan.pipeline.name
+            ),
+            "this view shows a `train` step with `objective: quiet-star`",
+        ));
+    }
+    let mut out = Vec::new();
+    for s in steps {
+        let (doc, series) = match step_with_series(app, &s.id) {
+            Ok(x) => x,
+            Err(_) => {
+                out.push(json!({ "step": s.id, "ran": false }));
+                continue;
+            }
+        };
+        let keep = |m: &serde_json::Map<String, Value>| -> serde_json::Map<String, Value> {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("anti_theater/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        out.push(json!({
+            "step": s.id,
+            "ran": true,
+            "series": keep(series.as_object().unwrap_or(&serde_json::Map::new())),
+            "final": doc["metrics"].as_object().map(keep),
+        }));
+    }
+    Ok(json!({ "phase": "quietstar", "trainings": out }))
+}
+
+pub async fn quietstar_anti_theater(State(app): State<super::State>) -> Answer {
+    blocking(move || anti_theater(&app).map(Json)).await
+}
+
+#[derive(Deserialize)]
+pub struct TensorQuery {
+    tensor: Option<String>,
+}
+
+/// Cells of at most 32 × 32 over a ternary matrix (`[out, in]`): each the share of zeros and
+/// the mean weight sign in its block.
+fn heatmap(p: &forge_ops::quant::packed::PackedTernary) -> Value {
+    let side = 32usize;
+    let (rows, cols) = (p.rows, p.cols);
+    let (cr, cc) = (rows.min(side).max(1), cols.min(side).max(1));
+    let mut zeros = vec![vec![0f64; cc]; cr];
+    let mut sign = vec![vec![0f64; cc]; cr];
+    let mut count = vec![vec![0f64; cc]; cr];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (i, j) = (r * cr / rows, c * cc / cols);
+            let v = p.get(r, c);
+            count[i][j] += 1.0;
+            zeros[i][j] += f64::from(u8::from(v == 0));
+            sign[i][j] += f64::from(v);
+        }
+    }
+    let div = |m: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+        m.into_iter()
+            .zip(&count)
+            .map(|(row, n)| {
+                row.into_iter()
+                    .zip(n)
+                    .map(|(x, n)| if *n > 0.0 { x / n } else { 0.0 })
+                    .collect()
+            })
+            .collect()
+    };
+    json!({ "rows": rows, "cols": cols, "cell_rows": cr, "cell_cols": cc, "zeros": div(zeros), "mean_sign": div(sign) })
+}
+
+/// BitNet's result per tensor — precision, parameters, the ternary split (−1/0/+1) and
+/// sparsity — and a down-sampled heatmap of one ternary matrix (`?tensor=`, default the
+/// largest), read from the `quantize` step's packed model file.
+fn sparsity(app: &super::App, tensor: Option<&str>) -> Result<Value, Fail> {
+    use forge_ops::quant::model::{QuantizedModel, Stored};
+    let plan = plan(app)?;
+    let steps = steps_of(&plan, "bitnet", "quantize", None);
+    if steps.is_empty() {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "`{}` has no quantize step in a phase `bitnet`",
+                plan.pipeline.name
+            ),
+            "this view shows a BitNet `quantize` step",
+        ));
+    }
+    let store = store(app)?;
+    let mut out = Vec::new();
+    for s in steps {
+        let rec = match &store {
+            Some(st) => result_of(&plan, st, &s.id)?,
+            None => None,
+        };
+        let (Some(st), Some(rec)) = (&store, rec) else {
+            out.push(json!({ "step": s.id, "ran": false }));
+            continue;
+        };
+        let Some(d) = rec.outputs.get("model") else {
+            continue;
+        };
+        let dir = st.checkout(d).map_err(internal)?;
+        let model = QuantizedModel::from_file(&dir.join("model.safetensors")).map_err(internal)?;
+        let mut tensors = Vec::new();
+        for (name, t) in &model.tensors {
+            let (precision, split) = match t {
+                Stored::Ternary { packed, .. } => {
+                    let v = packed.unpack();
+                    let count = |x: i8| v.iter().filter(|&&y| y == x).count();
+                    (
+                        "ternary",
+                        json!({ "minus": count(-1), "zero": count(0), "plus": count(1) }),
+                    )
+                }
+                Stored::F16 { .. } => ("f16", Value::Null),
+                Stored::Int8 { .. } => ("int8", Value::Null),
+                Stored::F32(_) => ("f32", Value::Null),
+            };
+            let n = t.numel();
+            tensors.push(json!({
+                "name": name, "shape": t.shape(), "precision": precision, "params": n,
+                "stored_bytes": t.stored_bytes(), "split": split,
+                "sparsity": if t.is_ternary() && n > 0 { json!(t.zeros() as f64 / n as f64) } else { Value::Null },
+            }));
+        }
+        let chosen = match tensor {
+            Some(name) => match model.tensors.get(name) {
+                Some(Stored::Ternary { packed, .. }) => Some((name.to_owned(), packed)),
+                _ => {
+                    return Err(fail(
+                        StatusCode::NOT_FOUND,
+                        &format!("`{name}` is not a ternary tensor of {}", s.id),
+                        "the `tensors` list names them (precision `ternary`)",
+                    ));
+                }
+            },
+            None => model
+                .tensors
+                .iter()
+                .filter_map(|(n, t)| match t {
+                    Stored::Ternary { packed, .. } => Some((n.clone(), packed)),
+                    _ => None,
+                })
+                .max_by_key(|(_, p)| p.rows * p.cols),
+        };
+        let layers: serde_json::Map<String, Value> = rec
+            .metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("compression/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.push(json!({
+            "step": s.id,
+            "ran": true,
+            "tensors": tensors,
+            "compression": layers,
+            "heatmap": chosen.map(|(n, p)| { let mut h = heatmap(p); h["tensor"] = json!(n); h }),
+        }));
+    }
+    Ok(json!({ "phase": "bitnet", "quantizations": out }))
+}
+
+pub async fn bitnet_sparsity(
+    State(app): State<super::State>,
+    Query(q): Query<TensorQuery>,
+) -> Answer {
+    blocking(move || sparsity(&app, q.tensor.as_deref()).map(Json)).await
 }

@@ -122,6 +122,29 @@ pub fn routes() -> Vec<(Route, MethodRouter<State>)> {
         (
             r(
                 "get",
+                "/api/phases/quietstar/anti-theater",
+                "Quiet-STaR's anti-theater checks over training (divergence, ablation, correlation, …) as logged, and their final values.",
+                Read,
+                &[],
+            ),
+            get(api::quietstar_anti_theater),
+        ),
+        (
+            r(
+                "get",
+                "/api/phases/bitnet/sparsity",
+                "BitNet per tensor: precision, parameters, the −1/0/+1 split and sparsity, the per-layer compression metrics, and a heatmap (at most 32 × 32 cells) of one ternary matrix.",
+                Read,
+                &[(
+                    "tensor",
+                    "the ternary tensor for the heatmap (default: the largest)",
+                )],
+            ),
+            get(api::bitnet_sparsity),
+        ),
+        (
+            r(
+                "get",
                 "/api/runs",
                 "The store's runs of this pipeline, newest first.",
                 Read,

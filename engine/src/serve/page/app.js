@@ -9,6 +9,8 @@ const CHARTS = [
   { title: "Long-term memory used (fraction of slots written)", metrics: ["ltm/memory_usage"], ops: ["train"] },
   { title: "Evolution fitness (best / mean / worst per generation)", ops: ["merge"],
     metrics: ["evolution/best_fitness", "evolution/avg_fitness", "evolution/worst_fitness"] },
+  { title: "Quiet-STaR anti-theater checks (divergence > 0.3, ablation > 0.02, correlation > 0.5)", ops: ["train"],
+    metrics: ["anti_theater/divergence", "anti_theater/ablation", "anti_theater/correlation"] },
 ];
 const COLORS = ["#0a66c2", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a"];
 
@@ -157,6 +159,7 @@ async function refresh() {
   renderStatus();
   renderDiversity();
   renderPopulation();
+  renderSparsity();
   return true;
 }
 
@@ -245,6 +248,37 @@ async function renderPopulation() {
   const body = box.querySelector("div");
   const gain = typeof evo.improvement_over_parents === "number" ? ` · improvement over the parents ${(100 * evo.improvement_over_parents).toFixed(1)}% (the seed's gate: 20%)` : "";
   body.replaceChildren(el("p", { class: "meta" }, `${evo.step}: ${evo.candidates.length} candidates, stopped: ${evo.stop_reason ?? "–"}${gain}`), table);
+}
+
+/** Phase 4: every tensor's precision and ternary split, and a heatmap of one ternary matrix. */
+async function renderSparsity() {
+  const box = $("sparsity");
+  if (!hasStep("bitnet", "quantize")) { box.hidden = true; return; }
+  const r = await api("/api/phases/bitnet/sparsity");
+  if (!r.ok) return;
+  const q = r.body.quantizations.find((x) => x.ran);
+  if (!q) { box.hidden = true; return; }
+  box.hidden = false;
+  const table = el("table", {}, el("tr", {}, ...["tensor", "precision", "params", "−1 / 0 / +1", "sparsity"].map((h) => el("th", {}, h))));
+  for (const t of q.tensors) {
+    const split = t.split ? `${t.split.minus} / ${t.split.zero} / ${t.split.plus}` : "";
+    table.append(el("tr", {}, el("td", { class: "id" }, t.name), el("td", {}, t.precision),
+      el("td", {}, String(t.params)), el("td", {}, split), el("td", {}, t.sparsity === null ? "" : fmt(t.sparsity))));
+  }
+  const body = box.querySelector("div");
+  body.replaceChildren(table);
+  const h = q.heatmap;
+  if (h) {
+    const cell = 8;
+    const canvas = el("canvas", { width: h.cell_cols * cell, height: h.cell_rows * cell, class: "heatmap" });
+    const g = canvas.getContext("2d");
+    h.zeros.forEach((row, i) => row.forEach((z, j) => {
+      const shade = Math.round(255 * (1 - z));
+      g.fillStyle = `rgb(${shade},${shade},255)`;
+      g.fillRect(j * cell, i * cell, cell, cell);
+    }));
+    body.append(el("p", { class: "meta" }, `${h.tensor} (${h.rows} × ${h.cols}), share of zeros per block of ${Math.ceil(h.rows / h.cell_rows)} × ${Math.ceil(h.cols / h.cell_cols)}: darker blue = more zeros`), canvas);
+  }
 }
 
 let refreshTimer = null;
