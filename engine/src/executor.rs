@@ -299,6 +299,9 @@ struct Shared {
     emitter: Emitter,
     cancel: CancelToken,
     run_id: String,
+    /// Whether a starting step already warned that free disk falls below `--disk-warn` (once
+    /// per apply is enough).
+    disk_warned: std::sync::atomic::AtomicBool,
 }
 
 fn summary(
@@ -362,6 +365,7 @@ pub async fn apply(
         emitter,
         cancel,
         run_id: run.id.clone(),
+        disk_warned: std::sync::atomic::AtomicBool::new(false),
     });
     let selected: Vec<bool> = shared.opts.only.clone().unwrap_or_else(|| vec![true; n]);
     let mut results: Vec<StepResult> = (0..n).map(|_| StepResult::pending()).collect();
@@ -826,7 +830,12 @@ impl StepRun<'_> {
             ));
             return Err(self.failed(e, Some(k.key)));
         }
-        if free.saturating_sub(need) < opts.disk_warn {
+        if free.saturating_sub(need) < opts.disk_warn
+            && !self
+                .sh
+                .disk_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             self.sh.emitter.emit(Event::Alert {
                 step: self.id(),
                 level: forge_ops::AlertLevel::Warn,
