@@ -744,12 +744,9 @@ fn anti_theater(app: &super::App) -> Result<Value, Fail> {
     }
     let mut out = Vec::new();
     for s in steps {
-        let (doc, series) = match step_with_series(app, &s.id) {
-            Ok(x) => x,
-            Err(_) => {
-                out.push(json!({ "step": s.id, "ran": false }));
-                continue;
-            }
+        let Ok((doc, series)) = step_with_series(app, &s.id) else {
+            out.push(json!({ "step": s.id, "ran": false }));
+            continue;
         };
         let keep = |m: &serde_json::Map<String, Value>| -> serde_json::Map<String, Value> {
             m.iter()
