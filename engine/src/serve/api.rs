@@ -689,9 +689,18 @@ fn population(app: &super::App) -> Result<Value, Fail> {
             ),
             _ => (None, None),
         };
+        // The input models in the order recipes index them.
+        let models: Vec<&str> = s
+            .inputs
+            .get("models")
+            .into_iter()
+            .flatten()
+            .map(|u| plan.steps[u.step].id.as_str())
+            .collect();
         out.push(json!({
             "step": s.id,
             "ran": rec.is_some(),
+            "models": models,
             "improvement_over_parents": rec.as_ref().and_then(|r| r.metrics.get("evolution/improvement_over_parents").cloned()),
             "parents_avg_fitness": rec.as_ref().and_then(|r| r.metrics.get("parents/avg_fitness").cloned()),
             "generations": log.as_ref().map(|l| l["generations"].clone()),

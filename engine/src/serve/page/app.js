@@ -245,9 +245,55 @@ async function renderPopulation() {
       el("td", {}, String(c.id)), el("td", {}, String(c.generation)), el("td", {}, c.kind),
       el("td", {}, fmt(c.fitness.fitness)), el("td", {}, c.id === champion ? "champion" : "")));
   }
+  // How the champion is made from the input models (its lineage), and what the search tried.
+  const names = evo.models ?? [];
+  const input = (k) => names[k] ?? `input ${k}`;
+  const rec = evo.lineage?.champion?.recipe ?? {};
+  const tree = el("ul", { class: "lineage" });
+  const item = (text, children = []) => {
+    const li = el("li", {}, text);
+    if (children.length) li.append(el("ul", {}, ...children));
+    return li;
+  };
+  const leaves = (models, weights) => models.map((m, k) => item(`${input(m)} × ${fmt(weights[k])}`));
+  let how;
+  switch (rec.kind) {
+    case "task":
+      how = item(`task arithmetic (${rec.method}) over the base, λ ${fmt(rec.lambda)}${rec.lambda_rest != null ? ` (blocks) / ${fmt(rec.lambda_rest)} (rest)` : ""}${rec.method === "linear" ? "" : `, density ${fmt(rec.density)}`}`,
+        [item("base"), ...leaves([0, 1, 2], rec.weights)]);
+      break;
+    case "linear":
+      how = item("weighted average", leaves(rec.models, rec.weights));
+      break;
+    case "combo":
+      how = item(`combo ${rec.combo}`, names.map((n) => item(n)));
+      break;
+    case "input":
+      how = item(input(rec.index));
+      break;
+    default:
+      how = item(rec.kind ?? "–");
+  }
+  tree.append(item(`champion #${evo.lineage?.champion?.id ?? "?"} (${evo.lineage?.champion?.kind ?? ""})`, [how]));
+  const usage = new Map();
+  for (const c of evo.candidates) {
+    const k = c.recipe?.kind === "combo" ? `combo ${c.recipe.combo}` : c.kind;
+    const u = usage.get(k) ?? { n: 0, best: -Infinity };
+    u.n += 1;
+    u.best = Math.max(u.best, c.fitness?.fitness ?? -Infinity);
+    usage.set(k, u);
+  }
+  const usageTable = el("table", {}, el("tr", {}, ...["candidates of kind", "count", "best fitness"].map((h) => el("th", {}, h))));
+  for (const [k, u] of [...usage].sort((a, b) => b[1].best - a[1].best)) {
+    usageTable.append(el("tr", {}, el("td", {}, k), el("td", {}, String(u.n)), el("td", {}, Number.isFinite(u.best) ? fmt(u.best) : "–")));
+  }
   const body = box.querySelector("div");
   const gain = typeof evo.improvement_over_parents === "number" ? ` · improvement over the parents ${(100 * evo.improvement_over_parents).toFixed(1)}% (the seed's gate: 20%)` : "";
-  body.replaceChildren(el("p", { class: "meta" }, `${evo.step}: ${evo.candidates.length} candidates, stopped: ${evo.stop_reason ?? "–"}${gain}`), table);
+  body.replaceChildren(
+    el("p", { class: "meta" }, `${evo.step}: ${evo.candidates.length} candidates, stopped: ${evo.stop_reason ?? "–"}${gain}`),
+    el("h3", {}, "Lineage of the champion"), tree,
+    el("h3", {}, "What the search tried"), usageTable,
+    el("h3", {}, "Best candidates"), table);
 }
 
 /** Phase 4: every tensor's precision and ternary split, and a heatmap of one ternary matrix. */
