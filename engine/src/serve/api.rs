@@ -543,16 +543,47 @@ async fn stream(app: super::State, mut socket: WebSocket, since: Option<u64>) {
     }
 }
 
-/// The result of step `id` of the plan: its action record, if it has one.
-fn result_of(
+/// The latest result of step `id` of the plan, when there is a store and it has one.
+fn latest_result(
     plan: &Plan,
-    store: &Store,
+    store: Option<&Store>,
     id: &str,
 ) -> Result<Option<forge_cache::ActionRecord>, Fail> {
+    let Some(store) = store else {
+        return Ok(None);
+    };
     let Some(r) = store.step_ref(&plan.pipeline.name, id).map_err(internal)? else {
         return Ok(None);
     };
     store.get_action(&r.key).map_err(internal)
+}
+
+/// The steps of `phase` that run `op` (and have `param` = value, if given), or a 404 naming
+/// what the view shows.
+fn view_steps<'p>(
+    plan: &'p Plan,
+    phase: &str,
+    op: &str,
+    param: Option<(&str, &str)>,
+    shows: &str,
+) -> Result<Vec<&'p crate::plan::StepInstance>, Fail> {
+    let steps: Vec<&crate::plan::StepInstance> = plan
+        .steps
+        .iter()
+        .filter(|s| phase_of(&s.id) == phase && s.op.name() == op)
+        .filter(|s| param.is_none_or(|(k, v)| s.params.value()[k] == v))
+        .collect();
+    if steps.is_empty() {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "`{}` has no `{op}` step in a phase `{phase}`",
+                plan.pipeline.name
+            ),
+            &format!("this view shows {shows}"),
+        ));
+    }
+    Ok(steps)
 }
 
 /// A file of one output of a result, parsed as JSON (read-only view of the store's copy).
@@ -577,28 +608,17 @@ fn output_json(
 /// its metric for every input (so a spread check shows the models it spreads over).
 fn checks_view(app: &super::App, phase: &str) -> Result<Value, Fail> {
     let plan = plan(app)?;
-    let steps: Vec<&crate::plan::StepInstance> = plan
-        .steps
-        .iter()
-        .filter(|s| phase_of(&s.id) == phase && s.op.name() == "validate")
-        .collect();
-    if steps.is_empty() {
-        return Err(fail(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "phase `{phase}` of `{}` has no validate step",
-                plan.pipeline.name
-            ),
-            "this view shows a phase's checks (the tiny pipeline's `cognate.diversity`)",
-        ));
-    }
+    let steps = view_steps(
+        &plan,
+        phase,
+        "validate",
+        None,
+        "a phase's checks (the tiny pipeline's `cognate.diversity`)",
+    )?;
     let store = store(app)?;
     let mut out = Vec::new();
     for s in steps {
-        let rec = match &store {
-            Some(st) => result_of(&plan, st, &s.id)?,
-            None => None,
-        };
+        let rec = latest_result(&plan, store.as_ref(), &s.id)?;
         let report = match (&store, &rec) {
             (Some(st), Some(r)) => output_json(st, r, "report", "report.json")?,
             _ => None,
@@ -607,12 +627,9 @@ fn checks_view(app: &super::App, phase: &str) -> Result<Value, Fail> {
         let mut inputs: Vec<(String, serde_json::Map<String, Value>)> = Vec::new();
         for up in s.inputs.values().flatten() {
             let id = &plan.steps[up.step].id;
-            let metrics = match &store {
-                Some(st) => result_of(&plan, st, id)?
-                    .map(|r| r.metrics)
-                    .unwrap_or_default(),
-                None => serde_json::Map::new(),
-            };
+            let metrics = latest_result(&plan, store.as_ref(), id)?
+                .map(|r| r.metrics)
+                .unwrap_or_default();
             inputs.push((id.clone(), metrics));
         }
         let checks: Vec<Value> = s.params.value()["checks"]
@@ -660,28 +677,17 @@ pub async fn cognate_diversity(State(app): State<super::State>) -> Answer {
 /// `evolution_log.json` and `lineage.json`.
 fn population(app: &super::App) -> Result<Value, Fail> {
     let plan = plan(app)?;
-    let merges: Vec<&crate::plan::StepInstance> = plan
-        .steps
-        .iter()
-        .filter(|s| phase_of(&s.id) == "evomerge" && s.op.name() == "merge")
-        .collect();
-    if merges.is_empty() {
-        return Err(fail(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "`{}` has no merge step in a phase `evomerge`",
-                plan.pipeline.name
-            ),
-            "this view shows an EvoMerge evolution (`strategy: evolve`)",
-        ));
-    }
+    let merges = view_steps(
+        &plan,
+        "evomerge",
+        "merge",
+        None,
+        "an EvoMerge evolution (`strategy: evolve`)",
+    )?;
     let store = store(app)?;
     let mut out = Vec::new();
     for s in merges {
-        let rec = match &store {
-            Some(st) => result_of(&plan, st, &s.id)?,
-            None => None,
-        };
+        let rec = latest_result(&plan, store.as_ref(), &s.id)?;
         let (log, lineage) = match (&store, &rec) {
             (Some(st), Some(r)) => (
                 output_json(st, r, "model", "evolution_log.json")?,
@@ -716,41 +722,18 @@ pub async fn evomerge_population(State(app): State<super::State>) -> Answer {
     blocking(move || population(&app).map(Json)).await
 }
 
-/// The steps of `phase` running `op` (optionally with a param `key` equal to `value`).
-fn steps_of<'p>(
-    plan: &'p Plan,
-    phase: &str,
-    op: &str,
-    param: Option<(&str, &str)>,
-) -> Vec<&'p crate::plan::StepInstance> {
-    plan.steps
-        .iter()
-        .filter(|s| phase_of(&s.id) == phase && s.op.name() == op)
-        .filter(|s| param.is_none_or(|(k, v)| s.params.value()[k] == v))
-        .collect()
-}
-
 /// Quiet-STaR's anti-theater checks over training: for each `train` step of phase `quietstar`
 /// with `objective: quiet-star`, every `anti_theater/*` series it logged (measured every
 /// `check_every` steps on validation prompts) and its final values.
 fn anti_theater(app: &super::App) -> Result<Value, Fail> {
     let plan = plan(app)?;
-    let steps = steps_of(
+    let steps = view_steps(
         &plan,
         "quietstar",
         "train",
         Some(("objective", "quiet-star")),
-    );
-    if steps.is_empty() {
-        return Err(fail(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "`{}` has no Quiet-STaR training in a phase `quietstar`",
-                plan.pipeline.name
-            ),
-            "this view shows a `train` step with `objective: quiet-star`",
-        ));
-    }
+        "Quiet-STaR training (`objective: quiet-star`)",
+    )?;
     let mut out = Vec::new();
     for s in steps {
         let Ok((doc, series)) = step_with_series(app, &s.id) else {
@@ -820,24 +803,17 @@ fn heatmap(p: &forge_ops::quant::packed::PackedTernary) -> Value {
 fn sparsity(app: &super::App, tensor: Option<&str>) -> Result<Value, Fail> {
     use forge_ops::quant::model::{QuantizedModel, Stored};
     let plan = plan(app)?;
-    let steps = steps_of(&plan, "bitnet", "quantize", None);
-    if steps.is_empty() {
-        return Err(fail(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "`{}` has no quantize step in a phase `bitnet`",
-                plan.pipeline.name
-            ),
-            "this view shows a BitNet `quantize` step",
-        ));
-    }
+    let steps = view_steps(
+        &plan,
+        "bitnet",
+        "quantize",
+        None,
+        "a BitNet `quantize` step",
+    )?;
     let store = store(app)?;
     let mut out = Vec::new();
     for s in steps {
-        let rec = match &store {
-            Some(st) => result_of(&plan, st, &s.id)?,
-            None => None,
-        };
+        let rec = latest_result(&plan, store.as_ref(), &s.id)?;
         let (Some(st), Some(rec)) = (&store, rec) else {
             out.push(json!({ "step": s.id, "ran": false }));
             continue;
