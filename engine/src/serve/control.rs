@@ -23,7 +23,13 @@ use super::auth::error;
 #[derive(Default)]
 pub struct Control {
     child: Mutex<Option<(Child, Arc<Mutex<String>>)>>,
+    /// Set when pause signalled this server's child: a start or resume right after waits for it
+    /// to finish stopping instead of answering 409.
+    stopping: std::sync::atomic::AtomicBool,
 }
+
+/// How long a start or resume waits for a paused apply to finish stopping.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +85,23 @@ fn launch(app: &super::App, body: &Bytes) -> Response {
             }
         }
     };
+    if app
+        .control
+        .stopping
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        let deadline = Instant::now() + STOP_WAIT;
+        let mut guard = app
+            .control
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((child, _)) = guard.as_mut() {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
     if let Some(pid) = running_pid(app) {
         return error(
             StatusCode::CONFLICT,
@@ -205,11 +228,16 @@ pub async fn pause(State(app): State<super::State>) -> Response {
         };
         let pid_t = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
         match nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGINT) {
-            Ok(()) => (
-                StatusCode::ACCEPTED,
-                Json(json!({ "status": "stopping", "pid": pid })),
-            )
-                .into_response(),
+            Ok(()) => {
+                app.control
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "status": "stopping", "pid": pid })),
+                )
+                    .into_response()
+            }
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("signalling pid {pid}: {e}"),
