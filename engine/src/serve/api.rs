@@ -671,6 +671,13 @@ pub async fn cognate_diversity(State(app): State<super::State>) -> Answer {
     blocking(move || checks_view(&app, "cognate").map(Json)).await
 }
 
+pub async fn phase_checks(
+    State(app): State<super::State>,
+    UrlPath(phase): UrlPath<String>,
+) -> Answer {
+    blocking(move || checks_view(&app, &phase).map(Json)).await
+}
+
 /// The evolution of each `merge` step of phase `evomerge` that ran with `strategy: evolve`:
 /// per generation its best/mean/worst fitness, every candidate (kind, recipe with its parents,
 /// fitness), the stop reason and the champion's lineage — from the step's own

@@ -102,6 +102,16 @@ pub fn routes() -> Vec<(Route, MethodRouter<State>)> {
         (
             r(
                 "get",
+                "/api/phases/{phase}/checks",
+                "A phase's checks (its `validate` steps) as last measured: each threshold, the measured value, and every input model's own value (Phase 3: the per-strategy baking accuracies).",
+                Read,
+                &[],
+            ),
+            get(api::phase_checks),
+        ),
+        (
+            r(
+                "get",
                 "/api/phases/cognate/diversity",
                 "Phase 1's checks as last measured (the seed's diversity gates): each threshold, the measured value, and every model's own value.",
                 Read,

@@ -157,7 +157,7 @@ async function refresh() {
   }
   status = r.body;
   renderStatus();
-  renderDiversity();
+  renderChecks();
   renderPopulation();
   renderSparsity();
   return true;
@@ -191,31 +191,37 @@ function fmt(v) {
   return typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)) : String(v ?? "–");
 }
 
-/** Phase 1: each check of the phase's validate steps, its threshold and every model's value. */
-async function renderDiversity() {
-  const box = $("diversity");
-  if (!hasStep("cognate", "validate")) { box.hidden = true; return; }
-  const r = await api("/api/phases/cognate/diversity");
-  if (!r.ok) return;
-  box.hidden = false;
+/** Every phase with a validate step that ran: each check, its threshold and every model's
+ * value (Phase 1's diversity gates, Phase 3's per-strategy baking accuracies, …). */
+async function renderChecks() {
+  const box = $("checks");
+  const phases = (status?.phases ?? []).filter((p) => p.steps.some((s) => s.op === "validate" && s.plan === "cached"));
+  box.hidden = !phases.length;
   const body = box.querySelector("div");
-  body.replaceChildren();
-  for (const v of r.body.validations) {
-    for (const c of v.checks) {
-      const measured = c.measured.map((m) => `${fmt(m.value)} ${m.passed ? "✓" : "✗"}`).join(", ");
-      const row = el("div", { class: "check", "data-metric": c.metric },
-        el("div", {}, el("span", { class: "id" }, c.metric), ` ${c.aggregate} ${c.op} ${fmt(c.threshold)} (${c.severity}): ${measured || "not measured"}`));
-      const vals = Object.entries(c.per_input);
-      const top = Math.max(Math.abs(c.threshold), ...vals.map(([, x]) => Math.abs(x))) || 1;
-      for (const [id, x] of vals) {
-        row.append(el("div", { class: "bar" },
-          el("span", { class: "label" }, id),
-          el("span", { class: "fill", style: `width:${(100 * Math.abs(x) / top).toFixed(1)}%` }),
-          el("span", { class: "num" }, fmt(x))));
+  const parts = [];
+  for (const ph of phases) {
+    const r = await api(`/api/phases/${encodeURIComponent(ph.name)}/checks`);
+    if (!r.ok) continue;
+    for (const v of r.body.validations) {
+      if (!v.ran) continue;
+      parts.push(el("h3", {}, `${v.step} ${v.passed ? "passed" : "failed"}`));
+      for (const c of v.checks) {
+        const measured = c.measured.map((m) => `${fmt(m.value)} ${m.passed ? "✓" : "✗"}`).join(", ");
+        const row = el("div", { class: "check", "data-metric": c.metric },
+          el("div", {}, el("span", { class: "id" }, c.metric), ` ${c.aggregate} ${c.op} ${fmt(c.threshold)} (${c.severity}): ${measured || "not measured"}`));
+        const vals = Object.entries(c.per_input);
+        const top = Math.max(Math.abs(c.threshold), ...vals.map(([, x]) => Math.abs(x))) || 1;
+        for (const [id, x] of vals) {
+          row.append(el("div", { class: "bar" },
+            el("span", { class: "label" }, id),
+            el("span", { class: "fill", style: `width:${(100 * Math.abs(x) / top).toFixed(1)}%` }),
+            el("span", { class: "num" }, fmt(x))));
+        }
+        parts.push(row);
       }
-      body.append(row);
     }
   }
+  body.replaceChildren(...parts);
 }
 
 /** Phase 2: generations, the best candidates and the champion, from the evolution's own log. */
