@@ -110,11 +110,12 @@ function drawChart(i) {
   const labels = [...m.keys()].sort();
   const xs = [...new Set(labels.flatMap((l) => [...m.get(l).keys()]))].sort((a, b) => a - b);
   const data = [xs, ...labels.map((l) => xs.map((x) => m.get(l).get(x) ?? null))];
+  const points = labels.reduce((n, l) => n + m.get(l).size, 0);
+  const shown = [...labels];
   if (i === 2 && fitnessTarget !== null && xs.length) {
-    labels.push("+20% over the parents (the seed's gate)");
+    shown.push("+20% over the parents (the seed's gate)");
     data.push(xs.map(() => fitnessTarget));
   }
-  const points = labels.reduce((n, l) => n + m.get(l).size, 0);
   box.dataset.points = String(points);
   plots.get(i)?.destroy();
   plots.delete(i);
@@ -128,7 +129,7 @@ function drawChart(i) {
     width, height: 220,
     scales: { x: { time: false } },
     axes: [{ label: i === 2 ? "generation" : "step" }, {}],
-    series: [{}, ...labels.map((l, k) => ({ label: l, stroke: COLORS[k % COLORS.length], spanGaps: true, dash: l.startsWith("+20%") ? [6, 4] : undefined }))],
+    series: [{}, ...shown.map((l, k) => ({ label: l, stroke: COLORS[k % COLORS.length], spanGaps: true, dash: l.startsWith("+20%") ? [6, 4] : undefined }))],
   };
   plots.set(i, new uPlot(opts, data, box));
 }
