@@ -122,9 +122,7 @@ pub fn export(
             board.event(ev, &results_of)?;
         }
         board.flush()?;
-        let pts = points(&evs, &results_of);
-        let steps: std::collections::BTreeSet<&str> = pts.iter().map(|p| p.step.as_str()).collect();
-        return Ok((pts.len(), steps.len()));
+        return Ok((board.written(), board.step_count()));
     }
     let pts = points(&evs, &results_of);
     let steps: std::collections::BTreeSet<&str> = pts.iter().map(|p| p.step.as_str()).collect();

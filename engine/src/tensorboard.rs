@@ -127,6 +127,7 @@ struct StepBoard {
 pub struct Board {
     root: PathBuf,
     steps: BTreeMap<String, StepBoard>,
+    written: usize,
 }
 
 impl Board {
@@ -134,6 +135,7 @@ impl Board {
         Self {
             root: root.into(),
             steps: BTreeMap::new(),
+            written: 0,
         }
     }
 
@@ -176,7 +178,19 @@ impl Board {
         );
         s.last_step = s.last_step.max(step);
         s.tags.insert(tag.to_owned());
-        s.file.scalar(tag, step, value as f32, wall_time)
+        s.file.scalar(tag, step, value as f32, wall_time)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Scalars written so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Step instances with an event file.
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
     }
 
     /// A finished step's recorded metrics (`metrics.json`), at the last step it logged: every
@@ -195,11 +209,14 @@ impl Board {
             return Ok(());
         }
         let s = self.step(step_id, wall_time)?;
+        let mut written = 0;
         for (tag, value) in numbers {
             if s.tags.insert(tag.clone()) {
                 s.file.scalar(tag, s.last_step, value as f32, wall_time)?;
+                written += 1;
             }
         }
+        self.written += written;
         Ok(())
     }
 

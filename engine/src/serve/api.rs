@@ -102,14 +102,14 @@ fn latest_run(store: &Store, name: &str) -> Option<RunSummary> {
     })
 }
 
+/// The pid of the process that made run `<ms>-<pid>`.
+pub fn run_pid(s: &RunSummary) -> Option<u32> {
+    s.id.rsplit('-').next()?.parse().ok()
+}
+
 /// Whether the process of a run (`<ms>-<pid>`) is still alive on this machine.
 pub fn run_alive(s: &RunSummary) -> bool {
-    s.status == "running"
-        && s.id
-            .rsplit('-')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .is_some_and(forge_cache::pid_alive)
+    s.status == "running" && run_pid(s).is_some_and(forge_cache::pid_alive)
 }
 
 /// What the status document needs from the plan and the store: the plan against the store
@@ -118,7 +118,7 @@ pub struct StatusBase {
     name: String,
     steps: Vec<crate::executor::PlannedStep>,
     needs: Vec<Vec<String>>,
-    run: Option<RunSummary>,
+    pub run: Option<RunSummary>,
 }
 
 /// When a [`StatusBase`] must be recomputed: the pipeline file, the runs or a step's state
@@ -177,7 +177,7 @@ fn compute_base(app: &super::App) -> Result<StatusBase, Fail> {
 }
 
 /// The current [`StatusBase`], from the cache while nothing it depends on changed.
-fn base(app: &super::App) -> Result<std::sync::Arc<StatusBase>, Fail> {
+pub fn base(app: &super::App) -> Result<std::sync::Arc<StatusBase>, Fail> {
     let key = base_key(app);
     {
         let cache = app

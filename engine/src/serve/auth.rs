@@ -56,18 +56,29 @@ pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     None
 }
 
+/// Every route's method, path pattern and guard: the route table without its handlers,
+/// made once for the server's lifetime (the guard runs on every request).
+pub type Guards = Vec<(&'static str, &'static str, Guard)>;
+
+pub fn guards() -> Guards {
+    routes()
+        .into_iter()
+        .map(|(r, _)| (r.method, r.path, r.guard))
+        .collect()
+}
+
 /// The guard of the route `path` (with `{…}` segments matching anything), if it is one.
-fn guard_of(method: &str, path: &str) -> Option<Guard> {
+fn guard_of(guards: &Guards, method: &str, path: &str) -> Option<Guard> {
     let segs: Vec<&str> = path.split('/').collect();
-    routes().into_iter().find_map(|(r, _)| {
-        let pat: Vec<&str> = r.path.split('/').collect();
-        let matches = r.method.eq_ignore_ascii_case(method)
+    guards.iter().find_map(|&(m, pattern, guard)| {
+        let pat: Vec<&str> = pattern.split('/').collect();
+        let matches = m.eq_ignore_ascii_case(method)
             && pat.len() == segs.len()
             && pat
                 .iter()
                 .zip(&segs)
                 .all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s);
-        matches.then_some(r.guard)
+        matches.then_some(guard)
     })
 }
 
@@ -100,7 +111,7 @@ pub async fn guard(State(app): State<super::State>, req: Request, next: Next) ->
         );
     }
     let path = req.uri().path();
-    let needs_token = match guard_of(req.method().as_str(), path) {
+    let needs_token = match guard_of(&app.guards, req.method().as_str(), path) {
         Some(Guard::Token) => true,
         Some(Guard::Read) | None => !app.loopback,
     };
@@ -143,6 +154,8 @@ mod tests {
 
     #[test]
     fn guards_follow_the_route_table() {
+        let g = guards();
+        let guard_of = |m: &str, p: &str| guard_of(&g, m, p);
         assert_eq!(guard_of("POST", "/api/pipeline/start"), Some(Guard::Token));
         assert_eq!(guard_of("GET", "/api/events"), Some(Guard::Token));
         assert_eq!(guard_of("GET", "/api/steps/p.s/metrics"), Some(Guard::Read));

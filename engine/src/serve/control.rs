@@ -28,6 +28,14 @@ pub struct Control {
     stopping: std::sync::atomic::AtomicBool,
 }
 
+impl Control {
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<(Child, Arc<Mutex<String>>)>> {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// How long a start or resume waits for a paused apply to finish stopping.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -43,31 +51,21 @@ struct StartBody {
     vars: BTreeMap<String, Value>,
 }
 
-/// The pid of the apply of this pipeline that is running now, if any (started here or not).
+/// The pid of the apply of this pipeline that is running now, if any: this server's child, or
+/// the process of the latest run (what the status document calls running).
 fn running_pid(app: &super::App) -> Option<u32> {
-    let mut guard = app
-        .control
-        .child
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((child, _)) = guard.as_mut() {
-        if matches!(child.try_wait(), Ok(None)) {
-            return Some(child.id());
+    {
+        let mut guard = app.control.child();
+        if let Some((child, _)) = guard.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Some(child.id());
+            }
+            *guard = None;
         }
-        *guard = None;
     }
-    drop(guard);
-    let store = forge_cache::Store::open_existing(&app.store).ok()??;
-    let name = crate::load::try_plan(&app.pipeline, &app.vars, &app.registry)
-        .ok()?
-        .pipeline
-        .name;
-    let runs = store.runs().ok()?;
-    runs.iter()
-        .rev()
-        .filter(|r| r.pipeline == name)
-        .find(|r| super::api::run_alive(r))
-        .and_then(|r| r.id.rsplit('-').next()?.parse().ok())
+    let base = super::api::base(app).ok()?;
+    let run = base.run.as_ref().filter(|r| super::api::run_alive(r))?;
+    super::api::run_pid(run)
 }
 
 fn launch(app: &super::App, body: &Bytes) -> Response {
@@ -91,11 +89,7 @@ fn launch(app: &super::App, body: &Bytes) -> Response {
         .swap(false, std::sync::atomic::Ordering::SeqCst)
     {
         let deadline = Instant::now() + STOP_WAIT;
-        let mut guard = app
-            .control
-            .child
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = app.control.child();
         if let Some((child, _)) = guard.as_mut() {
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -196,10 +190,7 @@ fn launch(app: &super::App, body: &Bytes) -> Response {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    *app.control
-        .child
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((child, stderr));
+    *app.control.child() = Some((child, stderr));
     (
         StatusCode::ACCEPTED,
         Json(json!({ "status": "started", "pid": pid })),

@@ -61,6 +61,8 @@ pub struct App {
     pub live: Arc<Live>,
     pub control: control::Control,
     pub hardware: std::sync::Mutex<crate::hardware::Sampler>,
+    /// Each route's guard, from the route table.
+    pub guards: auth::Guards,
     /// The plan against the store, kept while nothing it depends on changes.
     pub status_cache:
         std::sync::Mutex<Option<(api::BaseKey, std::time::Instant, Arc<api::StatusBase>)>>,
@@ -328,6 +330,7 @@ pub fn serve(opts: Options, registry: OpRegistry) -> Result<(), String> {
             control: control::Control::default(),
             hardware: std::sync::Mutex::new(crate::hardware::Sampler::new(&opts.store)),
             status_cache: std::sync::Mutex::new(None),
+            guards: auth::guards(),
         });
         // hardware:update every 10 s.
         {
