@@ -16,23 +16,12 @@ use common::{Project, stderr};
 
 /// The Python to run the check with, or `None` (skipped) when none has torch and transformers.
 fn python() -> Option<String> {
-    let python = std::env::var("FORGE_HF_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import torch, transformers"])
-        .env_remove("PYTHONPATH")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("FORGE_REQUIRE_TRANSFORMERS").is_none(),
-        "`{python}` cannot import torch and transformers, and FORGE_REQUIRE_TRANSFORMERS is set"
-    );
-    eprintln!(
-        "skipped: no Python with torch and transformers (eval \"$(.ci/install-transformers)\")"
-    );
-    None
+    common::python_with(
+        "FORGE_HF_PYTHON",
+        "torch, transformers",
+        "FORGE_REQUIRE_TRANSFORMERS",
+        ".ci/install-transformers",
+    )
 }
 
 const CHECK: &str = r#"

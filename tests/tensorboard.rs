@@ -40,21 +40,12 @@ phases:
 
 /// The Python to read event files with, or `None` (skipped) when none has tensorboard.
 fn python() -> Option<String> {
-    let python = std::env::var("FORGE_TENSORBOARD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import tensorboard"])
-        .env_remove("PYTHONPATH")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("FORGE_REQUIRE_TENSORBOARD").is_none(),
-        "`{python}` cannot import tensorboard, and FORGE_REQUIRE_TENSORBOARD is set"
-    );
-    eprintln!("skipped: no Python with tensorboard (eval \"$(.ci/install-tensorboard)\")");
-    None
+    common::python_with(
+        "FORGE_TENSORBOARD_PYTHON",
+        "tensorboard",
+        "FORGE_REQUIRE_TENSORBOARD",
+        ".ci/install-tensorboard",
+    )
 }
 
 /// Every scalar under `dir` as TensorBoard reads it: run (sub-directory) → tag → (step, value).

@@ -144,3 +144,29 @@ pub fn sorted_steps_with(evs: &[serde_json::Value], kind: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The Python named by `$python_var` (default `python3`) if it can import `modules`; otherwise
+/// `None` (the caller skips, saying how to install them), or a failure when `$require_var` is
+/// set (CI sets it, so a missing install fails rather than skips).
+pub fn python_with(
+    python_var: &str,
+    modules: &str,
+    require_var: &str,
+    install: &str,
+) -> Option<String> {
+    let python = std::env::var(python_var).unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .env_remove("PYTHONPATH")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os(require_var).is_none(),
+        "`{python}` cannot import {modules}, and {require_var} is set"
+    );
+    eprintln!("skipped: no Python that imports {modules} (eval \"$({install})\")");
+    None
+}
