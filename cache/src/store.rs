@@ -30,7 +30,7 @@ use crate::atomic::{rename_into_place, sync_dir, tempfile_in, write_atomic};
 use crate::digest::{ObjectDigest, StepKey};
 use crate::error::{IoContext, Result, StoreError};
 use crate::hashing::{HashSource, StatCache};
-use crate::lock::{FileLock, LockOptions, StoreLock, lock_exclusive, lock_store};
+use crate::lock::{FileLock, Holder, LockOptions, StoreLock, lock_exclusive, lock_store};
 
 /// Bumped whenever the layout or any record format changes incompatibly.
 pub const STORE_FORMAT: u32 = 1;
@@ -515,12 +515,12 @@ impl Store {
         key: &StepKey,
         opts: LockOptions,
         cancelled: &dyn Fn() -> bool,
-        on_wait: &dyn Fn(Option<u32>),
+        on_wait: &dyn Fn(Option<&Holder>),
     ) -> Result<FileLock> {
         let p = self
             .root
             .join("locks")
-            .join(format!("{}.lock", key.to_hex()));
+            .join(format!("{}.lease", key.to_hex()));
         Ok(lock_exclusive(&p, opts, cancelled, on_wait)?)
     }
 

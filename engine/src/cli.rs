@@ -97,6 +97,22 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "files")]
         format: ExportFormat,
     },
+    /// Upload the results of a pipeline's steps built here (all, or the STEPs named) to the
+    /// remote cache.
+    Push {
+        step: Vec<String>,
+        #[arg(long, short)]
+        pipeline: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Download every result of a pipeline the remote cache has and this store lacks, so the
+    /// next `apply` finds them cached.
+    Pull {
+        pipeline: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Re-hash every object in the store; quarantine corrupt ones so the next apply rebuilds them.
     Verify,
     /// Delete results not referenced by the most recent runs of each pipeline.
@@ -216,6 +232,35 @@ pub struct PlanArgs {
     pub select: Selection,
     #[command(flatten)]
     pub vars: VarArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `--remote`: the remote cache shared with other machines.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RemoteArgs {
+    /// Remote cache: on a local miss, download a step's result from it instead of building;
+    /// upload what is built here. `s3://bucket/prefix` (with `AWS_ENDPOINT` for MinIO, R2…),
+    /// `gs://…`, `az://…`, `file:///dir` or a directory. Credentials come from the services'
+    /// usual environment variables.
+    #[arg(long, env = "FORGE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+}
+
+impl RemoteArgs {
+    /// Open the remote, if one is given; a URL that cannot be used is invalid input (exit 2).
+    fn open(&self) -> Result<Option<Arc<forge_cache::Remote>>, u8> {
+        let Some(url) = &self.remote else {
+            return Ok(None);
+        };
+        forge_cache::Remote::open(url).map(|r| Some(Arc::new(r))).map_err(|e| {
+            eprint_error(
+                &e.to_string(),
+                Some("give `--remote` (or FORGE_REMOTE) a URL such as s3://bucket/prefix, file:///dir or a directory"),
+            );
+            EXIT_INVALID
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +331,8 @@ pub struct ApplyArgs {
     pub select: Selection,
     #[command(flatten)]
     pub vars: VarArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Entry point for `forge` and for custom binaries that add their own ops.
@@ -303,7 +350,15 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
     let code = match &cli.command {
         Command::Apply(a) => cmd_apply(&cli, a, &registry),
         Command::Plan(p) => with_plan(&p.pipeline, &p.vars.vars, &registry, |plan| {
-            let opts = selection(plan, &p.select, ApplyOptions::default())?;
+            let remote = p.remote.open()?;
+            let opts = selection(
+                plan,
+                &p.select,
+                ApplyOptions {
+                    remote,
+                    ..ApplyOptions::default()
+                },
+            )?;
             let steps = planned_steps(&cli, plan, &opts)?;
             if let Some(out) = &p.out {
                 save_plan(&cli, plan, &p.select, &p.vars.vars, &steps, out)?;
@@ -339,6 +394,24 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             pipeline,
             format,
         } => cmd_export(&cli, step, dir, pipeline.as_deref(), *format, &registry),
+        Command::Push {
+            step,
+            pipeline,
+            remote,
+        } => with_plan(pipeline, &[], &registry, |plan| {
+            let remote = crate::sync::require(remote.open()?, "push")?;
+            let mut steps = vec![];
+            for s in step {
+                steps.extend(select_steps(plan, s, "step")?);
+            }
+            let store = Store::open(&cli.store).map_err(|e| store_error(&e))?;
+            crate::sync::push(plan, &store, &remote, &steps)
+        }),
+        Command::Pull { pipeline, remote } => with_plan(pipeline, &[], &registry, |plan| {
+            let remote = crate::sync::require(remote.open()?, "pull")?;
+            let store = Store::open(&cli.store).map_err(|e| store_error(&e))?;
+            crate::sync::pull(plan, &store, remote)
+        }),
         Command::Verify => cmd_verify(&cli),
         Command::Gc {
             keep_last,
@@ -540,12 +613,18 @@ fn save_plan(
 
 pub fn plan_text(plan: &Plan, steps: &[PlannedStep]) -> String {
     let cached = steps.iter().filter(|s| s.status == "cached").count();
+    let remote = steps.iter().filter(|s| s.status == "remote").count();
+    let from_remote = if remote > 0 {
+        format!(", {remote} from the remote cache")
+    } else {
+        String::new()
+    };
     let mut s = format!(
-        "Plan for {} ({} step{}: {cached} cached, {} to run)\n",
+        "Plan for {} ({} step{}: {cached} cached{from_remote}, {} to run)\n",
         plan.pipeline.name,
         steps.len(),
         if steps.len() == 1 { "" } else { "s" },
-        steps.len() - cached
+        steps.len() - cached - remote
     );
     let w = steps.iter().map(|x| x.id.len()).max().unwrap_or(0);
     for p in steps {
@@ -639,9 +718,17 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     let vars = a.vars.vars.as_slice();
     // A saved plan's pipeline is planned once: to check the plan is current, then to run it.
     let mut checked: Option<Plan> = None;
+    let remote = a.remote.open()?;
     if let Some(saved) = &saved {
         let plan = load_plan(&path, vars, registry)?;
-        let opts = selection(&plan, &a.select, ApplyOptions::default())?;
+        let opts = selection(
+            &plan,
+            &a.select,
+            ApplyOptions {
+                remote: remote.clone(),
+                ..ApplyOptions::default()
+            },
+        )?;
         let now = planned_steps(cli, &plan, &opts)?;
         if let Some(why) = saved.stale_because(&cli.store, &now) {
             eprint_error(
@@ -658,7 +745,14 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     };
     if let Some(format) = a.dry_run {
         let plan = plan_once()?;
-        let opts = selection(&plan, &a.select, ApplyOptions::default())?;
+        let opts = selection(
+            &plan,
+            &a.select,
+            ApplyOptions {
+                remote,
+                ..ApplyOptions::default()
+            },
+        )?;
         return print_plan(cli, &plan, &opts, format);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -702,6 +796,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
                 retry_base: retry_base(),
                 disk_warn: a.disk_warn,
                 disk_stop: a.disk_stop,
+                remote: remote.clone(),
                 ..ApplyOptions::default()
             },
         )?;

@@ -24,6 +24,30 @@ pub enum Event {
         step: String,
         key: String,
     },
+    /// The step's result was downloaded from the remote cache (`--remote`) instead of built;
+    /// a `cache-hit` follows.
+    RemoteHit {
+        step: String,
+        key: String,
+        objects: u64,
+        bytes: u64,
+        duration_ms: u64,
+    },
+    /// The step's result was uploaded to the remote cache after it ran (objects the remote
+    /// already had are not counted).
+    RemoteUpload {
+        step: String,
+        key: String,
+        objects: u64,
+        bytes: u64,
+        duration_ms: u64,
+    },
+    /// The remote cache could not be used for this step (unreachable, or an object failed its
+    /// digest check); the step is built here, or its upload skipped.
+    RemoteError {
+        step: String,
+        error: String,
+    },
     Started {
         step: String,
         key: String,
@@ -56,13 +80,19 @@ pub enum Event {
         delay_ms: u64,
         error: String,
     },
+    /// Another process (`holder` pid on `host`) runs this step; waiting for it.
     LockWait {
         step: String,
         holder: u32,
+        host: String,
     },
+    /// The step's lock was taken over from a holder that died on this host (`reason: dead`) or
+    /// did not renew its lease in time (`lease-expired`).
     LockReclaimed {
         step: String,
         dead_pid: u32,
+        host: String,
+        reason: &'static str,
     },
     Finished {
         step: String,

@@ -52,6 +52,8 @@ pub struct ApplyOptions {
     /// Free disk (bytes) a step must leave, beyond 1.5 × what it will write, to start; a step
     /// that cannot fails as an infrastructure failure before writing anything (0: no check).
     pub disk_stop: u64,
+    /// The remote cache: looked up on a local miss, and given every result built here.
+    pub remote: Option<Arc<forge_cache::Remote>>,
 }
 
 impl Default for ApplyOptions {
@@ -68,6 +70,7 @@ impl Default for ApplyOptions {
             retry_base: Duration::from_secs(1),
             disk_warn: crate::hardware::SEED_DISK_WARN,
             disk_stop: crate::hardware::SEED_DISK_STOP,
+            remote: None,
         }
     }
 }
@@ -204,11 +207,17 @@ pub struct PlannedStep {
     pub id: String,
     pub op: String,
     pub key: Option<String>,
-    /// "cached" or "run".
+    /// "cached", "remote" (the remote cache has it: downloaded, not built) or "run".
     pub status: &'static str,
     pub reason: String,
     #[serde(skip)]
     pub changes: Vec<String>,
+}
+
+/// The remote cache's record for `key`, when there is a remote and it has one. A remote that
+/// cannot be reached is treated as a miss here; `apply` reports it per step.
+fn remote_action(opts: &ApplyOptions, key: &StepKey) -> Option<forge_cache::ActionRecord> {
+    opts.remote.as_ref()?.action(key).ok().flatten()
 }
 
 /// What `apply` would do, and why, without running anything.
@@ -254,6 +263,11 @@ pub fn dry_run(
                 } else if let Some(rec) = hit {
                     outputs[i] = Some(rec.outputs);
                     (Some(key), "cached", "up to date".to_string(), vec![])
+                } else if let Some(rec) = remote_action(opts, &key) {
+                    // Its outputs' digests are in the record, so the steps after it have keys.
+                    outputs[i] = Some(rec.outputs);
+                    let url = opts.remote.as_ref().map_or("", |r| r.url());
+                    (Some(key), "remote", format!("remote hit ({url})"), vec![])
                 } else {
                     let prev = store.step_ref(&plan.pipeline.name, &s.id)?;
                     let (reason, changes) = match prev {
@@ -610,12 +624,27 @@ fn run_step(sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
         {
             return Ok(hit);
         }
+        if !forced && let Some(hit) = step.check_remote(&key)? {
+            return Ok(hit);
+        }
         step.preflight(inputs, &key)?;
         let checked_out = step.checkout(inputs, &key)?;
         let outcome = step.execute(&key, &checked_out)?;
-        let result = step.record(&key, outcome);
+        if lock.lost() {
+            // This process was silent for a whole lease and another took the step over: that
+            // one records it; this run's outputs are not trusted.
+            return Err(step.failed(
+                OpError::infra(
+                    "lost the step's lock while running (its lease was not renewed in time and \
+                     another process took the step over)",
+                ),
+                Some(key.key),
+            ));
+        }
+        let result = step.record(&key, outcome)?;
+        step.upload(&key);
         drop(lock);
-        result
+        Ok(result)
     };
     phases().unwrap_or_else(|early| early)
 }
@@ -751,17 +780,70 @@ impl StepRun<'_> {
         }))
     }
 
+    /// Phase 3b (under the lock): the remote cache, when there is one. Every object is checked
+    /// against its digest on the way in; a corrupt or unreachable remote is reported and the
+    /// step built here.
+    fn check_remote(&self, k: &ResolvedKey) -> Result<Option<StepResult>, StepResult> {
+        let Some(remote) = &self.sh.opts.remote else {
+            return Ok(None);
+        };
+        match remote.fetch(&self.sh.store, &k.key) {
+            Ok(Some((_, moved))) => {
+                self.sh.emitter.emit(Event::RemoteHit {
+                    step: self.id(),
+                    key: k.key.to_hex(),
+                    objects: moved.objects,
+                    bytes: moved.bytes,
+                    duration_ms: moved.millis,
+                });
+                self.check_cache(k)
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.sh.emitter.emit(Event::RemoteError {
+                    step: self.id(),
+                    error: format!("{e}; building it here"),
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// After a step ran: give its result to the remote cache. A failed upload is a warning; the
+    /// local result stands.
+    fn upload(&self, k: &ResolvedKey) {
+        let Some(remote) = &self.sh.opts.remote else {
+            return;
+        };
+        let event = match remote.push(&self.sh.store, &k.key) {
+            Ok(moved) => Event::RemoteUpload {
+                step: self.id(),
+                key: k.key.to_hex(),
+                objects: moved.objects,
+                bytes: moved.bytes,
+                duration_ms: moved.millis,
+            },
+            Err(e) => Event::RemoteError {
+                step: self.id(),
+                error: format!("{e}; not uploaded"),
+            },
+        };
+        self.sh.emitter.emit(event);
+    }
+
     /// Phase 3: the step's lock, so concurrent applies run it once.
     fn lock(&self, k: &ResolvedKey) -> Result<forge_cache::FileLock, StepResult> {
         let sh = self.sh;
         let opts = LockOptions {
             timeout: sh.opts.lock_timeout,
             poll: Duration::from_millis(50),
+            lease: LockOptions::default_lease(),
         };
-        let on_wait = |holder: Option<u32>| {
+        let on_wait = |holder: Option<&forge_cache::Holder>| {
             sh.emitter.emit(Event::LockWait {
                 step: self.id(),
-                holder: holder.unwrap_or(0),
+                holder: holder.map_or(0, |h| h.pid),
+                host: holder.map_or_else(|| "?".into(), |h| h.host.clone()),
             });
         };
         let lock = sh
@@ -772,10 +854,12 @@ impl StepRun<'_> {
                 Ok(()) => self.failed(OpError::infra(e.to_string()), Some(k.key)),
             })?;
         // A wait was reported when it began (`on_wait`); a reclaim is reported now.
-        if let Acquired::Reclaimed { dead_pid } = lock.acquired {
+        if let Acquired::Reclaimed { holder, why } = &lock.acquired {
             sh.emitter.emit(Event::LockReclaimed {
                 step: self.id(),
-                dead_pid,
+                dead_pid: holder.pid,
+                host: holder.host.clone(),
+                reason: why.as_str(),
             });
         }
         Ok(lock)

@@ -113,6 +113,35 @@ impl Console {
             Event::CacheHit { step, key } => {
                 self.line("Cached", &format!("{step} ({})", &key[..12]));
             }
+            Event::RemoteHit {
+                step,
+                objects,
+                bytes,
+                duration_ms,
+                ..
+            } => self.line(
+                "Downloaded",
+                &format!(
+                    "{step} from the remote cache ({objects} objects, {} in {})",
+                    crate::hardware::human_bytes(*bytes),
+                    human_duration(*duration_ms)
+                ),
+            ),
+            Event::RemoteUpload {
+                step,
+                objects,
+                bytes,
+                duration_ms,
+                ..
+            } => self.line(
+                "Uploaded",
+                &format!(
+                    "{step} to the remote cache ({objects} new objects, {} in {})",
+                    crate::hardware::human_bytes(*bytes),
+                    human_duration(*duration_ms)
+                ),
+            ),
+            Event::RemoteError { step, error } => self.line("Warning", &format!("{step}: {error}")),
             Event::Started { step, attempt, .. } => {
                 let extra = if *attempt > 0 {
                     format!(" (attempt {})", attempt + 1)
@@ -181,12 +210,24 @@ impl Console {
                     attempt + 1
                 ),
             ),
-            Event::LockWait { step, holder } => {
-                self.line("Waiting", &format!("{step}: locked by pid {holder}"));
+            Event::LockWait { step, holder, host } => {
+                self.line(
+                    "Waiting",
+                    &format!("{step}: locked by pid {holder} on {host}"),
+                );
             }
-            Event::LockReclaimed { step, dead_pid } => self.line(
+            Event::LockReclaimed {
+                step,
+                dead_pid,
+                host,
+                reason,
+            } => self.line(
                 "Reclaimed",
-                &format!("{step}: stale lock of dead process {dead_pid}"),
+                &if *reason == "dead" {
+                    format!("{step}: lock of pid {dead_pid} on {host}, which is gone")
+                } else {
+                    format!("{step}: lock of pid {dead_pid} on {host}, whose lease expired")
+                },
             ),
             Event::Finished {
                 step, duration_ms, ..

@@ -43,6 +43,7 @@ impl Project {
         c.args(args)
             .current_dir(self.path())
             .env_remove("FORGE_STORE")
+            .env_remove("FORGE_REMOTE")
             .env("NO_COLOR", "1")
             .env("FORGE_RETRY_BASE_MS", "10");
         c
