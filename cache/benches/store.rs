@@ -6,7 +6,8 @@
 //! contention); without it each worker has its own keys (write throughput). Prints steps/s,
 //! lookups/s and the per-step latency percentiles, and the metadata operations each step costs.
 //!
-//! `cargo bench -p forge-cache --bench store -- [--processes P] [--steps S] [--shared] [--dir DIR]`
+//! `cargo bench -p forge-cache --bench store -- [--processes P] [--steps S] [--shared]
+//! [--poll-ms MS] [--dir DIR]`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,7 +35,8 @@ fn flag(name: &str) -> bool {
 fn worker(store: &Path, id: usize, steps: usize, shared: bool) -> (u64, u64, Vec<u64>) {
     let store = Store::open(store).unwrap();
     let opts = LockOptions {
-        poll: Duration::from_millis(2),
+        // The executor's poll interval unless told otherwise.
+        poll: Duration::from_millis(num("--poll-ms", 50) as u64),
         ..LockOptions::default()
     };
     let (mut built, mut hits, mut lat) = (0, 0, Vec::with_capacity(steps));
@@ -51,8 +53,14 @@ fn worker(store: &Path, id: usize, steps: usize, shared: bool) -> (u64, u64, Vec
             lat.push(t.elapsed().as_micros() as u64);
             continue;
         }
-        let lock = store.lock_step(&key, opts, &|| false, &|_| {}).unwrap();
-        if store.get_action(&key).unwrap().is_some() {
+        // As the executor does: stop waiting once the holder has recorded the result.
+        let finished = || store.read_action(&key).is_ok_and(|r| r.is_some());
+        let lock = match store.lock_step(&key, opts, &finished, &|_| {}) {
+            Ok(lock) => Some(lock),
+            Err(_) if store.get_action(&key).unwrap().is_some() => None,
+            Err(e) => panic!("{e}"),
+        };
+        if lock.is_none() || store.get_action(&key).unwrap().is_some() {
             hits += 1;
         } else {
             let blob = store.put_bytes(name.as_bytes()).unwrap();
@@ -117,6 +125,7 @@ fn main() {
         .map(|i| {
             let mut c = Command::new(&exe);
             c.args(["--worker", &i.to_string(), "--steps", &steps.to_string()])
+                .args(["--poll-ms", &num("--poll-ms", 50).to_string()])
                 .arg("--dir")
                 .arg(&dir)
                 .stdout(std::process::Stdio::piped());
@@ -146,8 +155,9 @@ fn main() {
     lat.sort_unstable();
     let total = built + hits;
     println!(
-        "store bench: {processes} processes × {steps} steps ({}), {} cores",
+        "store bench: {processes} processes × {steps} steps ({}, lock poll {} ms), {} cores",
         if shared { "shared keys" } else { "own keys" },
+        num("--poll-ms", 50),
         std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
     );
     println!("  wall {secs:.2} s; built {built}, cache hits {hits}");

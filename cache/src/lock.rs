@@ -465,8 +465,13 @@ fn heartbeat(path: PathBuf, mut rec: Record, lost: Arc<AtomicBool>) -> std::io::
 }
 
 /// Take an exclusive step lock on `path`, waiting up to `opts.timeout`. `cancelled` is polled
-/// while waiting so Ctrl-C interrupts the wait; `on_wait` is told the holder once, when the wait
-/// begins (`None` when the file there is not a lock record).
+/// while waiting and ends the wait with [`LockError::Cancelled`] when it says so: Ctrl-C, or the
+/// caller seeing that the holder has finished the work (so that many waiters do not queue up
+/// for a lock they no longer need). `on_wait` is told the holder once, when the wait begins
+/// (`None` when the file there is not a lock record).
+///
+/// A waiter only reads the record while it is there; it tries to publish its own only once the
+/// path is free, so waiting costs one small read per poll.
 pub fn lock_exclusive(
     path: &Path,
     opts: LockOptions,
@@ -487,10 +492,14 @@ pub fn lock_exclusive(
     let mut reclaimed = None;
     let mut silence = Silence::default();
     loop {
-        if try_create(path, &mine).map_err(io)? {
-            break;
+        let seen = look(path).map_err(io)?;
+        if matches!(seen, Seen::Gone) {
+            if try_create(path, &mine).map_err(io)? {
+                break;
+            }
+            continue;
         }
-        let (text, holder, stale) = match look(path).map_err(io)? {
+        let (text, holder, stale) = match seen {
             Seen::Gone => continue,
             Seen::Unreadable(text) => {
                 let quiet = silence.unchanged_for(&text);

@@ -846,13 +846,33 @@ impl StepRun<'_> {
                 host: holder.map_or_else(|| "?".into(), |h| h.host.clone()),
             });
         };
-        let lock = sh
-            .store
-            .lock_step(&k.key, opts, &|| sh.cancel.is_cancelled(), &on_wait)
-            .map_err(|e| match self.not_cancelled(Some(k.key)) {
-                Err(cancelled) => cancelled,
-                Ok(()) => self.failed(OpError::infra(e.to_string()), Some(k.key)),
-            })?;
+        // While waiting for another process's lock, stop as soon as its result is recorded:
+        // every waiter then takes the cache hit at once instead of queueing for the lock.
+        let finished = || sh.store.read_action(&k.key).is_ok_and(|r| r.is_some());
+        let stop = || sh.cancel.is_cancelled() || finished();
+        let lock = match sh.store.lock_step(&k.key, opts, &stop, &on_wait) {
+            Ok(lock) => lock,
+            Err(e) => {
+                self.not_cancelled(Some(k.key))?;
+                let stopped = matches!(
+                    e,
+                    forge_cache::StoreError::Lock(forge_cache::LockError::Cancelled { .. })
+                );
+                if !stopped {
+                    return Err(self.failed(OpError::infra(e.to_string()), Some(k.key)));
+                }
+                if let Some(hit) = self.check_cache(k)? {
+                    return Err(hit);
+                }
+                // Recorded, but its outputs are damaged: wait for the lock itself and rebuild.
+                sh.store
+                    .lock_step(&k.key, opts, &|| sh.cancel.is_cancelled(), &on_wait)
+                    .map_err(|e| match self.not_cancelled(Some(k.key)) {
+                        Err(cancelled) => cancelled,
+                        Ok(()) => self.failed(OpError::infra(e.to_string()), Some(k.key)),
+                    })?
+            }
+        };
         // A wait was reported when it began (`on_wait`); a reclaim is reported now.
         if let Acquired::Reclaimed { holder, why } = &lock.acquired {
             sh.emitter.emit(Event::LockReclaimed {
