@@ -355,18 +355,33 @@ mod tests {
         key
     }
 
+    /// Two stores (two machines) and a directory remote.
+    struct World {
+        a: Store,
+        b: Store,
+        remote: Remote,
+        dir: tempfile::TempDir,
+        _stores: tempfile::TempDir,
+    }
+
+    impl World {
+        fn new() -> World {
+            let stores = tempfile::tempdir().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            World {
+                a: Store::open(stores.path().join("a")).unwrap(),
+                b: Store::open(stores.path().join("b")).unwrap(),
+                remote: Remote::open(dir.path().to_str().unwrap()).unwrap(),
+                dir,
+                _stores: stores,
+            }
+        }
+    }
+
     #[test]
     fn a_result_pushed_from_one_store_is_fetched_whole_into_another() {
-        let (a, b, r) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        let (sa, sb) = (
-            Store::open(a.path()).unwrap(),
-            Store::open(b.path()).unwrap(),
-        );
-        let remote = Remote::open(r.path().to_str().unwrap()).unwrap();
+        let w = World::new();
+        let (sa, sb, remote) = (&w.a, &w.b, &w.remote);
         let key = built(&sa, &[("w.bin", b"weights"), ("c.json", b"{}")]);
         assert!(remote.fetch(&sb, &key).unwrap().is_none());
         let up = remote.push(&sa, &key).unwrap();
@@ -398,16 +413,8 @@ mod tests {
 
     #[test]
     fn a_corrupt_or_truncated_remote_object_is_refused() {
-        let (a, b, r) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        let (sa, sb) = (
-            Store::open(a.path()).unwrap(),
-            Store::open(b.path()).unwrap(),
-        );
-        let remote = Remote::open(r.path().to_str().unwrap()).unwrap();
+        let w = World::new();
+        let (sa, sb, remote, r) = (&w.a, &w.b, &w.remote, &w.dir);
         let key = built(&sa, &[("w.bin", b"the weights of a model")]);
         remote.push(&sa, &key).unwrap();
         let tree = sa
