@@ -382,9 +382,9 @@ mod tests {
     fn a_result_pushed_from_one_store_is_fetched_whole_into_another() {
         let w = World::new();
         let (sa, sb, remote) = (&w.a, &w.b, &w.remote);
-        let key = built(&sa, &[("w.bin", b"weights"), ("c.json", b"{}")]);
-        assert!(remote.fetch(&sb, &key).unwrap().is_none());
-        let up = remote.push(&sa, &key).unwrap();
+        let key = built(sa, &[("w.bin", b"weights"), ("c.json", b"{}")]);
+        assert!(remote.fetch(sb, &key).unwrap().is_none());
+        let up = remote.push(sa, &key).unwrap();
         assert_eq!(
             (up.objects, up.bytes),
             (
@@ -396,9 +396,9 @@ mod tests {
             )
         );
         // Idempotent: nothing is sent twice.
-        assert_eq!(remote.push(&sa, &key).unwrap().objects, 0);
+        assert_eq!(remote.push(sa, &key).unwrap().objects, 0);
         assert!(remote.has_action(&key).unwrap());
-        let (rec, down) = remote.fetch(&sb, &key).unwrap().unwrap();
+        let (rec, down) = remote.fetch(sb, &key).unwrap().unwrap();
         assert_eq!(down.objects, 3);
         let got = sb
             .get_action(&key)
@@ -415,8 +415,8 @@ mod tests {
     fn a_corrupt_or_truncated_remote_object_is_refused() {
         let w = World::new();
         let (sa, sb, remote, r) = (&w.a, &w.b, &w.remote, &w.dir);
-        let key = built(&sa, &[("w.bin", b"the weights of a model")]);
-        remote.push(&sa, &key).unwrap();
+        let key = built(sa, &[("w.bin", b"the weights of a model")]);
+        remote.push(sa, &key).unwrap();
         let tree = sa
             .read_tree(&sa.read_action(&key).unwrap().unwrap().outputs["out"])
             .unwrap();
@@ -425,7 +425,7 @@ mod tests {
             .join("objects")
             .join(tree.entries[0].digest.to_hex());
         std::fs::write(&blob, b"the weights of a").unwrap();
-        let err = remote.fetch(&sb, &key).unwrap_err();
+        let err = remote.fetch(sb, &key).unwrap_err();
         assert!(
             matches!(err, RemoteError::Corrupt { size: 16, .. }),
             "{err}"
@@ -434,9 +434,9 @@ mod tests {
         assert!(!sb.has_object(&tree.entries[0].digest));
         // The bad object was deleted from the remote: now a miss, and the next push repairs it.
         assert!(!blob.exists());
-        assert!(remote.fetch(&sb, &key).unwrap().is_none());
-        assert_eq!(remote.push(&sa, &key).unwrap().objects, 1);
-        assert!(remote.fetch(&sb, &key).unwrap().is_some());
+        assert!(remote.fetch(sb, &key).unwrap().is_none());
+        assert_eq!(remote.push(sa, &key).unwrap().objects, 1);
+        assert!(remote.fetch(sb, &key).unwrap().is_some());
     }
 
     #[test]
