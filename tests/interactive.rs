@@ -22,6 +22,8 @@ fn sigint(child: &std::process::Child) {
 #[test]
 fn ctrl_c_cancels_cleanly_with_exit_130_and_the_next_apply_resumes() {
     let p = Project::new();
+    // The step keeps its counter the way a resumable step must: written aside, then renamed, so
+    // a kill between the shell's truncate and its write cannot leave an empty counter behind.
     p.write(
         "slow.yaml",
         r#"
@@ -33,7 +35,7 @@ phases:
       s:
         op: exec
         with:
-          run: "i=$(cat $FORGE_WORK_DIR/i 2>/dev/null || echo 0); while [ $i -lt 40 ]; do i=$((i+1)); echo $i > $FORGE_WORK_DIR/i; sleep 0.05; done; echo $i > $FORGE_OUTPUT/n"
+          run: "i=$(cat $FORGE_WORK_DIR/i 2>/dev/null || echo 0); while [ $i -lt 40 ]; do i=$((i+1)); echo $i > $FORGE_WORK_DIR/i.new; mv $FORGE_WORK_DIR/i.new $FORGE_WORK_DIR/i; sleep 0.05; done; echo $i > $FORGE_OUTPUT/n"
 "#,
     );
     let child = p
