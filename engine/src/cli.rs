@@ -14,7 +14,7 @@ use forge_ops::{CancelToken, OpRegistry};
 
 use crate::diag::did_you_mean;
 use crate::events::{Emitter, Event, Stamped};
-use crate::executor::{ApplyOptions, PlannedStep, Status, apply, dry_run};
+use crate::executor::{ApplyOptions, Executor, PlannedStep, Status, apply, dry_run};
 use crate::plan::Plan;
 use crate::report::{Console, LogFormat, human_duration};
 
@@ -115,6 +115,9 @@ pub enum Command {
     },
     /// Re-hash every object in the store; quarantine corrupt ones so the next apply rebuilds them.
     Verify,
+    /// Run one step of a job spec written by `apply --executor slurm` (what a cluster job runs).
+    #[command(hide = true)]
+    RunStep { spec: PathBuf },
     /// Delete results not referenced by the most recent runs of each pipeline.
     Gc {
         /// How many recent runs of each pipeline to keep alive.
@@ -299,6 +302,12 @@ pub struct Selection {
     pub only: Vec<String>,
 }
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ApplyArgs {
     pub pipeline: Option<PathBuf>,
@@ -308,9 +317,15 @@ pub struct ApplyArgs {
     /// Re-plan and re-apply when the pipeline or a `file:` input changes.
     #[arg(long)]
     pub watch: bool,
-    /// Steps running at once (CPU slots); default: number of cores.
+    /// Steps running at once (CPU slots); default: number of cores. With `--executor slurm`:
+    /// jobs in the cluster's queue at once (default 256).
     #[arg(long, short)]
     pub jobs: Option<usize>,
+    /// Where steps that miss the cache run: `local` (this process) or `slurm` (an `sbatch` job
+    /// per step, against the same store); default: the pipeline's `defaults.executor`, else
+    /// local.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
     /// GPUs available to steps that ask for them.
     #[arg(long, default_value_t = 1)]
     pub gpus: u32,
@@ -413,6 +428,11 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             crate::sync::pull(plan, &store, remote)
         }),
         Command::Verify => cmd_verify(&cli),
+        Command::RunStep { spec } => crate::slurm::run_job(&cli.store, spec, &registry)
+            .map_err(|e| {
+                eprint_error(&e, None);
+                EXIT_INVALID
+            }),
         Command::Gc {
             keep_last,
             all_pipelines,
@@ -785,18 +805,31 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
         });
     }
     let once = |plan: Plan| -> CmdResult {
+        let executor = executor_for(cli, a, &plan, &path)?;
+        let remote = match (&remote, &plan.pipeline.defaults.remote) {
+            (None, Some(url)) => RemoteArgs {
+                remote: Some(url.clone()),
+            }
+            .open()?,
+            _ => remote.clone(),
+        };
+        let default_jobs = match executor {
+            Executor::Slurm(_) => SLURM_DEFAULT_JOBS,
+            Executor::Local => ApplyOptions::default().jobs,
+        };
         let opts = selection(
             &plan,
             &a.select,
             ApplyOptions {
-                jobs: a.jobs.unwrap_or_else(|| ApplyOptions::default().jobs),
+                executor,
+                jobs: a.jobs.unwrap_or(default_jobs),
                 gpus: a.gpus,
                 keep_going: a.keep_going,
                 lock_timeout: a.lock_timeout,
                 retry_base: retry_base(),
                 disk_warn: a.disk_warn,
                 disk_stop: a.disk_stop,
-                remote: remote.clone(),
+                remote,
                 ..ApplyOptions::default()
             },
         )?;
@@ -818,6 +851,27 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     crate::watch::watch(&path, vars, registry, &interrupted, |plan| {
         once(plan).unwrap_or_else(|c| c)
     })
+}
+
+/// Jobs in the cluster's queue at once under `--executor slurm`, unless `--jobs` says.
+const SLURM_DEFAULT_JOBS: usize = 256;
+
+/// The executor: `--executor`, else the pipeline's `defaults.executor`, else local. Slurm needs
+/// `sbatch` here (exit 2 without it).
+fn executor_for(cli: &Cli, a: &ApplyArgs, plan: &Plan, path: &Path) -> Result<Executor, u8> {
+    let slurm = match a.executor {
+        Some(e) => e == ExecutorArg::Slurm,
+        None => plan.pipeline.defaults.executor.as_deref() == Some("slurm"),
+    };
+    if !slurm {
+        return Ok(Executor::Local);
+    }
+    crate::slurm::Slurm::new(&cli.store, path, a.vars.vars.clone())
+        .map(|s| Executor::Slurm(Arc::new(s)))
+        .map_err(|(msg, hint)| {
+            eprint_error(&msg, Some(&hint));
+            EXIT_INVALID
+        })
 }
 
 fn cmd_serve(cli: &Cli, s: &ServeArgs, registry: &OpRegistry) -> CmdResult {

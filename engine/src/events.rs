@@ -7,9 +7,11 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use forge_ops::{AlertLevel, Tier};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Everything a run reports. Serialized to `runs/<id>/events.jsonl` and `--log-format json`;
+/// read back from the event files of steps that ran as cluster jobs ([`crate::slurm`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted {
@@ -92,7 +94,23 @@ pub enum Event {
         step: String,
         dead_pid: u32,
         host: String,
-        reason: &'static str,
+        reason: String,
+    },
+    /// The step was submitted to the cluster as a batch job (`--executor slurm`); its own
+    /// events follow as the job runs.
+    Submitted {
+        step: String,
+        executor: String,
+        job_id: String,
+        attempt: u32,
+    },
+    /// The step's cluster job changed state (`PENDING`, `RUNNING`, `COMPLETED`, `NODE_FAIL`…),
+    /// with Slurm's reason when it gives one.
+    JobState {
+        step: String,
+        job_id: String,
+        state: String,
+        reason: Option<String>,
     },
     Finished {
         step: String,

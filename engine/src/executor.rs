@@ -54,6 +54,43 @@ pub struct ApplyOptions {
     pub disk_stop: u64,
     /// The remote cache: looked up on a local miss, and given every result built here.
     pub remote: Option<Arc<forge_cache::Remote>>,
+    /// Where steps that miss the cache run.
+    pub executor: Executor,
+}
+
+/// Where a step that missed the cache runs: the executor interface. Deciding (plan, keys,
+/// cache, DAG order) stays in [`apply`]; an executor only runs one resolved step and returns
+/// its result.
+#[derive(Debug, Clone, Default)]
+pub enum Executor {
+    /// In this process, on a blocking thread (the default).
+    #[default]
+    Local,
+    /// As a Slurm batch job running `forge run-step` against the same store
+    /// ([`crate::slurm`]). `--jobs` caps the jobs in the queue at once; the cluster places them.
+    Slurm(Arc<crate::slurm::Slurm>),
+}
+
+impl Executor {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Slurm(_) => "slurm",
+        }
+    }
+
+    /// Run step `i` (or find it cached). Blocking.
+    fn run(&self, sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
+        match self {
+            Self::Local => run_step_isolated(sh, i, inputs.clone()),
+            Self::Slurm(slurm) => crate::slurm::run_step(sh, i, inputs, slurm),
+        }
+    }
+
+    /// Whether this machine's CPUs and GPUs bound what runs at once (not so on a cluster).
+    fn local_resources(&self) -> bool {
+        matches!(self, Self::Local)
+    }
 }
 
 impl Default for ApplyOptions {
@@ -71,6 +108,7 @@ impl Default for ApplyOptions {
             disk_warn: crate::hardware::SEED_DISK_WARN,
             disk_stop: crate::hardware::SEED_DISK_STOP,
             remote: None,
+            executor: Executor::Local,
         }
     }
 }
@@ -111,7 +149,7 @@ pub struct StepResult {
 }
 
 impl StepResult {
-    fn pending() -> Self {
+    pub(crate) fn pending() -> Self {
         Self {
             status: Status::Pending,
             key: None,
@@ -306,16 +344,38 @@ pub fn dry_run(
 
 // ----- apply -------------------------------------------------------------------------------------
 
-struct Shared {
-    plan: Arc<Plan>,
-    store: Store,
-    opts: ApplyOptions,
-    emitter: Emitter,
-    cancel: CancelToken,
-    run_id: String,
+/// What every step of one apply shares.
+pub(crate) struct Shared {
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) store: Store,
+    pub(crate) opts: ApplyOptions,
+    pub(crate) emitter: Emitter,
+    pub(crate) cancel: CancelToken,
+    pub(crate) run_id: String,
     /// Whether a starting step already warned that free disk falls below `--disk-warn` (once
     /// per apply is enough).
     disk_warned: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        plan: Arc<Plan>,
+        store: Store,
+        opts: ApplyOptions,
+        emitter: Emitter,
+        cancel: CancelToken,
+        run_id: String,
+    ) -> Self {
+        Self {
+            plan,
+            store,
+            opts,
+            emitter,
+            cancel,
+            run_id,
+            disk_warned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 fn summary(
@@ -372,15 +432,14 @@ pub async fn apply(
     let n = plan.steps.len();
     let started = now_ms();
     let t0 = Instant::now();
-    let shared = Arc::new(Shared {
-        plan: plan.clone(),
+    let shared = Arc::new(Shared::new(
+        plan.clone(),
         store,
         opts,
         emitter,
         cancel,
-        run_id: run.id.clone(),
-        disk_warned: std::sync::atomic::AtomicBool::new(false),
-    });
+        run.id.clone(),
+    ));
     let selected: Vec<bool> = shared.opts.only.clone().unwrap_or_else(|| vec![true; n]);
     let mut results: Vec<StepResult> = (0..n).map(|_| StepResult::pending()).collect();
     let mut outputs: Vec<Option<BTreeMap<String, ObjectDigest>>> = vec![None; n];
@@ -403,6 +462,11 @@ pub async fn apply(
     }
     let mut running: tokio::task::JoinSet<(usize, StepResult)> = tokio::task::JoinSet::new();
     let jobs = shared.opts.jobs.max(1) as u32;
+    // Locally a step holds its CPUs and GPUs of this machine; on a cluster a step is one job in
+    // the queue (of at most `--jobs`) and the scheduler places it.
+    let local = shared.opts.executor.local_resources();
+    let slots = |r: forge_ops::Resources| if local { r.cpus.clamp(1, jobs) } else { 1 };
+    let gpus_of = |r: forge_ops::Resources| if local { r.gpus } else { 0 };
     let (mut cpu_free, mut gpu_free) = (jobs, shared.opts.gpus);
     let mut stopping = false;
     let mut last_summary = Instant::now();
@@ -411,8 +475,8 @@ pub async fn apply(
         if !stopping && !shared.cancel.is_cancelled() {
             for i in ready.clone() {
                 let r = plan.steps[i].resources;
-                let cpus = r.cpus.clamp(1, jobs);
-                if r.gpus > shared.opts.gpus {
+                let (cpus, gpus) = (slots(r), gpus_of(r));
+                if gpus > shared.opts.gpus {
                     ready.remove(&i);
                     let msg = format!(
                         "needs {} GPU(s) but only {} are available (--gpus)",
@@ -437,13 +501,13 @@ pub async fn apply(
                     }
                     continue;
                 }
-                if cpus <= cpu_free && r.gpus <= gpu_free {
+                if cpus <= cpu_free && gpus <= gpu_free {
                     cpu_free -= cpus;
-                    gpu_free -= r.gpus;
+                    gpu_free -= gpus;
                     ready.remove(&i);
                     let inputs = input_artifacts(&plan, i, &outputs);
                     let sh = shared.clone();
-                    running.spawn_blocking(move || (i, run_step_isolated(&sh, i, inputs)));
+                    running.spawn_blocking(move || (i, sh.opts.executor.run(&sh, i, &inputs)));
                 }
             }
         }
@@ -455,8 +519,8 @@ pub async fn apply(
             Err(e) => panic!("step task panicked: {e}"),
         };
         let r = plan.steps[i].resources;
-        cpu_free += r.cpus.clamp(1, jobs);
-        gpu_free += r.gpus;
+        cpu_free += slots(r);
+        gpu_free += gpus_of(r);
         match res.status {
             Status::Cached | Status::Ran => {
                 outputs[i] = Some(res.outputs.clone());
@@ -557,7 +621,22 @@ fn write_summary(shared: &Shared, run: &mut forge_cache::RunWriter, s: &RunSumma
     }
 }
 
-type Inputs = BTreeMap<String, Vec<(ObjectDigest, forge_ops::ArtifactKind, String)>>;
+/// A step's inputs: per input name, each wired artifact's digest, kind and producing step.
+pub(crate) type Inputs = BTreeMap<String, Vec<(ObjectDigest, forge_ops::ArtifactKind, String)>>;
+
+/// Step `i`'s key with these inputs.
+pub(crate) fn key_of(
+    plan: &Plan,
+    store: &Store,
+    i: usize,
+    inputs: &Inputs,
+) -> Result<StepKey, OpError> {
+    let digests = inputs
+        .iter()
+        .map(|(name, v)| (name.clone(), v.iter().map(|(d, _, _)| *d).collect()))
+        .collect();
+    Ok(own_preimage(plan, store, i, digests)?.key())
+}
 
 fn input_artifacts(
     plan: &Plan,
@@ -584,7 +663,7 @@ fn input_artifacts(
 }
 
 /// [`run_step`], turning a panic in an op into that step's failure instead of the run's crash.
-fn run_step_isolated(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
+pub(crate) fn run_step_isolated(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
     let t = Instant::now();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(sh, i, &inputs)))
         .unwrap_or_else(|panic| {
@@ -606,11 +685,7 @@ fn run_step_isolated(sh: &Shared, i: usize, inputs: Inputs) -> StepResult {
 
 /// Run (or find in the cache) one step, phase by phase. Blocking.
 fn run_step(sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
-    let step = StepRun {
-        sh,
-        i,
-        t0: Instant::now(),
-    };
+    let step = StepRun::new(sh, i);
     let phases = || -> Result<StepResult, StepResult> {
         step.not_cancelled(None)?;
         let key = step.resolve(inputs)?;
@@ -650,28 +725,64 @@ fn run_step(sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
 }
 
 /// A step's key, with the pre-image that explains it.
-struct ResolvedKey {
-    key: StepKey,
+pub(crate) struct ResolvedKey {
+    pub(crate) key: StepKey,
     preimage: serde_json::Value,
 }
 
 /// One step being run: the phases of [`run_step`], each ending the step early with its result
 /// when it must.
-struct StepRun<'a> {
+pub(crate) struct StepRun<'a> {
     sh: &'a Shared,
     i: usize,
     t0: Instant,
 }
 
-impl StepRun<'_> {
+impl<'a> StepRun<'a> {
+    pub(crate) fn new(sh: &'a Shared, i: usize) -> Self {
+        Self {
+            sh,
+            i,
+            t0: Instant::now(),
+        }
+    }
     fn s(&self) -> &StepInstance {
         &self.sh.plan.steps[self.i]
     }
-    fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         self.s().id.clone()
     }
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
 
-    fn failed(&self, e: OpError, key: Option<StepKey>) -> StepResult {
+    /// The step's result as another process recorded it (a cluster job): `status` says whether
+    /// that process ran it or found it cached. Its events were already forwarded.
+    pub(crate) fn recorded(
+        &self,
+        k: &ResolvedKey,
+        status: Status,
+    ) -> Result<StepResult, StepResult> {
+        match self.sh.store.get_action(&k.key) {
+            Ok(Some(rec)) => Ok(StepResult {
+                status,
+                key: Some(k.key),
+                outputs: rec.outputs,
+                duration_ms: self.elapsed_ms(),
+                ..StepResult::pending()
+            }),
+            Ok(None) => Err(self.failed(
+                OpError::infra(
+                    "the step's job reported it finished, but its result is not in the store \
+                     (is the store on a filesystem every node shares?)",
+                ),
+                Some(k.key),
+            )),
+            Err(e) => Err(self.failed(e.into(), Some(k.key))),
+        }
+    }
+
+    pub(crate) fn failed(&self, e: OpError, key: Option<StepKey>) -> StepResult {
         let error = e.to_string();
         self.sh.emitter.emit(Event::Failed {
             step: self.id(),
@@ -690,7 +801,7 @@ impl StepRun<'_> {
         }
     }
 
-    fn cancelled(&self, reason: String, key: Option<StepKey>) -> StepResult {
+    pub(crate) fn cancelled(&self, reason: String, key: Option<StepKey>) -> StepResult {
         self.sh.emitter.emit(Event::Cancelled {
             step: self.id(),
             reason: reason.clone(),
@@ -703,7 +814,7 @@ impl StepRun<'_> {
         }
     }
 
-    fn not_cancelled(&self, key: Option<StepKey>) -> Result<(), StepResult> {
+    pub(crate) fn not_cancelled(&self, key: Option<StepKey>) -> Result<(), StepResult> {
         if self.sh.cancel.is_cancelled() {
             return Err(self.cancelled(self.sh.cancel.reason().unwrap_or_default(), key));
         }
@@ -711,7 +822,7 @@ impl StepRun<'_> {
     }
 
     /// Phase 1: the key, from the params and the inputs' output digests.
-    fn resolve(&self, inputs: &Inputs) -> Result<ResolvedKey, StepResult> {
+    pub(crate) fn resolve(&self, inputs: &Inputs) -> Result<ResolvedKey, StepResult> {
         let s = self.s();
         // The digest view `preimage` expects, from the resolved inputs.
         let mut digests = vec![None; self.sh.plan.steps.len()];
@@ -761,7 +872,7 @@ impl StepRun<'_> {
     }
 
     /// Phases 2 and 4: a recorded result with all its outputs intact.
-    fn check_cache(&self, k: &ResolvedKey) -> Result<Option<StepResult>, StepResult> {
+    pub(crate) fn check_cache(&self, k: &ResolvedKey) -> Result<Option<StepResult>, StepResult> {
         let rec = match self.sh.store.get_action(&k.key) {
             Ok(Some(rec)) => rec,
             Ok(None) => return Ok(None),
@@ -879,7 +990,7 @@ impl StepRun<'_> {
                 step: self.id(),
                 dead_pid: holder.pid,
                 host: holder.host.clone(),
-                reason: why.as_str(),
+                reason: why.as_str().into(),
             });
         }
         Ok(lock)

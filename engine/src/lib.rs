@@ -27,6 +27,7 @@ pub mod report;
 pub mod saved_plan;
 pub mod schema;
 pub mod serve;
+pub mod slurm;
 pub mod sync;
 pub mod tensorboard;
 pub mod vars;

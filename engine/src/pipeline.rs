@@ -23,7 +23,7 @@ pub const TOP_KEYS: &[&str] = &[
     "vars",
     "phases",
 ];
-pub const DEFAULTS_KEYS: &[&str] = &["device", "seed"];
+pub const DEFAULTS_KEYS: &[&str] = &["device", "seed", "executor", "remote", "slurm"];
 pub const PHASE_KEYS: &[&str] = &["description", "steps"];
 pub const STEP_KEYS: &[&str] = &[
     "op",
@@ -36,14 +36,25 @@ pub const STEP_KEYS: &[&str] = &[
     "retries",
     "timeout",
     "seed",
+    "slurm",
 ];
 pub const RESOURCE_KEYS: &[&str] = &["cpus", "gpus"];
+pub const SLURM_KEYS: &[&str] = &["partition", "account", "time", "mem", "extra"];
 
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub device: String,
     pub seed: u64,
+    /// `local` or `slurm`, when the pipeline sets it (`--executor` wins).
+    pub executor: Option<String>,
+    /// The remote cache's URL, when the pipeline sets it (`--remote` and FORGE_REMOTE win).
+    pub remote: Option<String>,
+    /// Slurm options of every step (a step's own `slurm:` is laid over them).
+    pub slurm: crate::slurm::SlurmOptions,
 }
+
+/// The executors `defaults.executor` and `--executor` name.
+pub const EXECUTORS: &[&str] = &["local", "slurm"];
 
 /// A reference to another step as written: `step`, `phase.step`, `phase.step.output`, optionally
 /// with a matrix selector `step[axis=value]`.
@@ -83,6 +94,8 @@ pub struct StepDecl {
     pub timeout: Option<Duration>,
     /// The step's own seed, as written (it may be `${…}`); `defaults.seed` when absent.
     pub seed: Option<Node>,
+    /// The step's own Slurm options (laid over `defaults.slurm`).
+    pub slurm: Option<crate::slurm::SlurmOptions>,
 }
 
 impl StepDecl {
@@ -357,6 +370,9 @@ fn parse_root(
     let mut defaults = Defaults {
         device: "cpu".into(),
         seed: 42,
+        executor: None,
+        remote: None,
+        slurm: crate::slurm::SlurmOptions::default(),
     };
     if let Some(d) = get(map, "defaults")
         && let Some(dm) = expect_map(d, "`defaults`", errs)
@@ -380,6 +396,26 @@ fn parse_root(
             && let Some(s) = unsigned(seed, "`defaults.seed`", errs)
         {
             defaults.seed = s;
+        }
+        if let Some(ex) = get(dm, "executor")
+            && let Some(s) = string(ex, "`defaults.executor`", errs)
+        {
+            if EXECUTORS.contains(&s.as_str()) {
+                defaults.executor = Some(s);
+            } else {
+                errs.push(
+                    Diagnostic::error(format!("unknown executor `{s}`"))
+                        .label(ex.span, "not an executor")
+                        .help("use `local` (this machine) or `slurm` (a batch job per step)")
+                        .code("pipeline::executor"),
+                );
+            }
+        }
+        if let Some(r) = get(dm, "remote") {
+            defaults.remote = string(r, "`defaults.remote`", errs);
+        }
+        if let Some(sl) = get(dm, "slurm") {
+            defaults.slurm = slurm_options(sl, "`defaults.slurm`", errs).unwrap_or_default();
         }
     }
 
@@ -589,7 +625,46 @@ fn parse_step(
         retries,
         timeout,
         seed: get(map, "seed").cloned(),
+        slurm: get(map, "slurm").and_then(|n| slurm_options(n, "`slurm`", errs)),
     })
+}
+
+/// A `slurm:` block: `partition`, `account`, `time`, `mem` (strings) and `extra` (a list of
+/// `sbatch` options).
+fn slurm_options(
+    node: &Node,
+    what: &str,
+    errs: &mut Vec<Diagnostic>,
+) -> Option<crate::slurm::SlurmOptions> {
+    let map = expect_map(node, what, errs)?;
+    check_keys(map, SLURM_KEYS, what, errs);
+    let mut o = crate::slurm::SlurmOptions::default();
+    let field = |name: &str, errs: &mut Vec<Diagnostic>| {
+        get(map, name).and_then(|v| string(v, &format!("`slurm.{name}`"), errs))
+    };
+    o.partition = field("partition", errs);
+    o.account = field("account", errs);
+    o.time = field("time", errs);
+    o.mem = field("mem", errs);
+    if let Some(extra) = get(map, "extra") {
+        match &extra.kind {
+            NodeKind::Seq(items) => {
+                for it in items {
+                    match &it.kind {
+                        NodeKind::Str(s) if s.starts_with('-') => o.extra.push(s.clone()),
+                        _ => errs.push(
+                            Diagnostic::error("`slurm.extra` holds sbatch options")
+                                .label(it.span, "not an option")
+                                .help("write each as `--name=value`, e.g. `--qos=high`")
+                                .code("pipeline::slurm"),
+                        ),
+                    }
+                }
+            }
+            _ => errs.push(type_error(extra, "`slurm.extra`", "a list of sbatch options")),
+        }
+    }
+    Some(o)
 }
 
 // ----- interpolation -----------------------------------------------------------------------------

@@ -38,6 +38,9 @@ pub struct StepInstance {
     pub needs: Vec<usize>,
     pub outputs: Vec<OutputSpec>,
     pub resources: Resources,
+    /// Slurm options (`defaults.slurm` with the step's own over them); used by
+    /// `--executor slurm` only, and not part of the key.
+    pub slurm: crate::slurm::SlurmOptions,
     pub retries: u32,
     pub timeout: Option<Duration>,
     /// The step's effective seed, resolved once here: the value in its key and the one its op
@@ -210,6 +213,10 @@ pub fn build(pipeline: Pipeline, registry: &OpRegistry) -> Result<Plan, Invalid>
                 needs: Vec::new(),
                 outputs,
                 resources,
+                slurm: decl.slurm.as_ref().map_or_else(
+                    || pipeline.defaults.slurm.clone(),
+                    |own| own.over(&pipeline.defaults.slurm),
+                ),
                 retries,
                 timeout: decl.timeout,
                 seed,

@@ -210,6 +210,31 @@ impl Console {
                     attempt + 1
                 ),
             ),
+            Event::Submitted {
+                step,
+                executor,
+                job_id,
+                attempt,
+            } => {
+                let again = if *attempt > 0 {
+                    format!(", attempt {}", attempt + 1)
+                } else {
+                    String::new()
+                };
+                self.line(
+                    "Submitted",
+                    &format!("{step} as {executor} job {job_id}{again}"),
+                );
+            }
+            Event::JobState {
+                step,
+                job_id,
+                state,
+                reason,
+            } => {
+                let why = reason.as_deref().map_or(String::new(), |r| format!(" ({r})"));
+                self.line("Job", &format!("{step}: {job_id} {state}{why}"));
+            }
             Event::LockWait { step, holder, host } => {
                 self.line(
                     "Waiting",

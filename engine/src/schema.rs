@@ -42,6 +42,24 @@ struct DefaultsDoc {
     device: Option<String>,
     /// Seed of every step without its own `seed:`; part of every key.
     seed: Option<u64>,
+    /// Where steps that miss the cache run: `local` (this machine, the default) or `slurm` (a
+    /// batch job per step on the cluster; `--executor` wins).
+    executor: Option<ExecutorDoc>,
+    /// Remote cache URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///dir`); `--remote`
+    /// and FORGE_REMOTE win.
+    remote: Option<String>,
+    /// Slurm options of every step, for `--executor slurm`.
+    slurm: Option<crate::slurm::SlurmOptions>,
+}
+
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum ExecutorDoc {
+    /// Every step in this process.
+    Local,
+    /// Every step as a Slurm batch job (`sbatch`) against the same store.
+    Slurm,
 }
 
 #[allow(dead_code)]
@@ -97,6 +115,9 @@ struct StepDoc {
     /// This step's seed (default: `defaults.seed`): every random stream of the step is drawn from
     /// it, and it is part of the step's key. May be `${…}`, e.g. one per matrix instance.
     seed: Option<Seed>,
+    /// This step's Slurm options, over `defaults.slurm` (for `--executor slurm`; not part of
+    /// the key).
+    slurm: Option<crate::slurm::SlurmOptions>,
 }
 
 #[allow(dead_code)]

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 /// Who can fix a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// The user: the data, the parameters or the inputs wired into the step are wrong for it.
