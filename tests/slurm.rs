@@ -198,9 +198,17 @@ fn a_train_job_cancelled_with_scancel_resumes_from_its_checkpoint_to_the_same_by
         },
     );
     let out = Command::new("scancel").arg(&job).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, evs) = driver.finish();
-    assert_eq!(code, Some(3), "the apply did not fail as the cluster's fault: {evs:?}");
+    assert_eq!(
+        code,
+        Some(3),
+        "the apply did not fail as the cluster's fault: {evs:?}"
+    );
     let failed = evs
         .into_iter()
         .find(|e| e["event"] == "failed" && e["step"] == "p.model")
@@ -230,7 +238,10 @@ fn a_train_job_cancelled_with_scancel_resumes_from_its_checkpoint_to_the_same_by
                 .as_str()
                 .is_some_and(|m| m.starts_with("resuming from the checkpoint at step"))
     });
-    assert!(resumed, "the resubmitted job did not resume from the checkpoint");
+    assert!(
+        resumed,
+        "the resubmitted job did not resume from the checkpoint"
+    );
     let model = |evs: &[serde_json::Value]| {
         finished_outputs(evs)
             .into_iter()
@@ -287,7 +298,12 @@ phases:
 fn without_sbatch_the_slurm_executor_is_refused_before_anything_is_written() {
     let p = Project::new();
     let out = p
-        .cmd(&["apply", &repo("pipelines/hello.yaml"), "--executor", "slurm"])
+        .cmd(&[
+            "apply",
+            &repo("pipelines/hello.yaml"),
+            "--executor",
+            "slurm",
+        ])
         .env("PATH", p.path().join("no-bin"))
         .output()
         .unwrap();

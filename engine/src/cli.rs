@@ -428,11 +428,12 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             crate::sync::pull(plan, &store, remote)
         }),
         Command::Verify => cmd_verify(&cli),
-        Command::RunStep { spec } => crate::slurm::run_job(&cli.store, spec, &registry)
-            .map_err(|e| {
+        Command::RunStep { spec } => {
+            crate::slurm::run_job(&cli.store, spec, &registry).map_err(|e| {
                 eprint_error(&e, None);
                 EXIT_INVALID
-            }),
+            })
+        }
         Command::Gc {
             keep_last,
             all_pipelines,

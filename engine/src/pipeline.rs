@@ -661,7 +661,11 @@ fn slurm_options(
                     }
                 }
             }
-            _ => errs.push(type_error(extra, "`slurm.extra`", "a list of sbatch options")),
+            _ => errs.push(type_error(
+                extra,
+                "`slurm.extra`",
+                "a list of sbatch options",
+            )),
         }
     }
     Some(o)

@@ -232,7 +232,9 @@ impl Console {
                 state,
                 reason,
             } => {
-                let why = reason.as_deref().map_or(String::new(), |r| format!(" ({r})"));
+                let why = reason
+                    .as_deref()
+                    .map_or(String::new(), |r| format!(" ({r})"));
                 self.line("Job", &format!("{step}: {job_id} {state}{why}"));
             }
             Event::LockWait { step, holder, host } => {

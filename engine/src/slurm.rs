@@ -216,10 +216,7 @@ impl JobInfo {
     /// Whether the job ended because of the cluster rather than the step: run it again.
     #[must_use]
     pub fn transient(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "NODE_FAIL" | "PREEMPTED" | "BOOT_FAIL"
-        )
+        matches!(self.state.as_str(), "NODE_FAIL" | "PREEMPTED" | "BOOT_FAIL")
     }
 }
 
@@ -476,7 +473,10 @@ fn submit(
     let output = dir.join(format!("{stem}.out"));
     let mut cmd = Command::new("sbatch");
     cmd.arg("--parsable")
-        .arg(format!("--job-name=forge:{}:{}", sh.plan.pipeline.name, s.id))
+        .arg(format!(
+            "--job-name=forge:{}:{}",
+            sh.plan.pipeline.name, s.id
+        ))
         .arg(format!("--output={}", output.display()))
         .arg(format!("--chdir={}", slurm.cwd.display()))
         .args(s.slurm.sbatch_args(s.resources.cpus, s.resources.gpus))
@@ -512,12 +512,7 @@ fn submit(
 /// Follow job `job` until it ends: its events forwarded as they come, its state changes
 /// reported, `scancel` when the run is cancelled. Returns its last state and how its events
 /// ended the step.
-fn follow(
-    sh: &Shared,
-    i: usize,
-    job: &str,
-    events: PathBuf,
-) -> (Option<JobInfo>, Option<Ending>) {
+fn follow(sh: &Shared, i: usize, job: &str, events: PathBuf) -> (Option<JobInfo>, Option<Ending>) {
     let step = &sh.plan.steps[i].id;
     let mut follower = EventFollower {
         path: events,
@@ -541,34 +536,30 @@ fn follow(
             next_poll = Instant::now();
         }
         if Instant::now() >= next_poll {
-            let info = job_info(job);
-            match &info {
-                Some(info) => {
-                    unknown_since = None;
-                    if last.as_ref() != Some(info) {
-                        sh.emitter.emit(Event::JobState {
-                            step: step.clone(),
-                            job_id: job.to_owned(),
-                            state: info.state.clone(),
-                            reason: info.reason.clone(),
-                        });
-                        // A change: look again soon.
-                        poll = Duration::from_millis(250);
-                    }
-                    if info.ended() {
-                        follower.read(sh);
-                        return (Some(info.clone()), follower.ending);
-                    }
-                    last = Some(info.clone());
+            if let Some(info) = job_info(job) {
+                unknown_since = None;
+                if last.as_ref() != Some(&info) {
+                    sh.emitter.emit(Event::JobState {
+                        step: step.clone(),
+                        job_id: job.to_owned(),
+                        state: info.state.clone(),
+                        reason: info.reason.clone(),
+                    });
+                    // A change: look again soon.
+                    poll = Duration::from_millis(250);
                 }
+                if info.ended() {
+                    follower.read(sh);
+                    return (Some(info), follower.ending);
+                }
+                last = Some(info);
+            } else {
                 // Just submitted and not yet visible, or forgotten (no accounting): give the
                 // controller a minute before deciding the job is gone.
-                None => {
-                    let since = *unknown_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > Duration::from_secs(60) {
-                        follower.read(sh);
-                        return (None, follower.ending);
-                    }
+                let since = *unknown_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(60) {
+                    follower.read(sh);
+                    return (None, follower.ending);
                 }
             }
             next_poll = Instant::now() + poll;
@@ -661,9 +652,10 @@ pub fn run_job(
             };
             rt.block_on(async {
                 use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut term), Ok(mut int)) =
-                    (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-                else {
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
                     return;
                 };
                 tokio::select! {
@@ -766,7 +758,10 @@ mod tests {
         assert!(done.ended() && done.transient());
         let oom = parse_scontrol("JobId=7 JobState=OUT_OF_MEMORY Reason=OutOfMemory").unwrap();
         assert!(oom.ended() && !oom.transient());
-        assert_eq!(parse_scontrol("slurm_load_jobs error: Invalid job id"), None);
+        assert_eq!(
+            parse_scontrol("slurm_load_jobs error: Invalid job id"),
+            None
+        );
     }
 
     #[test]
