@@ -12,6 +12,10 @@
 //! 4. Outputs are moved into the store as trees, the action and the step ref are written, the
 //!    work dir is removed.
 //!
+//! Where a step that misses the cache runs is the [`Executor`]'s business: in this process
+//! (`local`), or as a Slurm job whose `forge run-step` calls the same [`run_step`] on another
+//! node ([`crate::slurm`]). Deciding — keys, cache, DAG order — stays here.
+//!
 //! Failure is fail-fast by default: running siblings are cancelled (they checkpoint and stop) and
 //! nothing new starts. With `--keep-going`, everything not downstream of a failure still runs.
 //! Ctrl-C cancels the same way; the next `apply` resumes.

@@ -50,7 +50,7 @@ pub struct Defaults {
     /// The remote cache's URL, when the pipeline sets it (`--remote` and FORGE_REMOTE win).
     pub remote: Option<String>,
     /// Slurm options of every step (a step's own `slurm:` is laid over them).
-    pub slurm: crate::slurm::SlurmOptions,
+    pub slurm: crate::slurm::options::SlurmOptions,
 }
 
 /// The executors `defaults.executor` and `--executor` name.
@@ -95,7 +95,7 @@ pub struct StepDecl {
     /// The step's own seed, as written (it may be `${…}`); `defaults.seed` when absent.
     pub seed: Option<Node>,
     /// The step's own Slurm options (laid over `defaults.slurm`).
-    pub slurm: Option<crate::slurm::SlurmOptions>,
+    pub slurm: Option<crate::slurm::options::SlurmOptions>,
 }
 
 impl StepDecl {
@@ -372,7 +372,7 @@ fn parse_root(
         seed: 42,
         executor: None,
         remote: None,
-        slurm: crate::slurm::SlurmOptions::default(),
+        slurm: crate::slurm::options::SlurmOptions::default(),
     };
     if let Some(d) = get(map, "defaults")
         && let Some(dm) = expect_map(d, "`defaults`", errs)
@@ -635,10 +635,10 @@ fn slurm_options(
     node: &Node,
     what: &str,
     errs: &mut Vec<Diagnostic>,
-) -> Option<crate::slurm::SlurmOptions> {
+) -> Option<crate::slurm::options::SlurmOptions> {
     let map = expect_map(node, what, errs)?;
     check_keys(map, SLURM_KEYS, what, errs);
-    let mut o = crate::slurm::SlurmOptions::default();
+    let mut o = crate::slurm::options::SlurmOptions::default();
     let field = |name: &str, errs: &mut Vec<Diagnostic>| {
         get(map, name).and_then(|v| string(v, &format!("`slurm.{name}`"), errs))
     };

@@ -40,7 +40,7 @@ pub struct StepInstance {
     pub resources: Resources,
     /// Slurm options (`defaults.slurm` with the step's own over them); used by
     /// `--executor slurm` only, and not part of the key.
-    pub slurm: crate::slurm::SlurmOptions,
+    pub slurm: crate::slurm::options::SlurmOptions,
     pub retries: u32,
     pub timeout: Option<Duration>,
     /// The step's effective seed, resolved once here: the value in its key and the one its op

@@ -49,7 +49,7 @@ struct DefaultsDoc {
     /// and FORGE_REMOTE win.
     remote: Option<String>,
     /// Slurm options of every step, for `--executor slurm`.
-    slurm: Option<crate::slurm::SlurmOptions>,
+    slurm: Option<crate::slurm::options::SlurmOptions>,
 }
 
 #[allow(dead_code)]
@@ -117,7 +117,7 @@ struct StepDoc {
     seed: Option<Seed>,
     /// This step's Slurm options, over `defaults.slurm` (for `--executor slurm`; not part of
     /// the key).
-    slurm: Option<crate::slurm::SlurmOptions>,
+    slurm: Option<crate::slurm::options::SlurmOptions>,
 }
 
 #[allow(dead_code)]

@@ -29,70 +29,17 @@ use std::time::{Duration, Instant};
 
 use forge_cache::{ObjectDigest, StepKey};
 use forge_ops::{OpError, Tier};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::executor::{Inputs, Shared, Status, StepResult, StepRun};
 use crate::vars::VarOverride;
 
+pub mod options;
+pub use options::SlurmOptions;
+
 /// How often a step whose node failed or was preempted is submitted again.
 pub const TRANSIENT_RESUBMITS: u32 = 3;
-
-/// Slurm options of a step (`slurm:` in `defaults` or on the step; a step's own fields win, its
-/// `extra` options come after the defaults').
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SlurmOptions {
-    /// `--partition`: the queue the job goes to.
-    pub partition: Option<String>,
-    /// `--account` charged for the job.
-    pub account: Option<String>,
-    /// `--time`: the job's wall-clock limit in Slurm's format (`30:00`, `4:00:00`,
-    /// `1-00:00:00`). A step the limit stops keeps its checkpoint; raise it and apply again.
-    pub time: Option<String>,
-    /// `--mem`: memory per node (`16G`).
-    pub mem: Option<String>,
-    /// More `sbatch` options, passed as written (`--qos=high`, `--constraint=h100`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra: Vec<String>,
-}
-
-impl SlurmOptions {
-    /// These options over `base`: a field set here wins; `extra` is `base`'s then these.
-    #[must_use]
-    pub fn over(&self, base: &SlurmOptions) -> SlurmOptions {
-        let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
-        SlurmOptions {
-            partition: pick(&self.partition, &base.partition),
-            account: pick(&self.account, &base.account),
-            time: pick(&self.time, &base.time),
-            mem: pick(&self.mem, &base.mem),
-            extra: base.extra.iter().chain(&self.extra).cloned().collect(),
-        }
-    }
-
-    /// The `sbatch` options for a step holding `cpus` CPUs and `gpus` GPUs.
-    #[must_use]
-    pub fn sbatch_args(&self, cpus: u32, gpus: u32) -> Vec<String> {
-        let mut a = vec![format!("--cpus-per-task={}", cpus.max(1))];
-        if gpus > 0 {
-            a.push(format!("--gres=gpu:{gpus}"));
-        }
-        for (flag, v) in [
-            ("--partition", &self.partition),
-            ("--account", &self.account),
-            ("--time", &self.time),
-            ("--mem", &self.mem),
-        ] {
-            if let Some(v) = v {
-                a.push(format!("{flag}={v}"));
-            }
-        }
-        a.extend(self.extra.iter().cloned());
-        a
-    }
-}
 
 /// What the driver needs to submit jobs: where the job's `forge`, store and pipeline are.
 #[derive(Debug, Clone)]
@@ -629,8 +576,9 @@ pub fn run_job(
     let writer = std::thread::spawn(move || {
         use std::io::Write;
         for ev in rx {
-            // The driver re-stamps what it forwards; the job writes the bare event.
-            if let Ok(mut line) = serde_json::to_vec(&ev.event) {
+            // With the job's own time: the driver re-stamps what it forwards, and
+            // bench/slurm.sh reads when each step started and finished on its node.
+            if let Ok(mut line) = serde_json::to_vec(&ev) {
                 line.push(b'\n');
                 let _ = events.write_all(&line);
                 let _ = events.flush();
@@ -713,39 +661,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn step_options_win_over_the_defaults_and_extras_add_up() {
-        let defaults = SlurmOptions {
-            partition: Some("gpu".into()),
-            time: Some("1:00:00".into()),
-            extra: vec!["--qos=normal".into()],
-            ..SlurmOptions::default()
-        };
-        let step = SlurmOptions {
-            time: Some("4:00:00".into()),
-            mem: Some("16G".into()),
-            extra: vec!["--constraint=h100".into()],
-            ..SlurmOptions::default()
-        };
-        let o = step.over(&defaults);
-        assert_eq!(
-            o.sbatch_args(4, 2),
-            [
-                "--cpus-per-task=4",
-                "--gres=gpu:2",
-                "--partition=gpu",
-                "--time=4:00:00",
-                "--mem=16G",
-                "--qos=normal",
-                "--constraint=h100",
-            ]
-        );
-        assert_eq!(
-            SlurmOptions::default().sbatch_args(0, 0),
-            ["--cpus-per-task=1"]
-        );
-    }
-
-    #[test]
     fn scontrol_lines_give_the_state_and_reason() {
         let line = "JobId=7 JobName=forge:p.s UserId=root(0) JobState=PENDING Reason=Resources \
                     Dependency=(null) ExitCode=0:0";
@@ -761,6 +676,27 @@ mod tests {
         assert_eq!(
             parse_scontrol("slurm_load_jobs error: Invalid job id"),
             None
+        );
+    }
+
+    #[test]
+    fn a_jobs_stamped_event_lines_read_back_as_events() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        crate::events::Emitter::new(tx).emit(Event::Started {
+            step: "p.s".into(),
+            key: "ab".into(),
+            attempt: 1,
+        });
+        let line = serde_json::to_string(&rx.recv().unwrap()).unwrap();
+        assert!(line.contains("\"ts_unix_ms\""), "{line}");
+        let ev: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            ev,
+            Event::Started {
+                step: "p.s".into(),
+                key: "ab".into(),
+                attempt: 1
+            }
         );
     }
 
