@@ -14,7 +14,7 @@ use forge_ops::{CancelToken, OpRegistry};
 
 use crate::diag::did_you_mean;
 use crate::events::{Emitter, Event, Stamped};
-use crate::executor::{ApplyOptions, Executor, PlannedStep, Status, apply, dry_run};
+use crate::executor::{ApplyOptions, Executor, Local, PlannedStep, Status, apply, dry_run};
 use crate::plan::Plan;
 use crate::report::{Console, LogFormat, human_duration};
 
@@ -814,9 +814,10 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
             .open()?,
             _ => remote.clone(),
         };
-        let default_jobs = match executor {
-            Executor::Slurm(_) => SLURM_DEFAULT_JOBS,
-            Executor::Local => ApplyOptions::default().jobs,
+        let default_jobs = if executor.local_resources() {
+            ApplyOptions::default().jobs
+        } else {
+            SLURM_DEFAULT_JOBS
         };
         let opts = selection(
             &plan,
@@ -859,16 +860,21 @@ const SLURM_DEFAULT_JOBS: usize = 256;
 
 /// The executor: `--executor`, else the pipeline's `defaults.executor`, else local. Slurm needs
 /// `sbatch` here (exit 2 without it).
-fn executor_for(cli: &Cli, a: &ApplyArgs, plan: &Plan, path: &Path) -> Result<Executor, u8> {
+fn executor_for(
+    cli: &Cli,
+    a: &ApplyArgs,
+    plan: &Plan,
+    path: &Path,
+) -> Result<Arc<dyn Executor>, u8> {
     let slurm = match a.executor {
         Some(e) => e == ExecutorArg::Slurm,
         None => plan.pipeline.defaults.executor.as_deref() == Some("slurm"),
     };
     if !slurm {
-        return Ok(Executor::Local);
+        return Ok(Arc::new(Local));
     }
     crate::slurm::Slurm::new(&cli.store, path, a.vars.vars.clone())
-        .map(|s| Executor::Slurm(Arc::new(s)))
+        .map(|s| Arc::new(s) as Arc<dyn Executor>)
         .map_err(|(msg, hint)| {
             eprint_error(&msg, Some(&hint));
             EXIT_INVALID

@@ -59,41 +59,35 @@ pub struct ApplyOptions {
     /// The remote cache: looked up on a local miss, and given every result built here.
     pub remote: Option<Arc<forge_cache::Remote>>,
     /// Where steps that miss the cache run.
-    pub executor: Executor,
+    pub executor: Arc<dyn Executor>,
 }
 
 /// Where a step that missed the cache runs: the executor interface. Deciding (plan, keys,
-/// cache, DAG order) stays in [`apply`]; an executor only runs one resolved step and returns
-/// its result.
-#[derive(Debug, Clone, Default)]
-pub enum Executor {
-    /// In this process, on a blocking thread (the default).
-    #[default]
-    Local,
-    /// As a Slurm batch job running `forge run-step` against the same store
-    /// ([`crate::slurm`]). `--jobs` caps the jobs in the queue at once; the cluster places them.
-    Slurm(Arc<crate::slurm::Slurm>),
+/// cache, DAG order) stays in [`apply`]; an executor only runs one ready step and returns its
+/// result. Two implementations: [`Local`] and the Slurm executor (`crate::slurm::Slurm`).
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// `local`, `slurm`.
+    fn name(&self) -> &'static str;
+    /// Whether this machine's CPUs and GPUs bound what runs at once (`--jobs`, `--gpus`); on a
+    /// cluster the scheduler places the steps and `--jobs` only caps those in its queue.
+    fn local_resources(&self) -> bool;
+    /// Run step `i` with these inputs (or find it cached) and return its result. Blocking.
+    fn run(&self, sh: &Shared, i: usize, inputs: &Inputs) -> StepResult;
 }
 
-impl Executor {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Slurm(_) => "slurm",
-        }
-    }
+/// Every step in this process, on a blocking thread (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Local;
 
-    /// Run step `i` (or find it cached). Blocking.
-    fn run(&self, sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
-        match self {
-            Self::Local => run_step_isolated(sh, i, inputs.clone()),
-            Self::Slurm(slurm) => crate::slurm::run_step(sh, i, inputs, slurm),
-        }
+impl Executor for Local {
+    fn name(&self) -> &'static str {
+        "local"
     }
-
-    /// Whether this machine's CPUs and GPUs bound what runs at once (not so on a cluster).
     fn local_resources(&self) -> bool {
-        matches!(self, Self::Local)
+        true
+    }
+    fn run(&self, sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
+        run_step_isolated(sh, i, inputs.clone())
     }
 }
 
@@ -112,7 +106,7 @@ impl Default for ApplyOptions {
             disk_warn: crate::hardware::SEED_DISK_WARN,
             disk_stop: crate::hardware::SEED_DISK_STOP,
             remote: None,
-            executor: Executor::Local,
+            executor: Arc::new(Local),
         }
     }
 }
@@ -349,7 +343,7 @@ pub fn dry_run(
 // ----- apply -------------------------------------------------------------------------------------
 
 /// What every step of one apply shares.
-pub(crate) struct Shared {
+pub struct Shared {
     pub(crate) plan: Arc<Plan>,
     pub(crate) store: Store,
     pub(crate) opts: ApplyOptions,
@@ -626,7 +620,7 @@ fn write_summary(shared: &Shared, run: &mut forge_cache::RunWriter, s: &RunSumma
 }
 
 /// A step's inputs: per input name, each wired artifact's digest, kind and producing step.
-pub(crate) type Inputs = BTreeMap<String, Vec<(ObjectDigest, forge_ops::ArtifactKind, String)>>;
+pub type Inputs = BTreeMap<String, Vec<(ObjectDigest, forge_ops::ArtifactKind, String)>>;
 
 /// Step `i`'s key with these inputs.
 pub(crate) fn key_of(
@@ -691,12 +685,7 @@ pub(crate) fn run_step_isolated(sh: &Shared, i: usize, inputs: Inputs) -> StepRe
 fn run_step(sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
     let step = StepRun::new(sh, i);
     let phases = || -> Result<StepResult, StepResult> {
-        step.not_cancelled(None)?;
-        let key = step.resolve(inputs)?;
-        let forced = sh.opts.force.contains(&i);
-        if !forced && let Some(hit) = step.check_cache(&key)? {
-            return Ok(hit);
-        }
+        let (key, forced) = step.resolve_unless_cached(inputs)?;
         let lock = step.lock(&key)?;
         if (!forced || matches!(lock.acquired, Acquired::AfterWait { .. }))
             && let Some(hit) = step.check_cache(&key)?
@@ -826,7 +815,7 @@ impl<'a> StepRun<'a> {
     }
 
     /// Phase 1: the key, from the params and the inputs' output digests.
-    pub(crate) fn resolve(&self, inputs: &Inputs) -> Result<ResolvedKey, StepResult> {
+    fn resolve(&self, inputs: &Inputs) -> Result<ResolvedKey, StepResult> {
         let s = self.s();
         // The digest view `preimage` expects, from the resolved inputs.
         let mut digests = vec![None; self.sh.plan.steps.len()];
@@ -845,6 +834,21 @@ impl<'a> StepRun<'a> {
             Ok(None) => unreachable!("all inputs of a started step are finished"),
             Err(e) => Err(self.failed(e, None)),
         }
+    }
+
+    /// Phases 1 and 2, which every executor runs where the plan is: the key, and whether the
+    /// step is forced; a cached (and not forced) step ends here with its hit.
+    pub(crate) fn resolve_unless_cached(
+        &self,
+        inputs: &Inputs,
+    ) -> Result<(ResolvedKey, bool), StepResult> {
+        self.not_cancelled(None)?;
+        let key = self.resolve(inputs)?;
+        let forced = self.sh.opts.force.contains(&self.i);
+        if !forced && let Some(hit) = self.check_cache(&key)? {
+            return Err(hit);
+        }
+        Ok((key, forced))
     }
 
     /// Point the step's ref at the key when it moved (a no-op run writes nothing per step). The
@@ -876,7 +880,7 @@ impl<'a> StepRun<'a> {
     }
 
     /// Phases 2 and 4: a recorded result with all its outputs intact.
-    pub(crate) fn check_cache(&self, k: &ResolvedKey) -> Result<Option<StepResult>, StepResult> {
+    fn check_cache(&self, k: &ResolvedKey) -> Result<Option<StepResult>, StepResult> {
         let rec = match self.sh.store.get_action(&k.key) {
             Ok(Some(rec)) => rec,
             Ok(None) => return Ok(None),

@@ -32,7 +32,7 @@ use forge_ops::{OpError, Tier};
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
-use crate::executor::{Inputs, Shared, Status, StepResult, StepRun};
+use crate::executor::{Executor, Inputs, Shared, Status, StepResult, StepRun};
 use crate::vars::VarOverride;
 
 pub mod options;
@@ -86,6 +86,18 @@ impl Slurm {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             poll_max,
         })
+    }
+}
+
+impl Executor for Slurm {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+    fn local_resources(&self) -> bool {
+        false
+    }
+    fn run(&self, sh: &Shared, i: usize, inputs: &Inputs) -> StepResult {
+        run_step(sh, i, inputs, self)
     }
 }
 
@@ -283,12 +295,7 @@ impl EventFollower {
 pub(crate) fn run_step(sh: &Shared, i: usize, inputs: &Inputs, slurm: &Slurm) -> StepResult {
     let step = StepRun::new(sh, i);
     let phases = || -> Result<StepResult, StepResult> {
-        step.not_cancelled(None)?;
-        let key = step.resolve(inputs)?;
-        let forced = sh.opts.force.contains(&i);
-        if !forced && let Some(hit) = step.check_cache(&key)? {
-            return Ok(hit);
-        }
+        let (key, forced) = step.resolve_unless_cached(inputs)?;
         let dir = sh.store.root().join("runs").join(&sh.run_id).join("jobs");
         std::fs::create_dir_all(&dir)
             .map_err(|e| step.failed(OpError::io(&dir, e), Some(key.key)))?;
@@ -297,7 +304,7 @@ pub(crate) fn run_step(sh: &Shared, i: usize, inputs: &Inputs, slurm: &Slurm) ->
             let (job, events, output) =
                 submit(sh, i, inputs, slurm, &dir, &key.key, attempt, forced)
                     .map_err(|e| step.failed(e, Some(key.key)))?;
-            let (info, ending) = follow(sh, i, &job, events);
+            let (info, ending) = follow(sh, i, &job, events, slurm.poll_max);
             let info = info.unwrap_or(JobInfo {
                 state: "UNKNOWN".into(),
                 reason: Some("the cluster no longer knows the job".into()),
@@ -449,7 +456,7 @@ fn submit(
         .to_owned();
     sh.emitter.emit(Event::Submitted {
         step: s.id.clone(),
-        executor: "slurm".into(),
+        executor: slurm.name().into(),
         job_id: job.clone(),
         attempt,
     });
@@ -459,16 +466,18 @@ fn submit(
 /// Follow job `job` until it ends: its events forwarded as they come, its state changes
 /// reported, `scancel` when the run is cancelled. Returns its last state and how its events
 /// ended the step.
-fn follow(sh: &Shared, i: usize, job: &str, events: PathBuf) -> (Option<JobInfo>, Option<Ending>) {
+fn follow(
+    sh: &Shared,
+    i: usize,
+    job: &str,
+    events: PathBuf,
+    poll_max: Duration,
+) -> (Option<JobInfo>, Option<Ending>) {
     let step = &sh.plan.steps[i].id;
     let mut follower = EventFollower {
         path: events,
         offset: 0,
         ending: None,
-    };
-    let poll_max = match &sh.opts.executor {
-        crate::executor::Executor::Slurm(s) => s.poll_max,
-        crate::executor::Executor::Local => Duration::from_secs(5),
     };
     let mut poll = Duration::from_millis(250);
     let mut next_poll = Instant::now();
