@@ -7,7 +7,8 @@
 #   submit → start   sbatch, queueing, launching the job, `forge run-step` loading the pipeline
 #   start → finish   the step itself under the lock, recorded in the store
 #   finish → seen    until the driver learns the job ended (its polling)
-# and the same pipelines applied locally for comparison.
+# and the same pipelines applied locally for comparison; first, the cluster's own latency: N bare
+# `sbatch --wrap true`-like jobs one after another, followed with `scontrol` every 50 ms.
 #   bash bench/slurm.sh [N]      (default 20; FORGE=path/to/forge, default the debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,24 @@ N=${1:-20}
 : "${SLURM_CONF:?start a cluster first: eval \"\$(.ci/start-slurm)\"}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+
+python3 - "$N" <<'PY'
+import statistics, subprocess, sys, tempfile, time
+n = int(sys.argv[1])
+start, seen = [], []
+with tempfile.NamedTemporaryFile() as f:
+    for _ in range(n):
+        t0 = time.time()
+        job = subprocess.check_output(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", f"date +%s.%N > {f.name}"]).decode().strip().split(";")[0]
+        while "JobState=COMPLETED" not in subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout:
+            time.sleep(0.05)
+        seen.append((time.time() - t0) * 1000)
+        start.append((float(open(f.name).read()) - t0) * 1000)
+def med(xs):
+    xs = sorted(xs)
+    return f"median {statistics.median(xs):6.0f} ms, p90 {xs[int(0.9 * (len(xs) - 1))]:6.0f} ms"
+print(f"bare  sbatch {n} jobs:\n    submit -> start : {med(start)}\n    submit -> seen  : {med(seen)}")
+PY
 
 pipeline() { # $1 = chain|wide
   echo "version: 1"

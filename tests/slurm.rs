@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::{Project, stderr, steps_with};
 
-fn cluster() -> bool {
+/// The cluster, one test at a time (a test that takes the node down must not kill another's
+/// jobs); `None` when there is no cluster.
+fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let up = Command::new("sinfo")
         .arg("-h")
         .output()
@@ -26,8 +29,13 @@ fn cluster() -> bool {
             "FORGE_REQUIRE_SLURM is set but no Slurm cluster answers `sinfo` (start one with .ci/start-slurm)"
         );
         eprintln!("skipped: no Slurm cluster answers `sinfo` (.ci/start-slurm starts one)");
+        return None;
     }
-    up
+    Some(
+        ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
 }
 
 fn repo(rel: &str) -> String {
@@ -60,9 +68,9 @@ fn finished_outputs(evs: &[serde_json::Value]) -> Vec<(String, serde_json::Value
 
 #[test]
 fn hello_runs_every_step_as_a_job_and_makes_the_local_bytes() {
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let hello = repo("pipelines/hello.yaml");
     let p = Project::new();
     let evs = p.apply_ok(&hello, &["--executor", "slurm"]);
@@ -140,6 +148,7 @@ impl Driver {
 fn apply_until_submitted(p: &Project, step: &str) -> (Driver, String) {
     let mut child = p
         .cmd(&[
+            "-v",
             "--log-format",
             "json",
             "apply",
@@ -175,9 +184,9 @@ fn apply_until_submitted(p: &Project, step: &str) -> (Driver, String) {
 
 #[test]
 fn a_train_job_cancelled_with_scancel_resumes_from_its_checkpoint_to_the_same_bytes() {
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let whole = Project::new();
     whole.write("t.yaml", train_pipeline());
     let whole_evs = whole.apply_ok("t.yaml", &[]);
@@ -257,9 +266,9 @@ fn a_train_job_cancelled_with_scancel_resumes_from_its_checkpoint_to_the_same_by
 
 #[test]
 fn ctrl_c_on_the_driver_cancels_its_jobs() {
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let p = Project::new();
     p.write(
         "t.yaml",
@@ -349,9 +358,9 @@ phases:
 
 #[test]
 fn a_job_the_cluster_refuses_fails_with_sbatch_s_reason() {
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let p = Project::new();
     p.write(
         "t.yaml",
@@ -371,4 +380,98 @@ phases:
     let err = stderr(&out);
     assert!(err.contains("sbatch refused the job"), "{err}");
     assert!(err.contains("partition"), "{err}");
+}
+
+/// Takes the node down (its running jobs end `NODE_FAIL`) and always brings it back.
+struct NodeDown(String);
+
+impl NodeDown {
+    fn now() -> Self {
+        let out = Command::new("sinfo").args(["-h", "-o", "%N"]).output().unwrap();
+        let node = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let down = Command::new("scontrol")
+            .args(["update", &format!("NodeName={node}"), "State=DOWN", "Reason=forge-test"])
+            .status()
+            .unwrap();
+        assert!(down.success(), "could not take {node} down");
+        Self(node)
+    }
+}
+
+impl Drop for NodeDown {
+    fn drop(&mut self) {
+        let _ = Command::new("scontrol")
+            .args(["update", &format!("NodeName={}", self.0), "State=RESUME"])
+            .status();
+    }
+}
+
+#[test]
+fn a_node_failure_resubmits_the_step_and_it_resumes_to_the_same_bytes() {
+    let Some(_cluster) = cluster() else {
+        return;
+    };
+    let whole = Project::new();
+    whole.write("t.yaml", train_pipeline());
+    let whole_evs = whole.apply_ok("t.yaml", &[]);
+
+    let p = Project::new();
+    // Without `--no-requeue` Slurm would requeue the job itself (forge follows the same job id
+    // through that); with it, resubmitting is forge's.
+    p.write(
+        "t.yaml",
+        &train_pipeline().replace("--comment=forge-test", "--no-requeue"),
+    );
+    let (driver, job) = apply_until_submitted(&p, "p.model");
+    p.wait_for_work_file(
+        "checkpoint/progress.json",
+        Duration::from_secs(300),
+        "training never checkpointed in its job",
+        |t| {
+            serde_json::from_str::<serde_json::Value>(t)
+                .is_ok_and(|v| v["step"].as_u64() >= Some(8))
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    {
+        let _down = NodeDown::now();
+        while !scontrol(&job).contains("JobState=NODE_FAIL") {
+            assert!(Instant::now() < deadline, "{}", scontrol(&job));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let (code, evs) = driver.finish();
+    assert_eq!(code, Some(0), "{evs:?}");
+    let retried = evs.iter().any(|e| {
+        e["event"] == "retrying"
+            && e["step"] == "p.model"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("Slurm job {job} ended NODE_FAIL")))
+    });
+    assert!(retried, "no resubmission after the node failure: {evs:?}");
+    let jobs: Vec<_> = evs
+        .iter()
+        .filter(|e| e["event"] == "submitted" && e["step"] == "p.model")
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(jobs, [0, 1]);
+    assert!(
+        evs.iter().any(|e| e["event"] == "log"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("resuming from the checkpoint at step"))),
+        "the resubmitted job did not resume from the checkpoint"
+    );
+    let model = |evs: &[serde_json::Value]| {
+        finished_outputs(evs)
+            .into_iter()
+            .find(|(s, _)| s == "p.model")
+            .map(|(_, o)| o)
+    };
+    assert_eq!(
+        model(&evs),
+        model(&whole_evs),
+        "the resubmitted step's artifact differs from an uninterrupted local run's"
+    );
 }

@@ -485,7 +485,13 @@ fn follow(
     let mut scancelled = false;
     let mut unknown_since: Option<Instant> = None;
     loop {
+        let had_ending = follower.ending.is_some();
         follower.read(sh);
+        if !had_ending && follower.ending.is_some() {
+            // The step is recorded (or failed): the job is about to end; look soon.
+            next_poll = Instant::now();
+            poll = Duration::from_millis(250);
+        }
         if sh.cancel.is_cancelled() && !scancelled {
             scancelled = true;
             let _ = Command::new("scancel").arg(job).status();
