@@ -387,10 +387,18 @@ struct NodeDown(String);
 
 impl NodeDown {
     fn now() -> Self {
-        let out = Command::new("sinfo").args(["-h", "-o", "%N"]).output().unwrap();
+        let out = Command::new("sinfo")
+            .args(["-h", "-o", "%N"])
+            .output()
+            .unwrap();
         let node = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let down = Command::new("scontrol")
-            .args(["update", &format!("NodeName={node}"), "State=DOWN", "Reason=forge-test"])
+            .args([
+                "update",
+                &format!("NodeName={node}"),
+                "State=DOWN",
+                "Reason=forge-test",
+            ])
             .status()
             .unwrap();
         assert!(down.success(), "could not take {node} down");
