@@ -201,6 +201,44 @@ fn two_stores_share_results_through_a_directory_remote() {
 }
 
 #[test]
+fn the_pipeline_can_name_its_remote_and_the_flag_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    let other = dir.path().join("other");
+    let pipeline = CHAIN.replace(
+        "name: chain\n",
+        &format!(
+            "name: chain\ndefaults: {{ remote: \"{}\" }}\n",
+            shared.display()
+        ),
+    );
+    let a = Project::new();
+    a.write("chain.yaml", &pipeline);
+    let evs = a.apply_ok("chain.yaml", &[]);
+    assert_eq!(steps_with(&evs, "remote-upload").len(), 4, "{evs:?}");
+
+    let b = Project::new();
+    b.write("chain.yaml", &pipeline);
+    let plan = b.run(&["plan", "chain.yaml"]);
+    assert!(
+        stderr(&plan).contains("4 from the remote cache")
+            || String::from_utf8_lossy(&plan.stdout).contains("4 from the remote cache"),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+    let evs = b.apply_ok("chain.yaml", &[]);
+    assert_eq!(steps_with(&evs, "remote-hit").len(), 4, "{evs:?}");
+    assert!(steps_with(&evs, "started").is_empty(), "{evs:?}");
+
+    // `--remote` wins over the pipeline's: C builds everything and uploads to the other remote.
+    let c = Project::new();
+    c.write("chain.yaml", &pipeline);
+    let evs = c.apply_ok("chain.yaml", &["--remote", &other.display().to_string()]);
+    assert!(steps_with(&evs, "remote-hit").is_empty(), "{evs:?}");
+    assert_eq!(steps_with(&evs, "remote-upload").len(), 4, "{evs:?}");
+}
+
+#[test]
 fn push_and_pull_move_results_without_running_anything() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();

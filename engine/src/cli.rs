@@ -251,6 +251,18 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
+    /// The remote for `plan`: `--remote` or FORGE_REMOTE, else the pipeline's
+    /// `defaults.remote`, else none.
+    fn open_for(&self, plan: &Plan) -> Result<Option<Arc<forge_cache::Remote>>, u8> {
+        match (&self.remote, &plan.pipeline.defaults.remote) {
+            (None, Some(url)) => RemoteArgs {
+                remote: Some(url.clone()),
+            }
+            .open(),
+            _ => self.open(),
+        }
+    }
+
     /// Open the remote, if one is given; a URL that cannot be used is invalid input (exit 2).
     fn open(&self) -> Result<Option<Arc<forge_cache::Remote>>, u8> {
         let Some(url) = &self.remote else {
@@ -365,7 +377,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
     let code = match &cli.command {
         Command::Apply(a) => cmd_apply(&cli, a, &registry),
         Command::Plan(p) => with_plan(&p.pipeline, &p.vars.vars, &registry, |plan| {
-            let remote = p.remote.open()?;
+            let remote = p.remote.open_for(plan)?;
             let opts = selection(
                 plan,
                 &p.select,
@@ -414,7 +426,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             pipeline,
             remote,
         } => with_plan(pipeline, &[], &registry, |plan| {
-            let remote = crate::sync::require(remote.open()?, "push")?;
+            let remote = crate::sync::require(remote.open_for(plan)?, "push")?;
             let mut steps = vec![];
             for s in step {
                 steps.extend(select_steps(plan, s, "step")?);
@@ -423,7 +435,7 @@ pub fn run(cli: Cli, registry: OpRegistry) -> ExitCode {
             crate::sync::push(plan, &store, &remote, &steps)
         }),
         Command::Pull { pipeline, remote } => with_plan(pipeline, &[], &registry, |plan| {
-            let remote = crate::sync::require(remote.open()?, "pull")?;
+            let remote = crate::sync::require(remote.open_for(plan)?, "pull")?;
             let store = Store::open(&cli.store).map_err(|e| store_error(&e))?;
             crate::sync::pull(plan, &store, remote)
         }),
@@ -739,14 +751,15 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     let vars = a.vars.vars.as_slice();
     // A saved plan's pipeline is planned once: to check the plan is current, then to run it.
     let mut checked: Option<Plan> = None;
-    let remote = a.remote.open()?;
+    // Checked now, so a bad URL is refused before anything runs.
+    a.remote.open()?;
     if let Some(saved) = &saved {
         let plan = load_plan(&path, vars, registry)?;
         let opts = selection(
             &plan,
             &a.select,
             ApplyOptions {
-                remote: remote.clone(),
+                remote: a.remote.open_for(&plan)?,
                 ..ApplyOptions::default()
             },
         )?;
@@ -770,7 +783,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
             &plan,
             &a.select,
             ApplyOptions {
-                remote,
+                remote: a.remote.open_for(&plan)?,
                 ..ApplyOptions::default()
             },
         )?;
@@ -807,13 +820,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     }
     let once = |plan: Plan| -> CmdResult {
         let executor = executor_for(cli, a, &plan, &path)?;
-        let remote = match (&remote, &plan.pipeline.defaults.remote) {
-            (None, Some(url)) => RemoteArgs {
-                remote: Some(url.clone()),
-            }
-            .open()?,
-            _ => remote.clone(),
-        };
+        let remote = a.remote.open_for(&plan)?;
         let default_jobs = if executor.local_resources() {
             ApplyOptions::default().jobs
         } else {
@@ -831,7 +838,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
                 retry_base: retry_base(),
                 disk_warn: a.disk_warn,
                 disk_stop: a.disk_stop,
-                remote,
+                remote: remote.clone(),
                 ..ApplyOptions::default()
             },
         )?;
@@ -839,7 +846,10 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
         *current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = token.clone();
-        run_apply(cli, plan, opts, token, &rt)
+        let code = run_apply(cli, plan, opts, token, &rt);
+        // The remote's client owns a runtime: dropped here, outside the apply's async context.
+        drop(remote);
+        code
     };
     if !a.watch {
         let plan = plan_once()?;
