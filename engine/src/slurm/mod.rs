@@ -228,11 +228,19 @@ fn tail(path: &Path, n: usize) -> String {
 /// How a job's events ended the step, if they did.
 enum Ending {
     Recorded(Status),
-    Failed { error: String, tier: Tier },
+    /// The job's `failed` event, held back until the job's state says what it means.
+    Failed {
+        event: Event,
+        error: String,
+        tier: Tier,
+    },
+    /// The job's `cancelled` event (its reason), held back likewise.
     Cancelled(String),
 }
 
-/// Follows a job's event file: new complete lines only, forwarded as they come.
+/// Follows a job's event file: new complete lines only, forwarded as they come — except a
+/// `failed` or `cancelled` ending, which means something else when the node failed (resubmit)
+/// or this run cancelled the job.
 struct EventFollower {
     path: PathBuf,
     offset: u64,
@@ -272,15 +280,13 @@ impl EventFollower {
                             self.ending = Some(Ending::Failed {
                                 error: error.clone(),
                                 tier: *tier,
+                                event: ev.clone(),
                             });
-                            // This run cancelled the job: Slurm's SIGTERM reached the step's
-                            // own processes too, and what they report is the cancel.
-                            if sh.cancel.is_cancelled() {
-                                continue;
-                            }
+                            continue;
                         }
                         Event::Cancelled { reason, .. } => {
                             self.ending = Some(Ending::Cancelled(reason.clone()));
+                            continue;
                         }
                         _ => {}
                     }
@@ -309,39 +315,21 @@ pub(crate) fn run_step(sh: &Shared, i: usize, inputs: &Inputs, slurm: &Slurm) ->
                 state: "UNKNOWN".into(),
                 reason: Some("the cluster no longer knows the job".into()),
             });
-            if sh.cancel.is_cancelled() && !matches!(ending, Some(Ending::Recorded(_))) {
+            if let Some(Ending::Recorded(status)) = ending {
+                return step.recorded(&key, status);
+            }
+            // This run cancelled the job: Slurm's SIGTERM reached the step's own processes too,
+            // and whatever they reported is the cancel.
+            if sh.cancel.is_cancelled() {
                 let reason = sh.cancel.reason().unwrap_or_default();
                 return Err(step.cancelled(reason, Some(key.key)));
             }
-            match ending {
-                Some(Ending::Recorded(status)) => return step.recorded(&key, status),
-                Some(Ending::Failed { error, tier }) => {
-                    return Err(StepResult {
-                        status: Status::Failed,
-                        key: Some(key.key),
-                        duration_ms: step.elapsed_ms(),
-                        error: Some(error),
-                        tier: Some(tier),
-                        ..StepResult::pending()
-                    });
-                }
-                // Cancelled on the cluster (scancel, an administrator), not by this run.
-                Some(Ending::Cancelled(reason)) => {
-                    let e = OpError::infra(format!(
-                        "Slurm job {job} was cancelled on the cluster before the step finished"
-                    ))
-                    .with_detail(format!(
-                        "the step stopped cleanly ({reason}); apply again: it resumes from its checkpoint"
-                    ));
-                    return Err(step.failed(e, Some(key.key)));
-                }
-                None => {}
-            }
-            step.not_cancelled(Some(key.key))?;
             let why = info
                 .reason
                 .as_deref()
                 .map_or(String::new(), |r| format!(", {r}"));
+            // The node failed or the job was preempted: not the step's fault, whatever it
+            // reported as it was stopped. Again, from its checkpoint.
             if info.transient() && attempt < TRANSIENT_RESUBMITS {
                 sh.emitter.emit(Event::Retrying {
                     step: step.id(),
@@ -351,6 +339,31 @@ pub(crate) fn run_step(sh: &Shared, i: usize, inputs: &Inputs, slurm: &Slurm) ->
                 });
                 attempt += 1;
                 continue;
+            }
+            match ending {
+                Some(Ending::Failed { event, error, tier }) => {
+                    sh.emitter.emit(event);
+                    return Err(StepResult {
+                        status: Status::Failed,
+                        key: Some(key.key),
+                        duration_ms: step.elapsed_ms(),
+                        error: Some(error),
+                        tier: Some(tier),
+                        ..StepResult::pending()
+                    });
+                }
+                // Cancelled on the cluster (scancel, an administrator), not by this run. (A
+                // step stopped by its time limit also reports a cancel: TIMEOUT is said below.)
+                Some(Ending::Cancelled(reason)) if info.state == "CANCELLED" => {
+                    let e = OpError::infra(format!(
+                        "Slurm job {job} was cancelled on the cluster before the step finished"
+                    ))
+                    .with_detail(format!(
+                        "the step stopped cleanly ({reason}); apply again: it resumes from its checkpoint"
+                    ));
+                    return Err(step.failed(e, Some(key.key)));
+                }
+                Some(Ending::Recorded(_) | Ending::Cancelled(_)) | None => {}
             }
             let message = format!(
                 "Slurm job {job} ended {}{why} without recording the step",
@@ -622,7 +635,7 @@ pub fn run_job(
                     return;
                 };
                 tokio::select! {
-                    _ = term.recv() => cancel.cancel("the Slurm job was cancelled (SIGTERM)"),
+                    _ = term.recv() => cancel.cancel("stopped by Slurm (SIGTERM)"),
                     _ = int.recv() => cancel.cancel("interrupted (SIGINT)"),
                 }
             });
