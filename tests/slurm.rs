@@ -102,6 +102,37 @@ fn hello_runs_every_step_as_a_job_and_makes_the_local_bytes() {
     assert_eq!(steps_with(&again, "cache-hit").len(), 3);
 }
 
+/// The digests of `p.model`'s outputs (the whole artifact: weights, metrics, histories).
+fn model_outputs(evs: &[serde_json::Value]) -> Option<serde_json::Value> {
+    finished_outputs(evs)
+        .into_iter()
+        .find(|(s, _)| s == "p.model")
+        .map(|(_, o)| o)
+}
+
+/// Whether the training logged that it resumed from a checkpoint.
+fn resumed_from_checkpoint(evs: &[serde_json::Value]) -> bool {
+    evs.iter().any(|e| {
+        e["event"] == "log"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("resuming from the checkpoint at step"))
+    })
+}
+
+/// Wait until the training in `p`'s store has checkpointed at step 8 or later.
+fn wait_for_checkpoint(p: &Project) {
+    p.wait_for_work_file(
+        "checkpoint/progress.json",
+        Duration::from_secs(300),
+        "training never checkpointed in its job",
+        |t| {
+            serde_json::from_str::<serde_json::Value>(t)
+                .is_ok_and(|v| v["step"].as_u64() >= Some(8))
+        },
+    );
+}
+
 fn train_pipeline() -> &'static str {
     r#"
 version: 1
@@ -197,15 +228,7 @@ fn a_train_job_cancelled_with_scancel_resumes_from_its_checkpoint_to_the_same_by
     let record = scontrol(&job);
     assert!(record.contains("TimeLimit=00:10:00"), "{record}");
     assert!(record.contains("Comment=forge-test"), "{record}");
-    p.wait_for_work_file(
-        "checkpoint/progress.json",
-        Duration::from_secs(300),
-        "training never checkpointed in its job",
-        |t| {
-            serde_json::from_str::<serde_json::Value>(t)
-                .is_ok_and(|v| v["step"].as_u64() >= Some(8))
-        },
-    );
+    wait_for_checkpoint(&p);
     let out = Command::new("scancel").arg(&job).output().unwrap();
     assert!(
         out.status.success(),
@@ -241,25 +264,13 @@ fn a_train_job_cancelled_with_scancel_resumes_from_its_checkpoint_to_the_same_by
     assert!(out.status.success(), "{}", stderr(&out));
     let evs = common::events(&out);
     assert_eq!(steps_with(&evs, "submitted"), ["p.model"]);
-    let resumed = evs.iter().any(|e| {
-        e["event"] == "log"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("resuming from the checkpoint at step"))
-    });
     assert!(
-        resumed,
+        resumed_from_checkpoint(&evs),
         "the resubmitted job did not resume from the checkpoint"
     );
-    let model = |evs: &[serde_json::Value]| {
-        finished_outputs(evs)
-            .into_iter()
-            .find(|(s, _)| s == "p.model")
-            .map(|(_, o)| o)
-    };
     assert_eq!(
-        model(&evs),
-        model(&whole_evs),
+        model_outputs(&evs),
+        model_outputs(&whole_evs),
         "the resumed artifact differs from an uninterrupted local run's"
     );
 }
@@ -431,15 +442,7 @@ fn a_node_failure_resubmits_the_step_and_it_resumes_to_the_same_bytes() {
         &train_pipeline().replace("--comment=forge-test", "--no-requeue"),
     );
     let (driver, job) = apply_until_submitted(&p, "p.model");
-    p.wait_for_work_file(
-        "checkpoint/progress.json",
-        Duration::from_secs(300),
-        "training never checkpointed in its job",
-        |t| {
-            serde_json::from_str::<serde_json::Value>(t)
-                .is_ok_and(|v| v["step"].as_u64() >= Some(8))
-        },
-    );
+    wait_for_checkpoint(&p);
     let deadline = Instant::now() + Duration::from_secs(60);
     {
         let _down = NodeDown::now();
@@ -465,21 +468,12 @@ fn a_node_failure_resubmits_the_step_and_it_resumes_to_the_same_bytes() {
         .collect();
     assert_eq!(jobs, [0, 1]);
     assert!(
-        evs.iter().any(|e| e["event"] == "log"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("resuming from the checkpoint at step"))),
+        resumed_from_checkpoint(&evs),
         "the resubmitted job did not resume from the checkpoint"
     );
-    let model = |evs: &[serde_json::Value]| {
-        finished_outputs(evs)
-            .into_iter()
-            .find(|(s, _)| s == "p.model")
-            .map(|(_, o)| o)
-    };
     assert_eq!(
-        model(&evs),
-        model(&whole_evs),
+        model_outputs(&evs),
+        model_outputs(&whole_evs),
         "the resubmitted step's artifact differs from an uninterrupted local run's"
     );
 }

@@ -250,17 +250,26 @@ pub struct RemoteArgs {
     pub remote: Option<String>,
 }
 
+/// `given` (the remote `--remote` or FORGE_REMOTE opened), else the pipeline's
+/// `defaults.remote`, else none.
+fn remote_for(
+    given: Option<Arc<forge_cache::Remote>>,
+    plan: &Plan,
+) -> Result<Option<Arc<forge_cache::Remote>>, u8> {
+    match (given, &plan.pipeline.defaults.remote) {
+        (None, Some(url)) => RemoteArgs {
+            remote: Some(url.clone()),
+        }
+        .open(),
+        (given, _) => Ok(given),
+    }
+}
+
 impl RemoteArgs {
     /// The remote for `plan`: `--remote` or FORGE_REMOTE, else the pipeline's
     /// `defaults.remote`, else none.
     fn open_for(&self, plan: &Plan) -> Result<Option<Arc<forge_cache::Remote>>, u8> {
-        match (&self.remote, &plan.pipeline.defaults.remote) {
-            (None, Some(url)) => RemoteArgs {
-                remote: Some(url.clone()),
-            }
-            .open(),
-            _ => self.open(),
-        }
+        remote_for(self.open()?, plan)
     }
 
     /// Open the remote, if one is given; a URL that cannot be used is invalid input (exit 2).
@@ -751,15 +760,15 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     let vars = a.vars.vars.as_slice();
     // A saved plan's pipeline is planned once: to check the plan is current, then to run it.
     let mut checked: Option<Plan> = None;
-    // Checked now, so a bad URL is refused before anything runs.
-    a.remote.open()?;
+    // Opened once, now, so a bad URL is refused before anything runs.
+    let given_remote = a.remote.open()?;
     if let Some(saved) = &saved {
         let plan = load_plan(&path, vars, registry)?;
         let opts = selection(
             &plan,
             &a.select,
             ApplyOptions {
-                remote: a.remote.open_for(&plan)?,
+                remote: remote_for(given_remote.clone(), &plan)?,
                 ..ApplyOptions::default()
             },
         )?;
@@ -783,7 +792,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
             &plan,
             &a.select,
             ApplyOptions {
-                remote: a.remote.open_for(&plan)?,
+                remote: remote_for(given_remote.clone(), &plan)?,
                 ..ApplyOptions::default()
             },
         )?;
@@ -820,7 +829,7 @@ fn cmd_apply(cli: &Cli, a: &ApplyArgs, registry: &OpRegistry) -> CmdResult {
     }
     let once = |plan: Plan| -> CmdResult {
         let executor = executor_for(cli, a, &plan, &path)?;
-        let remote = a.remote.open_for(&plan)?;
+        let remote = remote_for(given_remote.clone(), &plan)?;
         let default_jobs = if executor.local_resources() {
             ApplyOptions::default().jobs
         } else {
