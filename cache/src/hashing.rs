@@ -5,7 +5,10 @@
 //! changed, the remembered digest is used without reading the file. Entries for files modified
 //! within the last second are not stored (a write in the same timestamp tick would go unseen —
 //! git's "racy clean" problem). Large files are hashed memory-mapped on all cores, as `b3sum` does.
+//! A file hashed by its writer as it was written is not read again when it moves into the store
+//! ([`remember_written`]).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -18,6 +21,42 @@ use crate::error::{IoContext, Result};
 
 /// Files at least this large are hashed with mmap + rayon.
 const MMAP_THRESHOLD: u64 = 1 << 20;
+
+/// Digests of files this process wrote and hashed as it wrote them (a merge's output: hashing
+/// while writing saves reading gigabytes again), keyed by `(dev, inode)` with the size and mtime
+/// they had when remembered. [`Store::put_file_move`](crate::Store::put_file_move) takes an
+/// entry instead of reading the file when the file still has that identity, size and mtime; the
+/// entry is gone once taken. Only the writer of a file that nothing else writes may remember it:
+/// a rewrite of the same size within one mtime tick would go unseen (as for the stat cache).
+static WRITTEN: std::sync::Mutex<Written> = std::sync::Mutex::new(BTreeMap::new());
+
+/// `(dev, inode)` → `(size, mtime_ns, digest)`.
+type Written = BTreeMap<(u64, u64), (u64, i128, ObjectDigest)>;
+
+/// Remember that `path`, as it is now, has content digest `digest` (see [`WRITTEN`]).
+pub fn remember_written(path: &Path, digest: ObjectDigest) -> Result<()> {
+    let meta = fs::metadata(path).at(path)?;
+    let (dev, ino, size, mtime) = StatEntry::stamp(&meta);
+    written().insert((dev, ino), (size, mtime, digest));
+    Ok(())
+}
+
+/// The remembered digest of `path` if it is unchanged since [`remember_written`], taking it.
+pub(crate) fn take_written(meta: &fs::Metadata) -> Option<ObjectDigest> {
+    let (dev, ino, size, mtime) = StatEntry::stamp(meta);
+    let mut map = written();
+    match map.remove(&(dev, ino)) {
+        Some((s, m, d)) if (s, m) == (size, mtime) => Some(d),
+        _ => None,
+    }
+}
+
+fn written() -> std::sync::MutexGuard<'static, Written> {
+    // A panic while holding the lock leaves the map consistent (single inserts and removes).
+    WRITTEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Hash one file's content (no stat cache).
 pub fn hash_file_uncached(path: &Path) -> Result<ObjectDigest> {

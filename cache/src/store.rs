@@ -222,7 +222,12 @@ impl Store {
     /// Move a finished file (e.g. a step's output) into the store as an object. The source is
     /// consumed: renamed into place when the object is new, deleted when it already exists.
     pub fn put_file_move(&self, path: &Path) -> Result<ObjectDigest> {
-        let d = crate::hashing::hash_file_uncached(path)?;
+        // A file its writer hashed while writing it is not read again.
+        let meta = fs::metadata(path).at(path)?;
+        let d = match crate::hashing::take_written(&meta) {
+            Some(d) => d,
+            None => crate::hashing::hash_file_uncached(path)?,
+        };
         if self.has_object(&d) {
             fs::remove_file(path).at(path)?;
             return Ok(d);
@@ -640,6 +645,31 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path().join(".forge")).unwrap();
         (d, s)
+    }
+
+    #[test]
+    fn a_file_hashed_while_written_is_not_read_again_unless_it_changed() {
+        let (d, s) = store();
+        let f = d.path().join("w.bin");
+        fs::write(&f, b"merged weights").unwrap();
+        // A remembered digest is taken as is: a wrong one shows the file was not read.
+        let claimed = ObjectDigest::of(b"what the writer hashed");
+        crate::hashing::remember_written(&f, claimed).unwrap();
+        assert_eq!(s.put_file_move(&f).unwrap(), claimed);
+        // A new file at the same path is hashed.
+        fs::write(&f, b"merged weights").unwrap();
+        assert_eq!(
+            s.put_file_move(&f).unwrap(),
+            ObjectDigest::of(b"merged weights")
+        );
+        // Changed after it was remembered (another size): hashed, the memory ignored.
+        fs::write(&f, b"x").unwrap();
+        crate::hashing::remember_written(&f, claimed).unwrap();
+        fs::write(&f, b"changed after").unwrap();
+        assert_eq!(
+            s.put_file_move(&f).unwrap(),
+            ObjectDigest::of(b"changed after")
+        );
     }
 
     #[test]

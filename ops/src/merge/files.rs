@@ -170,9 +170,9 @@ fn write_streamed(
             return Err(STOPPED.into());
         }
         let values = produce(name);
-        w.write(name, &values).map_err(|e| e.to_string())?;
         stats.tensors += 1;
         stats.parameters += values.len();
+        w.write(name, values).map_err(|e| e.to_string())?;
         stats.bytes_written += (shape.iter().product::<usize>() * dtype.size()) as u64;
     }
     w.finish().map_err(|e| e.to_string())?;

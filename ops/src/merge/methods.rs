@@ -17,6 +17,7 @@
 //!   available as `rescale: l1`, and `none` turns rescaling off.
 
 use rand::Rng;
+use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -38,28 +39,43 @@ pub enum Rescale {
     None,
 }
 
+/// Entries per parallel chunk. Every technique computes each output entry from the same entries
+/// of its inputs in the same order whichever thread runs its chunk, and its sums over a whole
+/// tensor run in one sequence, so results do not depend on the number of threads.
+const CHUNK: usize = 1 << 16;
+
+/// `out[j] = f(j)` for every entry, chunks on rayon's threads.
+fn fill(n: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = f(c * CHUNK + j);
+        }
+    });
+    out
+}
+
 /// Weighted average of tensors.
 pub fn linear(tensors: &[&[f32]], weights: &[f64], normalize: bool) -> Vec<f32> {
-    let n = tensors[0].len();
-    let mut out = vec![0f64; n];
-    for (t, &w) in tensors.iter().zip(weights) {
-        for (o, &x) in out.iter_mut().zip(t.iter()) {
-            *o += w * x as f64;
-        }
-    }
     let total: f64 = weights.iter().sum();
     let div = if normalize && total.abs() > EPS {
         total
     } else {
         1.0
     };
-    out.into_iter().map(|x| (x / div) as f32).collect()
+    fill(tensors[0].len(), |j| {
+        let mut acc = 0f64;
+        for (t, &w) in tensors.iter().zip(weights) {
+            acc += w * t[j] as f64;
+        }
+        (acc / div) as f32
+    })
 }
 
 /// Spherical interpolation from `a` (t = 0) to `b` (t = 1).
 pub fn slerp(a: &[f32], b: &[f32], t: f64) -> Vec<f32> {
     let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    let (na, nb) = (norm(a), norm(b));
+    let (na, nb) = rayon::join(|| norm(a), || norm(b));
     let (na, nb) = (
         if na > EPS { na } else { 1.0 },
         if nb > EPS { nb } else { 1.0 },
@@ -70,21 +86,16 @@ pub fn slerp(a: &[f32], b: &[f32], t: f64) -> Vec<f32> {
         .map(|(&x, &y)| (x as f64 / na) * (y as f64 / nb))
         .sum();
     if dot.abs() > DOT_THRESHOLD {
-        return a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| ((1.0 - t) * x as f64 + t * y as f64) as f32)
-            .collect();
+        return fill(a.len(), |j| {
+            ((1.0 - t) * a[j] as f64 + t * b[j] as f64) as f32
+        });
     }
     let theta0 = dot.acos();
     let sin0 = theta0.sin();
     let theta_t = theta0 * t;
     let s0 = (theta0 - theta_t).sin() / sin0;
     let s1 = theta_t.sin() / sin0;
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (s0 * x as f64 + s1 * y as f64) as f32)
-        .collect()
+    fill(a.len(), |j| (s0 * a[j] as f64 + s1 * b[j] as f64) as f32)
 }
 
 /// SLERP of several tensors, folded left: r ← slerp(r, θᵢ, wᵢ / (w₀ + … + wᵢ)), so equal
@@ -108,15 +119,26 @@ pub fn magnitude_trim(delta: &mut [f32], density: f64) {
         return;
     }
     let k = ((density * n as f64) as usize).max(1);
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    let key = |i: &u32| (std::cmp::Reverse(ordered(delta[*i as usize].abs())), *i);
-    idx.select_nth_unstable_by_key(k - 1, key);
-    let mut keep = vec![false; n];
-    for &i in &idx[..k] {
-        keep[i as usize] = true;
+    if k >= n {
+        return;
     }
-    for (d, k) in delta.iter_mut().zip(keep) {
-        if !k {
+    // The k-th largest magnitude t (with repeats): every entry above t is kept, and of those
+    // equal to t, the first ones by position until k are kept — the top k by (magnitude
+    // descending, position ascending). Selecting on a copy of the magnitudes' bits is one
+    // contiguous pass, where selecting positions by magnitude jumps all over `delta`.
+    let mut mags: Vec<u32> = delta.par_iter().map(|x| ordered(x.abs())).collect();
+    let (_, &mut t, _) = mags.select_nth_unstable_by(k - 1, |x, y| y.cmp(x));
+    drop(mags);
+    let above = delta.par_iter().filter(|x| ordered(x.abs()) > t).count();
+    let mut equal_kept = k - above;
+    for d in delta.iter_mut() {
+        let m = ordered(d.abs());
+        if m > t {
+            continue;
+        }
+        if m == t && equal_kept > 0 {
+            equal_kept -= 1;
+        } else {
             *d = 0.0;
         }
     }
@@ -182,9 +204,9 @@ pub fn task_arithmetic(
     normalize: bool,
     how: Sparsify,
 ) -> Vec<f32> {
-    let n = base.len();
+    // Each model's task vector on its own thread (DARE's masks are per model streams).
     let deltas: Vec<Vec<f32>> = models
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(i, m)| {
             let mut d: Vec<f32> = m.iter().zip(base).map(|(x, b)| x - b).collect();
@@ -197,8 +219,7 @@ pub fn task_arithmetic(
             d
         })
         .collect();
-    let mut out = Vec::with_capacity(n);
-    for j in 0..n {
+    fill(base.len(), |j| {
         let elect = match how {
             Sparsify::Ties => {
                 let s: f64 = deltas
@@ -229,9 +250,8 @@ pub fn task_arithmetic(
             }
             mixed /= div;
         }
-        out.push((base[j] as f64 + lambda * mixed) as f32);
-    }
-    out
+        (base[j] as f64 + lambda * mixed) as f32
+    })
 }
 
 #[cfg(test)]
@@ -316,6 +336,88 @@ mod tests {
         let mut d = [0.1f32, -3.0, 0.5, 2.0];
         magnitude_trim(&mut d, 0.1); // ⌊0.4⌋ = 0 → at least one entry kept
         assert_eq!(d, [0.0, -3.0, 0.0, 0.0]);
+    }
+
+    /// The top k by (magnitude descending, position ascending), by a full sort.
+    fn trim_by_sorting(delta: &[f32], density: f64) -> Vec<f32> {
+        let k = ((density * delta.len() as f64) as usize).max(1);
+        let mut idx: Vec<usize> = (0..delta.len()).collect();
+        idx.sort_by_key(|&i| (std::cmp::Reverse(delta[i].abs().to_bits()), i));
+        let mut out = vec![0.0; delta.len()];
+        for &i in idx.iter().take(k) {
+            out[i] = delta[i];
+        }
+        out
+    }
+
+    #[test]
+    fn trimming_keeps_what_a_full_sort_keeps_ties_by_position() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        // Few distinct magnitudes and both signs, so the threshold is shared by many entries;
+        // longer than one parallel chunk.
+        let d: Vec<f32> = (0..3 * CHUNK + 17)
+            .map(|_| rng.random_range(-4i32..=4) as f32 * 0.25)
+            .collect();
+        for density in [0.01, 0.3, 0.5, 0.77, 0.999] {
+            let mut got = d.clone();
+            magnitude_trim(&mut got, density);
+            let want = trim_by_sorting(&d, density);
+            assert_eq!(got, want, "density {density}");
+            // At most k entries survive (kept zeros do not show).
+            let k = ((density * d.len() as f64) as usize).max(1);
+            assert!(got.iter().filter(|x| **x != 0.0).count() <= k);
+        }
+    }
+
+    #[test]
+    fn chunked_techniques_match_the_one_entry_at_a_time_formulas() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let n = 2 * CHUNK + 5;
+        let mut sample =
+            |s: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0) * s).collect() };
+        let (a, b, base) = (sample(1.0), sample(1.0), sample(0.1));
+        let w = [0.3, 0.9];
+        let lin = linear(&[&a, &b], &w, true);
+        for j in [0, CHUNK - 1, CHUNK, n - 1] {
+            let want = ((w[0] * a[j] as f64 + w[1] * b[j] as f64) / 1.2) as f32;
+            assert_eq!(lin[j], want, "linear entry {j}");
+        }
+        let sl = slerp(&a, &b, 0.25);
+        let na = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let dot: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(&x, &y)| (x as f64 / na) * (y as f64 / nb))
+            .sum();
+        let th = dot.acos();
+        let (s0, s1) = ((th * 0.75).sin() / th.sin(), (th * 0.25).sin() / th.sin());
+        for j in [0, CHUNK, n - 1] {
+            assert_eq!(sl[j], (s0 * a[j] as f64 + s1 * b[j] as f64) as f32);
+        }
+        // TIES at full density: the elected-sign disjoint mean, entry by entry.
+        let ties = task_arithmetic(
+            "w",
+            &base,
+            &[&a, &b],
+            &[1.0, 1.0],
+            1.0,
+            1.0,
+            true,
+            Sparsify::Ties,
+        );
+        for j in [1, CHUNK + 1, n - 2] {
+            let (da, db) = ((a[j] - base[j]) as f64, (b[j] - base[j]) as f64);
+            let s = if da + db >= 0.0 { 1.0 } else { -1.0 };
+            let agree: Vec<f64> = [da, db]
+                .into_iter()
+                .filter(|x| *x != 0.0 && x.signum() == s)
+                .collect();
+            let mixed = agree.iter().sum::<f64>() / agree.len() as f64;
+            assert_eq!(ties[j], (base[j] as f64 + mixed) as f32, "ties entry {j}");
+        }
     }
 
     #[test]

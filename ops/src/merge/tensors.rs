@@ -6,10 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 use serde_json::{Value, json};
 
 /// What went wrong reading or writing a safetensors file.
@@ -57,21 +60,29 @@ impl DType {
             Self::F16 | Self::BF16 => 2,
         }
     }
+    /// The values of little-endian `bytes`, decoded in chunks on rayon's threads (a large
+    /// tensor's page faults, when `bytes` is mapped, are taken in parallel too).
     fn decode(self, bytes: &[u8]) -> Vec<f32> {
-        match self {
-            Self::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Self::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Self::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        }
+        const CHUNK: usize = 1 << 16;
+        let size = self.size();
+        let mut out = vec![0f32; bytes.len() / size];
+        out.par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(CHUNK * size))
+            .for_each(|(out, bytes)| {
+                let each = out.iter_mut().zip(bytes.chunks_exact(size));
+                match self {
+                    Self::F32 => each.for_each(|(o, c)| {
+                        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }),
+                    Self::F16 => each.for_each(|(o, c)| {
+                        *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                    }),
+                    Self::BF16 => each.for_each(|(o, c)| {
+                        *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                    }),
+                }
+            });
+        out
     }
     fn encode(self, values: &[f32], out: &mut Vec<u8>) {
         out.reserve(values.len() * self.size());
@@ -244,13 +255,54 @@ impl TensorFile {
 
 /// Writes a safetensors file tensor by tensor: the header (keys sorted, canonical JSON, padded to
 /// 8 bytes) is fixed up front from the names, types and shapes, so the same tensors always give
-/// the same bytes.
+/// the same bytes. A writer thread does the I/O while the caller computes the next tensor: it
+/// appends, hashes what it appends (blake3, the store's object digest, so the store need not read
+/// the file again: [`forge_cache::hashing::remember_written`]) and asks the kernel to start
+/// writing back every [`WRITEBACK_BYTES`], so the fsync in [`finish`](Self::finish) has little
+/// left to wait for.
 pub struct TensorWriter {
     path: PathBuf,
-    out: BufWriter<File>,
     order: Vec<(String, DType, usize)>,
     next: usize,
-    buf: Vec<u8>,
+    /// Chunks for the writer thread; at most two wait, so memory stays near one tensor's size.
+    tx: Option<SyncSender<Chunk>>,
+    thread: Option<JoinHandle<std::io::Result<(File, blake3::Hasher)>>>,
+}
+
+/// Written back to disk (asynchronously) each time this much more is appended.
+pub const WRITEBACK_BYTES: u64 = 64 << 20;
+
+/// What the writer thread appends: bytes, or F32 values written as their little-endian bytes
+/// without another copy.
+enum Chunk {
+    Bytes(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Bytes(b) => b,
+            Self::F32(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// The writer thread: append every chunk, hash it, start write-back as it goes.
+fn append_all(mut file: File, rx: Receiver<Chunk>) -> std::io::Result<(File, blake3::Hasher)> {
+    let mut hasher = blake3::Hasher::new();
+    let (mut written, mut flushed) = (0u64, 0u64);
+    for chunk in rx {
+        let bytes = chunk.bytes();
+        file.write_all(bytes)?;
+        hasher.update(bytes);
+        written += bytes.len() as u64;
+        if written - flushed >= WRITEBACK_BYTES {
+            crate::sys::start_writeback(&file, flushed, written - flushed);
+            flushed = written;
+        }
+    }
+    Ok((file, hasher))
 }
 
 impl TensorWriter {
@@ -258,10 +310,6 @@ impl TensorWriter {
         path: &Path,
         layout: &BTreeMap<String, (DType, Vec<usize>)>,
     ) -> Result<Self, TensorFileError> {
-        let io = |source| TensorFileError::Io {
-            path: path.to_owned(),
-            source,
-        };
         let (header, _) = header_bytes(
             layout
                 .iter()
@@ -271,19 +319,31 @@ impl TensorWriter {
             .iter()
             .map(|(name, (dtype, shape))| (name.clone(), *dtype, shape.iter().product()))
             .collect();
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
-        out.write_all(&header).map_err(io)?;
-        Ok(Self {
+        let file = File::create(path).map_err(|source| TensorFileError::Io {
             path: path.to_owned(),
-            out,
+            source,
+        })?;
+        let (tx, rx) = sync_channel(2);
+        let thread = std::thread::Builder::new()
+            .name("tensor-writer".into())
+            .spawn(move || append_all(file, rx))
+            .map_err(|source| TensorFileError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut w = Self {
+            path: path.to_owned(),
             order,
             next: 0,
-            buf: Vec::new(),
-        })
+            tx: Some(tx),
+            thread: Some(thread),
+        };
+        w.send(Chunk::Bytes(header))?;
+        Ok(w)
     }
 
     /// Append the next tensor; names must come in sorted order, as laid out.
-    pub fn write(&mut self, name: &str, values: &[f32]) -> Result<(), TensorFileError> {
+    pub fn write(&mut self, name: &str, values: Vec<f32>) -> Result<(), TensorFileError> {
         let Some((expect, dtype, numel)) = self.order.get(self.next) else {
             return Err(TensorFileError::Mismatch(format!(
                 "tensor `{name}` written past the end of the layout"
@@ -295,19 +355,44 @@ impl TensorWriter {
                 values.len()
             )));
         }
-        self.buf.clear();
-        dtype.encode(values, &mut self.buf);
-        self.out
-            .write_all(&self.buf)
-            .map_err(|source| TensorFileError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let chunk = if *dtype == DType::F32 && cfg!(target_endian = "little") {
+            Chunk::F32(values)
+        } else {
+            let mut bytes = Vec::new();
+            dtype.encode(&values, &mut bytes);
+            Chunk::Bytes(bytes)
+        };
+        self.send(chunk)?;
         self.next += 1;
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<(), TensorFileError> {
+    fn send(&mut self, chunk: Chunk) -> Result<(), TensorFileError> {
+        let sent = self.tx.as_ref().expect("open until finish").send(chunk);
+        if sent.is_err() {
+            // The writer thread stopped: its error says why.
+            return self.join().map(|_| ());
+        }
+        Ok(())
+    }
+
+    /// Stop the writer thread (after what was sent) and take its file and hasher.
+    fn join(&mut self) -> Result<(File, blake3::Hasher), TensorFileError> {
+        self.tx = None;
+        let io = |source| TensorFileError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(done)) => done.map_err(io),
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => Err(io(std::io::Error::other("the writer already stopped"))),
+        }
+    }
+
+    /// Wait for every tensor to be written, fsync, and return the file's blake3 digest (also
+    /// remembered for the store, see [`forge_cache::hashing::remember_written`]).
+    pub fn finish(mut self) -> Result<forge_cache::ObjectDigest, TensorFileError> {
         if self.next != self.order.len() {
             return Err(TensorFileError::Mismatch(format!(
                 "{} of {} tensors written",
@@ -315,12 +400,27 @@ impl TensorWriter {
                 self.order.len()
             )));
         }
+        let (file, hasher) = self.join()?;
         let io = |source| TensorFileError::Io {
             path: self.path.clone(),
             source,
         };
-        self.out.flush().map_err(io)?;
-        self.out.get_ref().sync_all().map_err(io)
+        file.sync_all().map_err(io)?;
+        drop(file);
+        let digest = forge_cache::ObjectDigest::from_bytes(*hasher.finalize().as_bytes());
+        forge_cache::hashing::remember_written(&self.path, digest)
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        Ok(digest)
+    }
+}
+
+impl Drop for TensorWriter {
+    /// An unfinished writer (an error, a cancelled merge) still stops its thread before it goes.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -426,11 +526,13 @@ mod tests {
         layout.insert("b".to_string(), (DType::BF16, vec![3]));
         layout.insert("c".to_string(), (DType::F16, vec![1]));
         let mut w = TensorWriter::create(&path, &layout).unwrap();
-        w.write("a", &[1.0, -2.0, 3.5, 0.25]).unwrap();
-        assert!(w.write("c", &[1.0]).is_err(), "order is enforced");
-        w.write("b", &[1.0, 0.5, -4.0]).unwrap();
-        w.write("c", &[0.125]).unwrap();
-        w.finish().unwrap();
+        w.write("a", vec![1.0, -2.0, 3.5, 0.25]).unwrap();
+        assert!(w.write("c", vec![1.0]).is_err(), "order is enforced");
+        w.write("b", vec![1.0, 0.5, -4.0]).unwrap();
+        w.write("c", vec![0.125]).unwrap();
+        let digest = w.finish().unwrap();
+        // The digest hashed while writing is the file's.
+        assert_eq!(digest, forge_cache::hash_file_uncached(&path).unwrap());
         let f = TensorFile::open(&path).unwrap();
         assert_eq!(f.read("a").unwrap(), vec![1.0, -2.0, 3.5, 0.25]);
         assert_eq!(f.read("b").unwrap(), vec![1.0, 0.5, -4.0]);
@@ -442,5 +544,43 @@ mod tests {
         assert_eq!(sd, f.load());
         let again = StateDict::from_bytes(&sd.to_bytes()).unwrap();
         assert_eq!(again, sd);
+    }
+
+    #[test]
+    fn a_file_larger_than_the_write_back_step_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.safetensors");
+        // Three tensors of 24 MiB: write-back starts twice on the way (every 64 MiB).
+        let n = 6 << 20;
+        let mut layout = BTreeMap::new();
+        for name in ["x", "y", "z"] {
+            layout.insert(name.to_string(), (DType::F32, vec![n]));
+        }
+        let mut w = TensorWriter::create(&path, &layout).unwrap();
+        for (i, name) in ["x", "y", "z"].iter().enumerate() {
+            w.write(name, (0..n).map(|j| (i * n + j) as f32).collect())
+                .unwrap();
+        }
+        let digest = w.finish().unwrap();
+        assert_eq!(digest, forge_cache::hash_file_uncached(&path).unwrap());
+        let f = TensorFile::open(&path).unwrap();
+        let z = f.read("z").unwrap();
+        assert_eq!((z[0], z[n - 1]), ((2 * n) as f32, (3 * n - 1) as f32));
+    }
+
+    #[test]
+    fn a_writer_dropped_unfinished_stops_its_thread_and_finish_counts_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.safetensors");
+        let mut layout = BTreeMap::new();
+        layout.insert("a".to_string(), (DType::F32, vec![2]));
+        layout.insert("b".to_string(), (DType::F32, vec![2]));
+        let mut w = TensorWriter::create(&path, &layout).unwrap();
+        w.write("a", vec![1.0, 2.0]).unwrap();
+        drop(w);
+        let mut w = TensorWriter::create(&path, &layout).unwrap();
+        w.write("a", vec![1.0, 2.0]).unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("1 of 2 tensors"), "{e}");
     }
 }
