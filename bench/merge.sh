@@ -4,8 +4,8 @@
 # floor (reading the inputs, writing and syncing the output) and the whole `forge apply` step.
 #
 #   bash bench/merge.sh                          # 25.5M parameters (~98 MiB per file), REPS=3
-#   FORGE_MERGE_SIZE=438m REPS=1 bash bench/merge.sh   # 438M (1.6 GiB per file; ~12 GiB of disk)
-#   FORGE_MERGE_SIZE=1b REPS=1 bash bench/merge.sh     # 1.0B (3.8 GiB per file; ~27 GiB of disk)
+#   FORGE_MERGE_SIZE=438m REPS=1 bash bench/merge.sh   # 438M (1.6 GiB per file; ~15 GiB of disk)
+#   FORGE_MERGE_SIZE=1b REPS=1 bash bench/merge.sh     # 1.0B (3.6 GiB per file; ~33 GiB of disk)
 #
 # Needs a venv with mergekit (created at $FORGE_BENCH_VENV, default ~/.cache/forge/torch-venv,
 # shared with bench/train.sh; torch comes with mergekit, ~4 GB).
