@@ -170,7 +170,7 @@ def main():
     floor2 = min(f["read"] + f["write"] for f in floors)
     floor3 = min(f["read"] * 1.5 + f["write"] for f in floors)  # ties also reads the base
     print(json.dumps({"io_floor": floors}), flush=True)
-    apply_times = apply_runs(a, b, base_dir) if FORGE_BIN else {}
+    apply_times = apply_runs() if FORGE_BIN else {}
     rows = []
     for method, cfg in configs.items():
         cfg_path = os.path.join(WORK, f"{method}.yml")
@@ -219,32 +219,32 @@ name: merge-bench
 phases:
   merge:
     steps:
-      a: {{ op: download, with: {{ source: "file:a", kind: model }} }}
-      b: {{ op: download, with: {{ source: "file:b", kind: model }} }}
-      base: {{ op: download, with: {{ source: "file:base", kind: model }} }}
+      a: { op: download, with: { source: "file:a", kind: model } }
+      b: { op: download, with: { source: "file:b", kind: model } }
+      base: { op: download, with: { source: "file:base", kind: model } }
       linear:
         op: merge
-        inputs: {{ models: [a, b] }}
-        with: {{ strategy: merge, technique: {{ method: linear, normalize: true }} }}
+        inputs: { models: [a, b] }
+        with: { strategy: merge, technique: { method: linear, normalize: true } }
       slerp:
         op: merge
-        inputs: {{ models: [a, b] }}
-        with: {{ strategy: merge, technique: {{ method: slerp, t: 0.5 }} }}
+        inputs: { models: [a, b] }
+        with: { strategy: merge, technique: { method: slerp, t: 0.5 } }
       ties:
         op: merge
-        inputs: {{ base: base, models: [a, b] }}
+        inputs: { base: base, models: [a, b] }
         with:
           strategy: merge
-          technique: {{ method: ties, density: 0.5, lambda: 1.0, normalize: true }}
+          technique: { method: ties, density: 0.5, lambda: 1.0, normalize: true }
 """
 
 
-def apply_runs(a, b, base_dir):
+def apply_runs():
     """Best wall time of `forge apply --only M --force M` per method: the downloads are cached
     after the first apply, so each run is the merge step plus planning, storing and hashing."""
     path = os.path.join(WORK, "merge-bench.yaml")
     with open(path, "w") as fh:
-        fh.write(PIPELINE.format())
+        fh.write(PIPELINE)
     run([FORGE_BIN, "apply", path, "--only", "a", "--only", "b", "--only", "base"])
     times = {}
     for method in ("linear", "slerp", "ties"):

@@ -39,10 +39,10 @@ pub enum Rescale {
     None,
 }
 
-/// Entries per parallel chunk. Every technique computes each output entry from the same entries
+/// Entries per parallel chunk (also of decoding, `tensors`). Every technique computes each output entry from the same entries
 /// of its inputs in the same order whichever thread runs its chunk, and its sums over a whole
 /// tensor run in one sequence, so results do not depend on the number of threads.
-const CHUNK: usize = 1 << 16;
+pub(super) const CHUNK: usize = 1 << 16;
 
 /// `out[j] = f(j)` for every entry, chunks on rayon's threads.
 fn fill(n: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {

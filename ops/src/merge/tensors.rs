@@ -30,6 +30,16 @@ pub enum TensorFileError {
     Mismatch(String),
 }
 
+impl TensorFileError {
+    /// Maps an I/O error on `path`.
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> Self + Copy + '_ {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// On-disk element types forge reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -63,7 +73,7 @@ impl DType {
     /// The values of little-endian `bytes`, decoded in chunks on rayon's threads (a large
     /// tensor's page faults, when `bytes` is mapped, are taken in parallel too).
     fn decode(self, bytes: &[u8]) -> Vec<f32> {
-        const CHUNK: usize = 1 << 16;
+        use super::methods::CHUNK;
         let size = self.size();
         let mut out = vec![0f32; bytes.len() / size];
         out.par_chunks_mut(CHUNK)
@@ -197,10 +207,7 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn open(path: &Path) -> Result<Self, TensorFileError> {
-        let io = |source| TensorFileError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = TensorFileError::io(path);
         let file = File::open(path).map_err(io)?;
         let map = crate::sys::map_readonly(&file).map_err(io)?;
         let (data_start, tensors) = parse_header(&map, path)?;
@@ -319,18 +326,12 @@ impl TensorWriter {
             .iter()
             .map(|(name, (dtype, shape))| (name.clone(), *dtype, shape.iter().product()))
             .collect();
-        let file = File::create(path).map_err(|source| TensorFileError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file = File::create(path).map_err(TensorFileError::io(path))?;
         let (tx, rx) = sync_channel(2);
         let thread = std::thread::Builder::new()
             .name("tensor-writer".into())
             .spawn(move || append_all(file, rx))
-            .map_err(|source| TensorFileError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(TensorFileError::io(path))?;
         let mut w = Self {
             path: path.to_owned(),
             order,
@@ -379,11 +380,9 @@ impl TensorWriter {
     /// Stop the writer thread (after what was sent) and take its file and hasher.
     fn join(&mut self) -> Result<(File, blake3::Hasher), TensorFileError> {
         self.tx = None;
-        let io = |source| TensorFileError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        match self.thread.take().map(JoinHandle::join) {
+        let done = self.thread.take().map(JoinHandle::join);
+        let io = TensorFileError::io(&self.path);
+        match done {
             Some(Ok(done)) => done.map_err(io),
             Some(Err(panic)) => std::panic::resume_unwind(panic),
             None => Err(io(std::io::Error::other("the writer already stopped"))),
@@ -401,10 +400,7 @@ impl TensorWriter {
             )));
         }
         let (file, hasher) = self.join()?;
-        let io = |source| TensorFileError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = TensorFileError::io(&self.path);
         file.sync_all().map_err(io)?;
         drop(file);
         let digest = forge_cache::ObjectDigest::from_bytes(*hasher.finalize().as_bytes());
@@ -550,7 +546,7 @@ mod tests {
     fn a_file_larger_than_the_write_back_step_is_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.safetensors");
-        // Three tensors of 24 MiB: write-back starts twice on the way (every 64 MiB).
+        // Three tensors of 24 MiB: write-back starts on the way (at 64 MiB), and the rest at the end.
         let n = 6 << 20;
         let mut layout = BTreeMap::new();
         for name in ["x", "y", "z"] {
