@@ -98,34 +98,82 @@ fn max(xs: &[f32]) -> f32 {
     )
 }
 
-/// `row(out_row, inputs' rows…)` over every row (`row_len` wide) of a new output the size of
-/// the inputs.
-fn map_rows<const N: usize>(
-    inputs: [&[f32]; N],
-    row_len: usize,
-    row: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
-) -> Vec<f32> {
-    assert!(row_len > 0 && inputs[0].len().is_multiple_of(row_len));
-    map_chunks(
-        inputs,
-        row_len,
-        #[inline(always)]
-        |o, ins| {
-            for (r, o) in o.chunks_exact_mut(row_len).enumerate() {
-                row(o, ins.map(|x| &x[r * row_len..(r + 1) * row_len]));
-            }
-        },
-    )
+/// A kernel over whole rows: `row(out_row, inputs' rows…)`.
+///
+/// Kernels are types, not closures: a closure reached through a reference (`&F`) or a fn-item
+/// shim is a separate function that LLVM may decline to inline into `pulp`'s
+/// `#[target_feature]` entry point, and then the loops compile for the baseline x86-64 (SSE2)
+/// instead of AVX-512 or AVX2 — which is what happened before (every kernel here ran as scalar
+/// SSE code). Static calls to `#[inline(always)]` functions are always inlined.
+trait RowKernel<const N: usize> {
+    fn row(out: &mut [f32], ins: [&[f32]; N]);
 }
 
-/// `f(out_chunk, inputs' chunks…)` over chunks, whole multiples of `unit` elements, of a new
-/// output the size of the inputs: in parallel for large tensors, each task under the widest
-/// instruction set the CPU has.
-fn map_chunks<const N: usize>(
-    inputs: [&[f32]; N],
+/// A kernel over any chunk of elements.
+trait ChunkKernel<const N: usize> {
+    fn chunk(out: &mut [f32], ins: [&[f32]; N]);
+}
+
+/// What [`map_chunks`] runs on a chunk of whole units: [`Rows`] of a [`RowKernel`] or
+/// [`Elements`] of a [`ChunkKernel`].
+trait Kernel<const N: usize> {
+    fn run(out: &mut [f32], ins: [&[f32]; N], unit: usize);
+}
+
+/// A [`RowKernel`] over every row (one unit) of a chunk.
+struct Rows<R>(std::marker::PhantomData<R>);
+
+impl<const N: usize, R: RowKernel<N>> Kernel<N> for Rows<R> {
+    #[inline(always)]
+    fn run(out: &mut [f32], ins: [&[f32]; N], row_len: usize) {
+        for (r, o) in out.chunks_exact_mut(row_len).enumerate() {
+            let (a, b) = (r * row_len, (r + 1) * row_len);
+            R::row(o, std::array::from_fn(|k| &ins[k][a..b]));
+        }
+    }
+}
+
+/// A [`ChunkKernel`] over a whole chunk.
+struct Elements<E>(std::marker::PhantomData<E>);
+
+impl<const N: usize, E: ChunkKernel<N>> Kernel<N> for Elements<E> {
+    #[inline(always)]
+    fn run(out: &mut [f32], ins: [&[f32]; N], _: usize) {
+        E::chunk(out, ins);
+    }
+}
+
+/// One task's work, run by `pulp` under the widest instruction set the CPU has.
+struct Task<'a, const N: usize, K> {
+    out: &'a mut [f32],
+    ins: [&'a [f32]; N],
     unit: usize,
-    f: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
-) -> Vec<f32> {
+    kernel: std::marker::PhantomData<K>,
+}
+
+impl<const N: usize, K: Kernel<N>> pulp::WithSimd for Task<'_, N, K> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        K::run(self.out, self.ins, self.unit);
+    }
+}
+
+/// [`RowKernel`] `R` over every row (`row_len` wide) of a new output the size of the inputs.
+fn map_rows<const N: usize, R: RowKernel<N>>(inputs: [&[f32]; N], row_len: usize) -> Vec<f32> {
+    assert!(row_len > 0 && inputs[0].len().is_multiple_of(row_len));
+    map_chunks::<N, Rows<R>>(inputs, row_len)
+}
+
+/// [`ChunkKernel`] `E` over every element of a new output the size of the inputs.
+fn map_elements<const N: usize, E: ChunkKernel<N>>(inputs: [&[f32]; N]) -> Vec<f32> {
+    map_chunks::<N, Elements<E>>(inputs, 1)
+}
+
+/// Kernel `K` over chunks, whole multiples of `unit` elements, of a new output the size of the
+/// inputs: in parallel for large tensors, each task under the widest instruction set the CPU
+/// has.
+fn map_chunks<const N: usize, K: Kernel<N>>(inputs: [&[f32]; N], unit: usize) -> Vec<f32> {
     let n = inputs[0].len();
     assert!(inputs.iter().all(|x| x.len() == n));
     let mut out = vec![0.0; n];
@@ -138,10 +186,12 @@ fn map_chunks<const N: usize>(
     let task = |(i, o): (usize, &mut [f32])| {
         let start = i * chunk;
         let ins = inputs.map(|x| &x[start..start + o.len()]);
-        pulp::Arch::new().dispatch(
-            #[inline(always)]
-            || f(o, ins),
-        );
+        pulp::Arch::new().dispatch(Task::<N, K> {
+            out: o,
+            ins,
+            unit,
+            kernel: std::marker::PhantomData,
+        });
     };
     if parallel {
         out.par_chunks_mut(chunk).enumerate().for_each(task);
@@ -163,80 +213,104 @@ fn exp_shifted(y: &mut [f32], x: &[f32]) -> (f32, f32) {
 
 /// `softmax(x)` over rows of `row_len`.
 pub fn softmax(x: &[f32], row_len: usize) -> Vec<f32> {
-    map_rows([x], row_len, softmax_row)
+    map_rows::<1, Softmax>([x], row_len)
 }
 
-#[inline(always)]
-fn softmax_row(y: &mut [f32], [x]: [&[f32]; 1]) {
-    let (_, z) = exp_shifted(y, x);
-    let inv = 1.0 / z;
-    for o in y.iter_mut() {
-        *o *= inv;
+struct Softmax;
+
+impl RowKernel<1> for Softmax {
+    #[inline(always)]
+    fn row(y: &mut [f32], [x]: [&[f32]; 1]) {
+        let (_, z) = exp_shifted(y, x);
+        let inv = 1.0 / z;
+        for o in y.iter_mut() {
+            *o *= inv;
+        }
     }
 }
 
 /// `∂L/∂x = y ⊙ (g − Σ g ⊙ y)` of `y = softmax(x)`, per row.
 pub fn softmax_backward(y: &[f32], g: &[f32], row_len: usize) -> Vec<f32> {
-    map_rows([y, g], row_len, softmax_backward_row)
+    map_rows::<2, SoftmaxBackward>([y, g], row_len)
 }
 
-#[inline(always)]
-fn softmax_backward_row(dx: &mut [f32], [y, g]: [&[f32]; 2]) {
-    let s = dot(g, y);
-    for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
-        *o = y * (g - s);
+struct SoftmaxBackward;
+
+impl RowKernel<2> for SoftmaxBackward {
+    #[inline(always)]
+    fn row(dx: &mut [f32], [y, g]: [&[f32]; 2]) {
+        let s = dot(g, y);
+        for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
+            *o = y * (g - s);
+        }
     }
 }
 
 /// `log_softmax(x) = x − max − ln Σ e^(x − max)` over rows of `row_len`.
 pub fn log_softmax(x: &[f32], row_len: usize) -> Vec<f32> {
-    map_rows([x], row_len, log_softmax_row)
+    map_rows::<1, LogSoftmax>([x], row_len)
 }
 
-#[inline(always)]
-fn log_softmax_row(y: &mut [f32], [x]: [&[f32]; 1]) {
-    let (m, z) = exp_shifted(y, x);
-    let shift = m + z.ln();
-    for (o, v) in y.iter_mut().zip(x) {
-        *o = *v - shift;
+struct LogSoftmax;
+
+impl RowKernel<1> for LogSoftmax {
+    #[inline(always)]
+    fn row(y: &mut [f32], [x]: [&[f32]; 1]) {
+        let (m, z) = exp_shifted(y, x);
+        let shift = m + z.ln();
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = *v - shift;
+        }
     }
 }
 
 /// `∂L/∂x = g − e^y ⊙ Σ g` of `y = log_softmax(x)`, per row.
 pub fn log_softmax_backward(y: &[f32], g: &[f32], row_len: usize) -> Vec<f32> {
-    map_rows([y, g], row_len, log_softmax_backward_row)
+    map_rows::<2, LogSoftmaxBackward>([y, g], row_len)
 }
 
-#[inline(always)]
-fn log_softmax_backward_row(dx: &mut [f32], [y, g]: [&[f32]; 2]) {
-    let s = sum(g);
-    for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
-        *o = g - exp(*y) * s;
+struct LogSoftmaxBackward;
+
+impl RowKernel<2> for LogSoftmaxBackward {
+    #[inline(always)]
+    fn row(dx: &mut [f32], [y, g]: [&[f32]; 2]) {
+        let s = sum(g);
+        for ((o, y), g) in dx.iter_mut().zip(y).zip(g) {
+            *o = g - exp(*y) * s;
+        }
     }
 }
 
 /// `x σ(x)`, element-wise.
 pub fn silu(x: &[f32]) -> Vec<f32> {
-    map_chunks([x], 1, silu_chunk)
+    map_elements::<1, Silu>([x])
 }
 
-#[inline(always)]
-fn silu_chunk(y: &mut [f32], [x]: [&[f32]; 1]) {
-    for (o, v) in y.iter_mut().zip(x) {
-        *o = *v * sigmoid(*v);
+struct Silu;
+
+impl ChunkKernel<1> for Silu {
+    #[inline(always)]
+    fn chunk(y: &mut [f32], [x]: [&[f32]; 1]) {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = *v * sigmoid(*v);
+        }
     }
 }
 
 /// `∂L/∂x = g ⊙ σ(x) ⊙ (1 + x (1 − σ(x)))` of `y = x σ(x)`.
 pub fn silu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
-    map_chunks([x, g], 1, silu_backward_chunk)
+    map_elements::<2, SiluBackward>([x, g])
 }
 
-#[inline(always)]
-fn silu_backward_chunk(dx: &mut [f32], [x, g]: [&[f32]; 2]) {
-    for ((o, x), g) in dx.iter_mut().zip(x).zip(g) {
-        let s = sigmoid(*x);
-        *o = g * s * (1.0 + x * (1.0 - s));
+struct SiluBackward;
+
+impl ChunkKernel<2> for SiluBackward {
+    #[inline(always)]
+    fn chunk(dx: &mut [f32], [x, g]: [&[f32]; 2]) {
+        for ((o, x), g) in dx.iter_mut().zip(x).zip(g) {
+            let s = sigmoid(*x);
+            *o = g * s * (1.0 + x * (1.0 - s));
+        }
     }
 }
 
