@@ -16,6 +16,7 @@
 //!   entry's *expected value* equal to τ; mergekit's L1 matching (‖τ‖₁/‖m⊙τ‖₁ per tensor) is
 //!   available as `rescale: l1`, and `none` turns rescaling off.
 
+use super::CHUNK;
 use rand::Rng;
 use rayon::prelude::*;
 use schemars::JsonSchema;
@@ -38,11 +39,6 @@ pub enum Rescale {
     /// No rescaling.
     None,
 }
-
-/// Entries per parallel chunk (also of decoding, `tensors`). Every technique computes each output entry from the same entries
-/// of its inputs in the same order whichever thread runs its chunk, and its sums over a whole
-/// tensor run in one sequence, so results do not depend on the number of threads.
-pub(super) const CHUNK: usize = 1 << 16;
 
 /// `out[j] = f(j)` for every entry, chunks on rayon's threads.
 fn fill(n: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {

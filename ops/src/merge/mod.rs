@@ -24,3 +24,9 @@ pub mod layers;
 pub mod methods;
 pub mod technique;
 pub mod tensors;
+
+/// Entries per parallel chunk, of decoding ([`tensors`]) and of every technique ([`methods`]).
+/// Each technique computes an output entry from the same entries of its inputs in the same order
+/// whichever thread runs its chunk, and its sums over a whole tensor run in one sequence, so
+/// results do not depend on the number of threads.
+const CHUNK: usize = 1 << 16;

@@ -73,7 +73,7 @@ impl DType {
     /// The values of little-endian `bytes`, decoded in chunks on rayon's threads (a large
     /// tensor's page faults, when `bytes` is mapped, are taken in parallel too).
     fn decode(self, bytes: &[u8]) -> Vec<f32> {
-        use super::methods::CHUNK;
+        use super::CHUNK;
         let size = self.size();
         let mut out = vec![0f32; bytes.len() / size];
         out.par_chunks_mut(CHUNK)
